@@ -1,0 +1,771 @@
+//! The Docker Engine API's swarm part: what `docker node …`, `docker service …` and
+//! `docker info` call. Objects are bollard's models of the Docker API, so the stock
+//! docker CLI reads them as it reads Docker's.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use swarm_pki::Peer;
+use swarm_state::models::{
+    self, JoinTokens, Node, NodeSpec, NodeSpecRoleEnum, NodeState, Reachability, Service,
+    ServiceServiceStatus, ServiceSpec, Swarm, SwarmInfo, SystemInfo, SystemVersion, Task,
+    TaskState,
+};
+use swarm_state::{
+    desired_of, ids::raft_id, node_hostname, node_role, node_state, state_of, version_of,
+    ClusterState, Command,
+};
+
+use super::filters::Filters;
+use super::{require_admin, Ctx, API_VERSION, MIN_API_VERSION};
+use crate::error::ApiError;
+use crate::manager::scheduler;
+use crate::manager::Manager;
+
+pub fn routes() -> Router<Ctx> {
+    Router::new()
+        .route("/_ping", get(ping).head(ping))
+        .route("/version", get(version))
+        .route("/info", get(info))
+        .route("/swarm", get(swarm))
+        .route("/swarm/update", post(update_swarm))
+        .route("/nodes", get(list_nodes))
+        .route("/nodes/{id}", get(inspect_node).delete(remove_node))
+        .route("/nodes/{id}/update", post(update_node))
+        .route("/services", get(list_services))
+        .route("/services/create", post(create_service))
+        .route("/services/{id}", get(inspect_service).delete(remove_service))
+        .route("/services/{id}/update", post(update_service))
+        .route("/services/{id}/logs", get(service_logs))
+        .route("/tasks", get(list_tasks))
+        .route("/tasks/{id}", get(inspect_task))
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(Debug, Deserialize, Default)]
+pub struct ListQuery {
+    filters: Option<String>,
+    status: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct VersionQuery {
+    version: Option<u64>,
+    force: Option<String>,
+}
+
+fn truthy(v: Option<&str>) -> bool {
+    matches!(v, Some("1") | Some("true") | Some("True"))
+}
+
+async fn ping() -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert("API-Version", HeaderValue::from_static(API_VERSION));
+    headers.insert("OSType", HeaderValue::from_static("linux"));
+    headers.insert("Docker-Experimental", HeaderValue::from_static("false"));
+    headers.insert("Cache-Control", HeaderValue::from_static("no-cache, no-store, must-revalidate"));
+    (StatusCode::OK, headers, "OK").into_response()
+}
+
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+async fn version() -> Json<SystemVersion> {
+    let version = env!("CARGO_PKG_VERSION").to_string();
+    Json(SystemVersion {
+        platform: Some(models::SystemVersionPlatform {
+            name: "swarm-node".into(),
+        }),
+        components: Some(vec![models::SystemVersionComponents {
+            name: "swarm-node".into(),
+            version: version.clone(),
+            details: None,
+        }]),
+        version: Some(version),
+        api_version: Some(API_VERSION.into()),
+        min_api_version: Some(MIN_API_VERSION.into()),
+        os: Some("linux".into()),
+        arch: Some(go_arch().into()),
+        ..Default::default()
+    })
+}
+
+/// Fills what only the moment knows: who leads and which managers are reachable.
+fn with_manager_status(manager: &Manager, mut node: Node) -> Node {
+    let leader = manager.raft.leader().map(|(id, _)| id);
+    let voters = manager.raft.voters();
+    let id = node.id.clone().unwrap_or_default();
+    let rid = raft_id(&id);
+    let down = node_state(&node) == NodeState::DOWN;
+    if let Some(ms) = node.manager_status.as_mut() {
+        ms.leader = Some(leader == Some(rid));
+        ms.reachability = Some(if down {
+            Reachability::UNREACHABLE
+        } else if voters.contains_key(&rid) {
+            Reachability::REACHABLE
+        } else {
+            Reachability::UNKNOWN
+        });
+    }
+    node
+}
+
+async fn info(State(ctx): State<Ctx>, peer: Peer) -> ApiResult<Json<SystemInfo>> {
+    require_admin(&peer)?;
+    let manager = ctx.manager();
+    let mut swarm = SwarmInfo {
+        node_id: Some(ctx.node_id.clone()),
+        node_addr: Some(host_of(&ctx.advertise_addr)),
+        local_node_state: Some(models::LocalNodeState::ACTIVE),
+        control_available: Some(manager.is_some()),
+        error: Some(String::new()),
+        ..Default::default()
+    };
+    if let Some(manager) = &manager {
+        let state = manager.read();
+        swarm.nodes = Some(state.nodes.len() as i64);
+        swarm.managers = Some(
+            state
+                .nodes
+                .values()
+                .filter(|n| node_role(n) == NodeSpecRoleEnum::MANAGER)
+                .count() as i64,
+        );
+        swarm.remote_managers = Some(
+            state
+                .managers()
+                .into_iter()
+                .map(|(id, addr)| models::PeerNode {
+                    node_id: Some(id),
+                    addr: Some(addr),
+                })
+                .collect(),
+        );
+        if let Some(c) = &state.cluster {
+            swarm.cluster = Some(models::ClusterInfo {
+                id: Some(c.id.clone()),
+                version: Some(models::ObjectVersion {
+                    index: Some(c.version),
+                }),
+                created_at: Some(c.created_at.clone()),
+                updated_at: Some(c.updated_at.clone()),
+                spec: Some(c.spec.clone()),
+                ..Default::default()
+            });
+        }
+    }
+    Ok(Json(SystemInfo {
+        id: Some(ctx.node_id.clone()),
+        name: Some(ctx.hostname.clone()),
+        server_version: Some(env!("CARGO_PKG_VERSION").into()),
+        os_type: Some("linux".into()),
+        operating_system: Some("swarm-node".into()),
+        architecture: Some(std::env::consts::ARCH.into()),
+        ncpu: std::thread::available_parallelism().ok().map(|n| n.get() as i64),
+        swarm: Some(swarm),
+        ..Default::default()
+    }))
+}
+
+fn host_of(addr: &str) -> String {
+    addr.parse::<std::net::SocketAddr>()
+        .map(|s| s.ip().to_string())
+        .unwrap_or_else(|_| addr.to_string())
+}
+
+async fn swarm(State(ctx): State<Ctx>, peer: Peer) -> ApiResult<Json<Swarm>> {
+    require_admin(&peer)?;
+    let manager = ctx.require_manager()?;
+    let state = manager.read();
+    let c = state
+        .cluster
+        .as_ref()
+        .ok_or_else(|| ApiError::Unavailable("this node is not part of a swarm".into()))?;
+    Ok(Json(Swarm {
+        id: Some(c.id.clone()),
+        version: Some(models::ObjectVersion {
+            index: Some(c.version),
+        }),
+        created_at: Some(c.created_at.clone()),
+        updated_at: Some(c.updated_at.clone()),
+        spec: Some(c.spec.clone()),
+        join_tokens: Some(JoinTokens {
+            worker: Some(c.worker_token.clone()),
+            manager: Some(c.manager_token.clone()),
+        }),
+        ..Default::default()
+    }))
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SwarmUpdateQuery {
+    rotate_worker_token: Option<String>,
+    rotate_manager_token: Option<String>,
+}
+
+/// `docker swarm join-token --rotate`: a new secret for the role. Nodes that already
+/// joined keep working; only new joins need the new token.
+async fn update_swarm(
+    State(ctx): State<Ctx>,
+    peer: Peer,
+    Query(q): Query<SwarmUpdateQuery>,
+) -> ApiResult<StatusCode> {
+    require_admin(&peer)?;
+    let manager = ctx.require_manager()?;
+    let state = manager.read();
+    let info = state
+        .cluster
+        .as_ref()
+        .ok_or_else(|| ApiError::Unavailable("this node is not part of a swarm".into()))?;
+    let ca = swarm_pki::RootCa::from_pem(&info.root_ca_cert_pem, &info.root_ca_key_pem)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut roles = Vec::new();
+    if truthy(q.rotate_worker_token.as_deref()) {
+        roles.push(NodeSpecRoleEnum::WORKER);
+    }
+    if truthy(q.rotate_manager_token.as_deref()) {
+        roles.push(NodeSpecRoleEnum::MANAGER);
+    }
+    for role in roles {
+        manager
+            .propose(Command::RotateJoinToken {
+                role,
+                token: swarm_pki::JoinToken::generate(&ca),
+            })
+            .await?;
+    }
+    Ok(StatusCode::OK)
+}
+
+// === nodes ===
+
+fn node_matches(f: &Filters, manager: &Manager, id: &str, node: &Node) -> bool {
+    let role = node_role(node).to_string();
+    let name = node_hostname(node);
+    let is_leader = manager.raft.leader().map(|(r, _)| r) == Some(raft_id(id));
+    f.matches("id", |v| id.starts_with(v))
+        && f.matches("name", |v| name.starts_with(v) || node.spec.as_ref().and_then(|s| s.name.as_deref()) == Some(v))
+        && f.matches("role", |v| v == role)
+        && f.matches("membership", |v| v == "accepted")
+        && f.matches("node.label", |v| label_holds(v, node.spec.as_ref().and_then(|s| s.labels.as_ref())))
+        && f.labels_match(
+            "label",
+            node.description
+                .as_ref()
+                .and_then(|d| d.engine.as_ref())
+                .and_then(|e| e.labels.as_ref()),
+        )
+        && f.matches("is-leader", |v| (v == "true") == is_leader)
+}
+
+fn label_holds(want: &str, labels: Option<&HashMap<String, String>>) -> bool {
+    let (k, v) = match want.split_once('=') {
+        Some((k, v)) => (k, Some(v)),
+        None => (want, None),
+    };
+    labels
+        .and_then(|l| l.get(k))
+        .is_some_and(|have| v.is_none_or(|v| v == have))
+}
+
+async fn list_nodes(
+    State(ctx): State<Ctx>,
+    peer: Peer,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Vec<Node>>> {
+    require_admin(&peer)?;
+    let manager = ctx.require_manager()?;
+    let filters = Filters::parse(q.filters.as_deref())?;
+    let state = manager.read();
+    Ok(Json(
+        state
+            .nodes
+            .iter()
+            .filter(|(id, n)| node_matches(&filters, &manager, id, n))
+            .map(|(_, n)| with_manager_status(&manager, n.clone()))
+            .collect(),
+    ))
+}
+
+fn find_node<'a>(state: &'a ClusterState, key: &str) -> ApiResult<&'a Node> {
+    state
+        .find_node(key)
+        .ok_or_else(|| ApiError::NotFound(format!("node {key} not found")))
+}
+
+async fn inspect_node(
+    State(ctx): State<Ctx>,
+    peer: Peer,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Node>> {
+    require_admin(&peer)?;
+    let manager = ctx.require_manager()?;
+    let state = manager.read();
+    let node = find_node(&state, &id)?.clone();
+    Ok(Json(with_manager_status(&manager, node)))
+}
+
+async fn update_node(
+    State(ctx): State<Ctx>,
+    peer: Peer,
+    Path(id): Path<String>,
+    Query(q): Query<VersionQuery>,
+    body: axum::body::Bytes,
+) -> ApiResult<StatusCode> {
+    require_admin(&peer)?;
+    let manager = ctx.require_manager()?;
+    let spec: NodeSpec = parse_body(&body, "node spec")?;
+    let state = manager.read();
+    let node = find_node(&state, &id)?;
+    let node_id = node.id.clone().unwrap_or_default();
+    let version = q
+        .version
+        .ok_or_else(|| ApiError::BadRequest("invalid node version: the version query parameter is required".into()))?;
+    let new_role = spec.role.unwrap_or(NodeSpecRoleEnum::WORKER);
+    if node_role(node) == NodeSpecRoleEnum::MANAGER && new_role == NodeSpecRoleEnum::WORKER {
+        let managers = state
+            .nodes
+            .values()
+            .filter(|n| node_role(n) == NodeSpecRoleEnum::MANAGER)
+            .count();
+        if managers <= 1 {
+            return Err(ApiError::BadRequest(
+                "attempting to demote the last manager of the swarm".into(),
+            ));
+        }
+    }
+    manager
+        .propose(Command::UpdateNodeSpec {
+            id: node_id,
+            version,
+            spec,
+            at: manager.now(),
+        })
+        .await?;
+    Ok(StatusCode::OK)
+}
+
+async fn remove_node(
+    State(ctx): State<Ctx>,
+    peer: Peer,
+    Path(id): Path<String>,
+    Query(q): Query<VersionQuery>,
+) -> ApiResult<StatusCode> {
+    require_admin(&peer)?;
+    let manager = ctx.require_manager()?;
+    let state = manager.read();
+    let node = find_node(&state, &id)?;
+    let node_id = node.id.clone().unwrap_or_default();
+    let force = truthy(q.force.as_deref());
+    if node_role(node) == NodeSpecRoleEnum::MANAGER {
+        return Err(ApiError::BadRequest(format!(
+            "rpc error: code = FailedPrecondition desc = node {node_id} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal"
+        )));
+    }
+    if !force && node_state(node) != NodeState::DOWN {
+        return Err(ApiError::BadRequest(format!(
+            "rpc error: code = FailedPrecondition desc = node {node_id} is not down and can't be removed"
+        )));
+    }
+    manager.propose(Command::RemoveNode { id: node_id }).await?;
+    Ok(StatusCode::OK)
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid {what}: {e}")))
+}
+
+// === services ===
+
+/// Docker's rule for service names: DNS-label-like, at most 63 characters.
+fn valid_service_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().last().is_some_and(|c| c.is_ascii_alphanumeric())
+}
+
+/// Checks a spec the way SwarmKit's control API does, with messages that say what to fix.
+pub fn validate_service_spec(spec: &ServiceSpec) -> ApiResult<()> {
+    let name = spec.name.as_deref().unwrap_or_default();
+    if !valid_service_name(name) {
+        return Err(ApiError::BadRequest(format!(
+            "invalid service name {name:?}: use letters, digits, '-' and '_', starting and ending with a letter or digit, at most 63 characters"
+        )));
+    }
+    let container = spec
+        .task_template
+        .as_ref()
+        .and_then(|t| t.container_spec.as_ref());
+    if container.and_then(|c| c.image.as_deref()).unwrap_or_default().is_empty() {
+        return Err(ApiError::BadRequest(
+            "invalid service spec: ContainerSpec: image reference must be provided".into(),
+        ));
+    }
+    if let Some(mode) = &spec.mode {
+        let kinds = [
+            mode.replicated.is_some(),
+            mode.global.is_some(),
+            mode.replicated_job.is_some(),
+            mode.global_job.is_some(),
+        ];
+        if kinds.iter().filter(|k| **k).count() > 1 {
+            return Err(ApiError::BadRequest(
+                "invalid service spec: choose one mode: replicated or global".into(),
+            ));
+        }
+        if mode.replicated_job.is_some() || mode.global_job.is_some() {
+            return Err(ApiError::BadRequest(
+                "invalid service spec: job modes (replicated-job, global-job) are not supported by swarm-node yet: use replicated or global".into(),
+            ));
+        }
+        if let Some(r) = mode.replicated.as_ref().and_then(|r| r.replicas) {
+            if r < 0 {
+                return Err(ApiError::BadRequest(format!(
+                    "invalid service spec: replicas must be 0 or more, not {r}"
+                )));
+            }
+        }
+    }
+    if let Some(rp) = spec
+        .task_template
+        .as_ref()
+        .and_then(|t| t.restart_policy.as_ref())
+    {
+        if rp.delay.is_some_and(|d| d < 0) {
+            return Err(ApiError::BadRequest(
+                "invalid service spec: restart delay cannot be negative".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn service_status(state: &ClusterState, service: &Service) -> ServiceServiceStatus {
+    let id = service.id.clone().unwrap_or_default();
+    let mode = service.spec.as_ref().and_then(|s| s.mode.clone()).unwrap_or_default();
+    let mut running = 0u64;
+    let mut active = 0u64;
+    let mut completed = 0u64;
+    for task in state.tasks_of_service(&id) {
+        let node_up = task
+            .node_id
+            .as_ref()
+            .and_then(|n| state.nodes.get(n))
+            .is_some_and(|n| node_state(n) != NodeState::DOWN);
+        if desired_of(task) <= TaskState::RUNNING {
+            active += 1;
+            if state_of(task) == TaskState::RUNNING && node_up {
+                running += 1;
+            }
+        }
+        if state_of(task) == TaskState::COMPLETE {
+            completed += 1;
+        }
+    }
+    let desired = if mode.global.is_some() {
+        active
+    } else {
+        mode.replicated
+            .and_then(|r| r.replicas)
+            .unwrap_or(1)
+            .max(0) as u64
+    };
+    ServiceServiceStatus {
+        running_tasks: Some(running),
+        desired_tasks: Some(desired),
+        completed_tasks: Some(completed),
+    }
+}
+
+fn with_endpoint(mut service: Service) -> Service {
+    let endpoint_spec = service.spec.as_ref().and_then(|s| s.endpoint_spec.clone());
+    service.endpoint = Some(models::ServiceEndpoint {
+        spec: Some(endpoint_spec.clone().unwrap_or_default()),
+        ports: endpoint_spec.and_then(|e| e.ports),
+        virtual_ips: None,
+    });
+    service
+}
+
+async fn list_services(
+    State(ctx): State<Ctx>,
+    peer: Peer,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Vec<Service>>> {
+    require_admin(&peer)?;
+    let manager = ctx.require_manager()?;
+    let filters = Filters::parse(q.filters.as_deref())?;
+    let with_status = truthy(q.status.as_deref());
+    let state = manager.read();
+    let services = state
+        .services
+        .iter()
+        .filter(|(id, s)| {
+            let spec = s.spec.as_ref();
+            let name = spec.and_then(|s| s.name.as_deref()).unwrap_or_default();
+            let global = spec.and_then(|s| s.mode.as_ref()).is_some_and(|m| m.global.is_some());
+            filters.matches("id", |v| id.starts_with(v))
+                && filters.matches("name", |v| name.starts_with(v))
+                && filters.matches("mode", |v| (v == "global") == global)
+                && filters.labels_match("label", spec.and_then(|s| s.labels.as_ref()))
+        })
+        .map(|(_, s)| {
+            let mut s = with_endpoint(s.clone());
+            if with_status {
+                s.service_status = Some(service_status(&state, &s));
+            }
+            s
+        })
+        .collect();
+    Ok(Json(services))
+}
+
+fn find_service<'a>(state: &'a ClusterState, key: &str) -> ApiResult<&'a Service> {
+    state
+        .find_service(key)
+        .ok_or_else(|| ApiError::NotFound(format!("service {key} not found")))
+}
+
+async fn inspect_service(
+    State(ctx): State<Ctx>,
+    peer: Peer,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Service>> {
+    require_admin(&peer)?;
+    let manager = ctx.require_manager()?;
+    let state = manager.read();
+    Ok(Json(with_endpoint(find_service(&state, &id)?.clone())))
+}
+
+async fn create_service(
+    State(ctx): State<Ctx>,
+    peer: Peer,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    require_admin(&peer)?;
+    let manager = ctx.require_manager()?;
+    let mut spec: ServiceSpec = parse_body(&body, "service spec")?;
+    if spec.name.as_deref().unwrap_or_default().is_empty() {
+        let id = Manager::new_id();
+        spec.name = Some(format!("service-{}", &id[..8]));
+    }
+    if spec.mode.is_none() {
+        spec.mode = Some(models::ServiceSpecMode {
+            replicated: Some(models::ServiceSpecModeReplicated { replicas: Some(1) }),
+            ..Default::default()
+        });
+    }
+    validate_service_spec(&spec)?;
+    let name = spec.name.clone().unwrap_or_default();
+    if manager.read().service_by_name(&name).is_some() {
+        return Err(ApiError::Conflict(format!(
+            "rpc error: code = AlreadyExists desc = name conflicts with an existing object: service {name} already exists"
+        )));
+    }
+    let id = Manager::new_id();
+    let now = manager.now();
+    let service = Service {
+        id: Some(id.clone()),
+        created_at: Some(now.clone()),
+        updated_at: Some(now),
+        spec: Some(spec),
+        ..Default::default()
+    };
+    manager
+        .propose(Command::CreateService {
+            service: Box::new(service),
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "ID": id, "Warnings": null })),
+    )
+        .into_response())
+}
+
+async fn update_service(
+    State(ctx): State<Ctx>,
+    peer: Peer,
+    Path(key): Path<String>,
+    Query(q): Query<VersionQuery>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    require_admin(&peer)?;
+    let manager = ctx.require_manager()?;
+    let spec: ServiceSpec = parse_body(&body, "service spec")?;
+    validate_service_spec(&spec)?;
+    let state = manager.read();
+    let service = find_service(&state, &key)?;
+    let id = service.id.clone().unwrap_or_default();
+    let current_name = service.spec.as_ref().and_then(|s| s.name.clone());
+    if spec.name != current_name {
+        return Err(ApiError::BadRequest(
+            "rpc error: code = Unimplemented desc = renaming services is not supported".into(),
+        ));
+    }
+    let version = q.version.unwrap_or_else(|| version_of(&service.version));
+    manager
+        .propose(Command::UpdateService {
+            id,
+            version,
+            spec: Box::new(spec),
+            at: manager.now(),
+        })
+        .await?;
+    Ok(Json(serde_json::json!({ "Warnings": null })))
+}
+
+async fn remove_service(
+    State(ctx): State<Ctx>,
+    peer: Peer,
+    Path(key): Path<String>,
+) -> ApiResult<StatusCode> {
+    require_admin(&peer)?;
+    let manager = ctx.require_manager()?;
+    let id = find_service(&manager.read(), &key)?
+        .id
+        .clone()
+        .unwrap_or_default();
+    manager.propose(Command::RemoveService { id }).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn service_logs(peer: Peer) -> ApiResult<StatusCode> {
+    require_admin(&peer)?;
+    Err(ApiError::BadRequest(
+        "service logs are not supported by swarm-node yet: use `docker logs` on the node (swarmup ssh CLUSTER NODE -- docker logs CONTAINER)".into(),
+    ))
+}
+
+// === tasks ===
+
+async fn list_tasks(
+    State(ctx): State<Ctx>,
+    peer: Peer,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Vec<Task>>> {
+    require_admin(&peer)?;
+    let manager = ctx.require_manager()?;
+    let filters = Filters::parse(q.filters.as_deref())?;
+    let state = manager.read();
+    let service_ids: Option<Vec<String>> = filters.get("service").map(|keys| {
+        keys.iter()
+            .filter_map(|k| state.find_service(k).and_then(|s| s.id.clone()))
+            .collect()
+    });
+    let node_ids: Option<Vec<String>> = filters.get("node").map(|keys| {
+        keys.iter()
+            .filter_map(|k| state.find_node(k).and_then(|n| n.id.clone()))
+            .collect()
+    });
+    let tasks = state
+        .tasks
+        .iter()
+        .filter(|(id, t)| {
+            let service_name = t
+                .service_id
+                .as_ref()
+                .and_then(|s| state.services.get(s))
+                .and_then(|s| s.spec.as_ref())
+                .and_then(|s| s.name.clone())
+                .unwrap_or_default();
+            let name = format!("{service_name}.{}", t.slot.unwrap_or(0));
+            filters.matches("id", |v| id.starts_with(v))
+                && filters.matches("name", |v| name.starts_with(v))
+                && service_ids
+                    .as_ref()
+                    .is_none_or(|ids| t.service_id.as_ref().is_some_and(|s| ids.contains(s)))
+                && node_ids
+                    .as_ref()
+                    .is_none_or(|ids| t.node_id.as_ref().is_some_and(|n| ids.contains(n)))
+                && filters.matches("desired-state", |v| desired_of(t).to_string() == v
+                    || (v == "accepted" && desired_of(t) <= TaskState::RUNNING))
+                && filters.labels_match("label", t.labels.as_ref())
+                && filters.matches("_up-to-date", |_| {
+                    // A task is up to date when it runs the service's current task spec.
+                    t.service_id
+                        .as_ref()
+                        .and_then(|s| state.services.get(s))
+                        .and_then(|s| s.spec.as_ref())
+                        .is_some_and(|s| s.task_template == t.spec)
+                })
+        })
+        .map(|(_, t)| t.clone())
+        .collect();
+    Ok(Json(tasks))
+}
+
+async fn inspect_task(
+    State(ctx): State<Ctx>,
+    peer: Peer,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Task>> {
+    require_admin(&peer)?;
+    let manager = ctx.require_manager()?;
+    let state = manager.read();
+    let task = state
+        .tasks
+        .get(&id)
+        .or_else(|| {
+            let mut m = state.tasks.iter().filter(|(k, _)| k.starts_with(&id));
+            match (m.next(), m.next()) {
+                (Some((_, t)), None) => Some(t),
+                _ => None,
+            }
+        })
+        .ok_or_else(|| ApiError::NotFound(format!("task {id} not found")))?;
+    Ok(Json(task.clone()))
+}
+
+/// Used by the scheduler-facing tests: whether a node can take tasks now.
+pub fn node_is_eligible(node: &Node) -> bool {
+    scheduler::is_eligible(node)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, image: &str) -> ServiceSpec {
+        ServiceSpec {
+            name: Some(name.into()),
+            task_template: Some(models::TaskSpec {
+                container_spec: Some(models::TaskSpecContainerSpec {
+                    image: Some(image.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn invalid_specs_say_what_to_fix() {
+        assert!(validate_service_spec(&spec("web", "busybox")).is_ok());
+        let e = validate_service_spec(&spec("web", "")).unwrap_err();
+        assert!(e.to_string().contains("image reference must be provided"));
+        let e = validate_service_spec(&spec("-web", "busybox")).unwrap_err();
+        assert!(e.to_string().starts_with("invalid service name"));
+        let mut s = spec("web", "busybox");
+        s.mode = Some(models::ServiceSpecMode {
+            replicated: Some(models::ServiceSpecModeReplicated { replicas: Some(-1) }),
+            ..Default::default()
+        });
+        assert!(validate_service_spec(&s).unwrap_err().to_string().contains("replicas"));
+    }
+}

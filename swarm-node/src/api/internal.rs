@@ -1,0 +1,286 @@
+//! The internal cluster API between nodes (paths in `swarm_state::proto`).
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use swarm_pki::{Peer, Role};
+use swarm_state::models::{NodeState, NodeStatus};
+use swarm_state::proto::{
+    Assignments, Heartbeat, HeartbeatResponse, JoinRequest, JoinResponse, RenewRequest,
+    TaskStatusReport, PREFIX,
+};
+use swarm_state::{node_role, node_state, ClusterState, Command};
+use tower::ServiceExt;
+
+use super::{require_admin, require_node, Ctx};
+use crate::error::{ApiError, NO_LEADER};
+use crate::manager::ca;
+
+/// How long a worker's assignments request is held when nothing changes.
+const LONG_POLL: Duration = Duration::from_secs(10);
+
+pub fn routes() -> Router<Ctx> {
+    Router::new()
+        .route(&format!("{PREFIX}/ca"), get(root_ca))
+        .route(&format!("{PREFIX}/join"), post(join))
+        .route(&format!("{PREFIX}/renew"), post(renew))
+        .route(&format!("{PREFIX}/heartbeat"), post(heartbeat))
+        .route(&format!("{PREFIX}/assignments"), get(assignments))
+        .route(&format!("{PREFIX}/task-status"), post(task_status))
+        .route(&format!("{PREFIX}/propose"), post(propose))
+        .route(&format!("{PREFIX}/client-cert"), post(client_cert))
+        .route(&format!("{PREFIX}/raft/{{*rest}}"), any(raft))
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+async fn root_ca(State(ctx): State<Ctx>) -> String {
+    ctx.ca_pem.clone()
+}
+
+async fn join(State(ctx): State<Ctx>, Json(request): Json<JoinRequest>) -> ApiResult<Json<JoinResponse>> {
+    let manager = ctx.require_manager()?;
+    Ok(Json(ca::join(&manager, request).await?))
+}
+
+async fn renew(
+    State(ctx): State<Ctx>,
+    peer: Peer,
+    Json(request): Json<RenewRequest>,
+) -> ApiResult<Json<JoinResponse>> {
+    let me = require_node(&peer)?;
+    let manager = ctx.require_manager()?;
+    Ok(Json(ca::renew(&manager, &me.node_id, &request)?))
+}
+
+async fn heartbeat(
+    State(ctx): State<Ctx>,
+    peer: Peer,
+    Json(beat): Json<Heartbeat>,
+) -> ApiResult<Json<HeartbeatResponse>> {
+    let me = require_node(&peer)?;
+    // Managers relay heartbeats to the leader on behalf of nodes.
+    if me.node_id != beat.node_id && me.role != Role::Manager {
+        return Err(ApiError::Forbidden(format!(
+            "node {} cannot send heartbeats for node {}",
+            me.node_id, beat.node_id
+        )));
+    }
+    let manager = ctx.require_manager()?;
+    if !manager.raft.is_leader() {
+        return relay_heartbeat(&manager, &beat).await.map(Json);
+    }
+    manager
+        .dispatcher
+        .seen(&beat.node_id, &beat.addr, tokio::time::Instant::now());
+    let state = manager.read();
+    let node = state
+        .nodes
+        .get(&beat.node_id)
+        .ok_or_else(|| ApiError::NotFound(format!("node {} not found: it was removed from the swarm", beat.node_id)))?;
+    let ip = beat
+        .addr
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|_| beat.addr.clone());
+    // The hostname is the one the node joined with: it names the node, whatever its
+    // engine reports.
+    let mut description = beat.description.clone();
+    if let Some(joined_as) = node.description.as_ref().and_then(|d| d.hostname.clone()) {
+        description.hostname = Some(joined_as);
+    }
+    let changed = node_state(node) != NodeState::READY
+        || node.status.as_ref().and_then(|s| s.addr.as_deref()) != Some(ip.as_str())
+        || node.description.as_ref() != Some(&description);
+    if changed {
+        manager
+            .propose(Command::SetNodeStatus {
+                id: beat.node_id.clone(),
+                status: NodeStatus {
+                    state: Some(NodeState::READY),
+                    message: None,
+                    addr: Some(ip),
+                },
+                description: Some(Box::new(description)),
+                at: manager.now(),
+            })
+            .await?;
+    }
+    let state = manager.read();
+    Ok(Json(HeartbeatResponse {
+        period_ms: manager.dispatcher.period().as_millis() as u64,
+        managers: ca::manager_addrs(&manager, &state),
+        desired_role: state
+            .nodes
+            .get(&beat.node_id)
+            .map(|n| ca::role_name(node_role(n)))
+            .unwrap_or("worker")
+            .into(),
+    }))
+}
+
+async fn relay_heartbeat(
+    manager: &crate::manager::Manager,
+    beat: &Heartbeat,
+) -> ApiResult<HeartbeatResponse> {
+    let Some((_, leader)) = manager.raft.leader() else {
+        return Err(ApiError::Unavailable(NO_LEADER.into()));
+    };
+    let url = format!("{}://{}{PREFIX}/heartbeat", manager.scheme, leader.addr);
+    let response = manager
+        .peers
+        .post(url)
+        .json(beat)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("cannot reach the leader at {}: {e}", leader.addr)))?;
+    if !response.status().is_success() {
+        return Err(ApiError::Unavailable(format!(
+            "the leader at {} answered {}",
+            leader.addr,
+            response.status()
+        )));
+    }
+    response
+        .json()
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AssignmentsQuery {
+    node: String,
+    #[serde(default)]
+    since: u64,
+}
+
+/// A node's tasks with their version, which grows with every change to them (so a
+/// lagging manager's answer is recognisably older).
+fn assignments_of(state: &ClusterState, node_id: &str) -> Assignments {
+    let tasks: Vec<_> = state.tasks_on_node(node_id).cloned().collect();
+    // Zero means "nothing yet" to the worker: a node without tasks is at version 1.
+    let index = state.assignment_versions.get(node_id).copied().unwrap_or(0).max(1);
+    Assignments { index, tasks }
+}
+
+async fn assignments(
+    State(ctx): State<Ctx>,
+    peer: Peer,
+    Query(q): Query<AssignmentsQuery>,
+) -> ApiResult<Json<Assignments>> {
+    let me = require_node(&peer)?;
+    if me.node_id != q.node && me.role != Role::Manager {
+        return Err(ApiError::Forbidden(format!(
+            "node {} cannot read the assignments of node {}",
+            me.node_id, q.node
+        )));
+    }
+    let manager = ctx.require_manager()?;
+    let mut rx = manager.raft.subscribe();
+    let deadline = tokio::time::Instant::now() + LONG_POLL;
+    loop {
+        let state = rx.borrow_and_update().clone();
+        let current = assignments_of(&state, &q.node);
+        if current.index > q.since {
+            return Ok(Json(current));
+        }
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return Ok(Json(current));
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => return Ok(Json(current)),
+        }
+    }
+}
+
+async fn task_status(
+    State(ctx): State<Ctx>,
+    peer: Peer,
+    Json(report): Json<TaskStatusReport>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let me = require_node(&peer)?;
+    if me.node_id != report.node_id && me.role != Role::Manager {
+        return Err(ApiError::Forbidden(format!(
+            "node {} cannot report tasks of node {}",
+            me.node_id, report.node_id
+        )));
+    }
+    let manager = ctx.require_manager()?;
+    manager
+        .propose(Command::ReportTaskStatus {
+            node_id: report.node_id,
+            updates: report.updates,
+        })
+        .await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+async fn propose(
+    State(ctx): State<Ctx>,
+    peer: Peer,
+    Json(command): Json<Command>,
+) -> ApiResult<Response> {
+    match &peer.0 {
+        Some(p) if p.role == Role::Manager => {}
+        _ => return Err(ApiError::Forbidden("only managers may propose".into())),
+    }
+    let manager = ctx.require_manager()?;
+    // No further forwarding here: a stale caller retries against the leader it learns.
+    match manager.raft.propose(command).await {
+        Ok(result) => Ok(Json(result).into_response()),
+        Err(e) => Err(ApiError::Unavailable(e.to_string())),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ClientCertQuery {
+    name: Option<String>,
+}
+
+async fn client_cert(
+    State(ctx): State<Ctx>,
+    peer: Peer,
+    Query(q): Query<ClientCertQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    match &peer.0 {
+        Some(p) if p.role == Role::Admin => {}
+        _ => {
+            require_admin(&peer)?;
+            return Err(ApiError::Forbidden(
+                "client certificates are issued only on a manager's local socket".into(),
+            ));
+        }
+    }
+    let manager = ctx.require_manager()?;
+    let (ca_pem, cert_pem, key_pem) =
+        ca::client_cert(&manager, q.name.as_deref().unwrap_or("swarmup-admin"))?;
+    Ok(Json(serde_json::json!({
+        "ca_pem": ca_pem, "cert_pem": cert_pem, "key_pem": key_pem
+    })))
+}
+
+/// Raft's own RPCs, only between managers.
+async fn raft(
+    State(ctx): State<Ctx>,
+    peer: Peer,
+    request: Request<Body>,
+) -> ApiResult<Response> {
+    match &peer.0 {
+        Some(p) if p.role == Role::Manager => {}
+        _ => return Err(ApiError::Forbidden("only managers take part in Raft".into())),
+    }
+    let manager = ctx.require_manager()?;
+    let router = swarm_raft::server::router(manager.raft.clone());
+    Ok(router
+        .oneshot(request)
+        .await
+        .unwrap_or_else(|e| match e {}))
+}

@@ -1,0 +1,123 @@
+//! The HTTP surface of a node, served on the control port (mutual TLS) and on the local
+//! unix socket: the Docker Engine API's swarm part ([`docker`]) and the internal cluster
+//! API between nodes ([`internal`], under `/swarmup/v1`).
+//!
+//! Who may call what is decided here from the caller's certificate (`swarm_pki::Peer`):
+//! the Docker API needs a manager or administrator certificate (workers get 403, as their
+//! certificate says they are workers), the internal API checks that a node speaks only
+//! for itself.
+
+use std::sync::{Arc, RwLock};
+
+use axum::body::Body;
+use axum::http::{Request, Uri};
+use axum::Router;
+use swarm_pki::{Peer, PeerIdentity, Role};
+use tower::ServiceExt;
+
+use crate::error::{ApiError, NOT_A_MANAGER};
+use crate::manager::Manager;
+
+pub mod docker;
+pub mod filters;
+pub mod internal;
+
+/// The Docker API version this node speaks (that of Docker Engine 20.10).
+pub const API_VERSION: &str = "1.41";
+pub const MIN_API_VERSION: &str = "1.24";
+
+/// What every handler can see of the node.
+#[derive(Debug)]
+pub struct NodeContext {
+    pub node_id: String,
+    pub cluster_id: String,
+    pub advertise_addr: String,
+    pub hostname: String,
+    pub ca_pem: String,
+    /// Present while this node is a manager.
+    pub manager: RwLock<Option<Arc<Manager>>>,
+}
+
+impl NodeContext {
+    pub fn manager(&self) -> Option<Arc<Manager>> {
+        self.manager.read().expect("manager lock").clone()
+    }
+
+    /// The manager part, or Docker's answer for a node that is not a manager.
+    pub fn require_manager(&self) -> Result<Arc<Manager>, ApiError> {
+        self.manager()
+            .ok_or_else(|| ApiError::Unavailable(NOT_A_MANAGER.into()))
+    }
+}
+
+pub type Ctx = Arc<NodeContext>;
+
+/// Checks that the caller may use the Docker API (manager or administrator).
+pub fn require_admin(peer: &Peer) -> Result<&PeerIdentity, ApiError> {
+    match &peer.0 {
+        Some(p) if matches!(p.role, Role::Manager | Role::Admin) => Ok(p),
+        Some(_) => Err(ApiError::Forbidden(NOT_A_MANAGER.into())),
+        None => Err(ApiError::Forbidden(
+            "a client certificate from this swarm's CA is required: use `swarmup env` or the node's unix socket".into(),
+        )),
+    }
+}
+
+/// Checks that the caller is a node of this swarm and returns its identity.
+pub fn require_node(peer: &Peer) -> Result<&PeerIdentity, ApiError> {
+    match &peer.0 {
+        Some(p) if matches!(p.role, Role::Manager | Role::Worker) => Ok(p),
+        _ => Err(ApiError::Forbidden(
+            "only nodes of this swarm may call this".into(),
+        )),
+    }
+}
+
+/// The whole router. Docker clients put the API version in front of every path
+/// (`/v1.41/nodes`); it is stripped before routing, so one set of routes serves all.
+pub fn router(ctx: Ctx) -> Router {
+    let inner = docker::routes()
+        .merge(internal::routes())
+        .with_state(ctx);
+    Router::new().fallback_service(tower::service_fn(move |request: Request<Body>| {
+        let inner = inner.clone();
+        async move { inner.oneshot(strip_version(request)).await }
+    }))
+}
+
+fn strip_version(mut request: Request<Body>) -> Request<Body> {
+    let path = request.uri().path();
+    if let Some(rest) = path.strip_prefix("/v") {
+        if let Some((version, tail)) = rest.split_once('/') {
+            if !version.is_empty() && version.chars().all(|c| c.is_ascii_digit() || c == '.') {
+                let mut new = format!("/{tail}");
+                if let Some(q) = request.uri().query() {
+                    new.push('?');
+                    new.push_str(q);
+                }
+                if let Ok(uri) = new.parse::<Uri>() {
+                    *request.uri_mut() = uri;
+                }
+            }
+        }
+    }
+    request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_prefix_is_stripped() {
+        let r = Request::builder()
+            .uri("/v1.41/nodes?filters=x")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(strip_version(r).uri(), "/nodes?filters=x");
+        let r = Request::builder().uri("/_ping").body(Body::empty()).unwrap();
+        assert_eq!(strip_version(r).uri(), "/_ping");
+        let r = Request::builder().uri("/volumes").body(Body::empty()).unwrap();
+        assert_eq!(strip_version(r).uri(), "/volumes");
+    }
+}

@@ -1,0 +1,324 @@
+//! `swarm-node run`: every part of a node under one shutdown tree.
+//!
+//! A node always runs the control-port server (mutual TLS), the local unix-socket server
+//! and the worker agent. While its role is manager it also runs Raft and the manager part.
+//! The role can change at run time (`docker node promote/demote`): the agent's heartbeat
+//! answer carries the role the cluster wants, and [`Daemon::change_role`] renews the
+//! certificate and starts or stops the manager part to match.
+//!
+//! Shutdown order: stop taking requests, stop the agent (containers keep running, as with
+//! a dockerd restart in Swarm), stop the leader loop, then shut Raft down.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use swarm_pki::{Identity, NodeKey, TlsAcceptorHandle};
+use swarm_raft::ClusterRaft;
+use swarm_state::proto::{JoinResponse, RenewRequest, PREFIX};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, NodeContext};
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::{DaemonConfig, NodeFile};
+use crate::manager::{leader, Manager};
+use crate::setup::raft_options;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("this node is not part of a swarm (no {0}): run `swarm-node init` or `swarm-node join` first")]
+    NotInSwarm(PathBuf),
+    #[error("cannot read the node's state in {path}: {source}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Pki(#[from] swarm_pki::PkiError),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("docker engine: {0}")]
+    Docker(String),
+}
+
+/// The manager part while it runs.
+struct ManagerPart {
+    manager: Arc<Manager>,
+    leader_loop: JoinHandle<()>,
+}
+
+struct Daemon {
+    config: DaemonConfig,
+    ctx: Arc<NodeContext>,
+    tls: TlsAcceptorHandle,
+    node: tokio::sync::Mutex<NodeFile>,
+    clock: SharedClock,
+    shutdown: watch::Receiver<bool>,
+    manager_part: tokio::sync::Mutex<Option<ManagerPart>>,
+}
+
+/// The node's hostname, as `docker node ls` shows it. `SWARM_NODE_HOSTNAME` overrides it
+/// where several nodes share one host (tests).
+fn hostname() -> String {
+    if let Ok(name) = std::env::var("SWARM_NODE_HOSTNAME") {
+        return name;
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// Runs the node until `shutdown` completes.
+pub async fn run(
+    config: DaemonConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
+    let node = NodeFile::load(&config.state_dir)
+        .map_err(|source| DaemonError::State {
+            path: config.state_dir.clone(),
+            source,
+        })?
+        .ok_or_else(|| DaemonError::NotInSwarm(NodeFile::path(&config.state_dir)))?;
+    let identity = Identity::load(&config.state_dir).await?;
+    let tls = TlsAcceptorHandle::from_identity(&identity)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ctx = Arc::new(NodeContext {
+        node_id: node.node_id.clone(),
+        cluster_id: node.cluster_id.clone(),
+        advertise_addr: node.advertise_addr.clone(),
+        hostname: hostname(),
+        ca_pem: identity.ca_pem.clone(),
+        manager: RwLock::new(None),
+    });
+    let daemon = Arc::new(Daemon {
+        config: config.clone(),
+        ctx: ctx.clone(),
+        tls: tls.clone(),
+        node: tokio::sync::Mutex::new(node.clone()),
+        clock: Arc::new(SystemClock),
+        shutdown: stop_rx.clone(),
+        manager_part: tokio::sync::Mutex::new(None),
+    });
+    if node.is_manager() {
+        daemon.start_manager(&identity).await?;
+    }
+
+    let router = api::router(ctx.clone());
+    let tcp = tokio::net::TcpListener::bind(&node.listen_addr)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            addr: node.listen_addr.clone(),
+            source,
+        })?;
+    let unix = bind_unix(&config.socket)?;
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let tcp_server = tokio::spawn(swarm_pki::serve_tls(
+        tcp,
+        tls.clone(),
+        router.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    let unix_server = tokio::spawn(swarm_pki::serve_unix(unix, router, stopped(stop_rx.clone())));
+    tracing::info!(node_id = %node.node_id, listen = %node.listen_addr, role = %node.role, "swarm-node running");
+
+    let runtime = swarm_worker::docker::DockerRuntime::connect(&config.docker_socket.to_string_lossy())
+        .await
+        .map_err(|e| DaemonError::Docker(e.to_string()))?;
+    let agent = swarm_worker::Agent::new(swarm_worker::AgentConfig {
+        node_id: node.node_id.clone(),
+        addr: node.advertise_addr.clone(),
+        managers: node.managers.clone(),
+        client: swarm_pki::http_client(&identity)?,
+        scheme: config.scheme.clone(),
+        runtime: Arc::new(runtime),
+    })
+    .map_err(|e| DaemonError::Docker(e.to_string()))?;
+    let mut heartbeats = agent.heartbeats();
+    let agent_task = tokio::spawn(agent.run(stopped(stop_rx.clone())));
+
+    let role_daemon = daemon.clone();
+    let mut role_stop = stop_rx.clone();
+    let role_task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = heartbeats.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = role_stop.wait_for(|s| *s) => return,
+            }
+            let answer = heartbeats.borrow_and_update().clone();
+            if let Some(answer) = answer {
+                role_daemon.remember_managers(&answer.managers).await;
+                if let Err(e) = role_daemon.change_role(&answer.desired_role).await {
+                    tracing::warn!(error = %e, "role change failed; retrying at the next heartbeat");
+                }
+            }
+        }
+    });
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = agent_task.await;
+    let _ = role_task.await;
+    let _ = tcp_server.await;
+    let _ = unix_server.await;
+    daemon.stop_manager().await;
+    let _ = std::fs::remove_file(&config.socket);
+    Ok(())
+}
+
+fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, DaemonError> {
+    use std::os::unix::fs::PermissionsExt;
+    let listen_error = |source| DaemonError::Listen {
+        addr: path.display().to_string(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(listen_error)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path).map_err(listen_error)?;
+    // Root only, like /var/run/docker.sock: the socket grants full control.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(listen_error)?;
+    Ok(listener)
+}
+
+impl Daemon {
+    async fn start_manager(&self, identity: &Identity) -> Result<(), DaemonError> {
+        let mut part = self.manager_part.lock().await;
+        if part.is_some() {
+            return Ok(());
+        }
+        let node = self.node.lock().await.clone();
+        // Raft talks to the other managers with the manager certificate.
+        let peers = swarm_pki::http_client(identity)?;
+        let raft = ClusterRaft::open(raft_options(&self.config.state_dir, &node.node_id), peers.clone())
+            .await
+            .map_err(|e| DaemonError::Raft(e.to_string()))?;
+        let heartbeat_ms = raft
+            .read()
+            .cluster
+            .as_ref()
+            .map(|c| c.heartbeat_period_ms)
+            .unwrap_or(self.config.heartbeat_ms);
+        let manager = Manager::new(
+            node.node_id.clone(),
+            node.advertise_addr.clone(),
+            raft,
+            peers,
+            self.config.scheme.clone(),
+            self.clock.clone(),
+            heartbeat_ms,
+        );
+        let leader_loop = tokio::spawn(leader::run(manager.clone(), self.shutdown.clone()));
+        *self.ctx.manager.write().expect("manager lock") = Some(manager.clone());
+        *part = Some(ManagerPart {
+            manager,
+            leader_loop,
+        });
+        Ok(())
+    }
+
+    async fn stop_manager(&self) {
+        let Some(part) = self.manager_part.lock().await.take() else {
+            return;
+        };
+        *self.ctx.manager.write().expect("manager lock") = None;
+        part.leader_loop.abort();
+        let _ = part.leader_loop.await;
+        if let Err(e) = part.manager.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+
+    async fn remember_managers(&self, managers: &[String]) {
+        let mut node = self.node.lock().await;
+        if !managers.is_empty() && node.managers != managers {
+            node.managers = managers.to_vec();
+            if let Err(e) = node.save(&self.config.state_dir) {
+                tracing::warn!(error = %e, "cannot record the managers");
+            }
+        }
+    }
+
+    /// Brings the node to the role the cluster wants: a new certificate first (so peers
+    /// see the new role), then the manager part started or stopped.
+    async fn change_role(&self, desired: &str) -> Result<(), DaemonError> {
+        let current = self.node.lock().await.role.clone();
+        if current == desired {
+            return Ok(());
+        }
+        tracing::info!(from = %current, to = %desired, "role change");
+        let identity = self.renew_certificate().await?;
+        if desired == "manager" {
+            self.start_manager(&identity).await?;
+        } else {
+            self.stop_manager().await;
+            // A demoted node must not come back with an old Raft log.
+            let _ = tokio::fs::remove_dir_all(self.config.state_dir.join("raft")).await;
+        }
+        let mut node = self.node.lock().await;
+        node.role = desired.to_string();
+        node.save(&self.config.state_dir)
+            .map_err(|source| DaemonError::State {
+                path: self.config.state_dir.clone(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    async fn renew_certificate(&self) -> Result<Identity, DaemonError> {
+        let current = Identity::load(&self.config.state_dir).await?;
+        let client = swarm_pki::http_client(&current)?;
+        let key = NodeKey::generate()?;
+        let request = RenewRequest {
+            csr_pem: key.csr_pem()?,
+        };
+        let managers = self.node.lock().await.managers.clone();
+        let mut last_error = String::from("no manager known");
+        for manager in managers {
+            let url = format!("{}://{manager}{PREFIX}/renew", self.config.scheme);
+            let answer = client
+                .post(url)
+                .json(&request)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await;
+            match answer {
+                Ok(r) if r.status().is_success() => {
+                    let renewed: JoinResponse = r
+                        .json()
+                        .await
+                        .map_err(|e| DaemonError::Raft(format!("renewal answer: {e}")))?;
+                    let identity = Identity {
+                        cert_pem: renewed.cert_pem,
+                        key_pem: key.key_pem.clone(),
+                        ca_pem: renewed.ca_pem,
+                    };
+                    identity.save(&self.config.state_dir).await?;
+                    self.tls.replace_identity(&identity)?;
+                    return Ok(identity);
+                }
+                Ok(r) => last_error = format!("{manager} answered {}", r.status()),
+                Err(e) => last_error = format!("{manager}: {e}"),
+            }
+        }
+        Err(DaemonError::Raft(format!(
+            "cannot renew the node certificate: {last_error}"
+        )))
+    }
+}

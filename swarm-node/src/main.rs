@@ -1,0 +1,325 @@
+//! `swarm-node`: the node daemon of a swarmup cluster, with Docker's verbs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use swarm_node::config::{
+    DaemonConfig, NodeFile, DEFAULT_DOCKER_SOCKET, DEFAULT_HEARTBEAT_MS, DEFAULT_SOCKET,
+    DEFAULT_STATE_DIR,
+};
+use swarm_node::local;
+use swarm_node::setup::{self, InitOptions, JoinOptions};
+
+#[derive(Debug, Parser)]
+#[command(name = "swarm-node", version, about = "The node daemon of a swarmup cluster")]
+struct Cli {
+    /// Where the node keeps its state.
+    #[arg(long, global = true, env = "SWARM_NODE_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// The local API socket (the Docker API for this node's swarm).
+    #[arg(long, global = true, env = "SWARM_NODE_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a new swarm with this node as its first manager.
+    Init {
+        /// The address other nodes reach this node on (IP or IP:PORT).
+        #[arg(long)]
+        advertise_addr: String,
+        /// The address the control port listens on.
+        #[arg(long, default_value = "0.0.0.0:2377")]
+        listen_addr: String,
+        /// How often nodes report (Docker's default: 5s).
+        #[arg(long, default_value = "5s", value_parser = parse_duration_ms)]
+        dispatcher_heartbeat: u64,
+    },
+    /// Join a swarm as a worker or a manager, depending on the token.
+    Join {
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        advertise_addr: Option<String>,
+        #[arg(long, default_value = "0.0.0.0:2377")]
+        listen_addr: String,
+        /// active, pause or drain.
+        #[arg(long)]
+        availability: Option<String>,
+        /// A manager's address (IP or IP:PORT).
+        manager: String,
+    },
+    /// Run the node with the state already on disk.
+    Run {
+        /// The Docker Engine socket that runs this node's tasks.
+        #[arg(long, env = "SWARM_NODE_DOCKER_SOCKET", default_value = DEFAULT_DOCKER_SOCKET)]
+        docker_socket: PathBuf,
+    },
+    /// Leave the swarm (stop the daemon first).
+    Leave {
+        /// Leave even as a manager, without keeping quorum.
+        #[arg(long, short)]
+        force: bool,
+    },
+    /// Print (or rotate) the join token of a role.
+    JoinToken {
+        #[arg(long)]
+        rotate: bool,
+        /// Print the token only.
+        #[arg(long, short)]
+        quiet: bool,
+        /// worker or manager.
+        role: String,
+    },
+    /// Print what this node is, as JSON.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the swarm's nodes (on a manager).
+    Nodes {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Issue a client certificate for the docker CLI (on a manager), as JSON.
+    ClientCert {
+        #[arg(long, default_value = "swarmup-admin")]
+        name: String,
+    },
+}
+
+fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let err = || format!("invalid duration {s:?}: use a number with a unit, for example 5s or 500ms");
+    let (number, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| s.split_at(i))
+        .ok_or_else(err)?;
+    let value: f64 = number.parse().map_err(|_| err())?;
+    let ms = match unit {
+        "ms" => value,
+        "s" => value * 1000.0,
+        "m" => value * 60_000.0,
+        _ => return Err(err()),
+    };
+    if ms < 100.0 {
+        return Err(format!("invalid duration {s:?}: the heartbeat must be at least 100ms"));
+    }
+    Ok(ms as u64)
+}
+
+/// The node's hostname, as `docker node ls` shows it. `SWARM_NODE_HOSTNAME` overrides it
+/// where several nodes share one host (tests).
+fn hostname() -> String {
+    if let Ok(name) = std::env::var("SWARM_NODE_HOSTNAME") {
+        return name;
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SWARM_NODE_LOG")
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init {
+            advertise_addr,
+            listen_addr,
+            dispatcher_heartbeat,
+        } => {
+            let outcome = setup::init(&InitOptions {
+                state_dir: cli.state_dir,
+                advertise_addr,
+                listen_addr,
+                heartbeat_ms: dispatcher_heartbeat,
+                hostname: hostname(),
+            })
+            .await?;
+            println!(
+                "Swarm initialized: current node ({}) is now a manager.\n\nTo add a worker to this swarm, run the following command:\n\n    swarm-node join --token {} {}\n\nTo add a manager to this swarm, run 'swarm-node join-token manager' and follow the instructions.\n\nStart the node with 'swarm-node run'.",
+                outcome.node_id, outcome.worker_token, outcome.advertise_addr
+            );
+            Ok(())
+        }
+        Command::Join {
+            token,
+            advertise_addr,
+            listen_addr,
+            availability,
+            manager,
+        } => {
+            let joined = setup::join(&JoinOptions {
+                state_dir: cli.state_dir,
+                token,
+                manager_addr: manager,
+                advertise_addr,
+                listen_addr,
+                availability,
+                hostname: hostname(),
+            })
+            .await?;
+            println!("This node joined a swarm as a {}.", joined.role);
+            Ok(())
+        }
+        Command::Run { docker_socket } => {
+            let config = DaemonConfig {
+                state_dir: cli.state_dir,
+                socket: cli.socket,
+                docker_socket,
+                scheme: "https".into(),
+                heartbeat_ms: DEFAULT_HEARTBEAT_MS,
+            };
+            swarm_node::daemon::run(config, shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Leave { force } => {
+            let node = NodeFile::load(&cli.state_dir)
+                .with_context(|| format!("cannot read {}", cli.state_dir.display()))?;
+            let Some(node) = node else {
+                bail!("this node is not part of a swarm");
+            };
+            if local::call(&cli.socket, "GET", "/_ping", None).await.is_ok() {
+                bail!("swarm-node is still running on {}: stop it first (systemctl stop swarm-node)", cli.socket.display());
+            }
+            if node.is_manager() && !force {
+                bail!("you are attempting to leave the swarm on a node that is participating as a manager: demote it first (docker node demote), or use --force to leave without keeping quorum");
+            }
+            for entry in ["raft", "certificates", "node.json"] {
+                let path = cli.state_dir.join(entry);
+                let _ = tokio::fs::remove_dir_all(&path).await;
+                let _ = tokio::fs::remove_file(&path).await;
+            }
+            println!("Node left the swarm.");
+            Ok(())
+        }
+        Command::JoinToken { rotate, quiet, role } => {
+            let key = match role.as_str() {
+                "worker" => "Worker",
+                "manager" => "Manager",
+                other => bail!("unknown role {other}: use worker or manager"),
+            };
+            if rotate {
+                let query = if key == "Worker" {
+                    "rotateWorkerToken=true"
+                } else {
+                    "rotateManagerToken=true"
+                };
+                local::call(&cli.socket, "POST", &format!("/swarm/update?{query}"), None).await?;
+            }
+            let swarm = local::get_json(&cli.socket, "/swarm").await?;
+            let token = swarm["JoinTokens"][key].as_str().unwrap_or_default();
+            if quiet {
+                println!("{token}");
+            } else {
+                let node = NodeFile::load(&cli.state_dir)?.map(|n| n.advertise_addr).unwrap_or_default();
+                println!("To add a {role} to this swarm, run the following command:\n\n    swarm-node join --token {token} {node}\n");
+            }
+            Ok(())
+        }
+        Command::Status { json: _ } => {
+            let info = local::get_json(&cli.socket, "/info").await?;
+            let node = NodeFile::load(&cli.state_dir)?;
+            let swarm = &info["Swarm"];
+            let node_id = swarm["NodeID"].as_str().unwrap_or_default().to_string();
+            let manager = swarm["ControlAvailable"].as_bool().unwrap_or(false);
+            let state = if manager {
+                local::get_json(&cli.socket, &format!("/nodes/{node_id}"))
+                    .await
+                    .ok()
+                    .and_then(|n| n["Status"]["State"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| "unknown".into())
+            } else {
+                "active".into()
+            };
+            let status = serde_json::json!({
+                "node_id": node_id,
+                "role": if manager { "manager" } else { "worker" },
+                "cluster_id": node.as_ref().map(|n| n.cluster_id.clone()).unwrap_or_default(),
+                "state": state,
+                "managers": node.map(|n| n.managers).unwrap_or_default(),
+            });
+            println!("{status}");
+            Ok(())
+        }
+        Command::Nodes { json } => {
+            let nodes = local::get_json(&cli.socket, "/nodes").await?;
+            let rows: Vec<serde_json::Value> = nodes
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|n| {
+                    let manager_status = if n["ManagerStatus"]["Leader"].as_bool() == Some(true) {
+                        "leader"
+                    } else {
+                        n["ManagerStatus"]["Reachability"].as_str().unwrap_or("")
+                    };
+                    serde_json::json!({
+                        "id": n["ID"],
+                        "hostname": n["Description"]["Hostname"],
+                        "role": n["Spec"]["Role"],
+                        "status": n["Status"]["State"],
+                        "availability": n["Spec"]["Availability"],
+                        "manager_status": manager_status,
+                    })
+                })
+                .collect();
+            if json {
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                for r in rows {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        r["id"].as_str().unwrap_or_default(),
+                        r["hostname"].as_str().unwrap_or_default(),
+                        r["status"].as_str().unwrap_or_default(),
+                        r["availability"].as_str().unwrap_or_default(),
+                        r["manager_status"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::ClientCert { name } => {
+            let bytes = local::call(
+                &cli.socket,
+                "POST",
+                &format!("/swarmup/v1/client-cert?name={name}"),
+                None,
+            )
+            .await?;
+            println!("{}", String::from_utf8_lossy(&bytes));
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Node liveness as the leader sees it.
+//!
+//! Heartbeats are kept in memory on the leader only: they are facts about the leader's
+//! own clock, which must never enter the replicated state. What the leader concludes from
+//! them (a node is Ready, a node is Down) is written through Raft.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use swarm_state::models::NodeState;
+use swarm_state::{node_state, ClusterState};
+use tokio::time::Instant;
+
+/// A node that misses this many periods is Down, as in Docker.
+pub const GRACE_MULTIPLIER: u32 = 3;
+
+#[derive(Debug)]
+pub struct Dispatcher {
+    period: Duration,
+    last_seen: Mutex<HashMap<String, Instant>>,
+    /// The control address (`IP:PORT`) each node last reported.
+    addrs: Mutex<HashMap<String, String>>,
+    /// When this manager last became leader: nodes it has not heard from yet get twice
+    /// the grace, so a leader change does not mark healthy nodes Down (swarmkit#921).
+    leader_since: Mutex<Instant>,
+}
+
+impl Dispatcher {
+    pub fn new(period_ms: u64) -> Self {
+        Dispatcher {
+            period: Duration::from_millis(period_ms.max(100)),
+            last_seen: Mutex::new(HashMap::new()),
+            addrs: Mutex::new(HashMap::new()),
+            leader_since: Mutex::new(Instant::now()),
+        }
+    }
+
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    pub fn became_leader(&self, now: Instant) {
+        *self.leader_since.lock().expect("dispatcher lock") = now;
+        self.last_seen.lock().expect("dispatcher lock").clear();
+    }
+
+    pub fn seen(&self, node_id: &str, addr: &str, now: Instant) {
+        self.last_seen
+            .lock()
+            .expect("dispatcher lock")
+            .insert(node_id.to_string(), now);
+        self.addrs
+            .lock()
+            .expect("dispatcher lock")
+            .insert(node_id.to_string(), addr.to_string());
+    }
+
+    pub fn control_addr(&self, node_id: &str) -> Option<String> {
+        self.addrs.lock().expect("dispatcher lock").get(node_id).cloned()
+    }
+
+    /// Ready nodes whose heartbeats stopped.
+    pub fn expired(&self, state: &ClusterState, now: Instant) -> Vec<String> {
+        let grace = self.period * GRACE_MULTIPLIER;
+        let leader_since = *self.leader_since.lock().expect("dispatcher lock");
+        let seen = self.last_seen.lock().expect("dispatcher lock");
+        state
+            .nodes
+            .iter()
+            .filter(|(_, n)| node_state(n) == NodeState::READY)
+            .filter(|(id, _)| match seen.get(*id) {
+                Some(at) => now.duration_since(*at) > grace,
+                None => now.duration_since(leader_since) > grace * 2,
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use swarm_state::models::{Node, NodeStatus};
+    use swarm_state::Command;
+
+    fn ready(id: &str) -> Node {
+        Node {
+            id: Some(id.into()),
+            status: Some(NodeStatus {
+                state: Some(NodeState::READY),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn nodes_go_down_after_three_missed_periods() {
+        let mut state = ClusterState::default();
+        state.apply(&Command::AddNode { node: Box::new(ready("a")) }, 1);
+        state.apply(&Command::AddNode { node: Box::new(ready("b")) }, 2);
+        let d = Dispatcher::new(1_000);
+        let start = Instant::now();
+        d.became_leader(start);
+        d.seen("a", "127.0.0.1:1", start);
+        assert!(d.expired(&state, start + Duration::from_millis(2_900)).is_empty());
+        assert_eq!(d.expired(&state, start + Duration::from_millis(3_100)), vec!["a"]);
+        // A node never heard from since the leader change gets double grace.
+        let later = d.expired(&state, start + Duration::from_millis(6_100));
+        assert_eq!(later, vec!["a", "b"]);
+    }
+}

@@ -1,0 +1,183 @@
+//! What only the Raft leader does: orchestrate, watch node liveness, and keep the Raft
+//! membership equal to the set of nodes whose role is manager.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use swarm_raft::MemberNode;
+use swarm_state::models::{NodeSpecRoleEnum, NodeState, NodeStatus};
+use swarm_state::{ids::raft_id, node_role, node_state, ClusterState, Command};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::{orchestrator, Manager};
+
+/// The longest a pass waits when nothing happens, so timers (liveness, restart delays)
+/// are looked at regularly.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Runs until `shutdown` fires; acts only while this manager is the leader.
+pub async fn run(manager: Arc<Manager>, mut shutdown: watch::Receiver<bool>) {
+    let mut leader_rx = manager.raft.leader_watch();
+    let promotions: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        if !manager.raft.is_leader() {
+            tokio::select! {
+                _ = leader_rx.changed() => continue,
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(TICK) => continue,
+            }
+        }
+        manager.dispatcher.became_leader(Instant::now());
+        tracing::info!(node_id = %manager.node_id, "became the leader");
+        let mut state_rx = manager.raft.subscribe();
+        while manager.raft.is_leader() && !*shutdown.borrow() {
+            let wake = pass(&manager, &promotions).await;
+            tokio::select! {
+                _ = state_rx.changed() => {
+                    // Let a burst of changes land before the next pass.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                _ = tokio::time::sleep(wake) => {}
+                _ = leader_rx.changed() => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// One reconcile pass. Returns how long to sleep at most.
+async fn pass(manager: &Arc<Manager>, promotions: &Arc<Mutex<HashSet<u64>>>) -> Duration {
+    let state = manager.read();
+    let mut wake = TICK;
+
+    for id in manager.dispatcher.expired(&state, Instant::now()) {
+        let addr = state.nodes[&id].status.as_ref().and_then(|s| s.addr.clone());
+        let command = Command::SetNodeStatus {
+            id: id.clone(),
+            status: NodeStatus {
+                state: Some(NodeState::DOWN),
+                message: Some("heartbeat failure".into()),
+                addr,
+            },
+            description: None,
+            at: manager.now(),
+        };
+        tracing::warn!(node_id = %id, "node missed its heartbeats: marking it down");
+        if let Err(e) = manager.propose(command).await {
+            tracing::warn!(error = %e, "could not mark node down");
+        }
+    }
+
+    let state = manager.read();
+    let plan = orchestrator::reconcile(&state, manager.clock.now(), &mut Manager::new_id);
+    if let Some(after) = plan.wake_after {
+        wake = wake.min(after + Duration::from_millis(1));
+    }
+    for command in plan.commands {
+        if let Err(e) = manager.propose(command).await {
+            tracing::warn!(error = %e, "orchestrator command refused");
+        }
+    }
+
+    reconcile_membership(manager, &manager.read(), promotions).await;
+    wake
+}
+
+/// Makes Raft voters of Ready nodes whose role is manager, and removes voters whose role
+/// became worker. Adding a voter waits for it to catch up, so it runs in the background.
+async fn reconcile_membership(
+    manager: &Arc<Manager>,
+    state: &ClusterState,
+    promotions: &Arc<Mutex<HashSet<u64>>>,
+) {
+    let voters = manager.raft.voters();
+    for (id, node) in &state.nodes {
+        let rid = raft_id(id);
+        let wants_manager = node_role(node) == NodeSpecRoleEnum::MANAGER;
+        let is_voter = voters.contains_key(&rid);
+        let addr_recorded = node.manager_status.as_ref().and_then(|m| m.addr.clone());
+        if wants_manager && !is_voter && node_state(node) == NodeState::READY {
+            let Some(addr) = control_addr(manager, node) else {
+                continue;
+            };
+            if !promotions.lock().expect("promotions lock").insert(rid) {
+                continue;
+            }
+            let manager = manager.clone();
+            let promotions = promotions.clone();
+            let node_id = id.clone();
+            tokio::spawn(async move {
+                let member = MemberNode {
+                    node_id: node_id.clone(),
+                    addr: addr.clone(),
+                };
+                let added = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    manager.raft.add_voter(rid, member),
+                )
+                .await;
+                match added {
+                    Ok(Ok(())) => {
+                        tracing::info!(node_id = %node_id, addr = %addr, "node is now a manager");
+                        let _ = manager
+                            .propose(Command::SetManagerAddr {
+                                id: node_id,
+                                addr: Some(addr),
+                                at: manager.now(),
+                            })
+                            .await;
+                    }
+                    Ok(Err(e)) => tracing::warn!(node_id = %node_id, error = %e, "could not add manager"),
+                    Err(_) => tracing::warn!(node_id = %node_id, "adding manager timed out"),
+                }
+                promotions.lock().expect("promotions lock").remove(&rid);
+            });
+        } else if wants_manager && is_voter && addr_recorded.is_none() {
+            let addr = voters[&rid].addr.clone();
+            let _ = manager
+                .propose(Command::SetManagerAddr {
+                    id: id.clone(),
+                    addr: Some(addr),
+                    at: manager.now(),
+                })
+                .await;
+        } else if !wants_manager && is_voter {
+            if voters.len() <= 1 {
+                continue;
+            }
+            match manager.raft.remove_voter(rid).await {
+                Ok(()) => {
+                    tracing::info!(node_id = %id, "node is no longer a manager");
+                    let _ = manager
+                        .propose(Command::SetManagerAddr {
+                            id: id.clone(),
+                            addr: None,
+                            at: manager.now(),
+                        })
+                        .await;
+                }
+                Err(e) => tracing::warn!(node_id = %id, error = %e, "could not remove manager"),
+            }
+        } else if !wants_manager && !is_voter && addr_recorded.is_some() {
+            let _ = manager
+                .propose(Command::SetManagerAddr {
+                    id: id.clone(),
+                    addr: None,
+                    at: manager.now(),
+                })
+                .await;
+        }
+    }
+}
+
+/// The control address of a node: the address its heartbeats come from, with the port
+/// it reported.
+fn control_addr(manager: &Manager, node: &swarm_state::models::Node) -> Option<String> {
+    let id = node.id.as_deref()?;
+    manager.dispatcher.control_addr(id)
+}

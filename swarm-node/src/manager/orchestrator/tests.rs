@@ -1,0 +1,244 @@
+use super::*;
+use swarm_state::models::{
+    Node, NodeSpec, NodeStatus, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
+    TaskSpecRestartPolicy,
+};
+use swarm_state::proto::TaskStatusUpdate;
+
+fn ready_node(id: &str) -> Node {
+    Node {
+        id: Some(id.into()),
+        spec: Some(NodeSpec {
+            availability: Some(NodeSpecAvailabilityEnum::ACTIVE),
+            ..Default::default()
+        }),
+        status: Some(NodeStatus {
+            state: Some(NodeState::READY),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn service(replicas: i64, delay_ns: i64) -> Service {
+    Service {
+        id: Some("svc".into()),
+        spec: Some(ServiceSpec {
+            name: Some("web".into()),
+            mode: Some(ServiceSpecMode {
+                replicated: Some(ServiceSpecModeReplicated {
+                    replicas: Some(replicas),
+                }),
+                ..Default::default()
+            }),
+            task_template: Some(TaskSpec {
+                restart_policy: Some(TaskSpecRestartPolicy {
+                    delay: Some(delay_ns),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+struct World {
+    state: ClusterState,
+    index: u64,
+    next: u64,
+    now: OffsetDateTime,
+}
+
+impl World {
+    fn new(nodes: &[&str], svc: Service) -> Self {
+        let mut w = World {
+            state: ClusterState::default(),
+            index: 0,
+            next: 0,
+            now: OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
+        };
+        for n in nodes {
+            w.apply(Command::AddNode { node: Box::new(ready_node(n)) });
+        }
+        w.apply(Command::CreateService { service: Box::new(svc) });
+        w
+    }
+
+    fn apply(&mut self, c: Command) {
+        self.index += 1;
+        let r = self.state.apply(&c, self.index);
+        assert_eq!(r.error, None, "{c:?}");
+    }
+
+    /// Runs passes until nothing changes; returns the last plan's wake-up.
+    fn settle(&mut self) -> Option<Duration> {
+        for _ in 0..10 {
+            let mut next = self.next;
+            let plan = reconcile(&self.state, self.now, &mut || {
+                next += 1;
+                format!("t{next}")
+            });
+            self.next = next;
+            if plan.commands.is_empty() {
+                return plan.wake_after;
+            }
+            for c in plan.commands {
+                self.apply(c);
+            }
+        }
+        panic!("reconcile did not settle");
+    }
+
+    fn report(&mut self, task: &str, state: TaskState) {
+        let node = self.state.tasks[task].node_id.clone().unwrap();
+        self.apply(Command::ReportTaskStatus {
+            node_id: node,
+            updates: vec![TaskStatusUpdate {
+                task_id: task.into(),
+                status: status(state, "", &rfc3339(self.now)),
+            }],
+        });
+    }
+
+    fn active(&self) -> Vec<&Task> {
+        self.state
+            .tasks
+            .values()
+            .filter(|t| desired_of(t) <= TaskState::RUNNING)
+            .collect()
+    }
+}
+
+#[test]
+fn replicas_are_created_and_spread() {
+    let mut w = World::new(&["a", "b", "c"], service(3, 0));
+    w.settle();
+    let active = w.active();
+    assert_eq!(active.len(), 3);
+    let mut nodes: Vec<_> = active.iter().map(|t| t.node_id.clone().unwrap()).collect();
+    nodes.sort();
+    assert_eq!(nodes, vec!["a", "b", "c"]);
+    let mut slots: Vec<_> = active.iter().map(|t| t.slot.unwrap()).collect();
+    slots.sort();
+    assert_eq!(slots, vec![1, 2, 3]);
+}
+
+#[test]
+fn a_failed_task_is_replaced_after_the_restart_delay() {
+    let mut w = World::new(&["a"], service(1, 2_000_000_000));
+    w.settle();
+    w.report("t1", TaskState::RUNNING);
+    w.report("t1", TaskState::FAILED);
+    let wake = w.settle();
+    assert_eq!(desired_of(&w.state.tasks["t1"]), TaskState::SHUTDOWN);
+    assert!(w.active().is_empty(), "no replacement before the delay");
+    assert!(wake.is_some_and(|d| d <= Duration::from_secs(2)));
+    w.now += Duration::from_secs(2);
+    w.settle();
+    let active = w.active();
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0].slot, Some(1));
+    assert_ne!(active[0].id.as_deref(), Some("t1"));
+}
+
+#[test]
+fn scaling_down_removes_the_highest_slots() {
+    let mut w = World::new(&["a", "b"], service(3, 0));
+    w.settle();
+    let mut spec = w.state.services["svc"].spec.clone().unwrap();
+    spec.mode = Some(ServiceSpecMode {
+        replicated: Some(ServiceSpecModeReplicated { replicas: Some(1) }),
+        ..Default::default()
+    });
+    let version = swarm_state::version_of(&w.state.services["svc"].version);
+    w.apply(Command::UpdateService {
+        id: "svc".into(),
+        version,
+        spec: Box::new(spec),
+        at: "t".into(),
+    });
+    w.settle();
+    let active = w.active();
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0].slot, Some(1));
+    // Retired tasks are deleted once their worker reports them stopped.
+    let retired: Vec<String> = w
+        .state
+        .tasks
+        .values()
+        .filter(|t| desired_of(t) == TaskState::REMOVE)
+        .map(|t| t.id.clone().unwrap())
+        .collect();
+    assert_eq!(retired.len(), 2);
+    for id in retired {
+        w.report(&id, TaskState::SHUTDOWN);
+    }
+    w.settle();
+    assert_eq!(w.state.tasks.len(), 1);
+}
+
+#[test]
+fn tasks_move_off_a_down_node_at_once() {
+    let mut w = World::new(&["a", "b"], service(2, 5_000_000_000));
+    w.settle();
+    for id in ["t1", "t2"] {
+        w.report(id, TaskState::RUNNING);
+    }
+    w.apply(Command::SetNodeStatus {
+        id: "b".into(),
+        status: NodeStatus {
+            state: Some(NodeState::DOWN),
+            ..Default::default()
+        },
+        description: None,
+        at: "t".into(),
+    });
+    w.settle();
+    let active = w.active();
+    assert_eq!(active.len(), 2);
+    assert!(active.iter().all(|t| t.node_id.as_deref() == Some("a")));
+}
+
+#[test]
+fn removing_a_service_retires_its_tasks() {
+    let mut w = World::new(&["a"], service(2, 0));
+    w.settle();
+    w.report("t1", TaskState::RUNNING);
+    w.apply(Command::RemoveService { id: "svc".into() });
+    w.settle();
+    // Both are asked to go away, and deleted once stopped.
+    assert_eq!(desired_of(&w.state.tasks["t1"]), TaskState::REMOVE);
+    assert_eq!(desired_of(&w.state.tasks["t2"]), TaskState::REMOVE);
+    w.report("t1", TaskState::SHUTDOWN);
+    w.report("t2", TaskState::SHUTDOWN);
+    w.settle();
+    assert!(w.state.tasks.is_empty());
+}
+
+#[test]
+fn history_keeps_five_tasks_per_slot() {
+    let mut w = World::new(&["a"], service(1, 0));
+    w.settle();
+    for _ in 0..8 {
+        let id = w.active()[0].id.clone().unwrap();
+        w.report(&id, TaskState::RUNNING);
+        w.report(&id, TaskState::FAILED);
+        w.now += Duration::from_millis(10);
+        w.settle();
+    }
+    assert_eq!(w.state.tasks.len(), TASK_HISTORY_LIMIT);
+    assert_eq!(w.active().len(), 1);
+}
+
+#[test]
+fn pending_tasks_wait_for_a_node() {
+    let mut w = World::new(&[], service(2, 0));
+    w.settle();
+    assert!(w.active().iter().all(|t| t.node_id.is_none()));
+    assert_eq!(w.active().len(), 2);
+    w.apply(Command::AddNode { node: Box::new(ready_node("a")) });
+    w.settle();
+    assert!(w.active().iter().all(|t| t.node_id.as_deref() == Some("a")));
+}

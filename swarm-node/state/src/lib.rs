@@ -1,0 +1,511 @@
+//! The replicated cluster state of a swarm and the commands that change it.
+//!
+//! **Architecture Invariant:** [`ClusterState::apply`] is a pure, deterministic fold. It
+//! reads no clock, draws no random number and does no I/O: every timestamp and every id
+//! is chosen by the manager that proposes a [`Command`] and travels inside it, so every
+//! replica that applies the same log reaches the same state.
+//!
+//! Objects are stored as the Docker Engine API's own types (`bollard-stubs`), so the API
+//! layer serves them without conversion. Each object's `Version.Index` is the Raft log
+//! index of the entry that last changed it, which is what Docker's optimistic
+//! concurrency (`?version=N` on updates) compares against.
+
+use std::collections::BTreeMap;
+
+pub use bollard_stubs::models;
+use models::{
+    Node, NodeSpec, NodeSpecRoleEnum, NodeState, NodeStatus, ObjectVersion, Service, ServiceSpec,
+    SwarmSpec, Task, TaskState, TaskStatus,
+};
+use serde::{Deserialize, Serialize};
+
+pub mod ids;
+pub mod proto;
+
+/// Cluster-wide facts created by `init`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub id: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub version: u64,
+    pub spec: SwarmSpec,
+    /// The root CA certificate (PEM). Its SHA-256 digest is part of every join token.
+    pub root_ca_cert_pem: String,
+    /// The root CA key (PEM). Replicated so that any manager can sign, as SwarmKit does.
+    pub root_ca_key_pem: String,
+    pub worker_token: String,
+    pub manager_token: String,
+    /// How often nodes send heartbeats, in milliseconds (Docker's default is 5 s).
+    pub heartbeat_period_ms: u64,
+}
+
+/// The whole replicated state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub cluster: Option<ClusterInfo>,
+    pub nodes: BTreeMap<String, Node>,
+    pub services: BTreeMap<String, Service>,
+    pub tasks: BTreeMap<String, Task>,
+    /// For each node, the log index of the last change to any task assigned to it: the
+    /// version of its assignments, which only grows, so a worker can long-poll for it.
+    #[serde(default)]
+    pub assignment_versions: BTreeMap<String, u64>,
+    /// The log index of the last applied command.
+    pub last_index: u64,
+}
+
+/// One change to the state. Commands carry decisions, never requests that still need a
+/// choice: the leader picks nodes, ids and times, and `apply` only records them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    InitCluster {
+        info: Box<ClusterInfo>,
+        first_node: Box<Node>,
+    },
+    /// A node joined with a valid token.
+    AddNode {
+        node: Box<Node>,
+    },
+    /// `docker node update`: the user's spec, checked against the version they read.
+    UpdateNodeSpec {
+        id: String,
+        version: u64,
+        spec: NodeSpec,
+        at: String,
+    },
+    /// Liveness and description as seen by the dispatcher.
+    SetNodeStatus {
+        id: String,
+        status: NodeStatus,
+        description: Option<Box<models::NodeDescription>>,
+        at: String,
+    },
+    /// Records the manager address of a node that became a Raft voter, or clears it.
+    SetManagerAddr {
+        id: String,
+        addr: Option<String>,
+        at: String,
+    },
+    RemoveNode {
+        id: String,
+    },
+    CreateService {
+        service: Box<Service>,
+    },
+    UpdateService {
+        id: String,
+        version: u64,
+        spec: Box<ServiceSpec>,
+        at: String,
+    },
+    RemoveService {
+        id: String,
+    },
+    /// Creates tasks or replaces the manager-owned fields (node, desired state) of
+    /// existing ones. Observed status reported by workers is kept when it is further on.
+    PutTasks {
+        tasks: Vec<Task>,
+    },
+    /// Observed task states reported by a worker. A report only ever moves a task
+    /// forward in the state machine, so late or duplicated reports are harmless.
+    ReportTaskStatus {
+        node_id: String,
+        updates: Vec<proto::TaskStatusUpdate>,
+    },
+    RemoveTasks {
+        ids: Vec<String>,
+    },
+    RotateJoinToken {
+        role: NodeSpecRoleEnum,
+        token: String,
+    },
+}
+
+/// Why a command was refused. Refusals are part of the log's outcome, identical on every
+/// replica, and are returned to the API caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{kind} {id} not found")]
+    NotFound { kind: String, id: String },
+    #[error("update out of sequence: {kind} {id} is at version {current}, not {given}")]
+    VersionConflict {
+        kind: String,
+        id: String,
+        current: u64,
+        given: u64,
+    },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The outcome of applying one log entry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CommandResult {
+    /// The log index of the entry.
+    pub index: u64,
+    pub error: Option<ApplyError>,
+}
+
+impl CommandResult {
+    pub fn into_result(self) -> Result<u64, ApplyError> {
+        match self.error {
+            None => Ok(self.index),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+fn version(index: u64) -> Option<ObjectVersion> {
+    Some(ObjectVersion { index: Some(index) })
+}
+
+/// The `Version.Index` of an object, 0 when it has none.
+pub fn version_of(v: &Option<ObjectVersion>) -> u64 {
+    v.as_ref().and_then(|v| v.index).unwrap_or(0)
+}
+
+fn not_found(kind: &str, id: &str) -> ApplyError {
+    ApplyError::NotFound {
+        kind: kind.into(),
+        id: id.into(),
+    }
+}
+
+fn check_version(kind: &str, id: &str, current: u64, given: u64) -> Result<(), ApplyError> {
+    if current == given {
+        Ok(())
+    } else {
+        Err(ApplyError::VersionConflict {
+            kind: kind.into(),
+            id: id.into(),
+            current,
+            given,
+        })
+    }
+}
+
+impl ClusterState {
+    /// Applies one command at log `index`. Deterministic: see the crate docs.
+    pub fn apply(&mut self, command: &Command, index: u64) -> CommandResult {
+        self.last_index = index;
+        let error = self.apply_inner(command, index).err();
+        CommandResult { index, error }
+    }
+
+    fn apply_inner(&mut self, command: &Command, index: u64) -> Result<(), ApplyError> {
+        match command {
+            Command::InitCluster { info, first_node } => {
+                if self.cluster.is_some() {
+                    return Err(ApplyError::Conflict(
+                        "this node is already part of a swarm".into(),
+                    ));
+                }
+                let mut info = (**info).clone();
+                info.version = index;
+                self.cluster = Some(info);
+                self.insert_node((**first_node).clone(), index)
+            }
+            Command::AddNode { node } => self.insert_node((**node).clone(), index),
+            Command::UpdateNodeSpec {
+                id,
+                version: given,
+                spec,
+                at,
+            } => {
+                let node = self
+                    .nodes
+                    .get_mut(id)
+                    .ok_or_else(|| not_found("node", id))?;
+                check_version("node", id, version_of(&node.version), *given)?;
+                node.spec = Some(spec.clone());
+                node.version = version(index);
+                node.updated_at = Some(at.clone());
+                Ok(())
+            }
+            Command::SetNodeStatus {
+                id,
+                status,
+                description,
+                at,
+            } => {
+                let node = self
+                    .nodes
+                    .get_mut(id)
+                    .ok_or_else(|| not_found("node", id))?;
+                node.status = Some(status.clone());
+                if let Some(d) = description {
+                    node.description = Some((**d).clone());
+                }
+                node.version = version(index);
+                node.updated_at = Some(at.clone());
+                Ok(())
+            }
+            Command::SetManagerAddr { id, addr, at } => {
+                let node = self
+                    .nodes
+                    .get_mut(id)
+                    .ok_or_else(|| not_found("node", id))?;
+                node.manager_status = addr.as_ref().map(|a| models::ManagerStatus {
+                    leader: None,
+                    reachability: Some(models::Reachability::REACHABLE),
+                    addr: Some(a.clone()),
+                });
+                node.version = version(index);
+                node.updated_at = Some(at.clone());
+                Ok(())
+            }
+            Command::RemoveNode { id } => {
+                self.nodes.remove(id).ok_or_else(|| not_found("node", id))?;
+                self.assignment_versions.remove(id);
+                Ok(())
+            }
+            Command::CreateService { service } => {
+                let mut service = (**service).clone();
+                let id = service.id.clone().unwrap_or_default();
+                let name = service
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.name.clone())
+                    .unwrap_or_default();
+                if id.is_empty() || name.is_empty() {
+                    return Err(ApplyError::Invalid("service needs an id and a name".into()));
+                }
+                if self.services.contains_key(&id) || self.service_by_name(&name).is_some() {
+                    return Err(ApplyError::Conflict(format!(
+                        "service {name} already exists"
+                    )));
+                }
+                service.version = version(index);
+                self.services.insert(id, service);
+                Ok(())
+            }
+            Command::UpdateService {
+                id,
+                version: given,
+                spec,
+                at,
+            } => {
+                let service = self
+                    .services
+                    .get_mut(id)
+                    .ok_or_else(|| not_found("service", id))?;
+                check_version("service", id, version_of(&service.version), *given)?;
+                service.spec = Some((**spec).clone());
+                service.version = version(index);
+                service.updated_at = Some(at.clone());
+                Ok(())
+            }
+            Command::RemoveService { id } => {
+                self.services
+                    .remove(id)
+                    .ok_or_else(|| not_found("service", id))?;
+                Ok(())
+            }
+            Command::PutTasks { tasks } => {
+                for task in tasks {
+                    let id = task.id.clone().unwrap_or_default();
+                    let mut task = task.clone();
+                    if let Some(existing) = self.tasks.get(&id) {
+                        // The worker owns the observed status; keep whichever is further on.
+                        if state_of(existing) > state_of(&task) {
+                            task.status = existing.status.clone();
+                        }
+                    }
+                    task.version = version(index);
+                    if let Some(old_node) = self.tasks.get(&id).and_then(|t| t.node_id.clone()) {
+                        self.assignment_versions.insert(old_node, index);
+                    }
+                    if let Some(node) = &task.node_id {
+                        self.assignment_versions.insert(node.clone(), index);
+                    }
+                    self.tasks.insert(id, task);
+                }
+                Ok(())
+            }
+            Command::ReportTaskStatus { node_id, updates } => {
+                for update in updates {
+                    let Some(task) = self.tasks.get_mut(&update.task_id) else {
+                        continue;
+                    };
+                    if task.node_id.as_deref() != Some(node_id.as_str()) {
+                        continue;
+                    }
+                    let new_state = update.status.state.unwrap_or(TaskState::NEW);
+                    if new_state < state_of(task) {
+                        continue;
+                    }
+                    task.status = Some(update.status.clone());
+                    task.updated_at = update.status.timestamp.clone();
+                    task.version = version(index);
+                    self.assignment_versions.insert(node_id.clone(), index);
+                }
+                Ok(())
+            }
+            Command::RemoveTasks { ids } => {
+                for id in ids {
+                    if let Some(node) = self.tasks.remove(id).and_then(|t| t.node_id) {
+                        self.assignment_versions.insert(node, index);
+                    }
+                }
+                Ok(())
+            }
+            Command::RotateJoinToken { role, token } => {
+                let info = self
+                    .cluster
+                    .as_mut()
+                    .ok_or_else(|| ApplyError::Invalid("no swarm".into()))?;
+                match role {
+                    NodeSpecRoleEnum::MANAGER => info.manager_token = token.clone(),
+                    _ => info.worker_token = token.clone(),
+                }
+                info.version = index;
+                Ok(())
+            }
+        }
+    }
+
+    fn insert_node(&mut self, mut node: Node, index: u64) -> Result<(), ApplyError> {
+        let id = node.id.clone().unwrap_or_default();
+        if id.is_empty() {
+            return Err(ApplyError::Invalid("node needs an id".into()));
+        }
+        if self.nodes.contains_key(&id) {
+            return Err(ApplyError::Conflict(format!("node {id} already exists")));
+        }
+        node.version = version(index);
+        self.nodes.insert(id, node);
+        Ok(())
+    }
+
+    /// Finds a service by full id, name, or unique id prefix, as the docker CLI allows.
+    pub fn find_service(&self, key: &str) -> Option<&Service> {
+        if let Some(s) = self.services.get(key) {
+            return Some(s);
+        }
+        if let Some(s) = self.service_by_name(key) {
+            return Some(s);
+        }
+        unique_prefix(self.services.iter(), key)
+    }
+
+    pub fn service_by_name(&self, name: &str) -> Option<&Service> {
+        self.services
+            .values()
+            .find(|s| s.spec.as_ref().and_then(|s| s.name.as_deref()) == Some(name))
+    }
+
+    /// Finds a node by full id, hostname, or unique id prefix.
+    pub fn find_node(&self, key: &str) -> Option<&Node> {
+        if let Some(n) = self.nodes.get(key) {
+            return Some(n);
+        }
+        let by_name: Vec<&Node> = self
+            .nodes
+            .values()
+            .filter(|n| node_hostname(n) == key)
+            .collect();
+        if by_name.len() == 1 {
+            return Some(by_name[0]);
+        }
+        unique_prefix(self.nodes.iter(), key)
+    }
+
+    /// Tasks of one service, in id order.
+    pub fn tasks_of_service<'a>(&'a self, service_id: &'a str) -> impl Iterator<Item = &'a Task> {
+        self.tasks
+            .values()
+            .filter(move |t| t.service_id.as_deref() == Some(service_id))
+    }
+
+    /// Tasks assigned to one node, in id order.
+    pub fn tasks_on_node<'a>(&'a self, node_id: &'a str) -> impl Iterator<Item = &'a Task> {
+        self.tasks
+            .values()
+            .filter(move |t| t.node_id.as_deref() == Some(node_id))
+    }
+
+    /// The managers, as (node id, manager address).
+    pub fn managers(&self) -> Vec<(String, String)> {
+        self.nodes
+            .iter()
+            .filter_map(|(id, n)| {
+                let addr = n.manager_status.as_ref()?.addr.clone()?;
+                Some((id.clone(), addr))
+            })
+            .collect()
+    }
+}
+
+fn unique_prefix<'a, T>(
+    items: impl Iterator<Item = (&'a String, &'a T)>,
+    prefix: &str,
+) -> Option<&'a T> {
+    if prefix.is_empty() {
+        return None;
+    }
+    let mut found = None;
+    for (id, item) in items {
+        if id.starts_with(prefix) {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(item);
+        }
+    }
+    found
+}
+
+/// The observed state of a task (`NEW` when none was reported).
+pub fn state_of(task: &Task) -> TaskState {
+    task.status
+        .as_ref()
+        .and_then(|s| s.state)
+        .unwrap_or(TaskState::NEW)
+}
+
+/// The desired state of a task (`NEW` when unset).
+pub fn desired_of(task: &Task) -> TaskState {
+    task.desired_state.unwrap_or(TaskState::NEW)
+}
+
+/// True once a task has stopped for good: it will never run again.
+pub fn is_terminal(state: TaskState) -> bool {
+    state > TaskState::RUNNING
+}
+
+pub fn node_hostname(node: &Node) -> &str {
+    node.description
+        .as_ref()
+        .and_then(|d| d.hostname.as_deref())
+        .unwrap_or("")
+}
+
+pub fn node_role(node: &Node) -> NodeSpecRoleEnum {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.role)
+        .unwrap_or(NodeSpecRoleEnum::WORKER)
+}
+
+pub fn node_state(node: &Node) -> NodeState {
+    node.status
+        .as_ref()
+        .and_then(|s| s.state)
+        .unwrap_or(NodeState::UNKNOWN)
+}
+
+/// A convenience to build a status for tests and reports.
+pub fn status(state: TaskState, message: &str, at: &str) -> TaskStatus {
+    TaskStatus {
+        timestamp: Some(at.to_string()),
+        state: Some(state),
+        message: Some(message.to_string()),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests;

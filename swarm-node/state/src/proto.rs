@@ -1,0 +1,96 @@
+//! The wire types of the internal cluster API, spoken between nodes over mutual TLS on
+//! the control port (2377), under the path prefix [`PREFIX`]. The Docker Engine API is
+//! served on the same port under its own paths.
+//!
+//! | method and path            | who may call            | body → answer                          |
+//! |----------------------------|-------------------------|----------------------------------------|
+//! | `GET  /swarmup/v1/ca`      | anyone (no client cert) | → root CA certificate, PEM text        |
+//! | `POST /swarmup/v1/join`    | anyone with a token     | [`JoinRequest`] → [`JoinResponse`]     |
+//! | `POST /swarmup/v1/renew`   | any node                | [`RenewRequest`] → [`JoinResponse`]    |
+//! | `POST /swarmup/v1/heartbeat` | any node              | [`Heartbeat`] → [`HeartbeatResponse`]  |
+//! | `GET  /swarmup/v1/assignments?node=ID&since=N` | that node | → [`Assignments`] (long poll)   |
+//! | `POST /swarmup/v1/task-status` | any node            | [`TaskStatusReport`] → `{}`            |
+//! | `POST /swarmup/v1/raft/{vote,append,snapshot}` | managers | openraft requests → results       |
+//! | `POST /swarmup/v1/propose` | managers                | [`crate::Command`] → [`crate::CommandResult`] |
+
+use serde::{Deserialize, Serialize};
+
+use crate::models::{NodeDescription, Task, TaskStatus};
+
+pub const PREFIX: &str = "/swarmup/v1";
+
+/// The organisation (O) of every certificate is the cluster id; the organisational unit
+/// (OU) is one of these roles; the common name (CN) is the node id. As in SwarmKit.
+pub const OU_MANAGER: &str = "swarm-manager";
+pub const OU_WORKER: &str = "swarm-worker";
+
+/// A node asks to join with a token and a certificate signing request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub token: String,
+    /// PKCS#10 CSR in PEM. The CA ignores its subject and writes its own.
+    pub csr_pem: String,
+    pub hostname: String,
+    /// `IP:PORT` the node's own control port listens on for others.
+    pub advertise_addr: String,
+    pub description: NodeDescription,
+    /// `active`, `pause` or `drain`.
+    pub availability: Option<String>,
+}
+
+/// The CA's answer: who the node is now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinResponse {
+    pub node_id: String,
+    pub cluster_id: String,
+    /// `manager` or `worker`.
+    pub role: String,
+    pub cert_pem: String,
+    pub ca_pem: String,
+    /// Control addresses (`IP:PORT`) of the managers, to heartbeat and fail over to.
+    pub managers: Vec<String>,
+}
+
+/// A joined node asks for a fresh certificate (after a role change).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RenewRequest {
+    pub csr_pem: String,
+}
+
+/// Sent by every node every heartbeat period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub node_id: String,
+    /// `IP:PORT` of the node's control port.
+    pub addr: String,
+    pub description: NodeDescription,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    pub period_ms: u64,
+    pub managers: Vec<String>,
+    /// The role the cluster wants this node to have (`manager` / `worker`). When it
+    /// differs from the role in the node's certificate, the node renews its certificate
+    /// and starts or stops its manager part.
+    pub desired_role: String,
+}
+
+/// The tasks a node must run or stop, as of log index `index`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Assignments {
+    pub index: u64,
+    pub tasks: Vec<Task>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskStatusUpdate {
+    pub task_id: String,
+    pub status: TaskStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskStatusReport {
+    pub node_id: String,
+    pub updates: Vec<TaskStatusUpdate>,
+}

@@ -1,0 +1,137 @@
+use super::*;
+use models::{NodeSpecAvailabilityEnum, ServiceSpec};
+
+fn service(id: &str, name: &str) -> Service {
+    Service {
+        id: Some(id.into()),
+        spec: Some(ServiceSpec {
+            name: Some(name.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn node(id: &str, host: &str) -> Node {
+    Node {
+        id: Some(id.into()),
+        description: Some(models::NodeDescription {
+            hostname: Some(host.into()),
+            ..Default::default()
+        }),
+        spec: Some(NodeSpec {
+            availability: Some(NodeSpecAvailabilityEnum::ACTIVE),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn service_names_are_unique_and_versions_follow_the_log() {
+    let mut state = ClusterState::default();
+    let create = Command::CreateService {
+        service: Box::new(service("s1", "web")),
+    };
+    assert_eq!(state.apply(&create, 3).into_result(), Ok(3));
+    let again = Command::CreateService {
+        service: Box::new(service("s2", "web")),
+    };
+    assert!(matches!(
+        state.apply(&again, 4).error,
+        Some(ApplyError::Conflict(_))
+    ));
+    assert_eq!(version_of(&state.services["s1"].version), 3);
+    let stale = Command::UpdateService {
+        id: "s1".into(),
+        version: 2,
+        spec: Box::new(ServiceSpec::default()),
+        at: "t".into(),
+    };
+    assert!(matches!(
+        state.apply(&stale, 5).error,
+        Some(ApplyError::VersionConflict { current: 3, .. })
+    ));
+    assert_eq!(
+        state.find_service("web").and_then(|s| s.id.clone()),
+        Some("s1".into())
+    );
+    assert_eq!(
+        state.find_service("s").and_then(|s| s.id.clone()),
+        Some("s1".into())
+    );
+}
+
+#[test]
+fn task_reports_only_move_forward_and_only_from_the_assigned_node() {
+    let mut state = ClusterState::default();
+    state.apply(
+        &Command::AddNode {
+            node: Box::new(node("n1", "a")),
+        },
+        1,
+    );
+    let task = Task {
+        id: Some("t1".into()),
+        node_id: Some("n1".into()),
+        desired_state: Some(TaskState::RUNNING),
+        status: Some(status(TaskState::ASSIGNED, "assigned", "t0")),
+        ..Default::default()
+    };
+    state.apply(
+        &Command::PutTasks {
+            tasks: vec![task.clone()],
+        },
+        2,
+    );
+    let report = |node: &str, s: TaskState| Command::ReportTaskStatus {
+        node_id: node.into(),
+        updates: vec![proto::TaskStatusUpdate {
+            task_id: "t1".into(),
+            status: status(s, "", "t1"),
+        }],
+    };
+    state.apply(&report("n1", TaskState::RUNNING), 3);
+    assert_eq!(state_of(&state.tasks["t1"]), TaskState::RUNNING);
+    state.apply(&report("n1", TaskState::STARTING), 4);
+    assert_eq!(state_of(&state.tasks["t1"]), TaskState::RUNNING);
+    state.apply(&report("n2", TaskState::FAILED), 5);
+    assert_eq!(state_of(&state.tasks["t1"]), TaskState::RUNNING);
+    // The manager re-putting the task (new desired state) keeps the observed status.
+    let mut shutdown = task;
+    shutdown.desired_state = Some(TaskState::SHUTDOWN);
+    state.apply(
+        &Command::PutTasks {
+            tasks: vec![shutdown],
+        },
+        6,
+    );
+    assert_eq!(state_of(&state.tasks["t1"]), TaskState::RUNNING);
+    assert_eq!(desired_of(&state.tasks["t1"]), TaskState::SHUTDOWN);
+}
+
+#[test]
+fn nodes_are_found_by_hostname_or_prefix() {
+    let mut state = ClusterState::default();
+    state.apply(
+        &Command::AddNode {
+            node: Box::new(node("abc1", "node1")),
+        },
+        1,
+    );
+    state.apply(
+        &Command::AddNode {
+            node: Box::new(node("abd2", "node2")),
+        },
+        2,
+    );
+    assert_eq!(
+        state.find_node("node2").and_then(|n| n.id.clone()),
+        Some("abd2".into())
+    );
+    assert_eq!(
+        state.find_node("abc").and_then(|n| n.id.clone()),
+        Some("abc1".into())
+    );
+    assert!(state.find_node("ab").is_none());
+}
