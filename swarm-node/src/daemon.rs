@@ -129,12 +129,17 @@ pub async fn run(
         router.clone(),
         stopped(stop_rx.clone()),
     ));
-    let unix_server = tokio::spawn(swarm_pki::serve_unix(unix, router, stopped(stop_rx.clone())));
+    let unix_server = tokio::spawn(swarm_pki::serve_unix(
+        unix,
+        router,
+        stopped(stop_rx.clone()),
+    ));
     tracing::info!(node_id = %node.node_id, listen = %node.listen_addr, role = %node.role, "swarm-node running");
 
-    let runtime = swarm_worker::docker::DockerRuntime::connect(&config.docker_socket.to_string_lossy())
-        .await
-        .map_err(|e| DaemonError::Docker(e.to_string()))?;
+    let runtime =
+        swarm_worker::docker::DockerRuntime::connect(&config.docker_socket.to_string_lossy())
+            .await
+            .map_err(|e| DaemonError::Docker(e.to_string()))?;
     let agent = swarm_worker::Agent::new(swarm_worker::AgentConfig {
         node_id: node.node_id.clone(),
         addr: node.advertise_addr.clone(),
@@ -206,9 +211,12 @@ impl Daemon {
         let node = self.node.lock().await.clone();
         // Raft talks to the other managers with the manager certificate.
         let peers = swarm_pki::http_client(identity)?;
-        let raft = ClusterRaft::open(raft_options(&self.config.state_dir, &node.node_id), peers.clone())
-            .await
-            .map_err(|e| DaemonError::Raft(e.to_string()))?;
+        let raft = ClusterRaft::open(
+            raft_options(&self.config.state_dir, &node.node_id),
+            peers.clone(),
+        )
+        .await
+        .map_err(|e| DaemonError::Raft(e.to_string()))?;
         let heartbeat_ms = raft
             .read()
             .cluster

@@ -13,7 +13,11 @@ use swarm_node::local;
 use swarm_node::setup::{self, InitOptions, JoinOptions};
 
 #[derive(Debug, Parser)]
-#[command(name = "swarm-node", version, about = "The node daemon of a swarmup cluster")]
+#[command(
+    name = "swarm-node",
+    version,
+    about = "The node daemon of a swarmup cluster"
+)]
 struct Cli {
     /// Where the node keeps its state.
     #[arg(long, global = true, env = "SWARM_NODE_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
@@ -93,7 +97,8 @@ enum Command {
 }
 
 fn parse_duration_ms(s: &str) -> Result<u64, String> {
-    let err = || format!("invalid duration {s:?}: use a number with a unit, for example 5s or 500ms");
+    let err =
+        || format!("invalid duration {s:?}: use a number with a unit, for example 5s or 500ms");
     let (number, unit) = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .map(|i| s.split_at(i))
@@ -106,7 +111,9 @@ fn parse_duration_ms(s: &str) -> Result<u64, String> {
         _ => return Err(err()),
     };
     if ms < 100.0 {
-        return Err(format!("invalid duration {s:?}: the heartbeat must be at least 100ms"));
+        return Err(format!(
+            "invalid duration {s:?}: the heartbeat must be at least 100ms"
+        ));
     }
     Ok(ms as u64)
 }
@@ -208,8 +215,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let Some(node) = node else {
                 bail!("this node is not part of a swarm");
             };
-            if local::call(&cli.socket, "GET", "/_ping", None).await.is_ok() {
-                bail!("swarm-node is still running on {}: stop it first (systemctl stop swarm-node)", cli.socket.display());
+            if local::call(&cli.socket, "GET", "/_ping", None)
+                .await
+                .is_ok()
+            {
+                bail!(
+                    "swarm-node is still running on {}: stop it first (systemctl stop swarm-node)",
+                    cli.socket.display()
+                );
             }
             if node.is_manager() && !force {
                 bail!("you are attempting to leave the swarm on a node that is participating as a manager: demote it first (docker node demote), or use --force to leave without keeping quorum");
@@ -222,7 +235,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("Node left the swarm.");
             Ok(())
         }
-        Command::JoinToken { rotate, quiet, role } => {
+        Command::JoinToken {
+            rotate,
+            quiet,
+            role,
+        } => {
             let key = match role.as_str() {
                 "worker" => "Worker",
                 "manager" => "Manager",
@@ -241,7 +258,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if quiet {
                 println!("{token}");
             } else {
-                let node = NodeFile::load(&cli.state_dir)?.map(|n| n.advertise_addr).unwrap_or_default();
+                let node = NodeFile::load(&cli.state_dir)?
+                    .map(|n| n.advertise_addr)
+                    .unwrap_or_default();
                 println!("To add a {role} to this swarm, run the following command:\n\n    swarm-node join --token {token} {node}\n");
             }
             Ok(())

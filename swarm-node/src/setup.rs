@@ -112,7 +112,8 @@ pub async fn init(options: &InitOptions) -> Result<InitOutcome, SetupError> {
 
 async fn init_inner(options: &InitOptions) -> Result<InitOutcome, SetupError> {
     let advertise = with_default_port(&options.advertise_addr);
-    let advertise_ip = ip_of(&advertise).ok_or_else(|| SetupError::BadAddress(options.advertise_addr.clone()))?;
+    let advertise_ip =
+        ip_of(&advertise).ok_or_else(|| SetupError::BadAddress(options.advertise_addr.clone()))?;
     let clock = SystemClock;
     let now = clock.now_rfc3339();
     let cluster_id = ids::object_id(rand::random());
@@ -258,7 +259,11 @@ pub struct JoinOptions {
 /// The local address this host uses to reach `remote` (no packet is sent).
 fn local_addr_towards(remote: &str) -> Option<IpAddr> {
     let remote: SocketAddr = remote.parse().ok()?;
-    let bind = if remote.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let bind = if remote.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
     let socket = std::net::UdpSocket::bind(bind).ok()?;
     socket.connect(remote).ok()?;
     socket.local_addr().ok().map(|a| a.ip())

@@ -74,37 +74,81 @@ fn t10_three_node_cluster_with_the_docker_cli() {
         let t = node_table(n1);
         t.len() == 3
             && t.iter().all(|r| r[1] == "Ready")
-            && t.iter().filter(|r| r.len() == 4 && (r[3] == "Leader" || r[3] == "Reachable")).count() == 3
+            && t.iter()
+                .filter(|r| r.len() == 4 && (r[3] == "Leader" || r[3] == "Reachable"))
+                .count()
+                == 3
     });
     let table = node_table(n1);
-    assert_eq!(table.iter().filter(|r| r.get(3).map(String::as_str) == Some("Leader")).count(), 1);
+    assert_eq!(
+        table
+            .iter()
+            .filter(|r| r.get(3).map(String::as_str) == Some("Leader"))
+            .count(),
+        1
+    );
 
     // A demoted node becomes a worker; the last manager can never be demoted.
     n1.docker_ok(&["node", "demote", "node3"]);
     wait_for("node3 demoted", Duration::from_secs(20), || {
-        node_table(n1).iter().any(|r| r[0] == "node3" && r.len() == 3)
+        node_table(n1)
+            .iter()
+            .any(|r| r[0] == "node3" && r.len() == 3)
     });
 
     // Services through the CLI.
     let out = n1.docker_ok(&[
-        "service", "create", "-d", "--name", "web", "--replicas", "3", IMAGE, "sleep", "3600",
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        IMAGE,
+        "sleep",
+        "3600",
     ]);
     assert!(!out.trim().is_empty());
-    let took = wait_for("3 running", Duration::from_secs(30), || running_tasks(n1, "web").len() == 3);
+    let took = wait_for("3 running", Duration::from_secs(30), || {
+        running_tasks(n1, "web").len() == 3
+    });
     println!("figure: service create --replicas 3 to 3 Running: {took:?}");
-    let mut nodes: Vec<String> = running_tasks(n1, "web").into_iter().map(|(n, _)| n).collect();
+    let mut nodes: Vec<String> = running_tasks(n1, "web")
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     nodes.sort();
-    assert_eq!(nodes, vec!["node1", "node2", "node3"], "spread on all three nodes");
-    let ls = n1.docker_ok(&["service", "ls", "--format", "{{.Name}} {{.Mode}} {{.Replicas}}"]);
+    assert_eq!(
+        nodes,
+        vec!["node1", "node2", "node3"],
+        "spread on all three nodes"
+    );
+    let ls = n1.docker_ok(&[
+        "service",
+        "ls",
+        "--format",
+        "{{.Name}} {{.Mode}} {{.Replicas}}",
+    ]);
     assert_eq!(ls.trim(), "web replicated 3/3");
     n1.docker_ok(&["service", "scale", "web=5"]);
-    wait_for("5 running", Duration::from_secs(30), || running_tasks(n1, "web").len() == 5);
-    let inspect = n1.docker_ok(&["service", "inspect", "web", "--format", "{{.Spec.Mode.Replicated.Replicas}}"]);
+    wait_for("5 running", Duration::from_secs(30), || {
+        running_tasks(n1, "web").len() == 5
+    });
+    let inspect = n1.docker_ok(&[
+        "service",
+        "inspect",
+        "web",
+        "--format",
+        "{{.Spec.Mode.Replicated.Replicas}}",
+    ]);
     assert_eq!(inspect.trim(), "5");
     // Reads and writes through a follower manager reach the leader.
     let n2 = &sb.nodes[1];
     n2.docker_ok(&["service", "scale", "web=2"]);
-    wait_for("2 running", Duration::from_secs(30), || running_tasks(n2, "web").len() == 2);
+    wait_for("2 running", Duration::from_secs(30), || {
+        running_tasks(n2, "web").len() == 2
+    });
 
     // Bad input: Docker-shaped errors with a clear message.
     let bad = n1.docker(&["service", "create", "-d", "--name", "web", IMAGE]);
@@ -117,7 +161,12 @@ fn t10_three_node_cluster_with_the_docker_cli() {
     n1.docker_ok(&["service", "rm", "web"]);
     wait_for("containers removed", Duration::from_secs(30), || {
         let out = std::process::Command::new(docker_cli())
-            .args(["ps", "-q", "--filter", "label=com.docker.swarm.service.name=web"])
+            .args([
+                "ps",
+                "-q",
+                "--filter",
+                "label=com.docker.swarm.service.name=web",
+            ])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().is_empty()
@@ -144,17 +193,34 @@ fn t20_leader_failover_and_restart_from_disk() {
             .count()
             == 3
     });
-    sb.nodes[0].docker_ok(&["service", "create", "-d", "--name", "app", "--replicas", "2", IMAGE, "sleep", "3600"]);
-    wait_for("2 running", Duration::from_secs(30), || running_tasks(&sb.nodes[0], "app").len() == 2);
+    sb.nodes[0].docker_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "app",
+        "--replicas",
+        "2",
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    wait_for("2 running", Duration::from_secs(30), || {
+        running_tasks(&sb.nodes[0], "app").len() == 2
+    });
 
     let killed_at = Instant::now();
     sb.nodes[0].kill();
     let took = wait_for("a new leader", Duration::from_secs(20), || {
-        let out = sb.nodes[1].docker(&["node", "ls", "--format", "{{.Hostname}} {{.ManagerStatus}}"]);
+        let out =
+            sb.nodes[1].docker(&["node", "ls", "--format", "{{.Hostname}} {{.ManagerStatus}}"]);
         let text = String::from_utf8_lossy(&out.stdout);
-        text.lines().any(|l| l.ends_with("Leader") && !l.starts_with("node1"))
+        text.lines()
+            .any(|l| l.ends_with("Leader") && !l.starts_with("node1"))
     });
-    println!("figure: leader failover with 3 managers (kill to new leader seen by the API): {took:?}");
+    println!(
+        "figure: leader failover with 3 managers (kill to new leader seen by the API): {took:?}"
+    );
     let _ = killed_at;
     sb.nodes[1].docker_ok(&["service", "scale", "app=3"]);
     wait_for("3 running after failover", Duration::from_secs(40), || {
@@ -162,7 +228,13 @@ fn t20_leader_failover_and_restart_from_disk() {
     });
     sb.nodes[0].start();
     wait_for("node1 catches up", Duration::from_secs(30), || {
-        let out = sb.nodes[0].docker(&["service", "inspect", "app", "--format", "{{.Spec.Mode.Replicated.Replicas}}"]);
+        let out = sb.nodes[0].docker(&[
+            "service",
+            "inspect",
+            "app",
+            "--format",
+            "{{.Spec.Mode.Replicated.Replicas}}",
+        ]);
         String::from_utf8_lossy(&out.stdout).trim() == "3"
     });
 
@@ -172,10 +244,14 @@ fn t20_leader_failover_and_restart_from_disk() {
     for n in &mut sb.nodes {
         n.start();
     }
-    wait_for("state intact after restarting every manager", Duration::from_secs(40), || {
-        let out = sb.nodes[2].docker(&["service", "ls", "--format", "{{.Name}} {{.Replicas}}"]);
-        String::from_utf8_lossy(&out.stdout).trim() == "app 3/3"
-    });
+    wait_for(
+        "state intact after restarting every manager",
+        Duration::from_secs(40),
+        || {
+            let out = sb.nodes[2].docker(&["service", "ls", "--format", "{{.Name}} {{.Replicas}}"]);
+            String::from_utf8_lossy(&out.stdout).trim() == "app 3/3"
+        },
+    );
 }
 
 /// Security: wrong tokens and wrong CA digests are refused with clear messages; a
@@ -197,7 +273,16 @@ fn t30_tokens_and_certificates() {
     // A token whose secret is wrong.
     let mut forged = worker_token.clone();
     forged.replace_range(forged.len() - 3.., "zzz");
-    let out = sb.nodes[1].verb(&["join", "--token", &forged, "--advertise-addr", &sb.nodes[1].addr(), "--listen-addr", &sb.nodes[1].addr(), &manager]);
+    let out = sb.nodes[1].verb(&[
+        "join",
+        "--token",
+        &forged,
+        "--advertise-addr",
+        &sb.nodes[1].addr(),
+        "--listen-addr",
+        &sb.nodes[1].addr(),
+        &manager,
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("valid join token"), "{err}");
@@ -206,18 +291,39 @@ fn t30_tokens_and_certificates() {
     let digest_len = 50;
     let mut other_ca = worker_token.clone();
     other_ca.replace_range(9..9 + digest_len, &"0".repeat(digest_len));
-    let out = sb.nodes[1].verb(&["join", "--token", &other_ca, "--advertise-addr", &sb.nodes[1].addr(), "--listen-addr", &sb.nodes[1].addr(), &manager]);
+    let out = sb.nodes[1].verb(&[
+        "join",
+        "--token",
+        &other_ca,
+        "--advertise-addr",
+        &sb.nodes[1].addr(),
+        "--listen-addr",
+        &sb.nodes[1].addr(),
+        &manager,
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("digest"), "{err}");
-    assert!(!sb.nodes[1].dir.join("state/node.json").exists(), "nothing half-written");
+    assert!(
+        !sb.nodes[1].dir.join("state/node.json").exists(),
+        "nothing half-written"
+    );
 
     // Rotation: the old worker token no longer admits new nodes.
     let out = sb.nodes[0].verb(&["join-token", "--rotate", "-q", "worker"]);
     assert!(out.status.success());
     let rotated = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert_ne!(rotated, worker_token);
-    let out = sb.nodes[1].verb(&["join", "--token", &worker_token, "--advertise-addr", &sb.nodes[1].addr(), "--listen-addr", &sb.nodes[1].addr(), &manager]);
+    let out = sb.nodes[1].verb(&[
+        "join",
+        "--token",
+        &worker_token,
+        "--advertise-addr",
+        &sb.nodes[1].addr(),
+        "--listen-addr",
+        &sb.nodes[1].addr(),
+        &manager,
+    ]);
     assert!(!out.status.success());
 
     // A worker joins with the new token; its certificate cannot use the manager API.
@@ -265,41 +371,87 @@ fn t40_task_and_node_failures() {
         node_table(n1).iter().filter(|r| r[1] == "Ready").count() == 2
     });
     n1.docker_ok(&[
-        "service", "create", "-d", "--name", "crashy", "--replicas", "2", "--restart-delay", "0s",
-        IMAGE, "sleep", "3600",
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "crashy",
+        "--replicas",
+        "2",
+        "--restart-delay",
+        "0s",
+        IMAGE,
+        "sleep",
+        "3600",
     ]);
-    wait_for("2 running", Duration::from_secs(30), || running_tasks(n1, "crashy").len() == 2);
+    wait_for("2 running", Duration::from_secs(30), || {
+        running_tasks(n1, "crashy").len() == 2
+    });
     let out = std::process::Command::new(docker_cli())
-        .args(["ps", "-q", "--filter", "label=com.docker.swarm.service.name=crashy"])
+        .args([
+            "ps",
+            "-q",
+            "--filter",
+            "label=com.docker.swarm.service.name=crashy",
+        ])
         .output()
         .unwrap();
-    let victim = String::from_utf8_lossy(&out.stdout).lines().next().unwrap().to_string();
+    let victim = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
     let killed = Instant::now();
-    std::process::Command::new(docker_cli()).args(["kill", &victim]).output().unwrap();
+    std::process::Command::new(docker_cli())
+        .args(["kill", &victim])
+        .output()
+        .unwrap();
     wait_for("replacement running", Duration::from_secs(20), || {
-        let out = n1.docker(&["service", "ps", "crashy", "--format", "{{.DesiredState}} {{.CurrentState}}"]);
+        let out = n1.docker(&[
+            "service",
+            "ps",
+            "crashy",
+            "--format",
+            "{{.DesiredState}} {{.CurrentState}}",
+        ]);
         let text = String::from_utf8_lossy(&out.stdout);
-        text.lines().filter(|l| l.starts_with("Running Running")).count() == 2
+        text.lines()
+            .filter(|l| l.starts_with("Running Running"))
+            .count()
+            == 2
             && text.lines().count() >= 3
     });
-    println!("figure: dead task to replacement Running (restart delay 0): {:?}", killed.elapsed());
+    println!(
+        "figure: dead task to replacement Running (restart delay 0): {:?}",
+        killed.elapsed()
+    );
 
     wait_for("a task on node2", Duration::from_secs(20), || {
-        running_tasks(&sb.nodes[0], "crashy").iter().any(|(n, _)| n == "node2")
+        running_tasks(&sb.nodes[0], "crashy")
+            .iter()
+            .any(|(n, _)| n == "node2")
     });
     let killed = Instant::now();
     sb.nodes[1].kill();
     let n1 = &sb.nodes[0];
     wait_for("node2 down", Duration::from_secs(30), || {
-        node_table(n1).iter().any(|r| r[0] == "node2" && r[1] == "Down")
+        node_table(n1)
+            .iter()
+            .any(|r| r[0] == "node2" && r[1] == "Down")
     });
-    wait_for("tasks moved off the dead worker", Duration::from_secs(30), || {
-        let tasks = running_tasks(n1, "crashy");
-        tasks.len() == 2 && tasks.iter().all(|(n, _)| n == "node1")
-    });
+    wait_for(
+        "tasks moved off the dead worker",
+        Duration::from_secs(30),
+        || {
+            let tasks = running_tasks(n1, "crashy");
+            tasks.len() == 2 && tasks.iter().all(|(n, _)| n == "node1")
+        },
+    );
     println!(
         "figure: worker killed to its tasks Running elsewhere (heartbeat 1s, down after 3 missed): {:?}",
         killed.elapsed()
     );
-    assert!(node_table(n1).iter().any(|r| r[0] == "node2" && r[1] == "Down"));
+    assert!(node_table(n1)
+        .iter()
+        .any(|r| r[0] == "node2" && r[1] == "Down"));
 }

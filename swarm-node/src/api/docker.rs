@@ -39,7 +39,10 @@ pub fn routes() -> Router<Ctx> {
         .route("/nodes/{id}/update", post(update_node))
         .route("/services", get(list_services))
         .route("/services/create", post(create_service))
-        .route("/services/{id}", get(inspect_service).delete(remove_service))
+        .route(
+            "/services/{id}",
+            get(inspect_service).delete(remove_service),
+        )
         .route("/services/{id}/update", post(update_service))
         .route("/services/{id}/logs", get(service_logs))
         .route("/tasks", get(list_tasks))
@@ -69,7 +72,10 @@ async fn ping() -> Response {
     headers.insert("API-Version", HeaderValue::from_static(API_VERSION));
     headers.insert("OSType", HeaderValue::from_static("linux"));
     headers.insert("Docker-Experimental", HeaderValue::from_static("false"));
-    headers.insert("Cache-Control", HeaderValue::from_static("no-cache, no-store, must-revalidate"));
+    headers.insert(
+        "Cache-Control",
+        HeaderValue::from_static("no-cache, no-store, must-revalidate"),
+    );
     (StatusCode::OK, headers, "OK").into_response()
 }
 
@@ -172,7 +178,9 @@ async fn info(State(ctx): State<Ctx>, peer: Peer) -> ApiResult<Json<SystemInfo>>
         os_type: Some("linux".into()),
         operating_system: Some("swarm-node".into()),
         architecture: Some(std::env::consts::ARCH.into()),
-        ncpu: std::thread::available_parallelism().ok().map(|n| n.get() as i64),
+        ncpu: std::thread::available_parallelism()
+            .ok()
+            .map(|n| n.get() as i64),
         swarm: Some(swarm),
         ..Default::default()
     }))
@@ -256,10 +264,14 @@ fn node_matches(f: &Filters, manager: &Manager, id: &str, node: &Node) -> bool {
     let name = node_hostname(node);
     let is_leader = manager.raft.leader().map(|(r, _)| r) == Some(raft_id(id));
     f.matches("id", |v| id.starts_with(v))
-        && f.matches("name", |v| name.starts_with(v) || node.spec.as_ref().and_then(|s| s.name.as_deref()) == Some(v))
+        && f.matches("name", |v| {
+            name.starts_with(v) || node.spec.as_ref().and_then(|s| s.name.as_deref()) == Some(v)
+        })
         && f.matches("role", |v| v == role)
         && f.matches("membership", |v| v == "accepted")
-        && f.matches("node.label", |v| label_holds(v, node.spec.as_ref().and_then(|s| s.labels.as_ref())))
+        && f.matches("node.label", |v| {
+            label_holds(v, node.spec.as_ref().and_then(|s| s.labels.as_ref()))
+        })
         && f.labels_match(
             "label",
             node.description
@@ -330,9 +342,9 @@ async fn update_node(
     let state = manager.read();
     let node = find_node(&state, &id)?;
     let node_id = node.id.clone().unwrap_or_default();
-    let version = q
-        .version
-        .ok_or_else(|| ApiError::BadRequest("invalid node version: the version query parameter is required".into()))?;
+    let version = q.version.ok_or_else(|| {
+        ApiError::BadRequest("invalid node version: the version query parameter is required".into())
+    })?;
     let new_role = spec.role.unwrap_or(NodeSpecRoleEnum::WORKER);
     if node_role(node) == NodeSpecRoleEnum::MANAGER && new_role == NodeSpecRoleEnum::WORKER {
         let managers = state
@@ -393,9 +405,17 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> ApiRes
 fn valid_service_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.chars().last().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .last()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
 }
 
 /// Checks a spec the way SwarmKit's control API does, with messages that say what to fix.
@@ -410,7 +430,11 @@ pub fn validate_service_spec(spec: &ServiceSpec) -> ApiResult<()> {
         .task_template
         .as_ref()
         .and_then(|t| t.container_spec.as_ref());
-    if container.and_then(|c| c.image.as_deref()).unwrap_or_default().is_empty() {
+    if container
+        .and_then(|c| c.image.as_deref())
+        .unwrap_or_default()
+        .is_empty()
+    {
         return Err(ApiError::BadRequest(
             "invalid service spec: ContainerSpec: image reference must be provided".into(),
         ));
@@ -456,7 +480,11 @@ pub fn validate_service_spec(spec: &ServiceSpec) -> ApiResult<()> {
 
 fn service_status(state: &ClusterState, service: &Service) -> ServiceServiceStatus {
     let id = service.id.clone().unwrap_or_default();
-    let mode = service.spec.as_ref().and_then(|s| s.mode.clone()).unwrap_or_default();
+    let mode = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.mode.clone())
+        .unwrap_or_default();
     let mut running = 0u64;
     let mut active = 0u64;
     let mut completed = 0u64;
@@ -479,10 +507,7 @@ fn service_status(state: &ClusterState, service: &Service) -> ServiceServiceStat
     let desired = if mode.global.is_some() {
         active
     } else {
-        mode.replicated
-            .and_then(|r| r.replicas)
-            .unwrap_or(1)
-            .max(0) as u64
+        mode.replicated.and_then(|r| r.replicas).unwrap_or(1).max(0) as u64
     };
     ServiceServiceStatus {
         running_tasks: Some(running),
@@ -517,7 +542,9 @@ async fn list_services(
         .filter(|(id, s)| {
             let spec = s.spec.as_ref();
             let name = spec.and_then(|s| s.name.as_deref()).unwrap_or_default();
-            let global = spec.and_then(|s| s.mode.as_ref()).is_some_and(|m| m.global.is_some());
+            let global = spec
+                .and_then(|s| s.mode.as_ref())
+                .is_some_and(|m| m.global.is_some());
             filters.matches("id", |v| id.starts_with(v))
                 && filters.matches("name", |v| name.starts_with(v))
                 && filters.matches("mode", |v| (v == "global") == global)
@@ -692,8 +719,10 @@ async fn list_tasks(
                 && node_ids
                     .as_ref()
                     .is_none_or(|ids| t.node_id.as_ref().is_some_and(|n| ids.contains(n)))
-                && filters.matches("desired-state", |v| desired_of(t).to_string() == v
-                    || (v == "accepted" && desired_of(t) <= TaskState::RUNNING))
+                && filters.matches("desired-state", |v| {
+                    desired_of(t).to_string() == v
+                        || (v == "accepted" && desired_of(t) <= TaskState::RUNNING)
+                })
                 && filters.labels_match("label", t.labels.as_ref())
                 && filters.matches("_up-to-date", |_| {
                     // A task is up to date when it runs the service's current task spec.
@@ -766,6 +795,9 @@ mod tests {
             replicated: Some(models::ServiceSpecModeReplicated { replicas: Some(-1) }),
             ..Default::default()
         });
-        assert!(validate_service_spec(&s).unwrap_err().to_string().contains("replicas"));
+        assert!(validate_service_spec(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("replicas"));
     }
 }

@@ -43,7 +43,10 @@ async fn root_ca(State(ctx): State<Ctx>) -> String {
     ctx.ca_pem.clone()
 }
 
-async fn join(State(ctx): State<Ctx>, Json(request): Json<JoinRequest>) -> ApiResult<Json<JoinResponse>> {
+async fn join(
+    State(ctx): State<Ctx>,
+    Json(request): Json<JoinRequest>,
+) -> ApiResult<Json<JoinResponse>> {
     let manager = ctx.require_manager()?;
     Ok(Json(ca::join(&manager, request).await?))
 }
@@ -79,10 +82,12 @@ async fn heartbeat(
         .dispatcher
         .seen(&beat.node_id, &beat.addr, tokio::time::Instant::now());
     let state = manager.read();
-    let node = state
-        .nodes
-        .get(&beat.node_id)
-        .ok_or_else(|| ApiError::NotFound(format!("node {} not found: it was removed from the swarm", beat.node_id)))?;
+    let node = state.nodes.get(&beat.node_id).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "node {} not found: it was removed from the swarm",
+            beat.node_id
+        ))
+    })?;
     let ip = beat
         .addr
         .parse::<std::net::SocketAddr>()
@@ -139,7 +144,9 @@ async fn relay_heartbeat(
         .timeout(Duration::from_secs(5))
         .send()
         .await
-        .map_err(|e| ApiError::Unavailable(format!("cannot reach the leader at {}: {e}", leader.addr)))?;
+        .map_err(|e| {
+            ApiError::Unavailable(format!("cannot reach the leader at {}: {e}", leader.addr))
+        })?;
     if !response.status().is_success() {
         return Err(ApiError::Unavailable(format!(
             "the leader at {} answered {}",
@@ -165,7 +172,12 @@ pub struct AssignmentsQuery {
 fn assignments_of(state: &ClusterState, node_id: &str) -> Assignments {
     let tasks: Vec<_> = state.tasks_on_node(node_id).cloned().collect();
     // Zero means "nothing yet" to the worker: a node without tasks is at version 1.
-    let index = state.assignment_versions.get(node_id).copied().unwrap_or(0).max(1);
+    let index = state
+        .assignment_versions
+        .get(node_id)
+        .copied()
+        .unwrap_or(0)
+        .max(1);
     Assignments { index, tasks }
 }
 
@@ -268,19 +280,16 @@ async fn client_cert(
 }
 
 /// Raft's own RPCs, only between managers.
-async fn raft(
-    State(ctx): State<Ctx>,
-    peer: Peer,
-    request: Request<Body>,
-) -> ApiResult<Response> {
+async fn raft(State(ctx): State<Ctx>, peer: Peer, request: Request<Body>) -> ApiResult<Response> {
     match &peer.0 {
         Some(p) if p.role == Role::Manager => {}
-        _ => return Err(ApiError::Forbidden("only managers take part in Raft".into())),
+        _ => {
+            return Err(ApiError::Forbidden(
+                "only managers take part in Raft".into(),
+            ))
+        }
     }
     let manager = ctx.require_manager()?;
     let router = swarm_raft::server::router(manager.raft.clone());
-    Ok(router
-        .oneshot(request)
-        .await
-        .unwrap_or_else(|e| match e {}))
+    Ok(router.oneshot(request).await.unwrap_or_else(|e| match e {}))
 }

@@ -76,9 +76,7 @@ pub fn require_node(peer: &Peer) -> Result<&PeerIdentity, ApiError> {
 /// The whole router. Docker clients put the API version in front of every path
 /// (`/v1.41/nodes`); it is stripped before routing, so one set of routes serves all.
 pub fn router(ctx: Ctx) -> Router {
-    let inner = docker::routes()
-        .merge(internal::routes())
-        .with_state(ctx);
+    let inner = docker::routes().merge(internal::routes()).with_state(ctx);
     Router::new().fallback_service(tower::service_fn(move |request: Request<Body>| {
         let inner = inner.clone();
         async move { inner.oneshot(strip_version(request)).await }
@@ -115,9 +113,15 @@ mod tests {
             .body(Body::empty())
             .unwrap();
         assert_eq!(strip_version(r).uri(), "/nodes?filters=x");
-        let r = Request::builder().uri("/_ping").body(Body::empty()).unwrap();
+        let r = Request::builder()
+            .uri("/_ping")
+            .body(Body::empty())
+            .unwrap();
         assert_eq!(strip_version(r).uri(), "/_ping");
-        let r = Request::builder().uri("/volumes").body(Body::empty()).unwrap();
+        let r = Request::builder()
+            .uri("/volumes")
+            .body(Body::empty())
+            .unwrap();
         assert_eq!(strip_version(r).uri(), "/volumes");
     }
 }

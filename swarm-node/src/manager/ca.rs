@@ -70,11 +70,13 @@ pub fn manager_addrs(manager: &Manager, state: &ClusterState) -> Vec<String> {
 pub async fn join(manager: &Manager, request: JoinRequest) -> Result<JoinResponse, ApiError> {
     let state = manager.read();
     let info = cluster(&state)?;
-    let parsed = JoinToken::parse(&request.token).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let parsed =
+        JoinToken::parse(&request.token).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let ca = root_ca(info)?;
     if parsed.digest != ca.digest() {
         return Err(ApiError::BadRequest(
-            "the join token's CA digest does not match this swarm's root CA: check the token".into(),
+            "the join token's CA digest does not match this swarm's root CA: check the token"
+                .into(),
         ));
     }
     let role = if swarm_pki::tokens_match(&request.token, &info.manager_token) {
@@ -127,7 +129,11 @@ pub async fn join(manager: &Manager, request: JoinRequest) -> Result<JoinRespons
         }),
         ..Default::default()
     };
-    manager.propose(Command::AddNode { node: Box::new(node) }).await?;
+    manager
+        .propose(Command::AddNode {
+            node: Box::new(node),
+        })
+        .await?;
     tracing::info!(node_id = %node_id, hostname = %request.hostname, role = role_name(role), "node joined");
     Ok(JoinResponse {
         node_id,
@@ -152,7 +158,11 @@ pub fn renew(
         .get(node_id)
         .ok_or_else(|| ApiError::NotFound(format!("node {node_id} not found")))?;
     let role = node_role(node);
-    let addr = node.status.as_ref().and_then(|s| s.addr.clone()).unwrap_or_default();
+    let addr = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addr.clone())
+        .unwrap_or_default();
     let ca = root_ca(info)?;
     let cert_pem = ca
         .sign_node(

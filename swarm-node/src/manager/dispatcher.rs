@@ -57,7 +57,11 @@ impl Dispatcher {
     }
 
     pub fn control_addr(&self, node_id: &str) -> Option<String> {
-        self.addrs.lock().expect("dispatcher lock").get(node_id).cloned()
+        self.addrs
+            .lock()
+            .expect("dispatcher lock")
+            .get(node_id)
+            .cloned()
     }
 
     /// Ready nodes whose heartbeats stopped.
@@ -98,14 +102,29 @@ mod tests {
     #[test]
     fn nodes_go_down_after_three_missed_periods() {
         let mut state = ClusterState::default();
-        state.apply(&Command::AddNode { node: Box::new(ready("a")) }, 1);
-        state.apply(&Command::AddNode { node: Box::new(ready("b")) }, 2);
+        state.apply(
+            &Command::AddNode {
+                node: Box::new(ready("a")),
+            },
+            1,
+        );
+        state.apply(
+            &Command::AddNode {
+                node: Box::new(ready("b")),
+            },
+            2,
+        );
         let d = Dispatcher::new(1_000);
         let start = Instant::now();
         d.became_leader(start);
         d.seen("a", "127.0.0.1:1", start);
-        assert!(d.expired(&state, start + Duration::from_millis(2_900)).is_empty());
-        assert_eq!(d.expired(&state, start + Duration::from_millis(3_100)), vec!["a"]);
+        assert!(d
+            .expired(&state, start + Duration::from_millis(2_900))
+            .is_empty());
+        assert_eq!(
+            d.expired(&state, start + Duration::from_millis(3_100)),
+            vec!["a"]
+        );
         // A node never heard from since the leader change gets double grace.
         let later = d.expired(&state, start + Duration::from_millis(6_100));
         assert_eq!(later, vec!["a", "b"]);

@@ -56,7 +56,10 @@ async fn pass(manager: &Arc<Manager>, promotions: &Arc<Mutex<HashSet<u64>>>) -> 
     let mut wake = TICK;
 
     for id in manager.dispatcher.expired(&state, Instant::now()) {
-        let addr = state.nodes[&id].status.as_ref().and_then(|s| s.addr.clone());
+        let addr = state.nodes[&id]
+            .status
+            .as_ref()
+            .and_then(|s| s.addr.clone());
         let command = Command::SetNodeStatus {
             id: id.clone(),
             status: NodeStatus {
@@ -132,7 +135,9 @@ async fn reconcile_membership(
                             })
                             .await;
                     }
-                    Ok(Err(e)) => tracing::warn!(node_id = %node_id, error = %e, "could not add manager"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(node_id = %node_id, error = %e, "could not add manager")
+                    }
                     Err(_) => tracing::warn!(node_id = %node_id, "adding manager timed out"),
                 }
                 promotions.lock().expect("promotions lock").remove(&rid);

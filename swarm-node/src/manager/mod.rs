@@ -79,7 +79,9 @@ impl Manager {
                 }) if leader.node_id != self.node_id => {
                     match self.forward(&leader, &command).await {
                         Ok(result) => return Ok(result),
-                        Err(e) => tracing::debug!(error = %e, leader = %leader.addr, "forward failed"),
+                        Err(e) => {
+                            tracing::debug!(error = %e, leader = %leader.addr, "forward failed")
+                        }
                     }
                 }
                 Err(ProposeError::ForwardToLeader { .. }) => {}
@@ -92,7 +94,11 @@ impl Manager {
         }
     }
 
-    async fn forward(&self, leader: &MemberNode, command: &Command) -> Result<CommandResult, String> {
+    async fn forward(
+        &self,
+        leader: &MemberNode,
+        command: &Command,
+    ) -> Result<CommandResult, String> {
         let url = format!("{}://{}{PREFIX}/propose", self.scheme, leader.addr);
         let response = self
             .peers

@@ -276,7 +276,11 @@ fn reconcile_service(
                     load.add(service_id, &node);
                     let mut t = (*task).clone();
                     t.node_id = Some(node);
-                    t.status = Some(status(TaskState::ASSIGNED, "scheduler assigned task to node", at));
+                    t.status = Some(status(
+                        TaskState::ASSIGNED,
+                        "scheduler assigned task to node",
+                        at,
+                    ));
                     put.insert(id, t);
                 }
                 ending = Ending::Active;

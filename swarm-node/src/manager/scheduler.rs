@@ -93,7 +93,9 @@ pub fn place(
     }
     match best {
         Some((_, id)) => Ok(id.clone()),
-        None if any_ready => Err("no suitable node (scheduling constraints not satisfied on any node)".into()),
+        None if any_ready => {
+            Err("no suitable node (scheduling constraints not satisfied on any node)".into())
+        }
         None => Err("no suitable node".into()),
     }
 }
@@ -152,7 +154,11 @@ mod tests {
                 ..Default::default()
             }),
             status: Some(NodeStatus {
-                state: Some(if ready { NodeState::READY } else { NodeState::DOWN }),
+                state: Some(if ready {
+                    NodeState::READY
+                } else {
+                    NodeState::DOWN
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -200,7 +206,11 @@ mod tests {
         };
         let load = Load::from_state(&s);
         assert_eq!(place(&s, &load, "svc", &spec), Ok("b".into()));
-        assert!(constraint_holds("node.hostname!=host-a", "b", &s.nodes["b"]));
+        assert!(constraint_holds(
+            "node.hostname!=host-a",
+            "b",
+            &s.nodes["b"]
+        ));
         assert!(!constraint_holds("node.labels.zone==x", "b", &s.nodes["b"]));
         assert!(!constraint_holds("garbage", "b", &s.nodes["b"]));
     }

@@ -53,7 +53,11 @@ pub fn ensure_image() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "docker build: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "docker build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub fn free_port() -> u16 {
@@ -117,9 +121,11 @@ impl TestNode {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        wait_for(&format!("{} socket", self.name), Duration::from_secs(20), || {
-            self.socket().exists()
-        });
+        wait_for(
+            &format!("{} socket", self.name),
+            Duration::from_secs(20),
+            || self.socket().exists(),
+        );
     }
 
     /// Kills the daemon at once (SIGKILL), as a crash would.
@@ -226,13 +232,21 @@ impl Sandbox {
             "--dispatcher-heartbeat",
             heartbeat,
         ]);
-        assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         n.start();
     }
 
     pub fn token(&self, role: &str) -> String {
         let out = self.nodes[0].verb(&["join-token", "-q", role]);
-        assert!(out.status.success(), "join-token: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "join-token: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
@@ -252,7 +266,12 @@ impl Sandbox {
             &addr,
             &manager,
         ]);
-        assert!(out.status.success(), "join {}: {}", n.name, String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "join {}: {}",
+            n.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
         n.start();
     }
 
@@ -277,7 +296,12 @@ impl Drop for Sandbox {
         }
         for id in ids {
             let out = Command::new(docker_cli())
-                .args(["ps", "-aq", "--filter", &format!("label=com.docker.swarm.node.id={id}")])
+                .args([
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    &format!("label=com.docker.swarm.node.id={id}"),
+                ])
                 .output();
             if let Ok(out) = out {
                 let list = String::from_utf8_lossy(&out.stdout).to_string();

@@ -60,9 +60,13 @@ impl World {
             now: OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
         };
         for n in nodes {
-            w.apply(Command::AddNode { node: Box::new(ready_node(n)) });
+            w.apply(Command::AddNode {
+                node: Box::new(ready_node(n)),
+            });
         }
-        w.apply(Command::CreateService { service: Box::new(svc) });
+        w.apply(Command::CreateService {
+            service: Box::new(svc),
+        });
         w
     }
 
@@ -238,7 +242,9 @@ fn pending_tasks_wait_for_a_node() {
     w.settle();
     assert!(w.active().iter().all(|t| t.node_id.is_none()));
     assert_eq!(w.active().len(), 2);
-    w.apply(Command::AddNode { node: Box::new(ready_node("a")) });
+    w.apply(Command::AddNode {
+        node: Box::new(ready_node("a")),
+    });
     w.settle();
     assert!(w.active().iter().all(|t| t.node_id.as_deref() == Some("a")));
 }

@@ -1,0 +1,257 @@
+//! `swarmup`: one command from "I want a 3-node swarm" to a working cluster.
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+mod api;
+mod commands;
+mod output;
+mod providers;
+mod records;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "swarmup",
+    version,
+    about = "Create Docker-Swarm-compatible clusters: a lab on this host, DigitalOcean droplets, or your own machines"
+)]
+pub struct Cli {
+    /// Print nothing but errors and the final result.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// `table` for people, `json` for scripts.
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    output: output::Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a cluster, or converge an existing one (add missing nodes, repair).
+    Create(CreateArgs),
+    /// List clusters.
+    Ls,
+    /// Destroy a cluster and everything it made.
+    Destroy {
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// Open a shell (or run a command) on a node: `swarmup ssh NAME NODE -- CMD`.
+    Ssh {
+        name: String,
+        node: String,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Print the environment that points the docker CLI at a cluster: `eval $(swarmup env NAME)`.
+    Env { name: Option<String> },
+    /// Power nodes off (failure drills).
+    Stop { name: String, nodes: Vec<String> },
+    /// Power nodes back on.
+    Start { name: String, nodes: Vec<String> },
+    /// Nodes of a cluster.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// Services of a cluster.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
+    /// Images for clusters without a registry.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+    /// The init of a lab node (started by the lab provider, not by people).
+    #[command(hide = true, name = "lab-node")]
+    LabNode {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterSel {
+    /// The cluster (default: SWARMUP_CLUSTER, or the only one).
+    #[arg(long, env = "SWARMUP_CLUSTER")]
+    cluster: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The cluster's name; machines are NAME-node1, NAME-node2, …
+    #[arg(long, default_value = "swarm")]
+    name: String,
+    /// Where the machines come from: lab (this host) or digitalocean.
+    #[arg(long, default_value = "lab")]
+    provider: String,
+    /// How many nodes.
+    #[arg(long)]
+    nodes: Option<u32>,
+    /// How many of them are managers (odd, at most 7; default 1 below 3 nodes, else 3).
+    #[arg(long)]
+    managers: Option<u32>,
+    /// A cluster file (YAML) with the same settings.
+    #[arg(long, short = 'f')]
+    file: Option<std::path::PathBuf>,
+    /// DigitalOcean region.
+    #[arg(long)]
+    region: Option<String>,
+    /// DigitalOcean droplet size.
+    #[arg(long)]
+    size: Option<String>,
+    /// DigitalOcean image.
+    #[arg(long)]
+    image: Option<String>,
+    /// Reuse this SSH public key (DigitalOcean) instead of a per-cluster key.
+    #[arg(long)]
+    ssh_key: Option<std::path::PathBuf>,
+    /// Who may reach SSH (CIDR, repeatable; default anywhere).
+    #[arg(long)]
+    ssh_from: Vec<String>,
+    /// DigitalOcean API token (or DIGITALOCEAN_TOKEN / DIGITALOCEAN_ACCESS_TOKEN).
+    #[arg(long)]
+    token: Option<String>,
+    /// Show the plan and its cost, create nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Delete what this run created if it fails.
+    #[arg(long)]
+    rollback_on_failure: bool,
+    /// The swarm-node binary to install (default: the one next to swarmup).
+    #[arg(long, env = "SWARMUP_SWARM_NODE_BINARY")]
+    swarm_node_binary: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List nodes (like `docker node ls`).
+    Ls {
+        #[command(flatten)]
+        sel: ClusterSel,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Create a service (like `docker service create`).
+    Create {
+        #[command(flatten)]
+        sel: ClusterSel,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        replicas: i64,
+        /// replicated or global.
+        #[arg(long, default_value = "replicated")]
+        mode: String,
+        /// Environment variables (KEY=VALUE).
+        #[arg(long, short)]
+        env: Vec<String>,
+        /// Placement constraints (node.role==worker, …).
+        #[arg(long)]
+        constraint: Vec<String>,
+        /// Delay between restarts (e.g. 5s).
+        #[arg(long)]
+        restart_delay: Option<String>,
+        /// Publish a port: published:target (routing mesh not yet available).
+        #[arg(long, short)]
+        publish: Vec<String>,
+        image: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// List services (like `docker service ls`).
+    Ls {
+        #[command(flatten)]
+        sel: ClusterSel,
+    },
+    /// Tasks of services (like `docker service ps`).
+    Ps {
+        #[command(flatten)]
+        sel: ClusterSel,
+        services: Vec<String>,
+    },
+    /// Remove services.
+    Rm {
+        #[command(flatten)]
+        sel: ClusterSel,
+        services: Vec<String>,
+    },
+    /// Scale services: `swarmup service scale web=5`.
+    Scale {
+        #[command(flatten)]
+        sel: ClusterSel,
+        scales: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Load a `docker save` archive into every node's engine.
+    Load {
+        name: String,
+        /// The archive (default: standard input).
+        #[arg(long, short)]
+        input: Option<std::path::PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::LabNode { args } = cli.command {
+        return providers::run_lab_node(args);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SWARMUP_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: what was wrong and what to do.
+            let message = format!("{e:#}").replace('\n', " ");
+            eprintln!("Error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let out = output::Output::new(cli.output, cli.quiet);
+    match cli.command {
+        Command::Create(args) => commands::create(&out, args).await,
+        Command::Ls => commands::ls(&out).await,
+        Command::Destroy { name, yes } => commands::destroy(&out, &name, yes).await,
+        Command::Ssh {
+            name,
+            node,
+            command,
+        } => commands::ssh(&name, &node, &command).await,
+        Command::Env { name } => commands::env(&out, name.as_deref()).await,
+        Command::Stop { name, nodes } => commands::power(&out, &name, &nodes, false).await,
+        Command::Start { name, nodes } => commands::power(&out, &name, &nodes, true).await,
+        Command::Node { command } => api::node(&out, command).await,
+        Command::Service { command } => api::service(&out, command).await,
+        Command::Image { command } => match command {
+            ImageCommand::Load { name, input } => commands::image_load(&out, &name, input).await,
+        },
+        Command::LabNode { .. } => unreachable!("handled before the runtime starts"),
+    }
+}

@@ -1,0 +1,612 @@
+//! The swarm's consensus layer: the managers replicate [`ClusterState`] with Raft
+//! (openraft 0.9).
+//!
+//! **Architecture Invariant:** this is the only crate that knows about openraft. No
+//! openraft type appears in its public API; errors are wrapped in [`RaftError`] and
+//! [`ProposeError`].
+//!
+//! # Layout
+//! - [`ClusterRaft`] (this file): the handle the manager code uses: open, initialize,
+//!   propose commands, read the applied state, change the voter set.
+//! - `log_store`: the durable Raft log (a checksummed journal plus vote/committed files).
+//! - `state_machine`: [`ClusterState`] folded over the log, published through a watch
+//!   channel; snapshots in `snapshot.json`.
+//! - `network` / [`server::router`]: Raft RPC as JSON over HTTP(S) on the control address,
+//!   under [`RAFT_PATH_PREFIX`].
+//!
+//! One directory holds everything a node needs to restart: the snapshot plus the log
+//! after it.
+//!
+//! # Use
+//! ```no_run
+//! # async fn f(client: reqwest::Client) -> Result<(), Box<dyn std::error::Error>> {
+//! use swarm_raft::{ClusterRaft, MemberNode, RaftOptions};
+//! let raft = ClusterRaft::open(RaftOptions::new(1, "/var/lib/swarm-node/raft".into()), client).await?;
+//! // Serve `swarm_raft::server::router(raft.clone())` on the control address, then, on
+//! // the first manager only:
+//! if !raft.is_initialized() {
+//!     raft.initialize(MemberNode { node_id: "abc".into(), addr: "10.0.0.1:2377".into() }).await?;
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError};
+use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use swarm_state::{ClusterState, Command, CommandResult};
+use tokio::sync::watch;
+
+mod fsio;
+mod log_store;
+mod network;
+pub mod server;
+mod state_machine;
+
+#[cfg(test)]
+mod tests;
+
+use log_store::LogStore;
+use state_machine::StateMachineStore;
+
+/// The path under which [`server::router`] serves Raft RPC, for the caller's
+/// authorization middleware.
+pub const RAFT_PATH_PREFIX: &str = "/swarmup/v1/raft";
+
+/// How long [`ClusterRaft::add_voter`] waits for a new node to catch up with the log
+/// before giving up (it stays a learner; calling again resumes).
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bound on waiting for our own metrics to reflect a change we just made.
+const METRICS_WAIT: Duration = Duration::from_secs(5);
+
+/// A member of the Raft group: a manager node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberNode {
+    /// The swarm node id.
+    pub node_id: String,
+    /// The control address, `IP:PORT`, where [`server::router`] is served.
+    pub addr: String,
+}
+
+impl fmt::Display for MemberNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} at {}", self.node_id, self.addr)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of the swarm.
+    pub(crate) TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = u64,
+        Node = MemberNode,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// Short names for the openraft generics, in one place.
+#[allow(dead_code)]
+pub(crate) mod typ {
+    use super::{MemberNode, TypeConfig};
+
+    pub(crate) type Raft = openraft::Raft<TypeConfig>;
+    pub(crate) type Entry = openraft::Entry<TypeConfig>;
+    pub(crate) type LogId = openraft::LogId<u64>;
+    pub(crate) type Vote = openraft::Vote<u64>;
+    pub(crate) type Snapshot = openraft::Snapshot<TypeConfig>;
+    pub(crate) type SnapshotMeta = openraft::SnapshotMeta<u64, MemberNode>;
+    pub(crate) type StoredMembership = openraft::StoredMembership<u64, MemberNode>;
+    pub(crate) type Metrics = openraft::RaftMetrics<u64, MemberNode>;
+    pub(crate) type StorageError = openraft::StorageError<u64>;
+    pub(crate) type RaftError<E = openraft::error::Infallible> = openraft::error::RaftError<u64, E>;
+    pub(crate) type RPCError<E = openraft::error::Infallible> =
+        openraft::error::RPCError<u64, MemberNode, RaftError<E>>;
+    pub(crate) type ClientWriteError = openraft::error::ClientWriteError<u64, MemberNode>;
+    pub(crate) type CheckIsLeaderError = openraft::error::CheckIsLeaderError<u64, MemberNode>;
+    pub(crate) type ForwardToLeader = openraft::error::ForwardToLeader<u64, MemberNode>;
+}
+
+/// How to run the local Raft node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftOptions {
+    /// This node's Raft id, stable across restarts.
+    pub node_id: u64,
+    /// Where the log, vote and snapshot live. Created if missing.
+    pub dir: PathBuf,
+    /// Leader heartbeat period (default 200 ms).
+    pub heartbeat_ms: u64,
+    /// Followers start an election after a random silence from the leader in
+    /// `election_min_ms..election_max_ms` (default 800..1600 ms, for failover under 2 s;
+    /// add up to 1.5 heartbeats for the timer's granularity).
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Take a snapshot every this many applied entries (default 10000, Docker's
+    /// default); 0 disables snapshots.
+    pub snapshot_logs: u64,
+    /// `https` in production (the caller's client does mutual TLS), `http` in tests.
+    pub scheme: String,
+}
+
+impl RaftOptions {
+    /// The defaults for node `node_id` storing its state in `dir`.
+    pub fn new(node_id: u64, dir: PathBuf) -> Self {
+        RaftOptions {
+            node_id,
+            dir,
+            heartbeat_ms: 200,
+            election_min_ms: 800,
+            election_max_ms: 1600,
+            snapshot_logs: 10_000,
+            scheme: "https".into(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), RaftError> {
+        let bad = |m: String| Err(RaftError::InvalidOptions(m));
+        if self.scheme != "http" && self.scheme != "https" {
+            return bad(format!(
+                "scheme {:?} is not supported; use https (or http in tests)",
+                self.scheme
+            ));
+        }
+        if self.heartbeat_ms == 0 || self.heartbeat_ms >= self.election_min_ms {
+            return bad(format!(
+                "heartbeat {} ms must be above 0 and below the election timeout minimum {} ms",
+                self.heartbeat_ms, self.election_min_ms
+            ));
+        }
+        if self.election_min_ms >= self.election_max_ms {
+            return bad(format!(
+                "election timeout range {}..{} ms is empty; the maximum must exceed the minimum",
+                self.election_min_ms, self.election_max_ms
+            ));
+        }
+        let (min, lease) = self.openraft_election();
+        if min >= lease {
+            return bad(format!(
+                "election timeout maximum {} ms is too short for heartbeat {} ms; make it more than 2 heartbeats",
+                self.election_max_ms, self.heartbeat_ms
+            ));
+        }
+        Ok(())
+    }
+
+    /// openraft's `(election_timeout_min, election_timeout_max)` for these options.
+    ///
+    /// A follower of a known leader in openraft 0.9 waits out a leader lease equal to
+    /// `election_timeout_max` *and then* its random timeout in `min..max` before it stands
+    /// for election. Using `max = election_max_ms / 2` and `min = election_min_ms - max`
+    /// puts the total silence in `election_min_ms..election_max_ms`, as documented; `min`
+    /// is raised above the heartbeat where openraft requires it.
+    fn openraft_election(&self) -> (u64, u64) {
+        let lease = self.election_max_ms / 2;
+        let min = self
+            .election_min_ms
+            .saturating_sub(lease)
+            .max(self.heartbeat_ms + 1);
+        (min, lease)
+    }
+}
+
+/// Knobs tests turn that production leaves at their defaults.
+#[derive(Debug, Clone)]
+pub(crate) struct Tuning {
+    /// Entries kept in the log behind a snapshot, so that briefly lagging followers catch
+    /// up from the log rather than with a whole snapshot.
+    pub(crate) logs_to_keep: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning { logs_to_keep: 1000 }
+    }
+}
+
+/// Errors of opening the node and of membership operations.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RaftError {
+    #[error("invalid raft options: {0}")]
+    InvalidOptions(String),
+    #[error("raft storage in {dir}: {message}", dir = .dir.display())]
+    Storage { dir: PathBuf, message: String },
+    /// Membership changes happen on the leader; forward the request there.
+    #[error("this node is not the raft leader ({})", describe_leader(.leader))]
+    NotLeader { leader: Option<(u64, MemberNode)> },
+    #[error("raft is already initialized with other voters; join the existing cluster instead")]
+    AlreadyInitialized,
+    #[error("raft membership change refused: {0}")]
+    Membership(String),
+    #[error("raft node {id} ({node}) did not catch up with the log within {secs} s; check that it is reachable and retry")]
+    CatchUpTimeout {
+        id: u64,
+        node: MemberNode,
+        secs: u64,
+    },
+    #[error("refusing to remove raft voter {0}: it is the last voter")]
+    LastVoter(u64),
+    /// The node stopped (shut down, or a storage failure); it must be reopened.
+    #[error("raft node stopped: {0}")]
+    Fatal(String),
+}
+
+/// Why a proposal (or a linearizable read check) did not go through.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// Only the leader takes proposals; send it there (when the leader is known).
+    #[error("this node is not the raft leader ({})", describe_leader(.leader))]
+    ForwardToLeader { leader: Option<(u64, MemberNode)> },
+    /// This node thinks it leads but a quorum did not confirm it.
+    #[error("raft leadership not confirmed by a quorum: {0}")]
+    NoQuorum(String),
+    /// The node stopped (shut down, or a storage failure).
+    #[error("raft node stopped: {0}")]
+    Fatal(String),
+}
+
+fn describe_leader(leader: &Option<(u64, MemberNode)>) -> String {
+    match leader {
+        Some((id, node)) => format!("leader is raft node {id}, {node}"),
+        None => "no leader known".into(),
+    }
+}
+
+/// The handle on the local Raft node. Cheap to clone.
+#[derive(Clone)]
+pub struct ClusterRaft {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: u64,
+    raft: typ::Raft,
+    sm: StateMachineStore,
+    metrics: watch::Receiver<typ::Metrics>,
+    leader: watch::Receiver<Option<u64>>,
+}
+
+impl fmt::Debug for ClusterRaft {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.inner.metrics.borrow();
+        f.debug_struct("ClusterRaft")
+            .field("id", &self.inner.id)
+            .field("state", &m.state)
+            .field("term", &m.current_term)
+            .field("leader", &m.current_leader)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterRaft {
+    /// Opens the node's storage in `opts.dir` and starts Raft. A node with an empty
+    /// directory waits to be initialized or added by a leader; one with state rejoins.
+    pub async fn open(opts: RaftOptions, client: reqwest::Client) -> Result<Self, RaftError> {
+        Self::open_with(opts, client, Tuning::default()).await
+    }
+
+    pub(crate) async fn open_with(
+        opts: RaftOptions,
+        client: reqwest::Client,
+        tuning: Tuning,
+    ) -> Result<Self, RaftError> {
+        opts.validate()?;
+        let storage_err = |e: &dyn fmt::Display| RaftError::Storage {
+            dir: opts.dir.clone(),
+            message: e.to_string(),
+        };
+        let log_store = LogStore::open(&opts.dir)
+            .await
+            .map_err(|e| storage_err(&e))?;
+        let sm = StateMachineStore::open(&opts.dir)
+            .await
+            .map_err(|e| storage_err(&e))?;
+
+        let (election_min, election_max) = opts.openraft_election();
+        let config = Config {
+            cluster_name: "swarmup".into(),
+            heartbeat_interval: opts.heartbeat_ms,
+            election_timeout_min: election_min,
+            election_timeout_max: election_max,
+            // One chunk carries a whole snapshot of a typical swarm; the timeout covers a
+            // chunk on a slow link rather than a heartbeat's worth.
+            install_snapshot_timeout: 5_000,
+            snapshot_max_chunk_size: 1 << 20,
+            snapshot_policy: if opts.snapshot_logs == 0 {
+                SnapshotPolicy::Never
+            } else {
+                SnapshotPolicy::LogsSinceLast(opts.snapshot_logs)
+            },
+            max_in_snapshot_log_to_keep: tuning.logs_to_keep,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| RaftError::InvalidOptions(e.to_string()))?;
+
+        let network = network::Network::new(client, opts.scheme.clone(), opts.node_id);
+        let raft = typ::Raft::new(
+            opts.node_id,
+            Arc::new(config),
+            network,
+            log_store,
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| storage_err(&e))?;
+        // Raft publishes its first metrics (membership, leader) just before it serves
+        // requests, so one round trip guarantees `is_initialized` and `voters` reflect
+        // the state loaded from disk.
+        raft.is_initialized()
+            .await
+            .map_err(|e| RaftError::Fatal(e.to_string()))?;
+
+        let metrics = raft.metrics();
+        let (leader_tx, leader_rx) = watch::channel(metrics.borrow().current_leader);
+        let mut m = raft.metrics();
+        tokio::spawn(async move {
+            loop {
+                let leader = m.borrow_and_update().current_leader;
+                leader_tx.send_if_modified(|cur| {
+                    let changed = *cur != leader;
+                    *cur = leader;
+                    changed
+                });
+                // Ends when Raft shuts down and drops its metrics sender.
+                if m.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+
+        Ok(ClusterRaft {
+            inner: Arc::new(Inner {
+                id: opts.node_id,
+                raft,
+                sm,
+                metrics,
+                leader: leader_rx,
+            }),
+        })
+    }
+
+    pub(crate) fn raft(&self) -> &typ::Raft {
+        &self.inner.raft
+    }
+
+    /// This node's Raft id.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// Makes this node the single voter of a new cluster (`docker swarm init`). Succeeds
+    /// again if that already happened; fails if the node belongs to another cluster.
+    pub async fn initialize(&self, me: MemberNode) -> Result<(), RaftError> {
+        let id = self.inner.id;
+        match self.inner.raft.initialize(BTreeMap::from([(id, me)])).await {
+            Ok(()) => {}
+            Err(openraft::error::RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                let voters = self.voters();
+                if voters.len() == 1 && voters.contains_key(&id) {
+                    return Ok(());
+                }
+                return Err(RaftError::AlreadyInitialized);
+            }
+            Err(e) => return Err(RaftError::Fatal(e.to_string())),
+        }
+        self.inner
+            .raft
+            .wait(Some(METRICS_WAIT))
+            .metrics(
+                |m| m.membership_config.voter_ids().any(|v| v == id),
+                "initialized membership",
+            )
+            .await
+            .map_err(|e| RaftError::Fatal(e.to_string()))?;
+        Ok(())
+    }
+
+    /// True once the node has a membership with at least one voter (it initialized a
+    /// cluster, was added to one, or restarted as part of one).
+    pub fn is_initialized(&self) -> bool {
+        self.inner
+            .metrics
+            .borrow()
+            .membership_config
+            .voter_ids()
+            .next()
+            .is_some()
+    }
+
+    /// Replicates `cmd` and returns the outcome of applying it. Only the leader accepts
+    /// proposals. Waits as long as it takes to commit: bound it with a timeout.
+    pub async fn propose(&self, cmd: Command) -> Result<CommandResult, ProposeError> {
+        match self.inner.raft.client_write(cmd).await {
+            Ok(resp) => Ok(resp.data),
+            Err(openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ProposeError::ForwardToLeader {
+                    leader: self.leader_of(f),
+                })
+            }
+            Err(e) => Err(ProposeError::Fatal(e.to_string())),
+        }
+    }
+
+    /// The latest state applied on this node (possibly behind the leader).
+    pub fn read(&self) -> Arc<ClusterState> {
+        self.inner.sm.state()
+    }
+
+    /// Notified after every applied batch that changed the state.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterState>> {
+        self.inner.sm.subscribe()
+    }
+
+    /// Adds a manager as a voter: first as a learner, waiting until it has caught up
+    /// with the log, then into the voter set. Done if it already is a voter at `node`.
+    /// Leader only.
+    pub async fn add_voter(&self, id: u64, node: MemberNode) -> Result<(), RaftError> {
+        let (is_voter, known) = {
+            let m = self.inner.metrics.borrow();
+            let mem = m.membership_config.membership();
+            (mem.voter_ids().any(|v| v == id), mem.get_node(&id).cloned())
+        };
+        if is_voter && known.as_ref() == Some(&node) {
+            return Ok(());
+        }
+        if !self.is_leader() {
+            return Err(RaftError::NotLeader {
+                leader: self.leader(),
+            });
+        }
+        if known.is_some() && known.as_ref() != Some(&node) {
+            // A manager that rejoined from a new address.
+            self.change(ChangeMembers::SetNodes(BTreeMap::from([(
+                id,
+                node.clone(),
+            )])))
+            .await?;
+        }
+        if is_voter {
+            return Ok(());
+        }
+        let added = tokio::time::timeout(
+            CATCH_UP_TIMEOUT,
+            self.inner.raft.add_learner(id, node.clone(), true),
+        )
+        .await
+        .map_err(|_| RaftError::CatchUpTimeout {
+            id,
+            node: node.clone(),
+            secs: CATCH_UP_TIMEOUT.as_secs(),
+        })?;
+        added.map_err(|e| self.membership_error(e))?;
+        self.change(ChangeMembers::AddVoterIds([id].into())).await
+    }
+
+    /// Removes a voter (and stops replicating to it). Done if it is not a member.
+    /// Refuses to remove the last voter. Leader only.
+    pub async fn remove_voter(&self, id: u64) -> Result<(), RaftError> {
+        let (voters, is_node) = {
+            let m = self.inner.metrics.borrow();
+            let mem = m.membership_config.membership();
+            (
+                mem.voter_ids().collect::<Vec<_>>(),
+                mem.get_node(&id).is_some(),
+            )
+        };
+        if !is_node {
+            return Ok(());
+        }
+        if voters == [id] {
+            return Err(RaftError::LastVoter(id));
+        }
+        if !self.is_leader() {
+            return Err(RaftError::NotLeader {
+                leader: self.leader(),
+            });
+        }
+        if voters.contains(&id) {
+            self.change(ChangeMembers::RemoveVoters([id].into())).await
+        } else {
+            self.change(ChangeMembers::RemoveNodes([id].into())).await
+        }
+    }
+
+    async fn change(&self, change: ChangeMembers<u64, MemberNode>) -> Result<(), RaftError> {
+        self.inner
+            .raft
+            .change_membership(change, false)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.membership_error(e))
+    }
+
+    fn membership_error(&self, e: typ::RaftError<typ::ClientWriteError>) -> RaftError {
+        match e {
+            openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                RaftError::NotLeader {
+                    leader: self.leader_of(f),
+                }
+            }
+            openraft::error::RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+                RaftError::Membership(c.to_string())
+            }
+            openraft::error::RaftError::Fatal(f) => RaftError::Fatal(f.to_string()),
+        }
+    }
+
+    fn leader_of(&self, f: typ::ForwardToLeader) -> Option<(u64, MemberNode)> {
+        let id = f.leader_id?;
+        let node = f.leader_node.or_else(|| {
+            self.inner
+                .metrics
+                .borrow()
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .cloned()
+        })?;
+        Some((id, node))
+    }
+
+    /// The current leader as this node knows it.
+    pub fn leader(&self) -> Option<(u64, MemberNode)> {
+        let m = self.inner.metrics.borrow();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node))
+    }
+
+    /// True while this node leads.
+    pub fn is_leader(&self) -> bool {
+        let m = self.inner.metrics.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.inner.id)
+    }
+
+    /// The voters of the current (effective) membership.
+    pub fn voters(&self) -> BTreeMap<u64, MemberNode> {
+        let m = self.inner.metrics.borrow();
+        let mem = m.membership_config.membership();
+        mem.voter_ids()
+            .filter_map(|id| mem.get_node(&id).map(|n| (id, n.clone())))
+            .collect()
+    }
+
+    /// Changes whenever this node's idea of the leader changes (`None` during elections).
+    pub fn leader_watch(&self) -> watch::Receiver<Option<u64>> {
+        self.inner.leader.clone()
+    }
+
+    /// Succeeds if this node is the leader, a quorum confirms it, and the local state has
+    /// applied everything committed before the call: a [`Self::read`] that follows is
+    /// linearizable.
+    pub async fn ensure_linearizable(&self) -> Result<(), ProposeError> {
+        match self.inner.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(openraft::error::RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(ProposeError::ForwardToLeader {
+                    leader: self.leader_of(f),
+                })
+            }
+            Err(openraft::error::RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => {
+                Err(ProposeError::NoQuorum(q.to_string()))
+            }
+            Err(openraft::error::RaftError::Fatal(f)) => Err(ProposeError::Fatal(f.to_string())),
+        }
+    }
+
+    /// Stops Raft. The last applied state stays readable; the directory is released once
+    /// in-flight replication has wound down.
+    pub async fn shutdown(&self) -> Result<(), RaftError> {
+        self.inner
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| RaftError::Fatal(e.to_string()))
+    }
+}

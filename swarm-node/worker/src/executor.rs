@@ -1,0 +1,398 @@
+//! The executor: carries out [`plan`]'s steps on the container runtime and reports the
+//! observed states.
+//!
+//! It wakes up on a new set of assignments, on an engine event of one of this node's
+//! containers (so a death is noticed at once), when a step it started finishes, and
+//! every resync period in case events were lost. Each wake-up lists the containers and
+//! plans again. Engine work runs concurrently, one step at a time per task, so a long
+//! stop grace period never delays another task.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{BoxStream, StreamExt};
+use swarm_state::models::{ContainerStatus, Task, TaskState, TaskStatus};
+use swarm_state::proto::TaskStatusUpdate;
+use swarm_state::state_of;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::clock::{Clock, SystemClock};
+use crate::plan::{plan, Action, StatusChange};
+use crate::runtime::{ContainerRuntime, RuntimeError, RuntimeEvent, TaskContainer};
+
+/// How often the executor lists the containers even without events.
+pub const RESYNC_PERIOD: Duration = Duration::from_secs(2);
+
+/// After a container event, how often the containers are listed again for a while: the
+/// engine sends `die` before its container list shows the container stopped.
+const SETTLE_PERIOD: Duration = Duration::from_millis(100);
+const SETTLE_FOR: Duration = Duration::from_secs(2);
+/// The least time between two subscriptions to the engine's events.
+const EVENTS_RETRY: Duration = Duration::from_secs(1);
+
+/// The tasks assigned to this node: `None` until the managers' first answer. Until then
+/// the executor does nothing, so that it never stops a container it merely has not
+/// heard about yet.
+pub type AssignedTasks = Option<Arc<Vec<Task>>>;
+
+/// Runs a node's assigned tasks on a container runtime.
+#[derive(Debug, Clone)]
+pub struct Executor {
+    node_id: String,
+    runtime: Arc<dyn ContainerRuntime>,
+    clock: Arc<dyn Clock>,
+    resync: Duration,
+}
+
+type EventStream = BoxStream<'static, Result<RuntimeEvent, RuntimeError>>;
+
+/// What a finished step tells the loop.
+struct Done {
+    task_id: String,
+    change: Option<StatusChange>,
+    stopped_unassigned: bool,
+}
+
+impl Executor {
+    pub fn new(node_id: impl Into<String>, runtime: Arc<dyn ContainerRuntime>) -> Self {
+        Executor {
+            node_id: node_id.into(),
+            runtime,
+            clock: Arc::new(SystemClock),
+            resync: RESYNC_PERIOD,
+        }
+    }
+
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn with_resync(mut self, period: Duration) -> Self {
+        self.resync = period;
+        self
+    }
+
+    /// Runs until `shutdown` completes or the assignments sender is dropped. Containers
+    /// are left as they are when it returns: a restarted executor adopts them.
+    pub async fn run(
+        self,
+        mut assignments: watch::Receiver<AssignedTasks>,
+        reports: mpsc::UnboundedSender<TaskStatusUpdate>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut st = LoopState {
+            exec: self,
+            desired: None,
+            reported: HashMap::new(),
+            inflight: HashSet::new(),
+            reports,
+            steps: JoinSet::new(),
+            step_tasks: HashMap::new(),
+        };
+        let mut events: Option<EventStream> = None;
+        // A broken stream is replaced at a later wake-up, not at once: with the engine
+        // down every attempt fails immediately.
+        let mut subscribe_after = tokio::time::Instant::now();
+        let mut settle_until: Option<tokio::time::Instant> = None;
+        let mut tick = tokio::time::interval(st.exec.resync);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        st.set_desired(assignments.borrow_and_update().clone());
+        loop {
+            if events.is_none() && tokio::time::Instant::now() >= subscribe_after {
+                events = st.exec.subscribe().await;
+            }
+            tokio::select! {
+                _ = &mut shutdown => break,
+                changed = assignments.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    st.set_desired(assignments.borrow_and_update().clone());
+                }
+                ev = next_event(&mut events) => match ev {
+                    Some(Ok(ev)) => {
+                        tracing::debug!(container = %ev.container_id, action = ?ev.action, "container event");
+                        settle_until = Some(tokio::time::Instant::now() + SETTLE_FOR);
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "container event stream broke; resubscribing");
+                        events = None;
+                        subscribe_after = tokio::time::Instant::now() + EVENTS_RETRY;
+                    }
+                    None => {
+                        events = None;
+                        subscribe_after = tokio::time::Instant::now() + EVENTS_RETRY;
+                    }
+                },
+                _ = tick.tick() => {}
+                _ = tokio::time::sleep(SETTLE_PERIOD), if settle_until.is_some_and(|t| tokio::time::Instant::now() < t) => {}
+                Some(done) = st.steps.join_next_with_id(), if !st.steps.is_empty() => match done {
+                    Ok((id, done)) => {
+                        st.step_tasks.remove(&id);
+                        st.finish(done);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "executor step failed");
+                        if let Some(task_id) = st.step_tasks.remove(&e.id()) {
+                            st.inflight.remove(&task_id);
+                        }
+                    }
+                },
+            }
+            st.reconcile().await;
+        }
+        // Dropping the join set aborts unfinished steps; the containers stay.
+    }
+
+    async fn subscribe(&self) -> Option<EventStream> {
+        match self.runtime.events(&self.node_id).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot subscribe to container events; relying on resync");
+                None
+            }
+        }
+    }
+}
+
+async fn next_event(
+    events: &mut Option<EventStream>,
+) -> Option<Result<RuntimeEvent, RuntimeError>> {
+    match events {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+struct LoopState {
+    exec: Executor,
+    /// Assigned tasks by id (only those of this node).
+    desired: Option<BTreeMap<String, Task>>,
+    /// The last status this executor reported per task: it may be ahead of the
+    /// managers' copy in the assignments.
+    reported: HashMap<String, TaskStatus>,
+    /// Tasks with an engine step under way: nothing else is planned for them meanwhile.
+    inflight: HashSet<String>,
+    reports: mpsc::UnboundedSender<TaskStatusUpdate>,
+    steps: JoinSet<Done>,
+    /// The task of each running step, to clear `inflight` should a step panic.
+    step_tasks: HashMap<tokio::task::Id, String>,
+}
+
+impl LoopState {
+    fn set_desired(&mut self, tasks: AssignedTasks) {
+        let Some(tasks) = tasks else { return };
+        let node = self.exec.node_id.as_str();
+        let desired: BTreeMap<String, Task> = tasks
+            .iter()
+            .filter(|t| t.node_id.as_deref() == Some(node))
+            .filter_map(|t| Some((t.id.clone()?, t.clone())))
+            .collect();
+        self.reported.retain(|id, _| desired.contains_key(id));
+        self.desired = Some(desired);
+    }
+
+    /// The assigned tasks, each with the further on of the managers' status and ours.
+    fn tasks(&self) -> Vec<Task> {
+        let Some(desired) = &self.desired else {
+            return Vec::new();
+        };
+        desired
+            .values()
+            .map(|t| {
+                let mut t = t.clone();
+                if let Some(ours) = self.reported.get(t.id.as_deref().unwrap_or_default()) {
+                    if ours.state.unwrap_or(TaskState::NEW) >= state_of(&t) {
+                        t.status = Some(ours.clone());
+                    }
+                }
+                t
+            })
+            .collect()
+    }
+
+    async fn reconcile(&mut self) {
+        if self.desired.is_none() {
+            return;
+        }
+        let actual: Vec<TaskContainer> = match self.exec.runtime.list(&self.exec.node_id).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list task containers");
+                return;
+            }
+        };
+        // Reports change no container, so several steps of one task can be taken in one
+        // wake-up; the bound only guards against a planning loop.
+        for _ in 0..16 {
+            let mut reported_any = false;
+            for action in plan(&self.tasks(), &actual) {
+                let task_id = action.task_id().to_string();
+                if self.inflight.contains(&task_id) {
+                    continue;
+                }
+                match action {
+                    Action::Report { task_id, change } => {
+                        reported_any |= self.record(&task_id, change);
+                    }
+                    step => {
+                        let unassigned = self
+                            .desired
+                            .as_ref()
+                            .is_some_and(|d| !d.contains_key(&task_id));
+                        let runtime = self.exec.runtime.clone();
+                        let handle = self.steps.spawn(run_step(runtime, step, unassigned));
+                        self.step_tasks.insert(handle.id(), task_id.clone());
+                        self.inflight.insert(task_id);
+                    }
+                }
+            }
+            if !reported_any {
+                break;
+            }
+        }
+    }
+
+    fn finish(&mut self, done: Done) {
+        self.inflight.remove(&done.task_id);
+        if let Some(change) = done.change {
+            self.record(&done.task_id, change);
+        }
+        if done.stopped_unassigned {
+            // Not tracked any more; tell the managers anyway, in case they still care.
+            let status = self.stamp(StatusChange::new(TaskState::SHUTDOWN, "shutdown"));
+            let _ = self.reports.send(TaskStatusUpdate {
+                task_id: done.task_id,
+                status,
+            });
+        }
+    }
+
+    fn stamp(&self, change: StatusChange) -> TaskStatus {
+        let container_status = change.container_id.as_ref().map(|id| ContainerStatus {
+            container_id: Some(id.clone()),
+            pid: None,
+            exit_code: change.exit_code,
+        });
+        TaskStatus {
+            timestamp: Some(self.exec.clock.now()),
+            state: Some(change.state),
+            message: Some(change.message),
+            err: change.err,
+            container_status,
+            port_status: None,
+        }
+    }
+
+    /// Records and reports a change if it moves the task forward. Returns whether it did.
+    fn record(&mut self, task_id: &str, change: StatusChange) -> bool {
+        let current = self.tasks_state(task_id).unwrap_or(TaskState::NEW);
+        if change.state <= current {
+            return false;
+        }
+        let status = self.stamp(change);
+        tracing::info!(
+            task = task_id,
+            state = %status.state.map(|s| s.to_string()).unwrap_or_default(),
+            err = status.err.as_deref().unwrap_or(""),
+            "task state"
+        );
+        self.reported.insert(task_id.to_string(), status.clone());
+        let _ = self.reports.send(TaskStatusUpdate {
+            task_id: task_id.to_string(),
+            status,
+        });
+        true
+    }
+
+    fn tasks_state(&self, task_id: &str) -> Option<TaskState> {
+        let managers = self
+            .desired
+            .as_ref()
+            .and_then(|d| d.get(task_id))
+            .map(state_of);
+        let ours = self.reported.get(task_id).and_then(|s| s.state);
+        managers.max(ours)
+    }
+}
+
+fn engine_message(e: &RuntimeError) -> String {
+    match e {
+        RuntimeError::Refused { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// One engine step. Failures that say something about the task become its status;
+/// failures of the engine itself are logged and the step is planned again later.
+async fn run_step(runtime: Arc<dyn ContainerRuntime>, step: Action, unassigned: bool) -> Done {
+    let task_id = step.task_id().to_string();
+    let mut done = Done {
+        task_id: task_id.clone(),
+        change: None,
+        stopped_unassigned: false,
+    };
+    match step {
+        Action::Report { .. } => {}
+        Action::Prepare { spec, .. } => {
+            let prepared = async {
+                runtime.ensure_image(&spec.image).await?;
+                runtime.create(&spec).await
+            }
+            .await;
+            done.change = match prepared {
+                Ok(id) => {
+                    Some(StatusChange::new(TaskState::READY, "prepared").with_container(Some(&id)))
+                }
+                Err(e) if e.is_temporary() => {
+                    tracing::warn!(task = %task_id, error = %e, "cannot prepare task; will retry");
+                    None
+                }
+                Err(e) => {
+                    Some(StatusChange::new(TaskState::REJECTED, "rejected").with_err(e.to_string()))
+                }
+            };
+        }
+        Action::Start { container_id, .. } => {
+            done.change = match runtime.start(&container_id).await {
+                Ok(()) => Some(
+                    StatusChange::new(TaskState::RUNNING, "started")
+                        .with_container(Some(&container_id)),
+                ),
+                Err(e) if e.is_temporary() => {
+                    tracing::warn!(task = %task_id, error = %e, "cannot start task; will retry");
+                    None
+                }
+                Err(e) => Some(
+                    StatusChange::new(TaskState::FAILED, "failed")
+                        .with_err(format!("starting container failed: {}", engine_message(&e)))
+                        .with_container(Some(&container_id)),
+                ),
+            };
+        }
+        Action::Stop {
+            container_id,
+            grace,
+            ..
+        } => match runtime.stop(&container_id, grace).await {
+            Ok(()) | Err(RuntimeError::NoSuchContainer(_)) => done.stopped_unassigned = unassigned,
+            Err(e) => {
+                tracing::warn!(task = %task_id, container = %container_id, error = %e, "cannot stop container; will retry")
+            }
+        },
+        Action::Remove { container_id, .. } => {
+            if let Err(e) = runtime.remove(&container_id).await {
+                tracing::warn!(task = %task_id, container = %container_id, error = %e, "cannot remove container; will retry");
+            }
+        }
+    }
+    done
+}
+
+#[cfg(test)]
+mod tests;

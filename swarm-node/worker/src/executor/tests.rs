@@ -1,0 +1,422 @@
+use std::collections::HashMap;
+use std::time::Instant;
+
+use swarm_state::models::{TaskSpec, TaskSpecContainerSpec, TaskStatus};
+use tokio::sync::oneshot;
+
+use super::*;
+use crate::clock::FixedClock;
+use crate::fake::{Call, FakeRuntime};
+use crate::runtime::{labels, ContainerSpec, RunState};
+use crate::spec::container_spec;
+
+const NODE: &str = "node-a";
+const IMAGE: &str = "busybox:latest";
+
+fn task(id: &str, desired: TaskState) -> Task {
+    Task {
+        id: Some(id.into()),
+        service_id: Some("svc".into()),
+        node_id: Some(NODE.into()),
+        slot: Some(1),
+        labels: Some(HashMap::from([(
+            labels::SERVICE_NAME.to_string(),
+            "web".to_string(),
+        )])),
+        spec: Some(TaskSpec {
+            container_spec: Some(TaskSpecContainerSpec {
+                image: Some(IMAGE.into()),
+                stop_grace_period: Some(3_000_000_000),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: Some(TaskStatus {
+            state: Some(TaskState::ASSIGNED),
+            ..Default::default()
+        }),
+        desired_state: Some(desired),
+        ..Default::default()
+    }
+}
+
+struct Harness {
+    rt: Arc<FakeRuntime>,
+    assignments: watch::Sender<AssignedTasks>,
+    reports: mpsc::UnboundedReceiver<TaskStatusUpdate>,
+    seen: Vec<TaskStatusUpdate>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Harness {
+    fn start(rt: Arc<FakeRuntime>, tasks: AssignedTasks) -> Self {
+        let (assignments, rx) = watch::channel(tasks);
+        let (report_tx, reports) = mpsc::unbounded_channel();
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let exec = Executor::new(NODE, rt.clone())
+            .with_clock(Arc::new(FixedClock::new("2026-01-01T00:00:00Z")))
+            .with_resync(Duration::from_millis(50));
+        let handle = tokio::spawn(exec.run(rx, report_tx, async {
+            let _ = stop_rx.await;
+        }));
+        Harness {
+            rt,
+            assignments,
+            reports,
+            seen: Vec::new(),
+            stop: Some(stop),
+            handle,
+        }
+    }
+
+    fn assign(&self, tasks: Vec<Task>) {
+        self.assignments.send_replace(Some(Arc::new(tasks)));
+    }
+
+    /// Waits until a report of `state` for `task_id` arrives and returns it.
+    async fn wait_for(&mut self, task_id: &str, state: TaskState) -> TaskStatus {
+        if let Some(u) = self
+            .seen
+            .iter()
+            .find(|u| u.task_id == task_id && u.status.state == Some(state))
+        {
+            return u.status.clone();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let u = tokio::time::timeout(left, self.reports.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "no {state} report for {task_id}; saw {:?}",
+                        self.states(task_id)
+                    )
+                })
+                .expect("executor alive");
+            self.seen.push(u.clone());
+            if u.task_id == task_id && u.status.state == Some(state) {
+                return u.status;
+            }
+        }
+    }
+
+    /// The states reported so far for a task, in order.
+    fn states(&mut self, task_id: &str) -> Vec<TaskState> {
+        while let Ok(u) = self.reports.try_recv() {
+            self.seen.push(u);
+        }
+        self.seen
+            .iter()
+            .filter(|u| u.task_id == task_id)
+            .filter_map(|u| u.status.state)
+            .collect()
+    }
+
+    async fn stop(mut self) -> (Arc<FakeRuntime>, Vec<TaskStatusUpdate>) {
+        let _ = self.stop.take().unwrap().send(());
+        self.handle.await.unwrap();
+        while let Ok(u) = self.reports.try_recv() {
+            self.seen.push(u);
+        }
+        (self.rt, self.seen)
+    }
+}
+
+fn with_status(mut t: Task, state: TaskState) -> Task {
+    t.status = Some(TaskStatus {
+        state: Some(state),
+        ..Default::default()
+    });
+    t
+}
+
+fn starts(rt: &FakeRuntime) -> usize {
+    rt.calls()
+        .iter()
+        .filter(|c| matches!(c, Call::Start(_)))
+        .count()
+}
+
+fn creates(rt: &FakeRuntime) -> usize {
+    rt.calls()
+        .iter()
+        .filter(|c| matches!(c, Call::Create(_)))
+        .count()
+}
+
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn a_task_walks_the_state_machine_to_running() {
+    let rt = Arc::new(FakeRuntime::with_images(&[IMAGE]));
+    let mut h = Harness::start(rt.clone(), None);
+    h.assign(vec![task("t1", TaskState::RUNNING)]);
+    let running = h.wait_for("t1", TaskState::RUNNING).await;
+    assert_eq!(
+        h.states("t1"),
+        vec![
+            TaskState::ACCEPTED,
+            TaskState::PREPARING,
+            TaskState::READY,
+            TaskState::STARTING,
+            TaskState::RUNNING
+        ]
+    );
+    let c = &rt.containers_of("t1")[0];
+    assert_eq!(c.spec.name, "web.1.t1");
+    assert_eq!(c.state, RunState::Running);
+    assert_eq!(
+        running.container_status.unwrap().container_id.as_deref(),
+        Some(c.id.as_str())
+    );
+    assert_eq!(running.timestamp.as_deref(), Some("2026-01-01T00:00:00Z"));
+    assert_eq!(running.message.as_deref(), Some("started"));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_death_is_reported_as_failed_and_never_restarted() {
+    let rt = Arc::new(FakeRuntime::with_images(&[IMAGE]));
+    let mut h = Harness::start(rt.clone(), None);
+    h.assign(vec![task("t1", TaskState::RUNNING)]);
+    h.wait_for("t1", TaskState::RUNNING).await;
+    assert!(rt.exit("t1", 137));
+    let failed = h.wait_for("t1", TaskState::FAILED).await;
+    assert_eq!(failed.err.as_deref(), Some("task: non-zero exit (137)"));
+    assert_eq!(failed.container_status.unwrap().exit_code, Some(137));
+    settle().await;
+    assert_eq!(starts(&rt), 1);
+    assert_eq!(creates(&rt), 1);
+    // The dead task's container is kept while the task is assigned (for logs).
+    assert_eq!(rt.containers_of("t1").len(), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn exit_zero_completes() {
+    let rt = Arc::new(FakeRuntime::with_images(&[IMAGE]));
+    let mut h = Harness::start(rt.clone(), None);
+    h.assign(vec![task("t1", TaskState::RUNNING)]);
+    h.wait_for("t1", TaskState::RUNNING).await;
+    rt.exit("t1", 0);
+    let done = h.wait_for("t1", TaskState::COMPLETE).await;
+    assert_eq!(done.err, None);
+    assert_eq!(done.message.as_deref(), Some("finished"));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_image_rejects_the_task() {
+    let rt = Arc::new(FakeRuntime::new());
+    let mut h = Harness::start(rt.clone(), None);
+    h.assign(vec![task("t1", TaskState::RUNNING)]);
+    let rejected = h.wait_for("t1", TaskState::REJECTED).await;
+    assert_eq!(
+        rejected.err.as_deref(),
+        Some("No such image: busybox:latest")
+    );
+    settle().await;
+    assert!(rt.containers().is_empty());
+    assert_eq!(
+        rt.calls()
+            .iter()
+            .filter(|c| matches!(c, Call::EnsureImage(_)))
+            .count(),
+        1,
+        "a rejected task is not retried"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_start_failure_fails_the_task_once() {
+    let rt = Arc::new(FakeRuntime::with_images(&[IMAGE]));
+    rt.set_start_error(Some("exec: \"nope\": executable file not found in $PATH"));
+    let mut h = Harness::start(rt.clone(), None);
+    h.assign(vec![task("t1", TaskState::RUNNING)]);
+    let failed = h.wait_for("t1", TaskState::FAILED).await;
+    assert_eq!(
+        failed.err.as_deref(),
+        Some("starting container failed: exec: \"nope\": executable file not found in $PATH")
+    );
+    settle().await;
+    assert_eq!(starts(&rt), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn desired_shutdown_stops_with_the_grace_period_and_reports_shutdown() {
+    let rt = Arc::new(FakeRuntime::with_images(&[IMAGE]));
+    let mut h = Harness::start(rt.clone(), None);
+    h.assign(vec![task("t1", TaskState::RUNNING)]);
+    h.wait_for("t1", TaskState::RUNNING).await;
+    h.assign(vec![with_status(
+        task("t1", TaskState::SHUTDOWN),
+        TaskState::RUNNING,
+    )]);
+    let shut = h.wait_for("t1", TaskState::SHUTDOWN).await;
+    assert_eq!(shut.err, None);
+    let cid = rt.containers_of("t1")[0].id.clone();
+    assert!(rt
+        .calls()
+        .contains(&Call::Stop(cid, Some(Duration::from_secs(3)))));
+    assert!(!h.states("t1").contains(&TaskState::FAILED));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn desired_remove_stops_and_removes_the_container() {
+    let rt = Arc::new(FakeRuntime::with_images(&[IMAGE]));
+    let mut h = Harness::start(rt.clone(), None);
+    h.assign(vec![task("t1", TaskState::RUNNING)]);
+    h.wait_for("t1", TaskState::RUNNING).await;
+    h.assign(vec![with_status(
+        task("t1", TaskState::REMOVE),
+        TaskState::RUNNING,
+    )]);
+    h.wait_for("t1", TaskState::SHUTDOWN).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !rt.containers_of("t1").is_empty() {
+        assert!(Instant::now() < deadline, "container not removed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn containers_of_tasks_no_longer_assigned_are_stopped_and_removed() {
+    let rt = Arc::new(FakeRuntime::with_images(&[IMAGE]));
+    let mut h = Harness::start(rt.clone(), None);
+    h.assign(vec![
+        task("t1", TaskState::RUNNING),
+        task("t2", TaskState::RUNNING),
+    ]);
+    h.wait_for("t1", TaskState::RUNNING).await;
+    h.wait_for("t2", TaskState::RUNNING).await;
+    h.assign(vec![with_status(
+        task("t1", TaskState::RUNNING),
+        TaskState::RUNNING,
+    )]);
+    h.wait_for("t2", TaskState::SHUTDOWN).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !rt.containers_of("t2").is_empty() {
+        assert!(Instant::now() < deadline, "container not removed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(rt.containers_of("t1")[0].state, RunState::Running);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn nothing_is_touched_before_the_first_assignments() {
+    let rt = Arc::new(FakeRuntime::with_images(&[IMAGE]));
+    let spec = container_spec(&task("old", TaskState::RUNNING)).unwrap();
+    let id = rt.create(&spec).await.unwrap();
+    rt.start(&id).await.unwrap();
+    let calls_before = rt.calls().len();
+    let h = Harness::start(rt.clone(), None);
+    settle().await;
+    assert_eq!(rt.calls().len(), calls_before);
+    let (rt, _) = h.stop().await;
+    assert_eq!(rt.containers_of("old")[0].state, RunState::Running);
+}
+
+#[tokio::test]
+async fn a_restarted_executor_adopts_running_containers() {
+    let rt = Arc::new(FakeRuntime::with_images(&[IMAGE]));
+    let mut h = Harness::start(rt.clone(), None);
+    h.assign(vec![task("t1", TaskState::RUNNING)]);
+    h.wait_for("t1", TaskState::RUNNING).await;
+    let (rt, _) = h.stop().await;
+    // Stopping the executor leaves the container running.
+    assert_eq!(rt.containers_of("t1")[0].state, RunState::Running);
+
+    // The managers' copy may lag behind (here: the RUNNING report was lost).
+    let lagging = with_status(task("t1", TaskState::RUNNING), TaskState::STARTING);
+    let mut h = Harness::start(rt.clone(), Some(Arc::new(vec![lagging])));
+    h.wait_for("t1", TaskState::RUNNING).await;
+    settle().await;
+    assert_eq!(creates(&rt), 1, "adopted, not duplicated");
+    assert_eq!(starts(&rt), 1);
+    rt.exit("t1", 2);
+    let failed = h.wait_for("t1", TaskState::FAILED).await;
+    assert_eq!(failed.err.as_deref(), Some("task: non-zero exit (2)"));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_engine_outage_is_retried_not_reported() {
+    let rt = Arc::new(FakeRuntime::with_images(&[IMAGE]));
+    rt.set_unavailable(true);
+    let mut h = Harness::start(rt.clone(), None);
+    h.assign(vec![task("t1", TaskState::RUNNING)]);
+    settle().await;
+    assert!(h.states("t1").is_empty());
+    rt.set_unavailable(false);
+    h.wait_for("t1", TaskState::RUNNING).await;
+    assert!(!h.states("t1").contains(&TaskState::REJECTED));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn tasks_of_other_nodes_are_ignored() {
+    let rt = Arc::new(FakeRuntime::with_images(&[IMAGE]));
+    let mut other = task("t9", TaskState::RUNNING);
+    other.node_id = Some("node-b".into());
+    let mut h = Harness::start(rt.clone(), None);
+    h.assign(vec![other, task("t1", TaskState::RUNNING)]);
+    h.wait_for("t1", TaskState::RUNNING).await;
+    assert!(h.states("t9").is_empty());
+    assert!(rt.containers_of("t9").is_empty());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn desired_ready_prepares_without_starting() {
+    let rt = Arc::new(FakeRuntime::with_images(&[IMAGE]));
+    let mut h = Harness::start(rt.clone(), None);
+    h.assign(vec![task("t1", TaskState::READY)]);
+    h.wait_for("t1", TaskState::READY).await;
+    settle().await;
+    assert_eq!(starts(&rt), 0);
+    h.assign(vec![with_status(
+        task("t1", TaskState::RUNNING),
+        TaskState::READY,
+    )]);
+    h.wait_for("t1", TaskState::RUNNING).await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_name_conflict_rejects_the_task() {
+    let rt = Arc::new(FakeRuntime::with_images(&[IMAGE]));
+    // A container with the task's name but not labelled for this node.
+    let mut spec: ContainerSpec = container_spec(&task("t1", TaskState::RUNNING)).unwrap();
+    spec.body
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert(labels::NODE_ID.into(), "someone-else".into());
+    rt.create(&spec).await.unwrap();
+    let mut h = Harness::start(rt.clone(), None);
+    h.assign(vec![task("t1", TaskState::RUNNING)]);
+    let rejected = h.wait_for("t1", TaskState::REJECTED).await;
+    assert!(rejected.err.unwrap().contains("already in use"));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn the_periodic_resync_notices_a_death_without_events() {
+    let rt = Arc::new(FakeRuntime::with_images(&[IMAGE]));
+    rt.set_events_enabled(false);
+    let mut h = Harness::start(rt.clone(), None);
+    h.assign(vec![task("t1", TaskState::RUNNING)]);
+    h.wait_for("t1", TaskState::RUNNING).await;
+    rt.exit("t1", 1);
+    h.wait_for("t1", TaskState::FAILED).await;
+    h.stop().await;
+}

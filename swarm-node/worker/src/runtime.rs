@@ -1,0 +1,135 @@
+//! The container runtime seen by the executor: the handful of engine operations a worker
+//! needs, behind a trait so the executor can be tested without a Docker Engine.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::stream::BoxStream;
+use swarm_state::models::{ContainerCreateBody, NodeDescription};
+
+/// Labels Docker Swarm puts on every task container. The executor finds its containers
+/// (and adopts them after a restart) through these, so they are the contract with
+/// containers created by earlier runs of this node.
+pub mod labels {
+    pub const TASK: &str = "com.docker.swarm.task";
+    pub const TASK_ID: &str = "com.docker.swarm.task.id";
+    pub const TASK_NAME: &str = "com.docker.swarm.task.name";
+    pub const NODE_ID: &str = "com.docker.swarm.node.id";
+    pub const SERVICE_ID: &str = "com.docker.swarm.service.id";
+    pub const SERVICE_NAME: &str = "com.docker.swarm.service.name";
+}
+
+/// What the engine says about one task container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunState {
+    /// Created, never started (or a start that failed).
+    Created,
+    /// Running, paused or restarting: a process exists.
+    Running,
+    /// The process ended. `error` is the engine's own message, e.g. when start failed.
+    Exited { code: i64, error: Option<String> },
+    /// The engine is removing it; it is about to disappear.
+    Removing,
+}
+
+/// A container that belongs to a task of this node (it carries the task labels).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskContainer {
+    pub id: String,
+    /// The name without Docker's leading slash.
+    pub name: String,
+    /// The value of the `com.docker.swarm.task.id` label.
+    pub task_id: String,
+    pub state: RunState,
+    pub labels: HashMap<String, String>,
+}
+
+/// Everything needed to create one task container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerSpec {
+    /// The container name, `SERVICE.SLOT.TASKID`.
+    pub name: String,
+    pub image: String,
+    pub body: ContainerCreateBody,
+}
+
+/// The kinds of engine events the executor reacts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventAction {
+    Start,
+    Die,
+    Destroy,
+    Other,
+}
+
+/// One container event for a container of this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeEvent {
+    pub container_id: String,
+    pub task_id: Option<String>,
+    pub action: EventAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeError {
+    /// The engine could not be reached (socket missing, connection refused, timeout).
+    /// Worth retrying: nothing was decided about the task.
+    #[error("docker engine at {endpoint} unavailable: {message}")]
+    Unavailable { endpoint: String, message: String },
+    /// Docker's own wording, which `docker service ps` users know.
+    #[error("No such image: {0}")]
+    NoSuchImage(String),
+    #[error("no such container: {0}")]
+    NoSuchContainer(String),
+    /// The engine refused the request; retrying the same request will not help.
+    #[error("docker engine refused to {op} {target}: {message}")]
+    Refused {
+        op: &'static str,
+        target: String,
+        message: String,
+    },
+}
+
+impl RuntimeError {
+    /// True when the failure says nothing about the task itself.
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, RuntimeError::Unavailable { .. })
+    }
+}
+
+/// The engine operations a worker needs. Implementations must be cheap to call
+/// concurrently: the executor runs stops and starts of different tasks in parallel.
+#[async_trait]
+pub trait ContainerRuntime: Send + Sync + std::fmt::Debug {
+    /// Describes the engine and its host as a swarm node description.
+    async fn describe(&self) -> Result<NodeDescription, RuntimeError>;
+
+    /// All containers (running or not) labelled with `com.docker.swarm.node.id=node_id`.
+    async fn list(&self, node_id: &str) -> Result<Vec<TaskContainer>, RuntimeError>;
+
+    /// Makes sure `image` is present locally: a local image wins, a pull is only tried
+    /// when it is absent. Fails with [`RuntimeError::NoSuchImage`] when neither works.
+    async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError>;
+
+    /// Creates the container and returns its id. Does not start it.
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;
+
+    async fn start(&self, container_id: &str) -> Result<(), RuntimeError>;
+
+    /// Stops with the container's stop signal, then kills after `grace`. `None` uses the
+    /// grace period the container was created with. Stopping a stopped container is fine.
+    async fn stop(&self, container_id: &str, grace: Option<Duration>) -> Result<(), RuntimeError>;
+
+    /// Removes a stopped container (and its anonymous volumes). Removing a container that
+    /// is already gone is fine.
+    async fn remove(&self, container_id: &str) -> Result<(), RuntimeError>;
+
+    /// Start, die and destroy events of the containers labelled with this node id, from
+    /// now on. The stream ends or fails when the engine connection breaks; the caller
+    /// reconnects and resynchronises.
+    async fn events(
+        &self,
+        node_id: &str,
+    ) -> Result<BoxStream<'static, Result<RuntimeEvent, RuntimeError>>, RuntimeError>;
+}

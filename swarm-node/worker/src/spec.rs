@@ -1,0 +1,390 @@
+//! From a swarm task to a Docker container: the name, the labels and the create request,
+//! following what Docker's own swarm executor does so that `docker ps` on a node looks
+//! the same as under Docker Swarm.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use swarm_state::models::{ContainerCreateBody, HostConfig, Mount, MountType, Task};
+
+use crate::runtime::{labels, ContainerSpec};
+
+/// Docker's default stop grace period for services.
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Why a task cannot be turned into a container. The message becomes the task's error
+/// when it is rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("task has no id")]
+    NoTaskId,
+    #[error("task {0} has no container spec: only container tasks can run on this node")]
+    NoContainerSpec(String),
+    #[error("task {0} has no image in its container spec")]
+    NoImage(String),
+    #[error(
+        "task {task}: unsupported mount type {kind} for target {target}: use bind, volume or tmpfs"
+    )]
+    UnsupportedMount {
+        task: String,
+        kind: String,
+        target: String,
+    },
+}
+
+/// The names of one task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskNaming {
+    pub task_id: String,
+    pub service_id: String,
+    pub service_name: String,
+    /// The replica slot, or the node id for tasks of global services (they have no slot).
+    pub slot: String,
+}
+
+impl TaskNaming {
+    /// The container name and the value of the `com.docker.swarm.task.name` label:
+    /// `SERVICE.SLOT.TASKID`, exactly as Docker Swarm names task containers.
+    pub fn container_name(&self) -> String {
+        format!("{}.{}.{}", self.service_name, self.slot, self.task_id)
+    }
+
+    /// The short name `docker service ps` shows: `SERVICE.SLOT`.
+    pub fn display_name(&self) -> String {
+        format!("{}.{}", self.service_name, self.slot)
+    }
+}
+
+/// Derives a task's names. Every assumption about where names come from lives here:
+///
+/// - SERVICE is the `com.docker.swarm.service.name` entry of the task's `Labels`, which
+///   the managers set when they create the task; without it, the `ServiceID`.
+/// - SLOT is `Slot` when it is positive, else the task's `NodeID` (global services), as
+///   Docker's naming does.
+/// - The task's own `Name` field is ignored: the container name must contain the task id
+///   so that a new task of the same slot never collides with the old task's container.
+pub fn task_naming(task: &Task) -> TaskNaming {
+    let task_id = task.id.clone().unwrap_or_default();
+    let service_id = task.service_id.clone().unwrap_or_default();
+    let service_name = task
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(labels::SERVICE_NAME))
+        .filter(|n| !n.is_empty())
+        .cloned()
+        .unwrap_or_else(|| service_id.clone());
+    let slot = match task.slot {
+        Some(slot) if slot > 0 => slot.to_string(),
+        _ => task.node_id.clone().unwrap_or_else(|| "0".into()),
+    };
+    TaskNaming {
+        task_id,
+        service_id,
+        service_name,
+        slot,
+    }
+}
+
+/// The grace period between the stop signal and the kill: `StopGracePeriod`
+/// (nanoseconds) of the container spec, 10 s when unset.
+pub fn stop_grace(task: &Task) -> Duration {
+    task.spec
+        .as_ref()
+        .and_then(|s| s.container_spec.as_ref())
+        .and_then(|c| c.stop_grace_period)
+        .map(|ns| Duration::from_nanos(ns.max(0) as u64))
+        .unwrap_or(DEFAULT_STOP_GRACE)
+}
+
+/// The image a task runs, if its spec names one.
+pub fn task_image(task: &Task) -> Option<&str> {
+    task.spec
+        .as_ref()?
+        .container_spec
+        .as_ref()?
+        .image
+        .as_deref()
+        .filter(|i| !i.is_empty())
+}
+
+/// Builds the container create request for a task.
+///
+/// Labels are layered as Docker does: the spec's labels, then the task's labels, then the
+/// swarm system labels, each overriding the previous. `Command` replaces the image's
+/// entrypoint and `Args` its command; `Args` alone keeps the entrypoint. Networks, secrets,
+/// configs and templated fields are not handled: the container joins the engine's
+/// default network.
+pub fn container_spec(task: &Task) -> Result<ContainerSpec, SpecError> {
+    let naming = task_naming(task);
+    if naming.task_id.is_empty() {
+        return Err(SpecError::NoTaskId);
+    }
+    let spec = task.spec.as_ref();
+    let cs = spec
+        .and_then(|s| s.container_spec.as_ref())
+        .ok_or_else(|| SpecError::NoContainerSpec(naming.task_id.clone()))?;
+    let image = task_image(task)
+        .ok_or_else(|| SpecError::NoImage(naming.task_id.clone()))?
+        .to_string();
+
+    let mut container_labels: HashMap<String, String> = HashMap::new();
+    container_labels.extend(cs.labels.clone().unwrap_or_default());
+    container_labels.extend(task.labels.clone().unwrap_or_default());
+    let system = [
+        (labels::TASK, String::new()),
+        (labels::TASK_ID, naming.task_id.clone()),
+        (labels::TASK_NAME, naming.container_name()),
+        (labels::NODE_ID, task.node_id.clone().unwrap_or_default()),
+        (labels::SERVICE_ID, naming.service_id.clone()),
+        (labels::SERVICE_NAME, naming.service_name.clone()),
+    ];
+    for (k, v) in system {
+        container_labels.insert(k.to_string(), v);
+    }
+
+    let (entrypoint, cmd) = match (non_empty(&cs.command), non_empty(&cs.args)) {
+        (Some(command), args) => (Some(command), Some(args.unwrap_or_default())),
+        (None, Some(args)) => (None, Some(args)),
+        (None, None) => (None, None),
+    };
+
+    let mounts = match &cs.mounts {
+        Some(mounts) => Some(
+            mounts
+                .iter()
+                .map(|m| check_mount(&naming.task_id, m))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        None => None,
+    };
+
+    let limits = spec
+        .and_then(|s| s.resources.as_ref())
+        .and_then(|r| r.limits.as_ref());
+    let grace = stop_grace(task);
+
+    let host_config = HostConfig {
+        mounts,
+        init: cs.init,
+        readonly_rootfs: cs.read_only,
+        nano_cpus: limits.and_then(|l| l.nano_cpus).filter(|v| *v > 0),
+        memory: limits.and_then(|l| l.memory_bytes).filter(|v| *v > 0),
+        pids_limit: limits.and_then(|l| l.pids).filter(|v| *v > 0),
+        group_add: non_empty(&cs.groups),
+        ..Default::default()
+    };
+
+    let body = ContainerCreateBody {
+        image: Some(image.clone()),
+        labels: Some(container_labels),
+        entrypoint,
+        cmd,
+        env: non_empty(&cs.env),
+        working_dir: cs.dir.clone().filter(|d| !d.is_empty()),
+        user: cs.user.clone().filter(|u| !u.is_empty()),
+        hostname: cs.hostname.clone().filter(|h| !h.is_empty()),
+        tty: cs.tty,
+        open_stdin: cs.open_stdin,
+        stop_signal: cs.stop_signal.clone().filter(|s| !s.is_empty()),
+        // Whole seconds, as the engine takes them; a stop without an explicit timeout
+        // (e.g. of a container whose task is gone) then still honours the spec.
+        stop_timeout: Some(grace.as_secs() as i64),
+        host_config: Some(host_config),
+        ..Default::default()
+    };
+
+    Ok(ContainerSpec {
+        name: naming.container_name(),
+        image,
+        body,
+    })
+}
+
+fn non_empty(v: &Option<Vec<String>>) -> Option<Vec<String>> {
+    v.as_ref().filter(|v| !v.is_empty()).cloned()
+}
+
+fn check_mount(task_id: &str, m: &Mount) -> Result<Mount, SpecError> {
+    match m.typ {
+        Some(MountType::BIND) | Some(MountType::VOLUME) | Some(MountType::TMPFS) => Ok(m.clone()),
+        // The engine's default mount type is a volume.
+        None => Ok(Mount {
+            typ: Some(MountType::VOLUME),
+            ..m.clone()
+        }),
+        Some(other) => Err(SpecError::UnsupportedMount {
+            task: task_id.to_string(),
+            kind: other.to_string(),
+            target: m.target.clone().unwrap_or_default(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use swarm_state::models::{Limit, TaskSpec, TaskSpecContainerSpec, TaskSpecResources};
+
+    fn task() -> Task {
+        Task {
+            id: Some("t1".into()),
+            service_id: Some("svc1".into()),
+            node_id: Some("node1".into()),
+            slot: Some(3),
+            labels: Some(HashMap::from([(
+                labels::SERVICE_NAME.to_string(),
+                "web".to_string(),
+            )])),
+            spec: Some(TaskSpec {
+                container_spec: Some(TaskSpecContainerSpec {
+                    image: Some("busybox:latest".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn cs(t: &mut Task) -> &mut TaskSpecContainerSpec {
+        t.spec.as_mut().unwrap().container_spec.as_mut().unwrap()
+    }
+
+    #[test]
+    fn names_follow_docker_swarm() {
+        let t = task();
+        let n = task_naming(&t);
+        assert_eq!(n.container_name(), "web.3.t1");
+        assert_eq!(n.display_name(), "web.3");
+    }
+
+    #[test]
+    fn global_tasks_use_the_node_id_and_service_id_is_the_fallback() {
+        let mut t = task();
+        t.slot = None;
+        t.labels = None;
+        assert_eq!(task_naming(&t).container_name(), "svc1.node1.t1");
+        t.slot = Some(0);
+        assert_eq!(task_naming(&t).display_name(), "svc1.node1");
+    }
+
+    #[test]
+    fn system_labels_override_spec_and_task_labels() {
+        let mut t = task();
+        cs(&mut t).labels = Some(HashMap::from([
+            ("app".to_string(), "x".to_string()),
+            (labels::NODE_ID.to_string(), "forged".to_string()),
+        ]));
+        let spec = container_spec(&t).unwrap();
+        let l = spec.body.labels.unwrap();
+        assert_eq!(l["app"], "x");
+        assert_eq!(l[labels::NODE_ID], "node1");
+        assert_eq!(l[labels::TASK], "");
+        assert_eq!(l[labels::TASK_ID], "t1");
+        assert_eq!(l[labels::TASK_NAME], "web.3.t1");
+        assert_eq!(l[labels::SERVICE_ID], "svc1");
+        assert_eq!(l[labels::SERVICE_NAME], "web");
+        assert_eq!(spec.name, "web.3.t1");
+    }
+
+    #[test]
+    fn command_replaces_entrypoint_and_args_alone_keep_it() {
+        let mut t = task();
+        cs(&mut t).command = Some(vec!["sleep".into()]);
+        cs(&mut t).args = Some(vec!["300".into()]);
+        let b = container_spec(&t).unwrap().body;
+        assert_eq!(b.entrypoint, Some(vec!["sleep".to_string()]));
+        assert_eq!(b.cmd, Some(vec!["300".to_string()]));
+
+        cs(&mut t).command = None;
+        let b = container_spec(&t).unwrap().body;
+        assert_eq!(b.entrypoint, None);
+        assert_eq!(b.cmd, Some(vec!["300".to_string()]));
+
+        cs(&mut t).args = None;
+        let b = container_spec(&t).unwrap().body;
+        assert_eq!((b.entrypoint, b.cmd), (None, None));
+    }
+
+    #[test]
+    fn maps_the_fields_that_matter() {
+        let mut t = task();
+        {
+            let c = cs(&mut t);
+            c.env = Some(vec!["A=1".into()]);
+            c.dir = Some("/work".into());
+            c.user = Some("nobody".into());
+            c.hostname = Some("h".into());
+            c.stop_signal = Some("SIGINT".into());
+            c.stop_grace_period = Some(3_500_000_000);
+            c.init = Some(true);
+            c.tty = Some(true);
+            c.read_only = Some(true);
+            c.mounts = Some(vec![Mount {
+                target: Some("/data".into()),
+                typ: Some(MountType::TMPFS),
+                ..Default::default()
+            }]);
+        }
+        t.spec.as_mut().unwrap().resources = Some(TaskSpecResources {
+            limits: Some(Limit {
+                nano_cpus: Some(500_000_000),
+                memory_bytes: Some(64 << 20),
+                pids: Some(100),
+            }),
+            ..Default::default()
+        });
+        let b = container_spec(&t).unwrap().body;
+        assert_eq!(b.image.as_deref(), Some("busybox:latest"));
+        assert_eq!(b.env, Some(vec!["A=1".to_string()]));
+        assert_eq!(b.working_dir.as_deref(), Some("/work"));
+        assert_eq!(b.user.as_deref(), Some("nobody"));
+        assert_eq!(b.hostname.as_deref(), Some("h"));
+        assert_eq!(b.stop_signal.as_deref(), Some("SIGINT"));
+        assert_eq!(b.stop_timeout, Some(3));
+        assert_eq!(b.tty, Some(true));
+        let h = b.host_config.unwrap();
+        assert_eq!(h.init, Some(true));
+        assert_eq!(h.readonly_rootfs, Some(true));
+        assert_eq!(h.nano_cpus, Some(500_000_000));
+        assert_eq!(h.memory, Some(64 << 20));
+        assert_eq!(h.pids_limit, Some(100));
+        assert_eq!(h.mounts.unwrap()[0].typ, Some(MountType::TMPFS));
+        assert_eq!(stop_grace(&t), Duration::from_millis(3500));
+    }
+
+    #[test]
+    fn default_grace_is_ten_seconds() {
+        let t = task();
+        assert_eq!(stop_grace(&t), Duration::from_secs(10));
+        assert_eq!(container_spec(&t).unwrap().body.stop_timeout, Some(10));
+    }
+
+    #[test]
+    fn rejects_what_cannot_run() {
+        let mut t = task();
+        cs(&mut t).mounts = Some(vec![Mount {
+            target: Some("/x".into()),
+            typ: Some(MountType::NPIPE),
+            ..Default::default()
+        }]);
+        let e = container_spec(&t).unwrap_err();
+        assert!(
+            e.to_string().contains("unsupported mount type npipe"),
+            "{e}"
+        );
+
+        cs(&mut t).mounts = None;
+        cs(&mut t).image = None;
+        assert_eq!(
+            container_spec(&t).unwrap_err(),
+            SpecError::NoImage("t1".into())
+        );
+
+        t.spec = Some(TaskSpec::default());
+        assert_eq!(
+            container_spec(&t).unwrap_err(),
+            SpecError::NoContainerSpec("t1".into())
+        );
+    }
+}

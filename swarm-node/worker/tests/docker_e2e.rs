@@ -1,0 +1,420 @@
+//! The executor on a real Docker Engine (DOCKER_HOST when it is a unix socket, else
+//! /var/run/docker.sock). Runs only with SWARMUP_E2E=1. Uses the local image
+//! `swarmup-test/busybox:latest`, built from Debian's busybox-static when missing; no
+//! image is ever pulled from outside the machine. Every container is labelled with a
+//! per-test node id and removed at the end.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bollard::query_parameters::{
+    KillContainerOptions, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use swarm_state::models::{Task, TaskSpec, TaskSpecContainerSpec, TaskState, TaskStatus};
+use swarm_state::proto::TaskStatusUpdate;
+use swarm_worker::runtime::labels;
+use swarm_worker::{AssignedTasks, ContainerRuntime, DockerRuntime, Executor, RunState};
+use tokio::sync::{mpsc, oneshot, watch};
+
+const IMAGE: &str = "swarmup-test/busybox:latest";
+const DOCKERFILE: &str = r#"FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox","--install","-s","/bin"]
+RUN ["/bin/busybox","mkdir","-p","/tmp","/var/www","/etc"]
+CMD ["/bin/sh"]
+"#;
+
+fn enabled() -> bool {
+    if std::env::var("SWARMUP_E2E").as_deref() == Ok("1") {
+        true
+    } else {
+        println!("skipped: set SWARMUP_E2E=1 to run the tests against a real docker engine");
+        false
+    }
+}
+
+fn socket() -> String {
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .filter(|h| h.starts_with("unix://"))
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string())
+}
+
+async fn runtime() -> Arc<DockerRuntime> {
+    let rt = DockerRuntime::connect(&socket())
+        .await
+        .unwrap_or_else(|e| panic!("e2e needs a docker engine: {e}"));
+    ensure_test_image(&rt).await;
+    Arc::new(rt)
+}
+
+/// Builds the test image with the docker CLI unless the engine has it already.
+async fn ensure_test_image(rt: &DockerRuntime) {
+    if rt.client().inspect_image(IMAGE).await.is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    tokio::fs::copy("/bin/busybox", dir.path().join("busybox"))
+        .await
+        .expect("/bin/busybox (package busybox-static) is needed to build the test image");
+    tokio::fs::write(dir.path().join("Dockerfile"), DOCKERFILE)
+        .await
+        .unwrap();
+    let cli = if std::path::Path::new("/usr/local/bin/docker").exists() {
+        "/usr/local/bin/docker"
+    } else {
+        "docker"
+    };
+    let out = tokio::process::Command::new(cli)
+        .arg("-H")
+        .arg(socket())
+        .args(["build", "-q", "-t", IMAGE])
+        .arg(dir.path())
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .await
+        .expect("running docker build");
+    assert!(
+        out.status.success(),
+        "docker build of {IMAGE} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Force-removes every container labelled with this node id.
+async fn cleanup(rt: &DockerRuntime, node: &str) {
+    let filters = HashMap::from([("label", vec![format!("{}={node}", labels::NODE_ID)])]);
+    let options = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let Ok(list) = rt.client().list_containers(Some(options)).await else {
+        return;
+    };
+    for c in list {
+        if let Some(id) = c.id {
+            let _ = rt
+                .client()
+                .remove_container(
+                    &id,
+                    Some(
+                        RemoveContainerOptionsBuilder::default()
+                            .force(true)
+                            .v(true)
+                            .build(),
+                    ),
+                )
+                .await;
+        }
+    }
+}
+
+/// Runs `body`, then cleans up even if it panicked.
+async fn with_cleanup<F, Fut>(name: &str, body: F)
+where
+    F: FnOnce(Arc<DockerRuntime>, String) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let rt = runtime().await;
+    let node = format!("e2e-{name}-{}", std::process::id());
+    cleanup(&rt, &node).await;
+    let result = tokio::spawn(body(rt.clone(), node.clone())).await;
+    cleanup(&rt, &node).await;
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+fn task(node: &str, id: &str, args: &[&str], grace_secs: i64) -> Task {
+    Task {
+        id: Some(id.into()),
+        service_id: Some("svc-e2e".into()),
+        node_id: Some(node.into()),
+        slot: Some(1),
+        labels: Some(HashMap::from([(
+            labels::SERVICE_NAME.to_string(),
+            "e2e".to_string(),
+        )])),
+        spec: Some(TaskSpec {
+            container_spec: Some(TaskSpecContainerSpec {
+                image: Some(IMAGE.into()),
+                command: Some(args.iter().map(|s| s.to_string()).collect()),
+                stop_grace_period: Some(grace_secs * 1_000_000_000),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: Some(swarm_state::status(TaskState::ASSIGNED, "assigned", "t0")),
+        desired_state: Some(TaskState::RUNNING),
+        ..Default::default()
+    }
+}
+
+fn with_desired(mut t: Task, desired: TaskState, observed: TaskState) -> Task {
+    t.desired_state = Some(desired);
+    t.status = Some(swarm_state::status(observed, "", "t1"));
+    t
+}
+
+struct Running {
+    assignments: watch::Sender<AssignedTasks>,
+    reports: mpsc::UnboundedReceiver<TaskStatusUpdate>,
+    seen: Vec<TaskStatusUpdate>,
+    stop: oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+/// Starts an executor. The resync period is long on purpose: deaths must be noticed
+/// through the engine's events.
+fn start(rt: Arc<DockerRuntime>, node: &str, tasks: Vec<Task>) -> Running {
+    let (assignments, rx) = watch::channel(Some(Arc::new(tasks)));
+    let (tx, reports) = mpsc::unbounded_channel();
+    let (stop, stop_rx) = oneshot::channel::<()>();
+    let exec = Executor::new(node, rt).with_resync(Duration::from_secs(60));
+    let handle = tokio::spawn(exec.run(rx, tx, async {
+        let _ = stop_rx.await;
+    }));
+    Running {
+        assignments,
+        reports,
+        seen: Vec::new(),
+        stop,
+        handle,
+    }
+}
+
+impl Running {
+    async fn wait_for(&mut self, task_id: &str, state: TaskState, within: Duration) -> TaskStatus {
+        let found = |u: &TaskStatusUpdate| u.task_id == task_id && u.status.state == Some(state);
+        if let Some(u) = self.seen.iter().find(|u| found(u)) {
+            return u.status.clone();
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(Some(u)) = tokio::time::timeout(left, self.reports.recv()).await else {
+                let states: Vec<_> = self
+                    .seen
+                    .iter()
+                    .filter(|u| u.task_id == task_id)
+                    .map(|u| (u.status.state, u.status.err.clone()))
+                    .collect();
+                panic!("no {state} for {task_id} within {within:?}; saw {states:?}");
+            };
+            self.seen.push(u.clone());
+            if found(&u) {
+                return u.status;
+            }
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.handle.await.unwrap();
+    }
+}
+
+async fn containers_of(
+    rt: &DockerRuntime,
+    node: &str,
+    task_id: &str,
+) -> Vec<swarm_worker::TaskContainer> {
+    rt.list(node)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.task_id == task_id)
+        .collect()
+}
+
+#[tokio::test]
+async fn engine_is_described_with_a_negotiated_api_version() {
+    if !enabled() {
+        return;
+    }
+    with_cleanup("describe", |rt, _node| async move {
+        let (major, minor) = rt
+            .api_version()
+            .split_once('.')
+            .map(|(a, b)| (a.parse::<u32>().unwrap(), b.parse::<u32>().unwrap()))
+            .unwrap();
+        assert_eq!(major, 1);
+        assert!(minor >= 24, "api {}", rt.api_version());
+        let d = rt.describe().await.unwrap();
+        println!("engine: api {} {:?}", rt.api_version(), d.engine);
+        assert!(!d.hostname.unwrap_or_default().is_empty());
+        assert_eq!(d.platform.unwrap().os.as_deref(), Some("linux"));
+        let res = d.resources.unwrap();
+        assert!(res.nano_cpus.unwrap() >= 1_000_000_000);
+        assert!(res.memory_bytes.unwrap() > 0);
+        assert!(d.engine.unwrap().engine_version.is_some());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_task_runs_dies_and_is_reported_failed_promptly() {
+    if !enabled() {
+        return;
+    }
+    with_cleanup("kill", |rt, node| async move {
+        let t = task(&node, "killme", &["sleep", "300"], 10);
+        let mut ex = start(rt.clone(), &node, vec![t]);
+        let running = ex
+            .wait_for("killme", TaskState::RUNNING, Duration::from_secs(30))
+            .await;
+        let cid = running.container_status.unwrap().container_id.unwrap();
+        let cs = containers_of(&rt, &node, "killme").await;
+        assert_eq!(cs.len(), 1);
+        assert_eq!(cs[0].id, cid);
+        assert_eq!(cs[0].name, "e2e.1.killme");
+        assert_eq!(cs[0].state, RunState::Running);
+        assert_eq!(cs[0].labels[labels::TASK_NAME], "e2e.1.killme");
+        assert_eq!(cs[0].labels[labels::SERVICE_ID], "svc-e2e");
+        assert_eq!(cs[0].labels[labels::TASK], "");
+
+        let killed_at = Instant::now();
+        rt.client()
+            .kill_container(&cid, None::<KillContainerOptions>)
+            .await
+            .unwrap();
+        let failed = ex
+            .wait_for("killme", TaskState::FAILED, Duration::from_secs(5))
+            .await;
+        let took = killed_at.elapsed();
+        println!("container death reported as FAILED after {took:?}");
+        assert!(took < Duration::from_secs(3), "took {took:?}");
+        assert_eq!(failed.err.as_deref(), Some("task: non-zero exit (137)"));
+        // Not restarted.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let cs = containers_of(&rt, &node, "killme").await;
+        assert_eq!(cs.len(), 1);
+        assert!(matches!(cs[0].state, RunState::Exited { code: 137, .. }));
+        ex.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn desired_shutdown_honours_the_grace_period() {
+    if !enabled() {
+        return;
+    }
+    with_cleanup("shutdown", |rt, node| async move {
+        // `sleep` as PID 1 ignores SIGTERM, so the stop lasts the whole grace period.
+        let t = task(&node, "stopme", &["sleep", "300"], 2);
+        let mut ex = start(rt.clone(), &node, vec![t.clone()]);
+        ex.wait_for("stopme", TaskState::RUNNING, Duration::from_secs(30))
+            .await;
+        let asked = Instant::now();
+        ex.assignments.send_replace(Some(Arc::new(vec![with_desired(
+            t,
+            TaskState::SHUTDOWN,
+            TaskState::RUNNING,
+        )])));
+        let shut = ex
+            .wait_for("stopme", TaskState::SHUTDOWN, Duration::from_secs(20))
+            .await;
+        let took = asked.elapsed();
+        println!("stop with a 2 s grace period took {took:?}");
+        assert!(took >= Duration::from_millis(1800), "took {took:?}");
+        assert!(took < Duration::from_secs(8), "took {took:?}");
+        assert_eq!(shut.err, None);
+        assert_eq!(shut.container_status.unwrap().exit_code, Some(137));
+        ex.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_restarted_executor_readopts_its_container() {
+    if !enabled() {
+        return;
+    }
+    with_cleanup("adopt", |rt, node| async move {
+        let t = task(&node, "keepme", &["sleep", "300"], 1);
+        let mut ex = start(rt.clone(), &node, vec![t.clone()]);
+        let running = ex
+            .wait_for("keepme", TaskState::RUNNING, Duration::from_secs(30))
+            .await;
+        let cid = running.container_status.unwrap().container_id.unwrap();
+        ex.stop().await;
+        assert_eq!(
+            containers_of(&rt, &node, "keepme").await[0].state,
+            RunState::Running
+        );
+
+        let mut ex = start(
+            rt.clone(),
+            &node,
+            vec![with_desired(
+                t.clone(),
+                TaskState::RUNNING,
+                TaskState::RUNNING,
+            )],
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let cs = containers_of(&rt, &node, "keepme").await;
+        assert_eq!(cs.len(), 1, "adopted, not duplicated");
+        assert_eq!(cs[0].id, cid);
+        assert_eq!(cs[0].state, RunState::Running);
+
+        // Removal by the new executor: stop (1 s grace), report, remove.
+        ex.assignments.send_replace(Some(Arc::new(vec![with_desired(
+            t,
+            TaskState::REMOVE,
+            TaskState::RUNNING,
+        )])));
+        ex.wait_for("keepme", TaskState::SHUTDOWN, Duration::from_secs(15))
+            .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !containers_of(&rt, &node, "keepme").await.is_empty() {
+            assert!(Instant::now() < deadline, "container not removed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        ex.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn exit_zero_completes_and_a_missing_image_is_rejected() {
+    if !enabled() {
+        return;
+    }
+    with_cleanup("outcomes", |rt, node| async move {
+        let ok = task(&node, "okay", &["true"], 1);
+        let bad = task(&node, "bad", &["false"], 1);
+        // The pull of an absent image only ever goes to loopback, where nothing listens.
+        let mut missing = task(&node, "missing", &["true"], 1);
+        let missing_image = "127.0.0.1:9/swarmup-missing:latest";
+        missing
+            .spec
+            .as_mut()
+            .unwrap()
+            .container_spec
+            .as_mut()
+            .unwrap()
+            .image = Some(missing_image.into());
+        let mut ex = start(rt.clone(), &node, vec![ok, bad, missing]);
+        let done = ex
+            .wait_for("okay", TaskState::COMPLETE, Duration::from_secs(30))
+            .await;
+        assert_eq!(done.container_status.unwrap().exit_code, Some(0));
+        let failed = ex
+            .wait_for("bad", TaskState::FAILED, Duration::from_secs(30))
+            .await;
+        assert_eq!(failed.err.as_deref(), Some("task: non-zero exit (1)"));
+        let rejected = ex
+            .wait_for("missing", TaskState::REJECTED, Duration::from_secs(60))
+            .await;
+        assert_eq!(
+            rejected.err.as_deref(),
+            Some(format!("No such image: {missing_image}").as_str())
+        );
+        ex.stop().await;
+    })
+    .await;
+}

@@ -1,0 +1,547 @@
+use super::*;
+
+use expect_test::expect;
+
+const LOGIN_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFoginKeyForTestsOnlyxxxxxxxxxxxxxxxxxxxxxx swarmup@c1";
+const HOST_PUBLIC: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyForTestsOnlyxxxxxxxxxxxxxxxxxxxxxxx c1-node1";
+const HOST_PRIVATE: &str = "-----BEGIN OPENSSH PRIVATE KEY-----
+b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
+QyNTUxOQAAACBmYWtlLWtleS1mb3ItdGVzdHMtb25seS0tLS0tLS0tLQAAAIg=
+-----END OPENSSH PRIVATE KEY-----
+";
+
+fn cloud_init_ctx() -> CloudInitContext {
+    CloudInitContext::new("c1-node1", LOGIN_KEY, HOST_PRIVATE, HOST_PUBLIC)
+}
+
+#[test]
+fn cloud_init_snapshot() {
+    let out = cloud_init(&cloud_init_ctx()).unwrap();
+    expect![[r#"
+        #cloud-config
+        # Written by swarmup for c1-node1. Everything after first boot happens over SSH.
+        hostname: "c1-node1"
+        preserve_hostname: false
+        manage_etc_hosts: true
+
+        # swarmup logs in as root with the cluster's own key; passwords never work.
+        disable_root: false
+        ssh_pwauth: false
+        ssh_authorized_keys:
+          - "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFoginKeyForTestsOnlyxxxxxxxxxxxxxxxxxxxxxx swarmup@c1"
+
+        # The host key comes from swarmup, so its known_hosts entry is pinned before the
+        # first connection; no other host key types are generated.
+        ssh_deletekeys: true
+        ssh_genkeytypes: []
+        ssh_keys:
+          ed25519_private: |
+            -----BEGIN OPENSSH PRIVATE KEY-----
+            b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
+            QyNTUxOQAAACBmYWtlLWtleS1mb3ItdGVzdHMtb25seS0tLS0tLS0tLQAAAIg=
+            -----END OPENSSH PRIVATE KEY-----
+          ed25519_public: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyForTestsOnlyxxxxxxxxxxxxxxxxxxxxxxx c1-node1"
+
+        write_files:
+          # Sorts before the image's own drop-ins, and sshd keeps the first value it reads.
+          - path: /etc/ssh/sshd_config.d/10-swarmup.conf
+            owner: root:root
+            permissions: "0644"
+            content: |
+              PasswordAuthentication no
+              KbdInteractiveAuthentication no
+              PermitRootLogin prohibit-password
+
+        package_update: true
+        packages:
+          - "docker.io"
+          - "nftables"
+
+        runcmd:
+          - [systemctl, enable, --now, docker.service]
+          - [mkdir, -p, /var/lib/swarmup]
+    "#]]
+    .assert_eq(&out);
+}
+
+#[test]
+fn cloud_init_is_yaml_with_the_keys_intact() {
+    let out = cloud_init(&cloud_init_ctx()).unwrap();
+    assert!(out.starts_with("#cloud-config\n"));
+    let doc: serde_norway::Value = serde_norway::from_str(&out).unwrap();
+    assert_eq!(doc["hostname"].as_str(), Some("c1-node1"));
+    assert_eq!(doc["ssh_pwauth"].as_bool(), Some(false));
+    assert_eq!(doc["ssh_authorized_keys"][0].as_str(), Some(LOGIN_KEY));
+    // cloud-init writes the block scalar verbatim, so the key must survive byte for byte.
+    assert_eq!(
+        doc["ssh_keys"]["ed25519_private"].as_str(),
+        Some(HOST_PRIVATE)
+    );
+    assert_eq!(
+        doc["ssh_keys"]["ed25519_public"].as_str(),
+        Some(HOST_PUBLIC)
+    );
+    assert_eq!(doc["packages"][0].as_str(), Some("docker.io"));
+}
+
+#[test]
+fn cloud_init_rejects_bad_input() {
+    let mut ctx = cloud_init_ctx();
+    ctx.hostname = "node1\nruncmd: [rm]".into();
+    let err = cloud_init(&ctx).unwrap_err().to_string();
+    assert!(err.starts_with("cloud-init.yaml.j2: hostname"), "{err}");
+
+    let mut ctx = cloud_init_ctx();
+    ctx.host_key_public = "ssh-rsa AAAA c1-node1".into();
+    let err = cloud_init(&ctx).unwrap_err().to_string();
+    assert!(err.contains("must be ssh-ed25519"), "{err}");
+
+    let mut ctx = cloud_init_ctx();
+    ctx.login_public_key = "ssh-ed25519 AAAA\nother".into();
+    let err = cloud_init(&ctx).unwrap_err().to_string();
+    assert!(err.contains("single line"), "{err}");
+
+    let mut ctx = cloud_init_ctx();
+    ctx.host_key_private = "not a key".into();
+    let err = cloud_init(&ctx).unwrap_err().to_string();
+    assert!(err.contains("not in OpenSSH format"), "{err}");
+}
+
+#[test]
+fn service_snapshot_default() {
+    let out = swarm_node_service(&ServiceContext::default()).unwrap();
+    expect![[r#"
+        # Written by swarmup. swarm-node is the cluster daemon: a manager keeps the cluster
+        # state, a worker runs tasks through the local Docker Engine.
+        [Unit]
+        Description=swarm-node, the swarmup cluster daemon
+        After=network-online.target docker.service
+        Wants=network-online.target
+        Requires=docker.service
+        # Never give up restarting: a node that stays down is worse than one that retries.
+        StartLimitIntervalSec=0
+
+        [Service]
+        Type=simple
+        ExecStart=/var/lib/swarmup/swarm-node run --state-dir /var/lib/swarm-node
+        Restart=always
+        RestartSec=2s
+        TimeoutStopSec=30s
+        LimitNOFILE=1048576
+        LimitNPROC=infinity
+        LimitCORE=infinity
+        TasksMax=infinity
+
+        [Install]
+        WantedBy=multi-user.target
+    "#]]
+    .assert_eq(&out);
+}
+
+#[test]
+fn service_snapshot_with_firewall_and_environment() {
+    let ctx = ServiceContext {
+        firewall_file: Some("/etc/swarmup/nftables.conf".into()),
+        binary_sha256: Some("ab".repeat(32)),
+        environment: [(
+            "SWARM_NODE_LOG".to_string(),
+            "info,swarm_node=debug".to_string(),
+        )]
+        .into_iter()
+        .collect(),
+        ..ServiceContext::default()
+    };
+    let out = swarm_node_service(&ctx).unwrap();
+    expect![[r##"
+        # Written by swarmup. swarm-node is the cluster daemon: a manager keeps the cluster
+        # state, a worker runs tasks through the local Docker Engine.
+        # A new swarm-node binary changes the next line, and a changed unit restarts the service.
+        # swarm-node binary sha256: abababababababababababababababababababababababababababababababab
+        [Unit]
+        Description=swarm-node, the swarmup cluster daemon
+        After=network-online.target docker.service
+        Wants=network-online.target
+        Requires=docker.service
+        # Never give up restarting: a node that stays down is worse than one that retries.
+        StartLimitIntervalSec=0
+
+        [Service]
+        Type=simple
+        # Re-applies the node's firewall on every start, boot included; the leading "-" keeps
+        # a firewall failure from keeping the node out of the cluster.
+        ExecStartPre=-/usr/sbin/nft -f /etc/swarmup/nftables.conf
+        ExecStart=/var/lib/swarmup/swarm-node run --state-dir /var/lib/swarm-node
+        Environment="SWARM_NODE_LOG=info,swarm_node=debug"
+        Restart=always
+        RestartSec=2s
+        TimeoutStopSec=30s
+        LimitNOFILE=1048576
+        LimitNPROC=infinity
+        LimitCORE=infinity
+        TasksMax=infinity
+
+        [Install]
+        WantedBy=multi-user.target
+    "##]]
+    .assert_eq(&out);
+}
+
+#[test]
+fn service_rejects_bad_input() {
+    let ctx = ServiceContext {
+        binary_path: "relative/swarm-node".into(),
+        ..ServiceContext::default()
+    };
+    let err = swarm_node_service(&ctx).unwrap_err().to_string();
+    assert!(err.contains("must be an absolute path"), "{err}");
+
+    let ctx = ServiceContext {
+        environment: [("X".to_string(), "a\nExecStart=/bin/evil".to_string())]
+            .into_iter()
+            .collect(),
+        ..ServiceContext::default()
+    };
+    let err = swarm_node_service(&ctx).unwrap_err().to_string();
+    assert!(err.contains("environment value for X"), "{err}");
+
+    let ctx = ServiceContext {
+        binary_sha256: Some("not-a-checksum".into()),
+        ..ServiceContext::default()
+    };
+    let err = swarm_node_service(&ctx).unwrap_err().to_string();
+    assert!(err.contains("is not a sha256"), "{err}");
+}
+
+fn nft_ctx() -> NftablesContext {
+    NftablesContext {
+        ssh_allowed: vec![
+            "203.0.113.0/24".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+            "198.51.100.7".parse().unwrap(),
+        ],
+        control_allowed: vec!["192.0.2.10".parse().unwrap()],
+        cluster_nodes: vec![
+            "10.0.0.3".parse().unwrap(),
+            "10.0.0.2".parse().unwrap(),
+            "fd00::2".parse().unwrap(),
+            "10.0.0.2".parse().unwrap(),
+        ],
+        published_ports: vec![
+            PublishedPort::tcp(443),
+            PublishedPort::tcp(80),
+            PublishedPort::udp(53),
+            PublishedPort::tcp(80),
+        ],
+        ..NftablesContext::default()
+    }
+}
+
+#[test]
+fn nftables_snapshot() {
+    let out = nftables(&nft_ctx()).unwrap();
+    expect![[r##"
+        #!/usr/sbin/nft -f
+        # Written by swarmup. Only table inet swarmup is managed here: Docker's own tables are
+        # never flushed, and forwarding is left to Docker.
+
+        # Declaring the table first lets the delete succeed on the very first load; nft -f
+        # applies the whole file as one transaction.
+        table inet swarmup
+        delete table inet swarmup
+
+        table inet swarmup {
+        	# The cluster's own nodes.
+        	set cluster_v4 {
+        		type ipv4_addr
+        		elements = { 10.0.0.2, 10.0.0.3 }
+        	}
+
+        	set cluster_v6 {
+        		type ipv6_addr
+        		elements = { fd00::2 }
+        	}
+
+        	chain input {
+        		type filter hook input priority filter; policy drop;
+
+        		ct state established,related accept
+        		ct state invalid drop
+        		iif "lo" accept
+        		meta l4proto { icmp, ipv6-icmp } accept
+        		iifname "docker0" accept
+        		iifname "docker_gwbridge" accept
+
+        		# SSH
+        		ip saddr { 198.51.100.7/32, 203.0.113.0/24 } tcp dport 22 accept
+        		ip6 saddr { 2001:db8::/32 } tcp dport 22 accept
+
+        		# Swarm control plane (Raft, dispatcher, CA): cluster nodes only.
+        		ip saddr @cluster_v4 tcp dport 2377 accept
+        		ip6 saddr @cluster_v6 tcp dport 2377 accept
+        		# The Docker API shares the control port; it needs a client certificate.
+        		ip saddr { 192.0.2.10/32 } tcp dport 2377 accept
+
+        		# Gossip and node discovery.
+        		ip saddr @cluster_v4 meta l4proto { tcp, udp } th dport 7946 accept
+        		ip6 saddr @cluster_v6 meta l4proto { tcp, udp } th dport 7946 accept
+
+        		# VXLAN data path: it has no authentication of its own, so cluster nodes only.
+        		ip saddr @cluster_v4 udp dport 4789 accept
+        		ip6 saddr @cluster_v6 udp dport 4789 accept
+
+        		# Published service ports, open to everyone.
+        		tcp dport { 80, 443 } accept
+        		udp dport { 53 } accept
+        	}
+        }
+    "##]]
+    .assert_eq(&out);
+}
+
+#[test]
+fn nftables_snapshot_defaults_open_ssh_to_anyone() {
+    let ctx = NftablesContext {
+        cluster_nodes: vec!["10.0.0.2".parse().unwrap()],
+        ..NftablesContext::default()
+    };
+    let out = nftables(&ctx).unwrap();
+    expect![[r#"
+        #!/usr/sbin/nft -f
+        # Written by swarmup. Only table inet swarmup is managed here: Docker's own tables are
+        # never flushed, and forwarding is left to Docker.
+
+        # Declaring the table first lets the delete succeed on the very first load; nft -f
+        # applies the whole file as one transaction.
+        table inet swarmup
+        delete table inet swarmup
+
+        table inet swarmup {
+        	# The cluster's own nodes.
+        	set cluster_v4 {
+        		type ipv4_addr
+        		elements = { 10.0.0.2 }
+        	}
+
+        	set cluster_v6 {
+        		type ipv6_addr
+        	}
+
+        	chain input {
+        		type filter hook input priority filter; policy drop;
+
+        		ct state established,related accept
+        		ct state invalid drop
+        		iif "lo" accept
+        		meta l4proto { icmp, ipv6-icmp } accept
+        		iifname "docker0" accept
+        		iifname "docker_gwbridge" accept
+
+        		# SSH
+        		tcp dport 22 accept
+
+        		# Swarm control plane (Raft, dispatcher, CA): cluster nodes only.
+        		ip saddr @cluster_v4 tcp dport 2377 accept
+        		ip6 saddr @cluster_v6 tcp dport 2377 accept
+
+        		# Gossip and node discovery.
+        		ip saddr @cluster_v4 meta l4proto { tcp, udp } th dport 7946 accept
+        		ip6 saddr @cluster_v6 meta l4proto { tcp, udp } th dport 7946 accept
+
+        		# VXLAN data path: it has no authentication of its own, so cluster nodes only.
+        		ip saddr @cluster_v4 udp dport 4789 accept
+        		ip6 saddr @cluster_v6 udp dport 4789 accept
+        	}
+        }
+    "#]]
+    .assert_eq(&out);
+}
+
+#[test]
+fn nftables_never_flushes_other_tables() {
+    let out = nftables(&nft_ctx()).unwrap();
+    for line in out.lines().map(str::trim) {
+        if line.starts_with('#') {
+            continue;
+        }
+        assert!(!line.contains("flush ruleset"), "{line}");
+        if line.starts_with("delete") || line.starts_with("flush") {
+            assert_eq!(line, "delete table inet swarmup");
+        }
+    }
+}
+
+#[test]
+fn nftables_rejects_bad_input() {
+    let ctx = NftablesContext {
+        trusted_interfaces: vec!["eth0\" accept; tcp dport 1".into()],
+        ..NftablesContext::default()
+    };
+    let err = nftables(&ctx).unwrap_err().to_string();
+    assert!(err.contains("is not an interface name"), "{err}");
+
+    let ctx = NftablesContext {
+        published_ports: vec![PublishedPort::tcp(0)],
+        ..NftablesContext::default()
+    };
+    assert!(nftables(&ctx).is_err());
+}
+
+#[test]
+fn cidr_and_port_parsing() {
+    assert_eq!(
+        "10.0.0.0/8".parse::<Cidr>().unwrap().to_string(),
+        "10.0.0.0/8"
+    );
+    assert_eq!(
+        "10.1.2.3".parse::<Cidr>().unwrap().to_string(),
+        "10.1.2.3/32"
+    );
+    assert_eq!("::1".parse::<Cidr>().unwrap().to_string(), "::1/128");
+    let err = "10.0.0.0/33".parse::<Cidr>().unwrap_err().to_string();
+    assert_eq!(err, "10.0.0.0/33: the prefix length must be at most 32");
+    let err = "example.com".parse::<Cidr>().unwrap_err().to_string();
+    assert!(err.contains("is not an address or prefix"), "{err}");
+    let json = serde_json_like(&"192.0.2.0/24".parse::<Cidr>().unwrap());
+    assert_eq!(json, "192.0.2.0/24");
+
+    let net: Cidr = "10.1.0.0/16".parse().unwrap();
+    assert!(net.contains("10.1.200.3".parse().unwrap()));
+    assert!(!net.contains("10.2.0.1".parse().unwrap()));
+    assert!(net.contains("::ffff:10.1.0.9".parse().unwrap()));
+    assert!(!net.contains("2001:db8::1".parse().unwrap()));
+    let [any4, any6] = Cidr::anywhere();
+    assert!(any4.contains("198.51.100.1".parse().unwrap()));
+    assert!(any6.contains("2001:db8::1".parse().unwrap()));
+    let v6: Cidr = "2001:db8::/32".parse().unwrap();
+    assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()));
+    assert!(!v6.contains("2001:db9::1".parse().unwrap()));
+
+    assert_eq!("80".parse::<PublishedPort>(), Ok(PublishedPort::tcp(80)));
+    assert_eq!(
+        "53/udp".parse::<PublishedPort>(),
+        Ok(PublishedPort::udp(53))
+    );
+    assert!("0".parse::<PublishedPort>().is_err());
+    assert!("80/sctp".parse::<PublishedPort>().is_err());
+}
+
+fn serde_json_like(c: &Cidr) -> String {
+    let v = serde_norway::to_string(c).unwrap();
+    v.trim().to_string()
+}
+
+/// Loads the rendered file into a throwaway network namespace, twice, next to a table
+/// that stands in for Docker's, and checks that ours replaced itself and left the other.
+#[test]
+fn nftables_loads_into_nft_e2e() {
+    if std::env::var("SWARMUP_E2E").as_deref() != Ok("1") {
+        println!("skipped: SWARMUP_E2E=1 not set (needs root, unshare and nft)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ours = dir.path().join("swarmup.nft");
+    std::fs::write(&ours, nftables(&nft_ctx()).unwrap()).unwrap();
+    let docker = dir.path().join("docker.nft");
+    std::fs::write(
+        &docker,
+        "table ip filter {\n\tchain DOCKER-USER {\n\t\treturn\n\t}\n}\n",
+    )
+    .unwrap();
+    let script = format!(
+        "nft -f {docker} && nft -f {ours} && nft -f {ours} && nft list ruleset",
+        docker = docker.display(),
+        ours = ours.display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--net", "sh", "-c", &script])
+        .output()
+        .expect("run unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "nft failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("chain DOCKER-USER"), "{stdout}");
+    assert_eq!(stdout.matches("table inet swarmup").count(), 1, "{stdout}");
+    assert!(stdout.contains("policy drop"), "{stdout}");
+    assert!(stdout.contains("10.0.0.2"), "{stdout}");
+}
+
+fn ssh_ctx() -> SshConfigContext {
+    SshConfigContext {
+        cluster: "c1".into(),
+        hosts: vec![
+            SshHost {
+                alias: "c1-node1".into(),
+                host_name: "203.0.113.10".into(),
+                port: 22,
+                user: "root".into(),
+                identity_file: "/home/ann/.local/share/swarmup/c1/id_ed25519".into(),
+                known_hosts_file: "/home/ann/.local/share/swarmup/c1/known_hosts".into(),
+            },
+            SshHost {
+                alias: "c1-node2".into(),
+                host_name: "2001:db8::2".into(),
+                port: 2222,
+                user: "ubuntu".into(),
+                identity_file: "/Users/Ann Lee/Library/swarmup/c1/id_ed25519".into(),
+                known_hosts_file: "/Users/Ann Lee/Library/100%/known_hosts".into(),
+            },
+        ],
+    }
+}
+
+#[test]
+fn ssh_config_block_snapshot() {
+    let out = ssh_config_block(&ssh_ctx()).unwrap();
+    expect![[r#"
+        # BEGIN swarmup c1
+        # Managed by swarmup; edits between BEGIN and END are replaced on the next run.
+        Host c1-node1
+            HostName 203.0.113.10
+            Port 22
+            User root
+            IdentityFile "/home/ann/.local/share/swarmup/c1/id_ed25519"
+            UserKnownHostsFile "/home/ann/.local/share/swarmup/c1/known_hosts"
+            StrictHostKeyChecking yes
+            IdentitiesOnly yes
+        Host c1-node2
+            HostName 2001:db8::2
+            Port 2222
+            User ubuntu
+            IdentityFile "/Users/Ann Lee/Library/swarmup/c1/id_ed25519"
+            UserKnownHostsFile "/Users/Ann Lee/Library/100%%/known_hosts"
+            StrictHostKeyChecking yes
+            IdentitiesOnly yes
+        # Lines after this block apply to every host again, as they would at the top of the file.
+        Host *
+        # END swarmup c1
+    "#]]
+    .assert_eq(&out);
+    assert!(out.starts_with(&ssh_block_begin("c1")));
+    assert!(out.ends_with(&format!("{}\n", ssh_block_end("c1"))));
+}
+
+#[test]
+fn ssh_config_block_rejects_bad_input() {
+    let mut ctx = ssh_ctx();
+    ctx.hosts[0].alias = "c1-node1 *".into();
+    let err = ssh_config_block(&ctx).unwrap_err().to_string();
+    assert!(err.contains("host alias"), "{err}");
+
+    let mut ctx = ssh_ctx();
+    ctx.hosts[0].identity_file = "/tmp/a\"b".into();
+    let err = ssh_config_block(&ctx).unwrap_err().to_string();
+    assert!(err.contains("double quote"), "{err}");
+
+    let mut ctx = ssh_ctx();
+    ctx.hosts[1].host_name = "bad host".into();
+    let err = ssh_config_block(&ctx).unwrap_err().to_string();
+    assert!(
+        err.contains("neither an IP address nor a host name"),
+        "{err}"
+    );
+}
