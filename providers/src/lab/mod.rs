@@ -3,8 +3,9 @@
 //! A cluster is a Linux bridge with its own /24. A node is a network namespace wired to
 //! the bridge by a veth pair, plus a PID, UTS, IPC and mount namespace in which the node
 //! init ([`node::run`]) gives it a hostname, private /var/lib, /var/log, /root, /tmp and
-//! /run, a copy-on-write layer over the host's /etc, /usr/local and /opt, and runs sshd, dockerd and the services dropped into its units directory. Whatever crosses
-//! the network between nodes crosses a real one.
+//! /run, a copy-on-write layer over the host's /etc, /usr/local and /opt, and runs sshd,
+//! dockerd and the services dropped into its units directory. Whatever crosses the
+//! network between nodes crosses a real one.
 //!
 //! Host-side state lives under [`LabConfig::root`] (`/var/lib/swarmup/lab` by default):
 //!

@@ -52,12 +52,14 @@ async fn create_wires_nodes_and_is_idempotent() {
         assert_eq!(st.netns.len(), 2);
         assert_eq!(st.rules.len(), 1);
         assert_eq!(st.spawned.len(), 2);
-        let argv = &st.spawned[0];
+        // Nodes start concurrently, in no fixed order.
+        let net = format!("--net=/run/netns/{}", names.netns("web-node1"));
+        let argv = st
+            .spawned
+            .iter()
+            .find(|a| a[1] == net)
+            .expect("node1 started");
         assert_eq!(argv[0], "nsenter");
-        assert_eq!(
-            argv[1],
-            format!("--net=/run/netns/{}", names.netns("web-node1"))
-        );
         let at = argv.iter().position(|a| a == "/opt/swarmup").unwrap();
         assert_eq!(argv[at + 1], "lab-node");
         assert!(argv.contains(&"--pid".to_string()) && argv.contains(&"--fork".to_string()));
