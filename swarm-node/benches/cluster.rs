@@ -24,7 +24,10 @@ const REPLICAS: usize = 30;
 const ROUNDS: usize = 3;
 
 fn docker(args: &[&str]) -> String {
-    let out = Command::new(docker_cli()).args(args).output().expect("docker CLI");
+    let out = Command::new(docker_cli())
+        .args(args)
+        .output()
+        .expect("docker CLI");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -40,15 +43,27 @@ fn poll(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
 }
 
 fn replicas_running(run: &dyn Fn(&[&str]) -> String, service: &str, want: usize) -> bool {
-    let out = run(&["service", "ls", "--filter", &format!("name={service}"), "--format", "{{.Replicas}}"]);
+    let out = run(&[
+        "service",
+        "ls",
+        "--filter",
+        &format!("name={service}"),
+        "--format",
+        "{{.Replicas}}",
+    ]);
     out.trim() == format!("{want}/{want}")
 }
 
 fn running_containers(service: &str) -> Vec<String> {
-    docker(&["ps", "-q", "--filter", &format!("label=com.docker.swarm.service.name={service}")])
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
+    docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.swarm.service.name={service}"),
+    ])
+    .split_whitespace()
+    .map(str::to_string)
+    .collect()
 }
 
 struct Figures {
@@ -64,25 +79,46 @@ fn measure(run: &dyn Fn(&[&str]) -> String, prefix: &str) -> Figures {
         let name = format!("{prefix}bench{round}");
         let started = Instant::now();
         run(&[
-            "service", "create", "-d", "--name", &name, "--replicas", &REPLICAS.to_string(),
-            "--restart-delay", "0s", "--stop-grace-period", "1s", IMAGE, "sleep", "3600",
+            "service",
+            "create",
+            "-d",
+            "--name",
+            &name,
+            "--replicas",
+            &REPLICAS.to_string(),
+            "--restart-delay",
+            "0s",
+            "--stop-grace-period",
+            "1s",
+            IMAGE,
+            "sleep",
+            "3600",
         ]);
-        poll(Duration::from_secs(120), || replicas_running(run, &name, REPLICAS))
-            .expect("30 replicas running");
+        poll(Duration::from_secs(120), || {
+            replicas_running(run, &name, REPLICAS)
+        })
+        .expect("30 replicas running");
         create_30.push(started.elapsed());
 
-        let victim = running_containers(&name).into_iter().next().expect("a container");
+        let victim = running_containers(&name)
+            .into_iter()
+            .next()
+            .expect("a container");
         let killed = Instant::now();
         docker(&["kill", &victim]);
         // The replacement is a new container; wait until 30 run again without the victim.
         poll(Duration::from_secs(60), || {
             let now = running_containers(&name);
-            now.len() == REPLICAS && !now.contains(&victim) && replicas_running(run, &name, REPLICAS)
+            now.len() == REPLICAS
+                && !now.contains(&victim)
+                && replicas_running(run, &name, REPLICAS)
         })
         .expect("replacement running");
         replace.push(killed.elapsed());
         run(&["service", "rm", &name]);
-        poll(Duration::from_secs(60), || running_containers(&name).is_empty());
+        poll(Duration::from_secs(60), || {
+            running_containers(&name).is_empty()
+        });
     }
     Figures {
         create_30,
@@ -98,28 +134,40 @@ fn median(v: &[Duration]) -> Option<Duration> {
 }
 
 fn show(label: &str, ours: &[Duration], docker: &[Duration]) {
-    let fmt = |d: Option<Duration>| d.map(|d| format!("{:.2}s", d.as_secs_f64())).unwrap_or_else(|| "n/a".into());
+    let fmt = |d: Option<Duration>| {
+        d.map(|d| format!("{:.2}s", d.as_secs_f64()))
+            .unwrap_or_else(|| "n/a".into())
+    };
     let (o, d) = (median(ours), median(docker));
     let ratio = match (o, d) {
-        (Some(o), Some(d)) if o.as_secs_f64() > 0.0 => format!("{:.1}x faster", d.as_secs_f64() / o.as_secs_f64()),
+        (Some(o), Some(d)) if o.as_secs_f64() > 0.0 => {
+            format!("{:.1}x faster", d.as_secs_f64() / o.as_secs_f64())
+        }
         _ => "n/a".into(),
     };
     println!(
         "{label:<52} swarm-node {:>7}   docker swarm {:>7}   {ratio}   (runs: {:?})",
         fmt(o),
         fmt(d),
-        ours.iter().map(|d| format!("{:.2}", d.as_secs_f64())).collect::<Vec<_>>()
+        ours.iter()
+            .map(|d| format!("{:.2}", d.as_secs_f64()))
+            .collect::<Vec<_>>()
     );
 }
 
 fn main() {
-    if docker(&["version", "--format", "{{.Server.Version}}"]).trim().is_empty() {
+    if docker(&["version", "--format", "{{.Server.Version}}"])
+        .trim()
+        .is_empty()
+    {
         eprintln!("bench: no Docker Engine answers: start dockerd first");
         std::process::exit(1);
     }
     let swarm_state = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
     if swarm_state.trim() == "active" {
-        eprintln!("bench: this engine is already in a swarm; run the bench on an engine that is not");
+        eprintln!(
+            "bench: this engine is already in a swarm; run the bench on an engine that is not"
+        );
         std::process::exit(1);
     }
     ensure_image();
@@ -142,7 +190,9 @@ fn main() {
     poll(Duration::from_secs(60), || {
         ours_cli(&["node", "ls", "--format", "{{.Status}} {{.ManagerStatus}}"])
             .lines()
-            .filter(|l| l.starts_with("Ready") && (l.ends_with("Leader") || l.ends_with("Reachable")))
+            .filter(|l| {
+                l.starts_with("Ready") && (l.ends_with("Leader") || l.ends_with("Reachable"))
+            })
             .count()
             == 3
     })
@@ -155,12 +205,21 @@ fn main() {
             .find(|l| l.ends_with("Leader"))
             .and_then(|l| l.split_whitespace().next().map(str::to_string))
             .expect("a leader");
-        let index = sb.nodes.iter().position(|n| n.name == leader).expect("leader node");
+        let index = sb
+            .nodes
+            .iter()
+            .position(|n| n.name == leader)
+            .expect("leader node");
         let other = (index + 1) % 3;
         let killed = Instant::now();
         sb.nodes[index].kill();
         let took = poll(Duration::from_secs(30), || {
-            let out = sb.nodes[other].docker(&["node", "ls", "--format", "{{.Hostname}} {{.ManagerStatus}}"]);
+            let out = sb.nodes[other].docker(&[
+                "node",
+                "ls",
+                "--format",
+                "{{.Hostname}} {{.ManagerStatus}}",
+            ]);
             String::from_utf8_lossy(&out.stdout)
                 .lines()
                 .any(|l| l.ends_with("Leader") && !l.starts_with(&leader))
@@ -181,7 +240,19 @@ fn main() {
 
     println!();
     println!("swarm-node control plane vs Docker swarm mode (same machine, same engine, median of {ROUNDS})");
-    show("service create --replicas 30 -> 30 Running", &ours.create_30, &theirs.create_30);
-    show("task killed -> replacement Running (restart delay 0)", &ours.replace, &theirs.replace);
-    show("leader failover, 3 managers (docker: 10 s election)", &ours.failover, &[]);
+    show(
+        "service create --replicas 30 -> 30 Running",
+        &ours.create_30,
+        &theirs.create_30,
+    );
+    show(
+        "task killed -> replacement Running (restart delay 0)",
+        &ours.replace,
+        &theirs.replace,
+    );
+    show(
+        "leader failover, 3 managers (docker: 10 s election)",
+        &ours.failover,
+        &[],
+    );
 }

@@ -150,6 +150,25 @@ fn t10_three_node_cluster_with_the_docker_cli() {
         running_tasks(n2, "web").len() == 2
     });
 
+    // A rolling update replaces every task with one of the new template.
+    n1.docker_ok(&["service", "update", "-d", "--env-add", "ROLLED=1", "web"]);
+    wait_for("rolled out", Duration::from_secs(60), || {
+        let out = n1.docker(&[
+            "service",
+            "ps",
+            "web",
+            "--format",
+            "{{.DesiredState}} {{.CurrentState}}",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let running = text
+            .lines()
+            .filter(|l| l.starts_with("Running Running"))
+            .count();
+        let shut = text.lines().filter(|l| l.starts_with("Shutdown")).count();
+        running == 2 && shut >= 2
+    });
+
     // Bad input: Docker-shaped errors with a clear message.
     let bad = n1.docker(&["service", "create", "-d", "--name", "web", IMAGE]);
     assert!(!bad.status.success());
@@ -454,4 +473,126 @@ fn t40_task_and_node_failures() {
     assert!(node_table(n1)
         .iter()
         .any(|r| r[0] == "node2" && r[1] == "Down"));
+}
+
+/// Availability and removal: a drained node's tasks move at once; a node that is not
+/// down cannot be removed without --force; concurrent updates of one version conflict.
+#[test]
+fn t50_drain_remove_and_concurrent_updates() {
+    if !e2e_enabled("t50_drain_remove_and_concurrent_updates") {
+        return;
+    }
+    let _serial = serial();
+    ensure_image();
+    let mut sb = Sandbox::new(&["node1", "node2"]);
+    sb.init("1s");
+    sb.join(1, "worker");
+    let n1 = &sb.nodes[0];
+    wait_for("two ready", Duration::from_secs(20), || {
+        node_table(n1).iter().filter(|r| r[1] == "Ready").count() == 2
+    });
+    n1.docker_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "spread",
+        "--replicas",
+        "4",
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    wait_for("4 running", Duration::from_secs(30), || {
+        running_tasks(n1, "spread").len() == 4
+    });
+    assert!(running_tasks(n1, "spread")
+        .iter()
+        .any(|(n, _)| n == "node2"));
+
+    let drained = Instant::now();
+    n1.docker_ok(&["node", "update", "--availability", "drain", "node2"]);
+    wait_for(
+        "tasks moved off the drained node",
+        Duration::from_secs(30),
+        || {
+            let t = running_tasks(n1, "spread");
+            t.len() == 4 && t.iter().all(|(n, _)| n == "node1")
+        },
+    );
+    println!(
+        "figure: drain to tasks Running elsewhere: {:?}",
+        drained.elapsed()
+    );
+    assert!(node_table(n1)
+        .iter()
+        .any(|r| r[0] == "node2" && r[2] == "Drain"));
+
+    // Labels, and the spec version Docker's optimistic concurrency checks.
+    n1.docker_ok(&["node", "update", "--label-add", "zone=a", "node2"]);
+    let labels = n1.docker_ok(&[
+        "node",
+        "inspect",
+        "node2",
+        "--format",
+        "{{index .Spec.Labels \"zone\"}}",
+    ]);
+    assert_eq!(labels.trim(), "a");
+
+    let out = n1.docker(&["node", "rm", "node2"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not down"));
+
+    // Two writers with the same version: one wins, the other is told it is out of sequence.
+    let service: serde_json::Value = serde_json::from_str(&n1.docker_ok(&[
+        "service",
+        "inspect",
+        "spread",
+        "--format",
+        "{{json .}}",
+    ]))
+    .unwrap();
+    let version = service["Version"]["Index"].as_u64().unwrap();
+    let mut spec = service["Spec"].clone();
+    spec["Mode"]["Replicated"]["Replicas"] = serde_json::json!(2);
+    let post = |spec: &serde_json::Value| {
+        std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--unix-socket",
+            ])
+            .arg(n1.socket())
+            .args(["-H", "Content-Type: application/json", "-d"])
+            .arg(spec.to_string())
+            .arg(format!(
+                "http://swarm/v1.41/services/spread/update?version={version}"
+            ))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default()
+    };
+    let first = post(&spec);
+    let second = post(&spec);
+    if !first.is_empty() {
+        assert_eq!(first, "200");
+        assert_eq!(second, "400", "a stale version is refused");
+    }
+
+    // An invalid spec: 400 with a message that says what to fix.
+    let bad = n1.docker(&["service", "create", "-d", "--name", "bad name", IMAGE]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid service name"));
+
+    sb.nodes[1].kill();
+    wait_for("node2 down", Duration::from_secs(20), || {
+        node_table(&sb.nodes[0])
+            .iter()
+            .any(|r| r[0] == "node2" && r[1] == "Down")
+    });
+    sb.nodes[0].docker_ok(&["node", "rm", "node2"]);
+    assert_eq!(node_table(&sb.nodes[0]).len(), 1);
 }

@@ -22,6 +22,8 @@ pub mod scheduler;
 
 /// How long a write waits for a leader to appear before the caller is told there is none.
 const LEADER_WAIT: Duration = Duration::from_secs(5);
+/// How long one commit may take before the caller is told the swarm has no quorum.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub struct Manager {
@@ -72,7 +74,12 @@ impl Manager {
     async fn propose_raw(&self, command: Command) -> Result<CommandResult, ApiError> {
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         loop {
-            match self.raft.propose(command.clone()).await {
+            // A leader cut off from its quorum never answers: bound the wait.
+            let attempt = tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.propose(command.clone()));
+            let Ok(outcome) = attempt.await else {
+                return Err(ApiError::Unavailable(NO_LEADER.into()));
+            };
+            match outcome {
                 Ok(result) => return Ok(result),
                 Err(ProposeError::ForwardToLeader {
                     leader: Some((_, leader)),

@@ -235,6 +235,28 @@ fn reconcile_service(
     };
     let wanted_set: HashSet<&String> = wanted.iter().collect();
 
+    // Rolling updates: tasks whose spec is not the service's current template are
+    // replaced, `parallelism` slots at a time (Docker's default: 1; 0 means all). A slot
+    // counts as in flight while its up-to-date task has not reached RUNNING yet.
+    let parallelism = spec
+        .update_config
+        .as_ref()
+        .and_then(|u| u.parallelism)
+        .unwrap_or(1);
+    let update_limit = if parallelism <= 0 {
+        usize::MAX
+    } else {
+        parallelism as usize
+    };
+    let mut updates_in_flight = state
+        .tasks_of_service(service_id)
+        .filter(|t| {
+            scheduler::is_active(t)
+                && t.spec.as_ref() == Some(&template)
+                && state_of(t) < TaskState::RUNNING
+        })
+        .count();
+
     // Groups no longer wanted: retire every task in them.
     for (key, tasks) in &groups {
         if !wanted_set.contains(key) {
@@ -247,6 +269,7 @@ fn reconcile_service(
     for key in &wanted {
         let tasks = groups.get(key).cloned().unwrap_or_default();
         let mut ending = Ending::Missing;
+        let mut outdated: Option<&Task> = None;
         for task in &tasks {
             let id = task.id.clone().unwrap_or_default();
             if desired_of(task) > TaskState::RUNNING {
@@ -264,11 +287,17 @@ fn reconcile_service(
                 let mut t = (*task).clone();
                 t.desired_state = Some(TaskState::SHUTDOWN);
                 put.insert(id, t);
+                if let Some(node) = &task.node_id {
+                    load.remove(service_id, node);
+                }
                 ending = Ending::Exited(observed, task_time(task));
             } else if task.node_id.is_some() && !node_can_run(state, task) {
                 let mut t = (*task).clone();
                 t.desired_state = Some(TaskState::SHUTDOWN);
                 put.insert(id, t);
+                if let Some(node) = &task.node_id {
+                    load.remove(service_id, node);
+                }
                 ending = Ending::Moved;
             } else if task.node_id.is_none() {
                 // Pending: try to place it now.
@@ -286,6 +315,21 @@ fn reconcile_service(
                 ending = Ending::Active;
             } else {
                 ending = Ending::Active;
+                if task.spec.as_ref() != Some(&template) {
+                    outdated = Some(task);
+                }
+            }
+        }
+        if let (Ending::Active, Some(old)) = (&ending, outdated) {
+            if updates_in_flight < update_limit {
+                let mut t = old.clone();
+                t.desired_state = Some(TaskState::SHUTDOWN);
+                put.insert(old.id.clone().unwrap_or_default(), t);
+                if let Some(node) = &old.node_id {
+                    load.remove(service_id, node);
+                }
+                ending = Ending::Moved;
+                updates_in_flight += 1;
             }
         }
 

@@ -37,6 +37,20 @@ impl Load {
             .or_default() += 1;
     }
 
+    /// Forgets a task this pass has just retired, so its replacement may go back to the
+    /// same node.
+    pub fn remove(&mut self, service: &str, node: &str) {
+        if let Some(n) = self.per_node.get_mut(node) {
+            *n = n.saturating_sub(1);
+        }
+        if let Some(n) = self
+            .per_service_node
+            .get_mut(&(service.to_string(), node.to_string()))
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
+
     fn of(&self, service: &str, node: &str) -> (usize, usize) {
         (
             self.per_service_node

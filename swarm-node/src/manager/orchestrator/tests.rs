@@ -248,3 +248,65 @@ fn pending_tasks_wait_for_a_node() {
     w.settle();
     assert!(w.active().iter().all(|t| t.node_id.as_deref() == Some("a")));
 }
+
+#[test]
+fn a_new_template_rolls_out_one_slot_at_a_time() {
+    let mut w = World::new(&["a", "b"], service(2, 0));
+    w.settle();
+    for id in ["t1", "t2"] {
+        w.report(id, TaskState::RUNNING);
+    }
+    let mut spec = w.state.services["svc"].spec.clone().unwrap();
+    let mut template = spec.task_template.clone().unwrap();
+    template.container_spec = Some(swarm_state::models::TaskSpecContainerSpec {
+        image: Some("new:2".into()),
+        ..Default::default()
+    });
+    spec.task_template = Some(template.clone());
+    let version = swarm_state::version_of(&w.state.services["svc"].version);
+    w.apply(Command::UpdateService {
+        id: "svc".into(),
+        version,
+        spec: Box::new(spec),
+        at: "t".into(),
+    });
+    w.settle();
+    let fresh: Vec<String> = w
+        .active()
+        .iter()
+        .filter(|t| t.spec.as_ref() == Some(&template))
+        .map(|t| t.id.clone().unwrap())
+        .collect();
+    assert_eq!(fresh.len(), 1, "parallelism 1: one slot at a time");
+    assert_eq!(w.active().len(), 2);
+    w.report(&fresh[0], TaskState::RUNNING);
+    w.settle();
+    let fresh = w
+        .active()
+        .iter()
+        .filter(|t| t.spec.as_ref() == Some(&template))
+        .count();
+    assert_eq!(fresh, 2, "the second slot follows once the first runs");
+}
+
+#[test]
+fn a_replacement_goes_back_to_the_node_that_lost_its_task() {
+    let mut w = World::new(&["a", "b"], service(2, 0));
+    w.settle();
+    let on_b = w
+        .active()
+        .iter()
+        .find(|t| t.node_id.as_deref() == Some("b"))
+        .and_then(|t| t.id.clone())
+        .unwrap();
+    w.report(&on_b, TaskState::RUNNING);
+    w.report(&on_b, TaskState::FAILED);
+    w.settle();
+    let mut nodes: Vec<_> = w
+        .active()
+        .iter()
+        .map(|t| t.node_id.clone().unwrap())
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, vec!["a", "b"], "still spread");
+}
