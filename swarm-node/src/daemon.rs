@@ -82,16 +82,33 @@ pub async fn run(
     config: DaemonConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
-    let node = NodeFile::load(&config.state_dir)
-        .map_err(|source| DaemonError::State {
+    let shutdown = Box::pin(shutdown);
+    // Like dockerd before `docker swarm init`: a node without a swarm waits for `init` or
+    // `join` to write its state, so the service can be installed first.
+    let mut shutdown = shutdown;
+    let node = loop {
+        let found = NodeFile::load(&config.state_dir).map_err(|source| DaemonError::State {
             path: config.state_dir.clone(),
             source,
-        })?
-        .ok_or_else(|| DaemonError::NotInSwarm(NodeFile::path(&config.state_dir)))?;
+        })?;
+        if let Some(node) = found {
+            break node;
+        }
+        tracing::info!(
+            state = %NodeFile::path(&config.state_dir).display(),
+            "not part of a swarm yet: waiting for `swarm-node init` or `swarm-node join`"
+        );
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    };
     let identity = Identity::load(&config.state_dir).await?;
     let tls = TlsAcceptorHandle::from_identity(&identity)?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (leave_tx, mut leave_rx) = watch::channel(false);
     let ctx = Arc::new(NodeContext {
+        leave: leave_tx,
         node_id: node.node_id.clone(),
         cluster_id: node.cluster_id.clone(),
         advertise_addr: node.advertise_addr.clone(),
@@ -136,17 +153,18 @@ pub async fn run(
     ));
     tracing::info!(node_id = %node.node_id, listen = %node.listen_addr, role = %node.role, "swarm-node running");
 
-    let runtime =
+    let runtime: Arc<dyn swarm_worker::runtime::ContainerRuntime> = Arc::new(
         swarm_worker::docker::DockerRuntime::connect(&config.docker_socket.to_string_lossy())
             .await
-            .map_err(|e| DaemonError::Docker(e.to_string()))?;
+            .map_err(|e| DaemonError::Docker(e.to_string()))?,
+    );
     let agent = swarm_worker::Agent::new(swarm_worker::AgentConfig {
         node_id: node.node_id.clone(),
         addr: node.advertise_addr.clone(),
         managers: node.managers.clone(),
         client: swarm_pki::http_client(&identity)?,
         scheme: config.scheme.clone(),
-        runtime: Arc::new(runtime),
+        runtime: runtime.clone(),
     })
     .map_err(|e| DaemonError::Docker(e.to_string()))?;
     let mut heartbeats = agent.heartbeats();
@@ -174,8 +192,11 @@ pub async fn run(
         }
     });
 
-    shutdown.await;
-    tracing::info!("shutting down");
+    let leaving = tokio::select! {
+        _ = shutdown => false,
+        _ = leave_rx.wait_for(|l| *l) => true,
+    };
+    tracing::info!(leaving, "shutting down");
     let _ = stop_tx.send(true);
     let _ = agent_task.await;
     let _ = role_task.await;
@@ -183,7 +204,33 @@ pub async fn run(
     let _ = unix_server.await;
     daemon.stop_manager().await;
     let _ = std::fs::remove_file(&config.socket);
+    if leaving {
+        forget_swarm(&config, &node.node_id, runtime.as_ref()).await;
+    }
     Ok(())
+}
+
+/// After `leave`: this node's task containers go, and so does its swarm state.
+async fn forget_swarm(
+    config: &DaemonConfig,
+    node_id: &str,
+    runtime: &dyn swarm_worker::runtime::ContainerRuntime,
+) {
+    match runtime.list(node_id).await {
+        Ok(containers) => {
+            for c in containers {
+                let _ = runtime.stop(&c.id, Some(Duration::from_secs(10))).await;
+                let _ = runtime.remove(&c.id).await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot list task containers to remove"),
+    }
+    for entry in ["raft", "certificates", "node.json"] {
+        let path = config.state_dir.join(entry);
+        let _ = tokio::fs::remove_dir_all(&path).await;
+        let _ = tokio::fs::remove_file(&path).await;
+    }
+    tracing::info!("left the swarm");
 }
 
 fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, DaemonError> {

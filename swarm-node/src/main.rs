@@ -63,7 +63,7 @@ enum Command {
         #[arg(long, env = "SWARM_NODE_DOCKER_SOCKET", default_value = DEFAULT_DOCKER_SOCKET)]
         docker_socket: PathBuf,
     },
-    /// Leave the swarm (stop the daemon first).
+    /// Leave the swarm: the daemon stops its tasks and forgets the swarm.
     Leave {
         /// Leave even as a manager, without keeping quorum.
         #[arg(long, short)]
@@ -219,18 +219,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .is_ok()
             {
-                bail!(
-                    "swarm-node is still running on {}: stop it first (systemctl stop swarm-node)",
-                    cli.socket.display()
-                );
-            }
-            if node.is_manager() && !force {
-                bail!("you are attempting to leave the swarm on a node that is participating as a manager: demote it first (docker node demote), or use --force to leave without keeping quorum");
-            }
-            for entry in ["raft", "certificates", "node.json"] {
-                let path = cli.state_dir.join(entry);
-                let _ = tokio::fs::remove_dir_all(&path).await;
-                let _ = tokio::fs::remove_file(&path).await;
+                // The daemon stops, removes its task containers and forgets the swarm.
+                local::call(
+                    &cli.socket,
+                    "POST",
+                    &format!("/swarmup/v1/leave?force={force}"),
+                    None,
+                )
+                .await?;
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                while NodeFile::path(&cli.state_dir).exists() {
+                    if std::time::Instant::now() > deadline {
+                        bail!("swarm-node did not finish leaving within 60 s: see its log");
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            } else {
+                if node.is_manager() && !force {
+                    bail!("you are attempting to leave the swarm on a node that is participating as a manager: demote it first (docker node demote), or use --force to leave without keeping quorum");
+                }
+                for entry in ["raft", "certificates", "node.json"] {
+                    let path = cli.state_dir.join(entry);
+                    let _ = tokio::fs::remove_dir_all(&path).await;
+                    let _ = tokio::fs::remove_file(&path).await;
+                }
             }
             println!("Node left the swarm.");
             Ok(())

@@ -10,7 +10,8 @@ use swarm_pki::{Identity, JoinToken, NodeKey, RootCa, SignRequest};
 use swarm_raft::{ClusterRaft, MemberNode, RaftOptions};
 use swarm_state::models::{
     ManagerStatus, Node, NodeDescription, NodeSpec, NodeSpecAvailabilityEnum, NodeSpecRoleEnum,
-    NodeState, NodeStatus, Platform, Reachability, SwarmSpec, SwarmSpecDispatcher,
+    NodeState, NodeStatus, Platform, Reachability, SwarmSpec, SwarmSpecCaConfig,
+    SwarmSpecDispatcher, SwarmSpecOrchestration, SwarmSpecRaft,
 };
 use swarm_state::proto::{JoinRequest, JoinResponse, PREFIX};
 use swarm_state::{ids, ClusterInfo, Command};
@@ -149,8 +150,25 @@ async fn init_inner(options: &InitOptions) -> Result<InitOutcome, SetupError> {
         version: 0,
         spec: SwarmSpec {
             name: Some("default".into()),
+            orchestration: Some(SwarmSpecOrchestration {
+                task_history_retention_limit: Some(
+                    crate::manager::orchestrator::TASK_HISTORY_LIMIT as i64,
+                ),
+            }),
+            // In ticks of the 200 ms Raft heartbeat: elections after 4 to 8 silent ticks.
+            raft: Some(SwarmSpecRaft {
+                snapshot_interval: Some(10_000),
+                keep_old_snapshots: Some(0),
+                log_entries_for_slow_followers: Some(500),
+                election_tick: Some(4),
+                heartbeat_tick: Some(1),
+            }),
             dispatcher: Some(SwarmSpecDispatcher {
                 heartbeat_period: Some((options.heartbeat_ms * 1_000_000) as i64),
+            }),
+            ca_config: Some(SwarmSpecCaConfig {
+                node_cert_expiry: Some(swarm_pki::NODE_CERT_VALIDITY.as_nanos() as i64),
+                ..Default::default()
             }),
             ..Default::default()
         },

@@ -365,6 +365,17 @@ fn t30_tokens_and_certificates() {
             assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
         }
     }
+
+    // Leaving: a manager refuses without --force; a worker leaves and forgets the swarm.
+    let out = sb.nodes[0].verb(&["leave"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    let out = sb.nodes[1].verb(&["leave"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!sb.nodes[1].dir.join("state/node.json").exists());
+    wait_for("the worker reported Down", Duration::from_secs(20), || {
+        node_table(&sb.nodes[0]).iter().any(|r| r[0] == "node2" && r[1] == "Down")
+    });
 }
 
 fn write_tmp(sb: &Sandbox, name: &str, bytes: &[u8]) -> std::path::PathBuf {

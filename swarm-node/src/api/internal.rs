@@ -34,6 +34,7 @@ pub fn routes() -> Router<Ctx> {
         .route(&format!("{PREFIX}/task-status"), post(task_status))
         .route(&format!("{PREFIX}/propose"), post(propose))
         .route(&format!("{PREFIX}/client-cert"), post(client_cert))
+        .route(&format!("{PREFIX}/leave"), post(leave))
         .route(&format!("{PREFIX}/raft/{{*rest}}"), any(raft))
 }
 
@@ -277,6 +278,40 @@ async fn client_cert(
     Ok(Json(serde_json::json!({
         "ca_pem": ca_pem, "cert_pem": cert_pem, "key_pem": key_pem
     })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LeaveQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// `swarm-node leave` on the local socket. A manager leaves only with `force`, as in
+/// Docker: leaving without demotion first costs the swarm a voter.
+async fn leave(
+    State(ctx): State<Ctx>,
+    peer: Peer,
+    Query(q): Query<LeaveQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    match &peer.0 {
+        Some(p) if p.role == Role::Admin => {}
+        _ => {
+            return Err(ApiError::Forbidden(
+                "leave is allowed only on the node's local socket".into(),
+            ))
+        }
+    }
+    if let Some(manager) = ctx.manager() {
+        if !q.force {
+            let managers = manager.raft.voters().len();
+            return Err(ApiError::BadRequest(format!(
+                "You are attempting to leave the swarm on a node that is participating as a manager. Removing this node leaves {} managers out of a possible {managers}. Demote it first (docker node demote), or use --force to leave anyway",
+                managers.saturating_sub(1)
+            )));
+        }
+    }
+    let _ = ctx.leave.send(true);
+    Ok(Json(serde_json::json!({})))
 }
 
 /// Raft's own RPCs, only between managers.

@@ -36,6 +36,9 @@ pub struct NodeContext {
     pub ca_pem: String,
     /// Present while this node is a manager.
     pub manager: RwLock<Option<Arc<Manager>>>,
+    /// Set by `swarm-node leave`: the daemon stops, removes its task containers and
+    /// forgets the swarm.
+    pub leave: tokio::sync::watch::Sender<bool>,
 }
 
 impl NodeContext {
