@@ -75,6 +75,26 @@ pub struct DaemonConfig {
     pub heartbeat_ms: u64,
 }
 
+/// The node's hostname, as `docker node ls` shows it. `SWARM_NODE_HOSTNAME` overrides it
+/// where several nodes share one host (tests).
+pub fn hostname() -> String {
+    if let Ok(name) = std::env::var("SWARM_NODE_HOSTNAME") {
+        return name;
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// Removes what makes a node part of a swarm (after `leave`).
+pub async fn forget_state(state_dir: &Path) {
+    for entry in ["raft", "certificates", "node.json"] {
+        let path = state_dir.join(entry);
+        let _ = tokio::fs::remove_dir_all(&path).await;
+        let _ = tokio::fs::remove_file(&path).await;
+    }
+}
+
 /// Splits `IP[:PORT]` and fills the default port.
 pub fn with_default_port(addr: &str) -> String {
     if addr.parse::<std::net::SocketAddr>().is_ok() {

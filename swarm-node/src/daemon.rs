@@ -66,17 +66,6 @@ struct Daemon {
     manager_part: tokio::sync::Mutex<Option<ManagerPart>>,
 }
 
-/// The node's hostname, as `docker node ls` shows it. `SWARM_NODE_HOSTNAME` overrides it
-/// where several nodes share one host (tests).
-fn hostname() -> String {
-    if let Ok(name) = std::env::var("SWARM_NODE_HOSTNAME") {
-        return name;
-    }
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
-}
-
 /// Runs the node until `shutdown` completes.
 pub async fn run(
     config: DaemonConfig,
@@ -112,7 +101,7 @@ pub async fn run(
         node_id: node.node_id.clone(),
         cluster_id: node.cluster_id.clone(),
         advertise_addr: node.advertise_addr.clone(),
-        hostname: hostname(),
+        hostname: crate::config::hostname(),
         ca_pem: identity.ca_pem.clone(),
         manager: RwLock::new(None),
     });
@@ -225,11 +214,7 @@ async fn forget_swarm(
         }
         Err(e) => tracing::warn!(error = %e, "cannot list task containers to remove"),
     }
-    for entry in ["raft", "certificates", "node.json"] {
-        let path = config.state_dir.join(entry);
-        let _ = tokio::fs::remove_dir_all(&path).await;
-        let _ = tokio::fs::remove_file(&path).await;
-    }
+    crate::config::forget_state(&config.state_dir).await;
     tracing::info!("left the swarm");
 }
 

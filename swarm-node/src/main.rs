@@ -118,17 +118,6 @@ fn parse_duration_ms(s: &str) -> Result<u64, String> {
     Ok(ms as u64)
 }
 
-/// The node's hostname, as `docker node ls` shows it. `SWARM_NODE_HOSTNAME` overrides it
-/// where several nodes share one host (tests).
-fn hostname() -> String {
-    if let Ok(name) = std::env::var("SWARM_NODE_HOSTNAME") {
-        return name;
-    }
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -169,7 +158,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 advertise_addr,
                 listen_addr,
                 heartbeat_ms: dispatcher_heartbeat,
-                hostname: hostname(),
+                hostname: swarm_node::config::hostname(),
             })
             .await?;
             println!(
@@ -192,7 +181,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 advertise_addr,
                 listen_addr,
                 availability,
-                hostname: hostname(),
+                hostname: swarm_node::config::hostname(),
             })
             .await?;
             println!("This node joined a swarm as a {}.", joined.role);
@@ -238,11 +227,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 if node.is_manager() && !force {
                     bail!("you are attempting to leave the swarm on a node that is participating as a manager: demote it first (docker node demote), or use --force to leave without keeping quorum");
                 }
-                for entry in ["raft", "certificates", "node.json"] {
-                    let path = cli.state_dir.join(entry);
-                    let _ = tokio::fs::remove_dir_all(&path).await;
-                    let _ = tokio::fs::remove_file(&path).await;
-                }
+                swarm_node::config::forget_state(&cli.state_dir).await;
             }
             println!("Node left the swarm.");
             Ok(())

@@ -371,10 +371,16 @@ fn t30_tokens_and_certificates() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
     let out = sb.nodes[1].verb(&["leave"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!sb.nodes[1].dir.join("state/node.json").exists());
     wait_for("the worker reported Down", Duration::from_secs(20), || {
-        node_table(&sb.nodes[0]).iter().any(|r| r[0] == "node2" && r[1] == "Down")
+        node_table(&sb.nodes[0])
+            .iter()
+            .any(|r| r[0] == "node2" && r[1] == "Down")
     });
 }
 

@@ -22,7 +22,7 @@ use swarm_state::{
 };
 
 use super::filters::Filters;
-use super::{require_admin, Ctx, API_VERSION, MIN_API_VERSION};
+use super::{require_admin, AdminManager, Ctx, API_VERSION, MIN_API_VERSION};
 use crate::error::ApiError;
 use crate::manager::scheduler;
 use crate::manager::Manager;
@@ -192,9 +192,7 @@ fn host_of(addr: &str) -> String {
         .unwrap_or_else(|_| addr.to_string())
 }
 
-async fn swarm(State(ctx): State<Ctx>, peer: Peer) -> ApiResult<Json<Swarm>> {
-    require_admin(&peer)?;
-    let manager = ctx.require_manager()?;
+async fn swarm(AdminManager(manager): AdminManager) -> ApiResult<Json<Swarm>> {
     let state = manager.read();
     let c = state
         .cluster
@@ -226,12 +224,9 @@ pub struct SwarmUpdateQuery {
 /// `docker swarm join-token --rotate`: a new secret for the role. Nodes that already
 /// joined keep working; only new joins need the new token.
 async fn update_swarm(
-    State(ctx): State<Ctx>,
-    peer: Peer,
+    AdminManager(manager): AdminManager,
     Query(q): Query<SwarmUpdateQuery>,
 ) -> ApiResult<StatusCode> {
-    require_admin(&peer)?;
-    let manager = ctx.require_manager()?;
     let state = manager.read();
     let info = state
         .cluster
@@ -293,12 +288,9 @@ fn label_holds(want: &str, labels: Option<&HashMap<String, String>>) -> bool {
 }
 
 async fn list_nodes(
-    State(ctx): State<Ctx>,
-    peer: Peer,
+    AdminManager(manager): AdminManager,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<Node>>> {
-    require_admin(&peer)?;
-    let manager = ctx.require_manager()?;
     let filters = Filters::parse(q.filters.as_deref())?;
     let state = manager.read();
     Ok(Json(
@@ -318,26 +310,20 @@ fn find_node<'a>(state: &'a ClusterState, key: &str) -> ApiResult<&'a Node> {
 }
 
 async fn inspect_node(
-    State(ctx): State<Ctx>,
-    peer: Peer,
+    AdminManager(manager): AdminManager,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Node>> {
-    require_admin(&peer)?;
-    let manager = ctx.require_manager()?;
     let state = manager.read();
     let node = find_node(&state, &id)?.clone();
     Ok(Json(with_manager_status(&manager, node)))
 }
 
 async fn update_node(
-    State(ctx): State<Ctx>,
-    peer: Peer,
+    AdminManager(manager): AdminManager,
     Path(id): Path<String>,
     Query(q): Query<VersionQuery>,
     body: axum::body::Bytes,
 ) -> ApiResult<StatusCode> {
-    require_admin(&peer)?;
-    let manager = ctx.require_manager()?;
     let spec: NodeSpec = parse_body(&body, "node spec")?;
     let state = manager.read();
     let node = find_node(&state, &id)?;
@@ -370,13 +356,10 @@ async fn update_node(
 }
 
 async fn remove_node(
-    State(ctx): State<Ctx>,
-    peer: Peer,
+    AdminManager(manager): AdminManager,
     Path(id): Path<String>,
     Query(q): Query<VersionQuery>,
 ) -> ApiResult<StatusCode> {
-    require_admin(&peer)?;
-    let manager = ctx.require_manager()?;
     let state = manager.read();
     let node = find_node(&state, &id)?;
     let node_id = node.id.clone().unwrap_or_default();
@@ -527,12 +510,9 @@ fn with_endpoint(mut service: Service) -> Service {
 }
 
 async fn list_services(
-    State(ctx): State<Ctx>,
-    peer: Peer,
+    AdminManager(manager): AdminManager,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<Service>>> {
-    require_admin(&peer)?;
-    let manager = ctx.require_manager()?;
     let filters = Filters::parse(q.filters.as_deref())?;
     let with_status = truthy(q.status.as_deref());
     let state = manager.read();
@@ -568,23 +548,17 @@ fn find_service<'a>(state: &'a ClusterState, key: &str) -> ApiResult<&'a Service
 }
 
 async fn inspect_service(
-    State(ctx): State<Ctx>,
-    peer: Peer,
+    AdminManager(manager): AdminManager,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Service>> {
-    require_admin(&peer)?;
-    let manager = ctx.require_manager()?;
     let state = manager.read();
     Ok(Json(with_endpoint(find_service(&state, &id)?.clone())))
 }
 
 async fn create_service(
-    State(ctx): State<Ctx>,
-    peer: Peer,
+    AdminManager(manager): AdminManager,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
-    require_admin(&peer)?;
-    let manager = ctx.require_manager()?;
     let mut spec: ServiceSpec = parse_body(&body, "service spec")?;
     if spec.name.as_deref().unwrap_or_default().is_empty() {
         let id = Manager::new_id();
@@ -625,14 +599,11 @@ async fn create_service(
 }
 
 async fn update_service(
-    State(ctx): State<Ctx>,
-    peer: Peer,
+    AdminManager(manager): AdminManager,
     Path(key): Path<String>,
     Query(q): Query<VersionQuery>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<serde_json::Value>> {
-    require_admin(&peer)?;
-    let manager = ctx.require_manager()?;
     let spec: ServiceSpec = parse_body(&body, "service spec")?;
     validate_service_spec(&spec)?;
     let state = manager.read();
@@ -657,12 +628,9 @@ async fn update_service(
 }
 
 async fn remove_service(
-    State(ctx): State<Ctx>,
-    peer: Peer,
+    AdminManager(manager): AdminManager,
     Path(key): Path<String>,
 ) -> ApiResult<StatusCode> {
-    require_admin(&peer)?;
-    let manager = ctx.require_manager()?;
     let id = find_service(&manager.read(), &key)?
         .id
         .clone()
@@ -681,12 +649,9 @@ async fn service_logs(peer: Peer) -> ApiResult<StatusCode> {
 // === tasks ===
 
 async fn list_tasks(
-    State(ctx): State<Ctx>,
-    peer: Peer,
+    AdminManager(manager): AdminManager,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<Task>>> {
-    require_admin(&peer)?;
-    let manager = ctx.require_manager()?;
     let filters = Filters::parse(q.filters.as_deref())?;
     let state = manager.read();
     let service_ids: Option<Vec<String>> = filters.get("service").map(|keys| {
@@ -739,12 +704,9 @@ async fn list_tasks(
 }
 
 async fn inspect_task(
-    State(ctx): State<Ctx>,
-    peer: Peer,
+    AdminManager(manager): AdminManager,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Task>> {
-    require_admin(&peer)?;
-    let manager = ctx.require_manager()?;
     let state = manager.read();
     let task = state
         .tasks

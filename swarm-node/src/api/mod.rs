@@ -66,6 +66,28 @@ pub fn require_admin(peer: &Peer) -> Result<&PeerIdentity, ApiError> {
     }
 }
 
+/// The manager part, for a caller allowed to use the Docker API: what nearly every
+/// Docker API handler needs first.
+#[derive(Debug)]
+pub struct AdminManager(pub Arc<Manager>);
+
+impl axum::extract::FromRequestParts<Ctx> for AdminManager {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        ctx: &Ctx,
+    ) -> Result<Self, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<Peer>()
+            .cloned()
+            .unwrap_or(Peer(None));
+        require_admin(&peer)?;
+        Ok(AdminManager(ctx.require_manager()?))
+    }
+}
+
 /// Checks that the caller is a node of this swarm and returns its identity.
 pub fn require_node(peer: &Peer) -> Result<&PeerIdentity, ApiError> {
     match &peer.0 {
