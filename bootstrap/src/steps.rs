@@ -26,8 +26,11 @@ pub const FIREWALL_PATH: &str = "/etc/swarmup/nftables.conf";
 pub const LAB_FIREWALL_PATH: &str = "/var/lib/swarmup/nftables.conf";
 pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
-/// How long to wait between attempts of a step that waits.
+/// How long to wait between attempts of a step that waits: short at first, since most
+/// waits (a daemon starting, a node reporting Ready) end within a second, then backing
+/// off to this.
 const RETRY_INTERVAL: Duration = Duration::from_secs(2);
+const FIRST_RETRY_INTERVAL: Duration = Duration::from_millis(250);
 /// The longest a single quick command (status, probe, checksum) may take.
 const QUICK: Duration = Duration::from_secs(30);
 
@@ -51,6 +54,7 @@ where
     Fut: Future<Output = Result<Attempt<T>, BootstrapError>>,
 {
     let deadline = Instant::now() + limit;
+    let mut interval = FIRST_RETRY_INTERVAL;
     loop {
         let left = deadline
             .saturating_duration_since(Instant::now())
@@ -59,7 +63,8 @@ where
             Attempt::Done(value) => return Ok(value),
             Attempt::Again(why) => Some(why),
         };
-        if Instant::now() + RETRY_INTERVAL > deadline {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
             return Err(BootstrapError::Timeout {
                 machine: machine.to_string(),
                 step,
@@ -68,7 +73,8 @@ where
                 last,
             });
         }
-        tokio::time::sleep(RETRY_INTERVAL).await;
+        tokio::time::sleep(interval.min(remaining)).await;
+        interval = (interval * 2).min(RETRY_INTERVAL);
     }
 }
 

@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use swarmup_bootstrap::{keys, ssh_config, BinarySource, BootstrapOptions, SshOptions};
-use swarmup_providers::{
-    ClusterPlan, HostKey, Machine, MachinePlan, PowerState, Provider, ProviderError, Role,
-};
+use swarmup_providers::{ClusterPlan, Machine, MachinePlan, PowerState, Provider, Role};
 
 use crate::output::{table, Output};
 use crate::providers::{self, ProviderChoice};
@@ -65,6 +63,8 @@ pub struct ClusterFile {
     pub image: Option<String>,
     #[serde(default)]
     pub ssh_from: Vec<String>,
+    /// A public key file already on the DigitalOcean account (`~/` is the home directory).
+    pub ssh_key: Option<PathBuf>,
 }
 
 fn merge_file(mut args: CreateArgs) -> Result<CreateArgs> {
@@ -94,6 +94,12 @@ fn merge_file(mut args: CreateArgs) -> Result<CreateArgs> {
     if args.ssh_from.is_empty() {
         args.ssh_from = file.ssh_from;
     }
+    args.ssh_key = args.ssh_key.or(file.ssh_key.map(|p| {
+        match (p.strip_prefix("~"), std::env::var_os("HOME")) {
+            (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+            _ => p,
+        }
+    }));
     Ok(args)
 }
 
@@ -190,16 +196,10 @@ pub async fn create(out: &Output, args: CreateArgs) -> Result<()> {
             );
         }
     }
-    let binary = swarm_node_binary(args.swarm_node_binary.as_deref())?;
-    let choice = ProviderChoice {
-        name: args.provider.clone(),
-        token: args.token.clone(),
-        region: args.region.clone(),
-        size: args.size.clone(),
-        image: args.image.clone(),
-        ssh_from: args.ssh_from.clone(),
-    };
-    let provider = providers::build(&choice)?;
+    let new_cluster = existing.is_none();
+    let choice = ProviderChoice::for_create(&args, existing.as_ref());
+    let built = providers::build_for_create(&choice)?;
+    let provider = built.provider.clone();
 
     let planned: Vec<PlannedMachine> = (1..=nodes)
         .map(|i| PlannedMachine {
@@ -212,6 +212,9 @@ pub async fn create(out: &Output, args: CreateArgs) -> Result<()> {
         })
         .collect();
     if args.dry_run {
+        if let Some(d) = &built.digitalocean {
+            return crate::digitalocean::dry_run(out, d, &args.name, &planned).await;
+        }
         let rows: Vec<Vec<String>> = planned
             .iter()
             .map(|m| vec![m.name.clone(), m.role.to_string()])
@@ -223,6 +226,7 @@ pub async fn create(out: &Output, args: CreateArgs) -> Result<()> {
         out.say(&table(&["MACHINE", "ROLE"], &rows));
         return Ok(());
     }
+    let binary = swarm_node_binary(args.swarm_node_binary.as_deref())?;
 
     // Keys first: they are pinned into the machines as they are created.
     let t = Instant::now();
@@ -249,7 +253,13 @@ pub async fn create(out: &Output, args: CreateArgs) -> Result<()> {
     stages.time("keys", t);
 
     let t = Instant::now();
-    provider.preflight(&plan).await?;
+    if let Err(e) = provider.preflight(&plan).await {
+        // Refused before anything was made: a new cluster leaves no local trace either.
+        if new_cluster {
+            dir.remove()?;
+        }
+        return Err(e.into());
+    }
     stages.time("preflight", t);
 
     // The record exists before any machine does, so `destroy` can always find them.
@@ -262,6 +272,7 @@ pub async fn create(out: &Output, args: CreateArgs) -> Result<()> {
         provider_options: BTreeMap::new(),
     });
     record.machines = planned.clone();
+    record.provider_options = choice.recorded();
     dir.save(&record)?;
 
     let progress = out.progress();
@@ -269,12 +280,14 @@ pub async fn create(out: &Output, args: CreateArgs) -> Result<()> {
     let machines = match provider.create(&plan, progress.as_ref()).await {
         Ok(m) => m,
         Err(e) => {
+            let e = anyhow::anyhow!("creating machines failed: {e}");
             if args.rollback_on_failure {
-                let _ = provider.destroy(&args.name).await;
-                dir.remove()?;
-                bail!("creating machines failed: {e}; --rollback-on-failure removed what this run made");
+                return Err(roll_back(&built, &dir, &args.name, new_cluster, e).await);
             }
-            bail!("creating machines failed: {e}; run the same create again to resume, or `swarmup destroy {}`", args.name);
+            bail!(
+                "{e}; run the same create again to resume, or `swarmup destroy {}`",
+                args.name
+            );
         }
     };
     stages.time("machines", t);
@@ -299,24 +312,40 @@ pub async fn create(out: &Output, args: CreateArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("invalid --ssh-from: {e}"))?;
     // The Docker API on 2377 is open to the cluster's nodes and to whoever administers it
     // (every call needs a client certificate from the cluster's CA): the --ssh-from
-    // networks, or this host's own address towards the machines.
-    options.firewall.control_allowed = if options.firewall.ssh_allowed.is_empty() {
-        admin_source(&machines)
-            .into_iter()
-            .map(|ip| format!("{ip}/32").parse())
-            .collect::<Result<_, _>>()
-            .map_err(|e| anyhow::anyhow!("invalid admin address: {e}"))?
-    } else {
-        options.firewall.ssh_allowed.clone()
-    };
+    // networks, or this host's own address towards the machines. Cloud machines see this
+    // host through NAT at an address unknown here, so without --ssh-from they take the
+    // API from anywhere, as their cloud firewall does.
+    options.firewall.control_allowed =
+        if options.firewall.ssh_allowed.is_empty() && built.digitalocean.is_some() {
+            ["0.0.0.0/0", "::/0"]
+                .iter()
+                .map(|c| c.parse())
+                .collect::<Result<_, _>>()
+                .map_err(|e| anyhow::anyhow!("invalid admin address: {e}"))?
+        } else if options.firewall.ssh_allowed.is_empty() {
+            admin_source(&machines)
+                .into_iter()
+                .map(|ip| format!("{ip}/32").parse())
+                .collect::<Result<_, _>>()
+                .map_err(|e| anyhow::anyhow!("invalid admin address: {e}"))?
+        } else {
+            options.firewall.ssh_allowed.clone()
+        };
     let report = swarmup_bootstrap::bootstrap_cluster(&machines, &options, progress.as_ref()).await;
     drop(progress);
-    let report = report.with_context(|| {
-        format!(
-            "the machines exist but the swarm is not ready: run `swarmup create --name {}` again to resume, or `swarmup destroy {}`",
-            args.name, args.name
-        )
-    })?;
+    let report = match report {
+        Ok(r) => r,
+        Err(e) if args.rollback_on_failure => {
+            let e = anyhow::Error::new(e).context("the swarm did not come up");
+            return Err(roll_back(&built, &dir, &args.name, new_cluster, e).await);
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "the machines exist but the swarm is not ready: run `swarmup create --name {}` again to resume, or `swarmup destroy {}`",
+                args.name, args.name
+            )))
+        }
+    };
     stages.time("bootstrap", t);
 
     let t = Instant::now();
@@ -349,6 +378,7 @@ pub async fn create(out: &Output, args: CreateArgs) -> Result<()> {
             serde_json::json!({
                 "cluster": args.name, "provider": args.provider, "cluster_id": report.cluster_id,
                 "nodes": nodes, "timings": stages.json(),
+                "api_calls": built.digitalocean.as_ref().map(|d| d.api_calls()),
             })
         );
         return Ok(());
@@ -400,6 +430,36 @@ pub async fn create(out: &Output, args: CreateArgs) -> Result<()> {
         println!("  swarmup destroy {}", args.name);
     }
     Ok(())
+}
+
+/// `--rollback-on-failure`: removes what the failed run made (a new cluster's local record
+/// and SSH config included) and returns the error that caused it, saying what went.
+async fn roll_back(
+    built: &providers::Built,
+    dir: &ClusterDir,
+    cluster: &str,
+    new_cluster: bool,
+    cause: anyhow::Error,
+) -> anyhow::Error {
+    match built.rollback(cluster, new_cluster).await {
+        Ok(report) => {
+            if new_cluster {
+                if let Ok(path) = ssh_config_path() {
+                    let _ = ssh_config::remove_ssh_config_block(&path, cluster).await;
+                }
+                let _ = dir.remove();
+            }
+            let removed = if report.removed.is_empty() {
+                "nothing had been made".to_string()
+            } else {
+                format!("removed {}", report.removed.join(", "))
+            };
+            anyhow::anyhow!("{cause:#}; --rollback-on-failure {removed}")
+        }
+        Err(e) => anyhow::anyhow!(
+            "{cause:#}; the rollback failed too ({e:#}): run `swarmup destroy {cluster}` to remove what is left"
+        ),
+    }
 }
 
 /// The address this host uses to reach the machines (no packet is sent).
@@ -461,7 +521,10 @@ pub async fn machines_of(record: &ClusterRecord) -> Result<Vec<Machine>> {
 }
 
 pub async fn ls(out: &Output) -> Result<()> {
-    let all = records::all()?;
+    let mut all = records::all()?;
+    // DigitalOcean clusters this machine has no record of, found by their tags.
+    all.extend(crate::digitalocean::adopt_tagged(&all).await);
+    all.sort_by(|a, b| a.name.cmp(&b.name));
     let mut rows = Vec::new();
     let mut json = Vec::new();
     for r in &all {
@@ -496,7 +559,8 @@ pub async fn ls(out: &Output) -> Result<()> {
 pub async fn destroy(out: &Output, name: &str, yes: bool) -> Result<()> {
     records::validate_name(name)?;
     let dir = ClusterDir::of(name)?;
-    if !dir.exists() {
+    // A DigitalOcean cluster made elsewhere is found by its tags.
+    if !dir.exists() && !crate::digitalocean::adopt(name).await? {
         bail!("no cluster named {name}: see `swarmup ls`");
     }
     let record = dir.load()?;
@@ -670,30 +734,6 @@ pub async fn image_load(out: &Output, name: &str, input: Option<PathBuf>) -> Res
         out.say(&format!("{}: loaded {}", l.machine, l.images.join(", ")));
     }
     Ok(())
-}
-
-/// Cloud-init for the DigitalOcean droplets of one create call.
-pub fn cloud_init_for(
-    plan: &ClusterPlan,
-    machines: &[MachinePlan],
-) -> Result<String, ProviderError> {
-    let [machine] = machines else {
-        return Err(ProviderError::InvalidRequest(
-            "cloud-init is rendered for one droplet at a time".into(),
-        ));
-    };
-    let host_key: &HostKey = &machine.host_key;
-    swarmup_templates::cloud_init(&swarmup_templates::CloudInitContext {
-        hostname: machine.name.clone(),
-        login_public_key: plan.login_public_key.clone(),
-        host_key_private: host_key.private_openssh.clone(),
-        host_key_public: host_key.public_openssh.clone(),
-        packages: swarmup_templates::CloudInitContext::DEFAULT_PACKAGES
-            .iter()
-            .map(|p| p.to_string())
-            .collect(),
-    })
-    .map_err(|e| ProviderError::InvalidRequest(format!("cloud-init: {e}")))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod api;
 mod commands;
+mod digitalocean;
 mod output;
 mod providers;
 mod records;
@@ -112,10 +113,11 @@ pub struct CreateArgs {
     /// Reuse this SSH public key (DigitalOcean) instead of a per-cluster key.
     #[arg(long)]
     ssh_key: Option<std::path::PathBuf>,
-    /// Who may reach SSH (CIDR, repeatable; default anywhere).
+    /// Who may reach SSH and the Docker API (CIDR, repeatable; default anywhere).
     #[arg(long)]
     ssh_from: Vec<String>,
-    /// DigitalOcean API token (or DIGITALOCEAN_TOKEN / DIGITALOCEAN_ACCESS_TOKEN).
+    /// DigitalOcean API token (or DIGITALOCEAN_TOKEN / DIGITALOCEAN_ACCESS_TOKEN, or
+    /// `digitalocean: {token: ...}` in ~/.config/swarmup/config.yaml).
     #[arg(long)]
     token: Option<String>,
     /// Show the plan and its cost, create nothing.

@@ -1,10 +1,16 @@
 //! Which provider a cluster uses, built from the user's choices.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
-use swarmup_providers::Provider;
+use anyhow::{bail, Context, Result};
+use swarmup_providers::digitalocean::DigitalOceanProvider;
+use swarmup_providers::{DestroyReport, Provider};
+
+use crate::records::ClusterRecord;
+use crate::CreateArgs;
 
 /// The providers `--provider` accepts.
 pub const KNOWN: &[&str] = &["lab", "digitalocean"];
@@ -19,6 +25,69 @@ pub struct ProviderChoice {
     pub size: Option<String>,
     pub image: Option<String>,
     pub ssh_from: Vec<String>,
+    /// A public key file already on the DigitalOcean account, used instead of a
+    /// per-cluster key.
+    pub ssh_key: Option<PathBuf>,
+}
+
+/// `provider_options` keys of a cluster record.
+const OPT_REGION: &str = "region";
+const OPT_SIZE: &str = "size";
+const OPT_IMAGE: &str = "image";
+const OPT_SSH_FROM: &str = "ssh_from";
+const OPT_SSH_KEY: &str = "ssh_key";
+
+impl ProviderChoice {
+    /// The choices of a create: its flags, and for what they leave out, what the first run
+    /// of the same cluster chose, so that a resumed create puts the rest of the machines
+    /// where the first ones are.
+    pub fn for_create(args: &CreateArgs, existing: Option<&ClusterRecord>) -> Self {
+        let recorded = |key: &str| {
+            existing
+                .filter(|r| r.provider == args.provider)
+                .and_then(|r| r.provider_options.get(key))
+                .filter(|v| !v.is_empty())
+                .cloned()
+        };
+        let ssh_from = if args.ssh_from.is_empty() {
+            recorded(OPT_SSH_FROM)
+                .map(|v| v.split(',').map(str::to_string).collect())
+                .unwrap_or_default()
+        } else {
+            args.ssh_from.clone()
+        };
+        ProviderChoice {
+            name: args.provider.clone(),
+            token: args.token.clone(),
+            region: args.region.clone().or_else(|| recorded(OPT_REGION)),
+            size: args.size.clone().or_else(|| recorded(OPT_SIZE)),
+            image: args.image.clone().or_else(|| recorded(OPT_IMAGE)),
+            ssh_from,
+            ssh_key: args
+                .ssh_key
+                .clone()
+                .or_else(|| recorded(OPT_SSH_KEY).map(PathBuf::from)),
+        }
+    }
+
+    /// What a cluster record keeps for the next run (never the token).
+    pub fn recorded(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let mut put = |k: &str, v: Option<String>| {
+            if let Some(v) = v.filter(|v| !v.is_empty()) {
+                out.insert(k.to_string(), v);
+            }
+        };
+        put(OPT_REGION, self.region.clone());
+        put(OPT_SIZE, self.size.clone());
+        put(OPT_IMAGE, self.image.clone());
+        put(OPT_SSH_FROM, Some(self.ssh_from.join(",")));
+        put(
+            OPT_SSH_KEY,
+            self.ssh_key.as_ref().map(|p| p.display().to_string()),
+        );
+        out
+    }
 }
 
 pub fn check_name(name: &str) -> Result<()> {
@@ -46,22 +115,65 @@ fn lab() -> Result<Arc<dyn Provider>> {
     bail!("the lab provider runs on Linux only: use --provider digitalocean, or run swarmup on a Linux host")
 }
 
-/// The DigitalOcean token from the flag or the environment.
-pub fn digitalocean_token(flag: Option<&str>) -> Option<String> {
-    flag.map(str::to_string)
+/// The DigitalOcean token: the flag, DIGITALOCEAN_TOKEN, DIGITALOCEAN_ACCESS_TOKEN, then
+/// `digitalocean: {token: ...}` in the user's config file.
+pub fn digitalocean_token(flag: Option<&str>) -> Result<Option<String>> {
+    let given = flag
+        .map(str::to_string)
         .or_else(|| std::env::var("DIGITALOCEAN_TOKEN").ok())
         .or_else(|| std::env::var("DIGITALOCEAN_ACCESS_TOKEN").ok())
-        .filter(|t| !t.is_empty())
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty());
+    if given.is_some() {
+        return Ok(given);
+    }
+    crate::digitalocean::config_token()
 }
 
-fn digitalocean(choice: &ProviderChoice) -> Result<Arc<dyn Provider>> {
-    use swarmup_providers::digitalocean::{DigitalOceanOptions, DigitalOceanProvider};
-    let Some(token) = digitalocean_token(choice.token.as_deref()) else {
-        bail!("no DigitalOcean token: pass --token or set DIGITALOCEAN_TOKEN");
+/// The MD5 fingerprint DigitalOcean files a public key under, from a `.pub` file.
+pub fn key_fingerprint(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read ssh key {}: give the .pub file", path.display()))?;
+    if text.contains("PRIVATE KEY") {
+        bail!(
+            "{} is a private key: give its public half ({}.pub)",
+            path.display(),
+            path.display()
+        );
+    }
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .unwrap_or_default();
+    swarmup_providers::digitalocean::md5_fingerprint(line).with_context(|| {
+        format!(
+            "{} is not an OpenSSH public key (ssh-ed25519 AAAA... or ssh-rsa AAAA...): give the .pub file of a key on your DigitalOcean account",
+            path.display()
+        )
+    })
+}
+
+/// The DigitalOcean provider itself (not behind the trait), for the dry run, the
+/// rollback and finding clusters by tag.
+pub fn digitalocean_provider(choice: &ProviderChoice) -> Result<Arc<DigitalOceanProvider>> {
+    use swarmup_providers::digitalocean::{DigitalOceanOptions, SshKeyChoice};
+    let Some(token) = digitalocean_token(choice.token.as_deref())? else {
+        bail!(
+            "no DigitalOcean token: pass --token, set DIGITALOCEAN_TOKEN, or put digitalocean: {{token: ...}} in {}",
+            crate::digitalocean::config_path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "~/.config/swarmup/config.yaml".into())
+        );
     };
     let mut options = DigitalOceanOptions::new(token);
     if let Ok(url) = std::env::var("DIGITALOCEAN_API_URL") {
         options.api_url = url;
+    }
+    if let Some(path) = &choice.ssh_key {
+        options.ssh_key = SshKeyChoice::Existing {
+            fingerprint: key_fingerprint(path)?,
+        };
     }
     if let Some(r) = &choice.region {
         options.region = r.clone();
@@ -73,15 +185,54 @@ fn digitalocean(choice: &ProviderChoice) -> Result<Arc<dyn Provider>> {
         options.image = i.clone();
     }
     options.ssh_from = choice.ssh_from.clone();
-    let user_data = Arc::new(crate::commands::cloud_init_for);
+    let user_data = Arc::new(crate::digitalocean::user_data);
     Ok(Arc::new(DigitalOceanProvider::new(options, user_data)?))
 }
 
 pub fn build(choice: &ProviderChoice) -> Result<Arc<dyn Provider>> {
+    Ok(build_for_create(choice)?.provider)
+}
+
+/// A provider for `create`, with what it takes to undo a failed run.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub provider: Arc<dyn Provider>,
+    /// The same provider when it is DigitalOcean's.
+    pub digitalocean: Option<Arc<DigitalOceanProvider>>,
+}
+
+impl Built {
+    /// Removes what the failed create of `cluster` made. `new_cluster`: the cluster did not
+    /// exist before this run, so everything of it goes.
+    pub async fn rollback(&self, cluster: &str, new_cluster: bool) -> Result<DestroyReport> {
+        if let Some(d) = &self.digitalocean {
+            // Only the droplets this run made; the firewall and key go with the last one.
+            return Ok(d.rollback(cluster, &d.created_ids(cluster)).await?);
+        }
+        if new_cluster {
+            return Ok(self.provider.destroy(cluster).await?);
+        }
+        bail!(
+            "the {} provider cannot remove single machines of cluster {cluster}, which existed before this run: run the same create again to finish it, or `swarmup destroy {cluster}`",
+            self.provider.name()
+        )
+    }
+}
+
+pub fn build_for_create(choice: &ProviderChoice) -> Result<Built> {
     check_name(&choice.name)?;
     match choice.name.as_str() {
-        "lab" => lab(),
-        _ => digitalocean(choice),
+        "lab" => Ok(Built {
+            provider: lab()?,
+            digitalocean: None,
+        }),
+        _ => {
+            let d = digitalocean_provider(choice)?;
+            Ok(Built {
+                provider: d.clone(),
+                digitalocean: Some(d),
+            })
+        }
     }
 }
 
@@ -112,4 +263,75 @@ pub fn run_lab_node(args: Vec<String>) -> ExitCode {
 pub fn run_lab_node(_args: Vec<String>) -> ExitCode {
     eprintln!("swarmup lab-node: lab nodes run on Linux only");
     ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_public_key_file_gives_its_md5_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("id.pub");
+        std::fs::write(
+            &key,
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIN9TrNgtf2VHeJloTqTQuEJUMkGMnCSK25Vx/l+zhH0c user@host\n",
+        )
+        .unwrap();
+        assert_eq!(
+            key_fingerprint(&key).unwrap(),
+            "f5:a4:be:64:6f:c9:df:3f:cb:41:f7:72:42:27:92:81"
+        );
+        std::fs::write(&key, "-----BEGIN OPENSSH PRIVATE KEY-----\n").unwrap();
+        let err = key_fingerprint(&key).unwrap_err().to_string();
+        assert!(err.contains("is a private key"), "{err}");
+        std::fs::write(&key, "hello\n").unwrap();
+        assert!(key_fingerprint(&key).is_err());
+        assert!(key_fingerprint(&dir.path().join("missing.pub")).is_err());
+    }
+
+    #[test]
+    fn a_resumed_create_keeps_the_first_runs_choices() {
+        use clap::Parser;
+        let cli = crate::Cli::parse_from([
+            "swarmup",
+            "create",
+            "--provider",
+            "digitalocean",
+            "--region",
+            "fra1",
+            "--ssh-from",
+            "10.0.0.0/8",
+            "--ssh-from",
+            "192.0.2.1/32",
+        ]);
+        let crate::Command::Create(args) = cli.command else {
+            panic!("not create");
+        };
+        let first = ProviderChoice::for_create(&args, None);
+        let record = ClusterRecord {
+            name: "swarm".into(),
+            provider: "digitalocean".into(),
+            created_at: String::new(),
+            machines: vec![],
+            last_seen: vec![],
+            provider_options: first.recorded(),
+        };
+        assert!(!record.provider_options.contains_key("token"));
+        let cli = crate::Cli::parse_from([
+            "swarmup",
+            "create",
+            "--provider",
+            "digitalocean",
+            "--size",
+            "s-2vcpu-2gb",
+        ]);
+        let crate::Command::Create(again) = cli.command else {
+            panic!("not create");
+        };
+        let second = ProviderChoice::for_create(&again, Some(&record));
+        assert_eq!(second.region.as_deref(), Some("fra1"));
+        assert_eq!(second.size.as_deref(), Some("s-2vcpu-2gb"));
+        assert_eq!(second.ssh_from, vec!["10.0.0.0/8", "192.0.2.1/32"]);
+    }
 }

@@ -26,6 +26,7 @@ pub const GOSSIP_PORT: u16 = 7946;
 pub const DATA_PORT: u16 = 4789;
 
 const CLOUD_INIT: &str = "cloud-init.yaml.j2";
+const CLOUD_INIT_MACHINES: &str = "cloud-init-machines.yaml.j2";
 const SERVICE: &str = "swarm-node.service.j2";
 const NFTABLES: &str = "nftables.conf.j2";
 const SSH_CONFIG_BLOCK: &str = "ssh-config-block.j2";
@@ -56,6 +57,10 @@ fn environment() -> &'static Environment<'static> {
         env.add_filter("ssh_path", ssh_path_filter);
         let sources = [
             (CLOUD_INIT, include_str!("../templates/cloud-init.yaml.j2")),
+            (
+                CLOUD_INIT_MACHINES,
+                include_str!("../templates/cloud-init-machines.yaml.j2"),
+            ),
             (SERVICE, include_str!("../templates/swarm-node.service.j2")),
             (NFTABLES, include_str!("../templates/nftables.conf.j2")),
             (
@@ -231,6 +236,130 @@ pub fn cloud_init(ctx: &CloudInitContext) -> Result<String, TemplateError> {
         check_name(CLOUD_INIT, "package", package)?;
     }
     render(CLOUD_INIT, ctx)
+}
+
+/// Where [`cloud_init_for_machines`] writes every machine's host key, one directory per
+/// hostname: `DIR/HOSTNAME/ssh_host_ed25519_key` (and `.pub`). Removed at first boot.
+pub const CLOUD_INIT_HOST_KEYS_DIR: &str = "/etc/swarmup/host-keys";
+/// The first-boot script that installs the key of the machine's own hostname.
+pub const CLOUD_INIT_HOST_KEY_SCRIPT: &str = "/etc/swarmup/install-host-key.sh";
+
+/// One machine of a [`MachinesCloudInitContext`]: its hostname and its SSH host key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineHostKey {
+    pub hostname: String,
+    /// OpenSSH private key text.
+    pub host_key_private: String,
+    /// `ssh-ed25519 AAAA...`.
+    pub host_key_public: String,
+}
+
+/// First-boot user data shared by several machines that a provider creates in one call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachinesCloudInitContext {
+    /// `ssh-ed25519 AAAA...`: the key swarmup logs in with, authorized for root.
+    pub login_public_key: String,
+    pub machines: Vec<MachineHostKey>,
+    /// Distribution packages to install; [`CloudInitContext::DEFAULT_PACKAGES`] by default.
+    pub packages: Vec<String>,
+}
+
+impl MachinesCloudInitContext {
+    /// A context with the default packages.
+    pub fn new(login_public_key: impl Into<String>, machines: Vec<MachineHostKey>) -> Self {
+        Self {
+            login_public_key: login_public_key.into(),
+            machines,
+            packages: CloudInitContext::DEFAULT_PACKAGES
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct MachinesView<'a> {
+    login_public_key: &'a str,
+    hostnames: Vec<&'a str>,
+    machines: &'a [MachineHostKey],
+    packages: &'a [String],
+    host_keys_dir: &'static str,
+    install_script: &'static str,
+}
+
+/// Renders `#cloud-config` user data that several machines share (a provider that creates
+/// them in one call gives each the same text): every machine's host key is written, and
+/// each machine installs the one filed under its own hostname at first boot and removes
+/// the rest. Otherwise like [`cloud_init`]: Docker from distribution packages, root login
+/// with the cluster key only, no password logins.
+pub fn cloud_init_for_machines(ctx: &MachinesCloudInitContext) -> Result<String, TemplateError> {
+    const T: &str = CLOUD_INIT_MACHINES;
+    check_single_line(T, "login public key", &ctx.login_public_key)?;
+    if ctx.machines.is_empty() {
+        return Err(invalid(T, "no machines given: render for at least one"));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for m in &ctx.machines {
+        check_name(T, "hostname", &m.hostname)?;
+        // The hostname is also a directory name on the machine.
+        if m.hostname.starts_with('.') || m.hostname.starts_with('-') {
+            return Err(invalid(
+                T,
+                format!(
+                    "hostname {:?} must start with a letter or digit",
+                    m.hostname
+                ),
+            ));
+        }
+        if !seen.insert(m.hostname.as_str()) {
+            return Err(invalid(
+                T,
+                format!(
+                    "hostname {} appears twice: give every machine its own",
+                    m.hostname
+                ),
+            ));
+        }
+        check_single_line(T, "host public key", &m.host_key_public)?;
+        if !m.host_key_public.starts_with("ssh-ed25519 ") {
+            return Err(invalid(
+                T,
+                format!(
+                    "host key for {} must be ssh-ed25519, got {:?}",
+                    m.hostname,
+                    m.host_key_public.split(' ').next().unwrap_or("")
+                ),
+            ));
+        }
+        if !m
+            .host_key_private
+            .trim_start()
+            .starts_with("-----BEGIN OPENSSH PRIVATE KEY-----")
+        {
+            return Err(invalid(
+                T,
+                format!(
+                    "host private key for {} is not in OpenSSH format",
+                    m.hostname
+                ),
+            ));
+        }
+    }
+    for package in &ctx.packages {
+        check_name(T, "package", package)?;
+    }
+    render(
+        T,
+        &MachinesView {
+            login_public_key: &ctx.login_public_key,
+            hostnames: ctx.machines.iter().map(|m| m.hostname.as_str()).collect(),
+            machines: &ctx.machines,
+            packages: &ctx.packages,
+            host_keys_dir: CLOUD_INIT_HOST_KEYS_DIR,
+            install_script: CLOUD_INIT_HOST_KEY_SCRIPT,
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------

@@ -86,6 +86,249 @@ fn cloud_init_is_yaml_with_the_keys_intact() {
     assert_eq!(doc["packages"][0].as_str(), Some("docker.io"));
 }
 
+fn machines_ctx() -> MachinesCloudInitContext {
+    let key = |host: &str| MachineHostKey {
+        hostname: host.to_string(),
+        host_key_private: HOST_PRIVATE.to_string(),
+        host_key_public: HOST_PUBLIC.replace("c1-node1", host),
+    };
+    MachinesCloudInitContext::new(LOGIN_KEY, vec![key("c1-node1"), key("c1-node2")])
+}
+
+#[test]
+fn cloud_init_for_machines_snapshot() {
+    let out = cloud_init_for_machines(&machines_ctx()).unwrap();
+    expect![[r##"
+        #cloud-config
+        # Written by swarmup for c1-node1, c1-node2. Every one of these machines gets this
+        # same text; each installs the SSH host key written under its own hostname (the droplet
+        # name). Everything after first boot happens over SSH.
+        preserve_hostname: false
+        manage_etc_hosts: true
+
+        # swarmup logs in as root with the cluster's own key; passwords never work.
+        disable_root: false
+        ssh_pwauth: false
+        ssh_authorized_keys:
+          - "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFoginKeyForTestsOnlyxxxxxxxxxxxxxxxxxxxxxx swarmup@c1"
+
+        # The host key comes from swarmup, so its known_hosts entry is pinned before the first
+        # connection. Until the machine has installed its own key, sshd has none and refuses
+        # connections rather than show a key swarmup would not accept.
+        ssh_deletekeys: true
+        ssh_genkeytypes: []
+
+        write_files:
+          # Sorts before the image's own drop-ins, and sshd keeps the first value it reads.
+          - path: /etc/ssh/sshd_config.d/10-swarmup.conf
+            owner: root:root
+            permissions: "0644"
+            content: |
+              PasswordAuthentication no
+              KbdInteractiveAuthentication no
+              PermitRootLogin prohibit-password
+          - path: /etc/swarmup/host-keys/c1-node1/ssh_host_ed25519_key
+            owner: root:root
+            permissions: "0600"
+            content: |
+              -----BEGIN OPENSSH PRIVATE KEY-----
+              b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
+              QyNTUxOQAAACBmYWtlLWtleS1mb3ItdGVzdHMtb25seS0tLS0tLS0tLQAAAIg=
+              -----END OPENSSH PRIVATE KEY-----
+          - path: /etc/swarmup/host-keys/c1-node1/ssh_host_ed25519_key.pub
+            owner: root:root
+            permissions: "0644"
+            content: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyForTestsOnlyxxxxxxxxxxxxxxxxxxxxxxx c1-node1\n"
+          - path: /etc/swarmup/host-keys/c1-node2/ssh_host_ed25519_key
+            owner: root:root
+            permissions: "0600"
+            content: |
+              -----BEGIN OPENSSH PRIVATE KEY-----
+              b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
+              QyNTUxOQAAACBmYWtlLWtleS1mb3ItdGVzdHMtb25seS0tLS0tLS0tLQAAAIg=
+              -----END OPENSSH PRIVATE KEY-----
+          - path: /etc/swarmup/host-keys/c1-node2/ssh_host_ed25519_key.pub
+            owner: root:root
+            permissions: "0644"
+            content: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyForTestsOnlyxxxxxxxxxxxxxxxxxxxxxxx c1-node2\n"
+          # Picks this machine's key by hostname, then removes every machine's keys from disk.
+          - path: /etc/swarmup/install-host-key.sh
+            owner: root:root
+            permissions: "0755"
+            content: |
+              #!/bin/sh
+              set -eu
+              dir=/etc/swarmup/host-keys
+              trap 'rm -rf "$dir"' EXIT
+              host=$(hostname)
+              [ -f "$dir/$host/ssh_host_ed25519_key" ] || host=$(hostname -s)
+              if [ ! -f "$dir/$host/ssh_host_ed25519_key" ]; then
+                echo "swarmup: no ssh host key for $(hostname) in $dir" >&2
+                exit 1
+              fi
+              install -o root -g root -m 0600 "$dir/$host/ssh_host_ed25519_key" /etc/ssh/ssh_host_ed25519_key
+              install -o root -g root -m 0644 "$dir/$host/ssh_host_ed25519_key.pub" /etc/ssh/ssh_host_ed25519_key.pub
+              systemctl reset-failed ssh.socket ssh.service 2>/dev/null || true
+              systemctl restart ssh.service 2>/dev/null || systemctl restart sshd.service
+
+        package_update: true
+        packages:
+          - "docker.io"
+          - "nftables"
+
+        runcmd:
+          - [sh, /etc/swarmup/install-host-key.sh]
+          - [systemctl, enable, --now, docker.service]
+          - [mkdir, -p, /var/lib/swarmup]
+    "##]].assert_eq(&out);
+}
+
+#[test]
+fn cloud_init_for_machines_files_every_key_under_its_hostname() {
+    let out = cloud_init_for_machines(&machines_ctx()).unwrap();
+    assert!(out.starts_with("#cloud-config\n"));
+    let doc: serde_norway::Value = serde_norway::from_str(&out).unwrap();
+    // Shared text: no hostname of its own, the machine keeps the provider's.
+    assert!(doc.get("hostname").is_none());
+    assert_eq!(doc["ssh_authorized_keys"][0].as_str(), Some(LOGIN_KEY));
+    assert!(doc.get("ssh_keys").is_none());
+    let files = doc["write_files"].as_sequence().unwrap();
+    let content = |path: String| {
+        files
+            .iter()
+            .find(|f| f["path"].as_str() == Some(path.as_str()))
+            .and_then(|f| f["content"].as_str())
+            .map(str::to_string)
+    };
+    for host in ["c1-node1", "c1-node2"] {
+        let dir = format!("{CLOUD_INIT_HOST_KEYS_DIR}/{host}");
+        assert_eq!(
+            content(format!("{dir}/ssh_host_ed25519_key")).as_deref(),
+            Some(HOST_PRIVATE)
+        );
+        assert_eq!(
+            content(format!("{dir}/ssh_host_ed25519_key.pub")),
+            Some(format!("{}\n", HOST_PUBLIC.replace("c1-node1", host)))
+        );
+    }
+    let script = content(CLOUD_INIT_HOST_KEY_SCRIPT.to_string()).unwrap();
+    assert!(script.starts_with("#!/bin/sh\n"), "{script}");
+    assert_eq!(
+        doc["runcmd"][0][1].as_str(),
+        Some(CLOUD_INIT_HOST_KEY_SCRIPT)
+    );
+}
+
+#[test]
+fn cloud_init_for_machines_script_installs_the_key_of_its_hostname() {
+    if std::process::Command::new("sh")
+        .arg("-c")
+        .arg("true")
+        .status()
+        .is_err()
+    {
+        println!("skipped: no sh");
+        return;
+    }
+    let out = cloud_init_for_machines(&machines_ctx()).unwrap();
+    let doc: serde_norway::Value = serde_norway::from_str(&out).unwrap();
+    let files = doc["write_files"].as_sequence().unwrap();
+    let script = files
+        .iter()
+        .find(|f| f["path"].as_str() == Some(CLOUD_INIT_HOST_KEY_SCRIPT))
+        .and_then(|f| f["content"].as_str())
+        .unwrap();
+    // The script as written, with its fixed paths moved under a scratch directory and the
+    // commands that need root replaced by harmless stand-ins.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    for f in files {
+        let path = f["path"].as_str().unwrap();
+        if let Some(rest) = path.strip_prefix(CLOUD_INIT_HOST_KEYS_DIR) {
+            let to = root.join(format!("keys{rest}"));
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::write(to, f["content"].as_str().unwrap()).unwrap();
+        }
+    }
+    std::fs::create_dir_all(root.join("ssh")).unwrap();
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for (name, body) in [
+        ("hostname", "echo c1-node2"),
+        (
+            "systemctl",
+            "echo \"$@\" >> \"$(dirname \"$0\")/../systemctl.log\"",
+        ),
+        ("install", "shift 6; cp \"$1\" \"$2\""),
+    ] {
+        let p = bin.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let script = script
+        .replace(
+            CLOUD_INIT_HOST_KEYS_DIR,
+            &root.join("keys").display().to_string(),
+        )
+        .replace("/etc/ssh/", &format!("{}/", root.join("ssh").display()));
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let installed = std::fs::read_to_string(root.join("ssh/ssh_host_ed25519_key.pub")).unwrap();
+    assert_eq!(
+        installed.trim(),
+        HOST_PUBLIC.replace("c1-node1", "c1-node2")
+    );
+    assert!(
+        !root.join("keys").exists(),
+        "the other machines' keys stay behind"
+    );
+    let log = std::fs::read_to_string(root.join("systemctl.log")).unwrap();
+    assert!(log.contains("restart ssh.service"), "{log}");
+}
+
+#[test]
+fn cloud_init_for_machines_rejects_bad_input() {
+    let mut ctx = machines_ctx();
+    ctx.machines[1].hostname = "../etc".into();
+    let err = cloud_init_for_machines(&ctx).unwrap_err().to_string();
+    assert!(
+        err.starts_with("cloud-init-machines.yaml.j2: hostname"),
+        "{err}"
+    );
+
+    let mut ctx = machines_ctx();
+    ctx.machines[1].hostname = "c1-node1".into();
+    let err = cloud_init_for_machines(&ctx).unwrap_err().to_string();
+    assert!(err.contains("appears twice"), "{err}");
+
+    let mut ctx = machines_ctx();
+    ctx.machines.clear();
+    assert!(cloud_init_for_machines(&ctx).is_err());
+
+    let mut ctx = machines_ctx();
+    ctx.machines[0].host_key_private = "nope".into();
+    let err = cloud_init_for_machines(&ctx).unwrap_err().to_string();
+    assert!(err.contains("not in OpenSSH format"), "{err}");
+
+    let mut ctx = machines_ctx();
+    ctx.login_public_key = "ssh-ed25519 AAAA\nruncmd: [rm]".into();
+    let err = cloud_init_for_machines(&ctx).unwrap_err().to_string();
+    assert!(err.contains("single line"), "{err}");
+}
+
 #[test]
 fn cloud_init_rejects_bad_input() {
     let mut ctx = cloud_init_ctx();

@@ -127,7 +127,7 @@ async fn gate(State(s): S, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
     let kill = req.extensions().get::<ConnKill>().cloned();
-    let (injected, limit, remaining) = {
+    let (injected, limit, remaining, latency) = {
         let mut inner = s.lock();
         let injected = inner.faults.take(&method, &path);
         inner.ratelimit_remaining = inner.ratelimit_remaining.saturating_sub(1);
@@ -135,8 +135,12 @@ async fn gate(State(s): S, req: Request, next: Next) -> Response {
             injected,
             inner.settings.ratelimit_limit,
             inner.ratelimit_remaining,
+            inner.settings.api_latency,
         )
     };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let log = |status: Option<u16>, dropped: bool| {
         s.lock().calls.push(ApiCall {
             method: method.clone(),
@@ -629,6 +633,8 @@ async fn create_droplets(State(s): S, body: Bytes) -> Response {
             locked: false,
             vpc_uuid: vpc.id.clone(),
             monitoring: req.monitoring,
+            requested: std::time::Instant::now(),
+            active_after: None,
         };
         made.push(droplet_json(&rec));
         inner.droplets.insert(id, rec);
@@ -673,6 +679,7 @@ async fn boot(s: Arc<Shared>, id: u64, action: u64, delay: std::time::Duration) 
                     Some(d) => {
                         d.addrs = Some(addrs);
                         d.status = Status::Active;
+                        d.active_after = Some(d.requested.elapsed());
                         true
                     }
                     None => false,
@@ -1043,6 +1050,12 @@ async fn admin_state(State(s): S) -> Response {
         "droplets": inner.droplets.values().map(droplet_json).collect::<Vec<_>>(),
         "ssh_keys": inner.keys.values().map(key_json).collect::<Vec<_>>(),
         "firewalls": inner.firewalls.iter().map(firewall_json).collect::<Vec<_>>(),
+        // Not DigitalOcean's: seconds from each create call to its droplet turning active.
+        "boot_seconds": inner
+            .droplets
+            .values()
+            .filter_map(|d| Some((d.spec.name.clone(), json!(d.active_after?.as_secs_f64()))))
+            .collect::<serde_json::Map<_, _>>(),
     }))
     .into_response()
 }

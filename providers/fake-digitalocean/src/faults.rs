@@ -122,6 +122,9 @@ pub struct Faults {
     pub action_delay_ms: Option<u64>,
     /// Sets `ratelimit-remaining`, which then counts down by one per request.
     pub ratelimit_remaining: Option<u64>,
+    /// How long every API request takes before it is answered, like a round trip to a
+    /// far-away API.
+    pub api_latency_ms: Option<u64>,
 }
 
 /// What the gate decided for one request.

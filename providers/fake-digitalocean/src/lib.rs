@@ -11,11 +11,16 @@
 //! [`Faults`]: 429 with `retry-after`, 5xx, dropped connections, a partial multi-create,
 //! the account's droplet limit, slow boots and actions. `GET /_fake/calls` returns the
 //! request log and `GET /_fake/state` everything the fake holds.
+//!
+//! On Linux, [`LabBackend`] makes every droplet a real machine: a lab node on this host
+//! with its own sshd and dockerd, reachable at the droplet's address.
 
 mod api;
 mod backend;
 mod catalog;
 mod faults;
+#[cfg(target_os = "linux")]
+mod lab;
 mod state;
 
 use std::convert::Infallible;
@@ -37,6 +42,8 @@ pub use backend::{BackendError, DropletAddrs, DropletBackend, DropletSpec, Memor
 pub use faults::{
     DropFault, Faults, Matcher, PartialCreateFault, RateLimitFault, ServerErrorFault,
 };
+#[cfg(target_os = "linux")]
+pub use lab::{read_user_data, FirstBoot, LabBackend, UNTAGGED_CLUSTER};
 pub use state::ApiCall;
 
 use api::ConnKill;
@@ -57,6 +64,8 @@ pub struct FakeOptions {
     pub max_per_page: u32,
     /// `ratelimit-limit`; `ratelimit-remaining` starts here and counts down per request.
     pub ratelimit_limit: u64,
+    /// How long every API request takes.
+    pub api_latency: Duration,
     /// Faults armed from the first request on.
     pub faults: Faults,
     pub backend: Arc<dyn DropletBackend>,
@@ -71,6 +80,7 @@ impl Default for FakeOptions {
             action_delay: Duration::from_millis(300),
             max_per_page: 200,
             ratelimit_limit: 5000,
+            api_latency: Duration::ZERO,
             faults: Faults::default(),
             backend: Arc::new(MemoryBackend::default()),
         }
@@ -87,6 +97,8 @@ pub struct FakeDroplet {
     pub addrs: Option<DropletAddrs>,
     pub user_data: Option<String>,
     pub ssh_public_keys: Vec<String>,
+    /// How long after its create call it turned active; `None` while it boots.
+    pub active_after: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -131,6 +143,7 @@ impl FakeDo {
             action_delay: options.action_delay,
             max_per_page: options.max_per_page,
             ratelimit_limit: options.ratelimit_limit,
+            api_latency: options.api_latency,
         };
         let shared = Arc::new(Shared {
             addr,
@@ -194,6 +207,7 @@ impl FakeDo {
                 addrs: d.addrs,
                 user_data: d.spec.user_data.clone(),
                 ssh_public_keys: d.spec.ssh_public_keys.clone(),
+                active_after: d.active_after,
             })
             .collect()
     }

@@ -49,6 +49,10 @@ pub(crate) struct DropletRec {
     pub locked: bool,
     pub vpc_uuid: String,
     pub monitoring: bool,
+    /// When the create call that made it was answered.
+    pub requested: std::time::Instant,
+    /// How long after `requested` it turned active.
+    pub active_after: Option<Duration>,
 }
 
 pub(crate) struct KeyRec {
@@ -85,6 +89,7 @@ pub(crate) struct Settings {
     pub action_delay: Duration,
     pub max_per_page: u32,
     pub ratelimit_limit: u64,
+    pub api_latency: Duration,
 }
 
 pub(crate) struct Inner {
@@ -137,6 +142,9 @@ impl Inner {
         if let Some(n) = f.ratelimit_remaining {
             self.ratelimit_remaining = n;
         }
+        if let Some(ms) = f.api_latency_ms {
+            self.settings.api_latency = Duration::from_millis(ms);
+        }
     }
 
     /// The counted faults still pending plus the current settings.
@@ -146,6 +154,7 @@ impl Inner {
             boot_delay_ms: Some(self.settings.boot_delay.as_millis() as u64),
             action_delay_ms: Some(self.settings.action_delay.as_millis() as u64),
             ratelimit_remaining: Some(self.ratelimit_remaining),
+            api_latency_ms: Some(self.settings.api_latency.as_millis() as u64),
             ..self.faults.clone()
         }
     }

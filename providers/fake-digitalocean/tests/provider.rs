@@ -322,7 +322,7 @@ async fn server_errors_back_off_exponentially_and_give_up() {
     let (p, clock) = provider_with(&fake, |_| {});
     fake.set_faults(
         serde_json::from_value(
-            json!({"server_error": {"count": 3, "status": 503, "method": "GET"}}),
+            json!({"server_error": {"count": 3, "status": 503, "method": "GET", "path_prefix": "/v2/account"}}),
         )
         .unwrap(),
     );

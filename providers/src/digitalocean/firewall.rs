@@ -5,8 +5,14 @@ use super::types::{Firewall, FirewallCreate, InboundRule, OutboundRule, Targets}
 /// Where SSH is open from when the user names nothing.
 pub const SSH_FROM_ANYWHERE: [&str; 2] = ["0.0.0.0/0", "::/0"];
 
-/// The cluster's cloud firewall, applied by tag: SSH from `ssh_from`, the swarm ports only
+/// The cluster's cloud firewall, applied by tag: SSH from `ssh_from`, the swarm ports
 /// between machines of the cluster, everything outbound.
+///
+/// 2377/tcp is also open from `ssh_from`: swarm-node serves the Docker API there, and the
+/// admin's `docker` CLI (`swarmup env`) must reach it from outside the cluster. That is safe
+/// to open as widely as SSH because the port speaks mutual TLS only: every call, Raft and
+/// Docker API alike, needs a client certificate signed by the cluster's own CA. Gossip and
+/// VXLAN have no such protection and stay open to the cluster alone.
 pub fn cluster_firewall(name: &str, cluster_tag: &str, ssh_from: &[String]) -> FirewallCreate {
     let ssh_from: Vec<String> = if ssh_from.is_empty() {
         SSH_FROM_ANYWHERE.iter().map(|s| s.to_string()).collect()
@@ -33,12 +39,20 @@ pub fn cluster_firewall(name: &str, cluster_tag: &str, ssh_from: &[String]) -> F
                 protocol: "tcp".into(),
                 ports: Some("22".into()),
                 sources: Targets {
-                    addresses: ssh_from,
+                    addresses: ssh_from.clone(),
                     ..Targets::default()
                 },
             },
-            // Swarm: cluster management, gossip, VXLAN data path.
-            peer_rule("tcp", Some("2377")),
+            // Swarm: cluster management and the Docker API (peers and the admin), gossip,
+            // VXLAN data path.
+            InboundRule {
+                protocol: "tcp".into(),
+                ports: Some("2377".into()),
+                sources: Targets {
+                    addresses: ssh_from,
+                    ..peers()
+                },
+            },
             peer_rule("tcp", Some("7946")),
             peer_rule("udp", Some("7946")),
             peer_rule("udp", Some("4789")),
@@ -122,12 +136,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn swarm_ports_are_open_only_between_cluster_machines() {
+    fn swarm_ports_are_open_between_cluster_machines_and_the_api_to_the_admin() {
         let fw = cluster_firewall("swarmup-c1", "swarmup:c1", &["198.51.100.7/32".into()]);
         let ssh = &fw.inbound_rules[0];
         assert_eq!(ssh.ports.as_deref(), Some("22"));
         assert_eq!(ssh.sources.addresses, vec!["198.51.100.7/32"]);
-        for rule in &fw.inbound_rules[1..] {
+        let control = &fw.inbound_rules[1];
+        assert_eq!(control.ports.as_deref(), Some("2377"));
+        assert_eq!(control.sources.tags, vec!["swarmup:c1"]);
+        assert_eq!(control.sources.addresses, vec!["198.51.100.7/32"]);
+        for rule in &fw.inbound_rules[2..] {
             assert_eq!(rule.sources.tags, vec!["swarmup:c1"]);
             assert!(rule.sources.addresses.is_empty());
         }
@@ -145,9 +163,11 @@ mod tests {
     }
 
     #[test]
-    fn ssh_defaults_to_anywhere() {
+    fn ssh_and_the_api_default_to_anywhere() {
         let fw = cluster_firewall("swarmup-c1", "swarmup:c1", &[]);
         assert_eq!(fw.inbound_rules[0].sources.addresses, SSH_FROM_ANYWHERE);
+        assert_eq!(fw.inbound_rules[1].sources.addresses, SSH_FROM_ANYWHERE);
+        assert_eq!(fw.inbound_rules[1].sources.tags, vec!["swarmup:c1"]);
     }
 
     #[test]

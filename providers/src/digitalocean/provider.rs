@@ -465,8 +465,9 @@ impl DigitalOceanProvider {
         let mut w = Vec::new();
         if self.options.ssh_from.is_empty() {
             w.push(
-                "ssh (22/tcp) is open to 0.0.0.0/0 and ::/0: give the addresses you connect \
-                 from to restrict it"
+                "ssh (22/tcp) is open to 0.0.0.0/0 and ::/0, and so is the Docker API \
+                 (2377/tcp, client certificate required): give the addresses you connect from \
+                 to restrict both"
                     .to_string(),
             );
         }
@@ -536,19 +537,20 @@ impl DigitalOceanProvider {
         plan: &ClusterPlan,
     ) -> Result<(DoPlan, Option<u64>, Vec<Droplet>), ProviderError> {
         self.validate(plan)?;
-        let account = self.client.account().await?;
+        let tag = cluster_tag(&plan.cluster);
+        // Independent questions, asked at once: each is a round trip before anything starts.
+        let (account, in_account, droplets, size) = futures_util::try_join!(
+            async { Ok::<_, ProviderError>(self.client.account().await?) },
+            async { Ok(self.client.droplet_count().await?) },
+            async { Ok(self.client.droplets_by_tag(&tag, false).await?) },
+            self.check_size(),
+        )?;
         if account.status == "locked" {
             return Err(ProviderError::Prerequisite(format!(
                 "the DigitalOcean account is locked ({}): resolve it in the control panel first",
                 account.status_message.trim()
             )));
         }
-        let in_account = self.client.droplet_count().await?;
-        let droplets = self
-            .client
-            .droplets_by_tag(&cluster_tag(&plan.cluster), false)
-            .await?;
-        let size = self.check_size().await?;
         let key_id = match &self.options.ssh_key {
             SshKeyChoice::Existing { fingerprint } => {
                 match self.client.ssh_key_by_fingerprint(fingerprint).await? {
