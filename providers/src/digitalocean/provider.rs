@@ -95,6 +95,9 @@ pub struct DigitalOceanOptions {
     pub names_per_call: usize,
     /// How long new droplets may take to become active.
     pub boot_timeout: Duration,
+    /// Between list-by-tag calls while droplets boot. One call covers every droplet, so
+    /// a 1 s poll stays far below DigitalOcean's rate limit and keeps the time swarmup
+    /// adds after the slowest boot short.
     pub poll_interval: Duration,
     /// How long a power action may take.
     pub action_timeout: Duration,
@@ -117,7 +120,7 @@ impl DigitalOceanOptions {
             vpc_uuid: None,
             names_per_call: MAX_NAMES_PER_CALL,
             boot_timeout: Duration::from_secs(600),
-            poll_interval: Duration::from_secs(3),
+            poll_interval: Duration::from_secs(1),
             action_timeout: Duration::from_secs(300),
             retry: RetryPolicy::default(),
         }
