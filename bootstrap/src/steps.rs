@@ -764,6 +764,17 @@ pub enum InitOutcome {
     AlreadyInitialized,
 }
 
+/// When swarmup reaches a machine on another address than the one the swarm advertises
+/// (a droplet's public address), the node's certificate must name it too, so the docker
+/// CLI can verify the manager it talks to from outside the private network.
+fn cert_san_flag(machine: &Machine, advertise: IpAddr) -> String {
+    if machine.ssh.host == advertise {
+        String::new()
+    } else {
+        format!(" --cert-san {}", machine.ssh.host)
+    }
+}
+
 /// Creates the swarm on `machine` advertising `advertise`. A node that is already part
 /// of a swarm counts as done. Retries while the daemon is still starting.
 pub async fn swarm_init(
@@ -778,7 +789,10 @@ pub async fn swarm_init(
         &machine.name,
         &format!("creating the swarm (advertising {advertise})"),
     );
-    let script = swarm_node(&format!("init --advertise-addr {advertise}"));
+    let script = swarm_node(&format!(
+        "init --advertise-addr {advertise}{}",
+        cert_san_flag(machine, advertise)
+    ));
     retry(&machine.name, Step::Init, &waiting_for, limit, |left| {
         let script = &script;
         async move {
@@ -889,8 +903,9 @@ pub async fn swarm_join(
         &format!("joining the swarm as {} through {manager}", machine.role),
     );
     let script = swarm_node(&format!(
-        "join --token {} --advertise-addr {advertise} {manager}",
-        quote(token)
+        "join --token {} --advertise-addr {advertise}{} {manager}",
+        quote(token),
+        cert_san_flag(machine, advertise)
     ));
     retry(&machine.name, Step::Join, &waiting_for, limit, |left| {
         let script = &script;

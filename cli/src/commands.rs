@@ -658,7 +658,9 @@ pub async fn env(out: &Output, name: Option<&str>) -> Result<()> {
     }
     let host = format!(
         "tcp://{}",
-        std::net::SocketAddr::new(manager.private_addr, 2377)
+        // The address swarmup reaches the machine on, public where there is one; the
+        // manager's certificate names it (bootstrap passes --cert-san).
+        std::net::SocketAddr::new(manager.ssh.host, 2377)
     );
     if out.json() {
         println!(

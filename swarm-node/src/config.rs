@@ -30,6 +30,9 @@ pub struct NodeFile {
     pub listen_addr: String,
     /// Control addresses of the managers known at the last contact.
     pub managers: Vec<String>,
+    /// Extra IP addresses the node's certificate names (`--cert-san`).
+    #[serde(default)]
+    pub cert_sans: Vec<String>,
 }
 
 impl NodeFile {
@@ -134,6 +137,7 @@ mod tests {
             advertise_addr: "127.0.0.1:1".into(),
             listen_addr: "127.0.0.1:1".into(),
             managers: vec![],
+            cert_sans: vec![],
         };
         f.save(dir.path()).unwrap();
         assert_eq!(NodeFile::load(dir.path()).unwrap(), Some(f));

@@ -325,10 +325,14 @@ impl Daemon {
         let current = Identity::load(&self.config.state_dir).await?;
         let client = swarm_pki::http_client(&current)?;
         let key = NodeKey::generate()?;
+        let (managers, cert_sans) = {
+            let node = self.node.lock().await;
+            (node.managers.clone(), node.cert_sans.clone())
+        };
         let request = RenewRequest {
             csr_pem: key.csr_pem()?,
+            cert_sans,
         };
-        let managers = self.node.lock().await.managers.clone();
         let mut last_error = String::from("no manager known");
         for manager in managers {
             let url = format!("{}://{manager}{PREFIX}/renew", self.config.scheme);

@@ -39,6 +39,9 @@ enum Command {
         /// The address the control port listens on.
         #[arg(long, default_value = "0.0.0.0:2377")]
         listen_addr: String,
+        /// Another IP address this node's certificate names (a public address); repeatable.
+        #[arg(long = "cert-san")]
+        cert_sans: Vec<std::net::IpAddr>,
         /// How often nodes report (Docker's default: 5s).
         #[arg(long, default_value = "5s", value_parser = parse_duration_ms)]
         dispatcher_heartbeat: u64,
@@ -54,6 +57,9 @@ enum Command {
         /// active, pause or drain.
         #[arg(long)]
         availability: Option<String>,
+        /// Another IP address this node's certificate names (a public address); repeatable.
+        #[arg(long = "cert-san")]
+        cert_sans: Vec<std::net::IpAddr>,
         /// A manager's address (IP or IP:PORT).
         manager: String,
     },
@@ -151,10 +157,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init {
             advertise_addr,
             listen_addr,
+            cert_sans,
             dispatcher_heartbeat,
         } => {
             let outcome = setup::init(&InitOptions {
                 state_dir: cli.state_dir,
+                cert_sans,
                 advertise_addr,
                 listen_addr,
                 heartbeat_ms: dispatcher_heartbeat,
@@ -172,10 +180,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             advertise_addr,
             listen_addr,
             availability,
+            cert_sans,
             manager,
         } => {
             let joined = setup::join(&JoinOptions {
                 state_dir: cli.state_dir,
+                cert_sans,
                 token,
                 manager_addr: manager,
                 advertise_addr,

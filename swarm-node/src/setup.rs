@@ -48,6 +48,8 @@ pub enum SetupError {
 #[derive(Debug, Clone)]
 pub struct InitOptions {
     pub state_dir: PathBuf,
+    /// Extra IP addresses for the node's certificate.
+    pub cert_sans: Vec<IpAddr>,
     pub advertise_addr: String,
     pub listen_addr: String,
     pub heartbeat_ms: u64,
@@ -127,7 +129,9 @@ async fn init_inner(options: &InitOptions) -> Result<InitOutcome, SetupError> {
             node_id: node_id.clone(),
             cluster_id: cluster_id.clone(),
             role: swarm_pki::Role::Manager,
-            ip_sans: vec![advertise_ip],
+            ip_sans: std::iter::once(advertise_ip)
+                .chain(options.cert_sans.iter().copied())
+                .collect(),
             dns_sans: vec![options.hostname.clone()],
         },
     )?;
@@ -246,6 +250,7 @@ async fn init_inner(options: &InitOptions) -> Result<InitOutcome, SetupError> {
         advertise_addr: advertise.clone(),
         listen_addr: with_default_port(&options.listen_addr),
         managers: vec![advertise.clone()],
+        cert_sans: options.cert_sans.iter().map(|ip| ip.to_string()).collect(),
     }
     .save(&options.state_dir)
     .map_err(io("cannot write", &options.state_dir))?;
@@ -265,6 +270,8 @@ pub fn raft_options(state_dir: &Path, node_id: &str) -> RaftOptions {
 #[derive(Debug, Clone)]
 pub struct JoinOptions {
     pub state_dir: PathBuf,
+    /// Extra IP addresses for the node's certificate.
+    pub cert_sans: Vec<IpAddr>,
     pub token: String,
     pub manager_addr: String,
     /// When absent, the local address that routes to the manager.
@@ -330,6 +337,7 @@ async fn join_inner(options: &JoinOptions) -> Result<JoinResponse, SetupError> {
             ..Default::default()
         },
         availability: options.availability.clone(),
+        cert_sans: options.cert_sans.iter().map(|ip| ip.to_string()).collect(),
     };
     let response = client
         .post(format!("https://{manager}{PREFIX}/join"))
@@ -377,6 +385,7 @@ async fn join_inner(options: &JoinOptions) -> Result<JoinResponse, SetupError> {
         } else {
             joined.managers.clone()
         },
+        cert_sans: options.cert_sans.iter().map(|ip| ip.to_string()).collect(),
     }
     .save(&options.state_dir)
     .map_err(io("cannot write", &options.state_dir))?;

@@ -50,6 +50,19 @@ fn host_ip(addr: &str) -> Option<IpAddr> {
         .or_else(|| addr.parse().ok())
 }
 
+/// The extra addresses a node asks its certificate to name.
+fn extra_ips(sans: &[String]) -> Result<Vec<IpAddr>, ApiError> {
+    sans.iter()
+        .map(|s| {
+            s.parse().map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "invalid certificate address {s:?}: give an IP address"
+                ))
+            })
+        })
+        .collect()
+}
+
 /// The control addresses of the managers, the leader's first.
 pub fn manager_addrs(manager: &Manager, state: &ClusterState) -> Vec<String> {
     let mut addrs: Vec<String> = Vec::new();
@@ -104,7 +117,10 @@ pub async fn join(manager: &Manager, request: JoinRequest) -> Result<JoinRespons
                 node_id: node_id.clone(),
                 cluster_id: info.id.clone(),
                 role: pki_role(role),
-                ip_sans: host_ip(&request.advertise_addr).into_iter().collect(),
+                ip_sans: host_ip(&request.advertise_addr)
+                    .into_iter()
+                    .chain(extra_ips(&request.cert_sans)?)
+                    .collect(),
                 dns_sans: vec![request.hostname.clone()],
             },
         )
@@ -171,7 +187,10 @@ pub fn renew(
                 node_id: node_id.to_string(),
                 cluster_id: info.id.clone(),
                 role: pki_role(role),
-                ip_sans: host_ip(&addr).into_iter().collect(),
+                ip_sans: host_ip(&addr)
+                    .into_iter()
+                    .chain(extra_ips(&request.cert_sans)?)
+                    .collect(),
                 dns_sans: vec![swarm_state::node_hostname(node).to_string()],
             },
         )

@@ -36,6 +36,10 @@ pub struct JoinRequest {
     pub description: NodeDescription,
     /// `active`, `pause` or `drain`.
     pub availability: Option<String>,
+    /// More addresses the node's certificate must name, such as a public address
+    /// clients use from outside a private network.
+    #[serde(default)]
+    pub cert_sans: Vec<String>,
 }
 
 /// The CA's answer: who the node is now.
@@ -55,6 +59,8 @@ pub struct JoinResponse {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RenewRequest {
     pub csr_pem: String,
+    #[serde(default)]
+    pub cert_sans: Vec<String>,
 }
 
 /// Sent by every node every heartbeat period.
