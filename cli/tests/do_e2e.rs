@@ -14,6 +14,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+mod support;
+
+use support::{run_bounded, Run};
+
 use fake_digitalocean::{ApiCall, DropletBackend, FakeDo, FakeOptions, Faults, MemoryBackend};
 
 /// A key already on the account in the `--ssh-key` tests, and its MD5 fingerprint.
@@ -68,81 +72,6 @@ fn ensure_swarm_node() -> PathBuf {
     }
     assert!(built.is_file(), "{} is missing", built.display());
     built
-}
-
-#[derive(Debug)]
-struct Run {
-    what: String,
-    status: std::process::ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn ok(&self) -> bool {
-        self.status.success()
-    }
-    fn expect_ok(self) -> String {
-        assert!(self.ok(), "{self}");
-        self.stdout
-    }
-    fn expect_err(self) -> String {
-        assert!(!self.ok(), "expected a failure: {self}");
-        self.stderr
-    }
-}
-
-impl std::fmt::Display for Run {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} ({})\n--- stdout\n{}\n--- stderr\n{}",
-            self.what, self.status, self.stdout, self.stderr
-        )
-    }
-}
-
-fn run_bounded(mut cmd: Command, timeout: Duration) -> Run {
-    use std::io::Read;
-    let what = std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ");
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
-            String::from_utf8_lossy(&bytes).into_owned()
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().expect("stdout")));
-    let err = drain(Box::new(child.stderr.take().expect("stderr")));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if started.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{what} did not finish within {timeout:?}; stderr: {}",
-                err.join().unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Run {
-        what,
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    }
 }
 
 /// What stands behind the fake's droplets.

@@ -63,6 +63,11 @@ impl Run {
     }
 
     /// The standard output of a command that must have succeeded.
+    pub fn expect_err(self) -> String {
+        assert!(!self.ok(), "expected a failure: {self}");
+        self.stderr
+    }
+
     pub fn expect_ok(self) -> String {
         assert!(self.ok(), "{} failed: {self}", self.what);
         self.stdout
