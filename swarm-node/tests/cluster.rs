@@ -173,9 +173,17 @@ fn t10_three_node_cluster_with_the_docker_cli() {
     let bad = n1.docker(&["service", "create", "-d", "--name", "web", IMAGE]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("already exists"));
-    let bad = n1.docker(&["node", "demote", "node1"]);
-    let bad2 = n1.docker(&["node", "demote", "node2"]);
-    assert!(bad.status.success() || bad2.status.success() || !bad.status.success());
+
+    // Demote node2 too: node1 is then the last manager and cannot be demoted.
+    n1.docker_ok(&["node", "demote", "node2"]);
+    wait_for("node2 demoted", Duration::from_secs(20), || {
+        node_table(n1)
+            .iter()
+            .any(|r| r[0] == "node2" && r.len() == 3)
+    });
+    let last = n1.docker(&["node", "demote", "node1"]);
+    assert!(!last.status.success());
+    assert!(String::from_utf8_lossy(&last.stderr).contains("last manager"));
 
     n1.docker_ok(&["service", "rm", "web"]);
     wait_for("containers removed", Duration::from_secs(30), || {
