@@ -181,6 +181,7 @@ async fn init_inner(options: &InitOptions) -> Result<InitOutcome, SetupError> {
         worker_token: worker_token.clone(),
         manager_token: manager_token.clone(),
         heartbeat_period_ms: options.heartbeat_ms,
+        network: Default::default(),
     };
     let first_node = Node {
         id: Some(node_id.clone()),

@@ -1,5 +1,5 @@
-//! What only the Raft leader does: orchestrate, watch node liveness, and keep the Raft
-//! membership equal to the set of nodes whose role is manager.
+//! What only the Raft leader does: orchestrate, allocate overlay addresses, watch node
+//! liveness, and keep the Raft membership equal to the set of nodes whose role is manager.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -11,7 +11,7 @@ use swarm_state::{ids::raft_id, node_role, node_state, ClusterState, Command};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{orchestrator, Manager};
+use super::{allocator, orchestrator, Manager};
 
 /// The longest a pass waits when nothing happens, so timers (liveness, restart delays)
 /// are looked at regularly.
@@ -84,6 +84,16 @@ async fn pass(manager: &Arc<Manager>, promotions: &Arc<Mutex<HashSet<u64>>>) -> 
     for command in plan.commands {
         if let Err(e) = manager.propose(command).await {
             tracing::warn!(error = %e, "orchestrator command refused");
+        }
+    }
+
+    // Addresses for what the orchestrator just created, before workers may start it.
+    if let Some(allocation) = allocator::allocate(&manager.read()) {
+        let command = Command::Allocate {
+            allocation: Box::new(allocation),
+        };
+        if let Err(e) = manager.propose(command).await {
+            tracing::warn!(error = %e, "address allocation refused");
         }
     }
 

@@ -14,6 +14,7 @@ use swarm_state::{ClusterState, Command, CommandResult};
 use crate::clock::SharedClock;
 use crate::error::{ApiError, NO_LEADER};
 
+pub mod allocator;
 pub mod ca;
 pub mod dispatcher;
 pub mod leader;

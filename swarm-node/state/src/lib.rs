@@ -20,7 +20,12 @@ use models::{
 use serde::{Deserialize, Serialize};
 
 pub mod ids;
+pub mod netmap;
+pub mod network;
 pub mod proto;
+
+use network::{Allocation, Attachment, NetworkDefaults, NetworkRecord};
+use std::net::Ipv4Addr;
 
 /// Cluster-wide facts created by `init`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -38,6 +43,9 @@ pub struct ClusterInfo {
     pub manager_token: String,
     /// How often nodes send heartbeats, in milliseconds (Docker's default is 5 s).
     pub heartbeat_period_ms: u64,
+    /// Address pool, subnet size and VXLAN port, chosen at init.
+    #[serde(default)]
+    pub network: NetworkDefaults,
 }
 
 /// The whole replicated state.
@@ -51,6 +59,21 @@ pub struct ClusterState {
     /// version of its assignments, which only grows, so a worker can long-poll for it.
     #[serde(default)]
     pub assignment_versions: BTreeMap<String, u64>,
+    /// Overlay networks by id.
+    #[serde(default)]
+    pub networks: BTreeMap<String, NetworkRecord>,
+    /// Each service's virtual IP per network: service id → network id → VIP.
+    #[serde(default)]
+    pub service_vips: BTreeMap<String, BTreeMap<String, Ipv4Addr>>,
+    /// Each task's addresses, one per network of its service.
+    #[serde(default)]
+    pub task_networks: BTreeMap<String, Vec<Attachment>>,
+    /// Each node's own address on the networks it has tasks on: node → network → address.
+    #[serde(default)]
+    pub node_networks: BTreeMap<String, BTreeMap<String, Ipv4Addr>>,
+    /// The address each network handed out last; the next search starts after it.
+    #[serde(default)]
+    pub ipam_cursors: BTreeMap<String, Ipv4Addr>,
     /// The log index of the last applied command.
     pub last_index: u64,
 }
@@ -120,6 +143,18 @@ pub enum Command {
         role: NodeSpecRoleEnum,
         token: String,
     },
+    /// `docker network create`: subnet, gateway and VNI already chosen.
+    CreateNetwork {
+        network: Box<NetworkRecord>,
+    },
+    /// `docker network rm`; refused while a service uses the network.
+    RemoveNetwork {
+        id: String,
+    },
+    /// Addresses chosen by the leader's allocator.
+    Allocate {
+        allocation: Box<Allocation>,
+    },
 }
 
 /// Why a command was refused. Refusals are part of the log's outcome, identical on every
@@ -167,7 +202,7 @@ pub fn version_of(v: &Option<ObjectVersion>) -> u64 {
     v.as_ref().and_then(|v| v.index).unwrap_or(0)
 }
 
-fn not_found(kind: &str, id: &str) -> ApplyError {
+pub(crate) fn not_found(kind: &str, id: &str) -> ApplyError {
     ApplyError::NotFound {
         kind: kind.into(),
         id: id.into(),
@@ -260,6 +295,7 @@ impl ClusterState {
             Command::RemoveNode { id } => {
                 self.nodes.remove(id).ok_or_else(|| not_found("node", id))?;
                 self.assignment_versions.remove(id);
+                self.node_networks.remove(id);
                 Ok(())
             }
             Command::CreateService { service } => {
@@ -302,6 +338,7 @@ impl ClusterState {
                 self.services
                     .remove(id)
                     .ok_or_else(|| not_found("service", id))?;
+                self.service_vips.remove(id);
                 Ok(())
             }
             Command::PutTasks { tasks } => {
@@ -346,6 +383,7 @@ impl ClusterState {
             }
             Command::RemoveTasks { ids } => {
                 for id in ids {
+                    self.release_task(id);
                     if let Some(node) = self.tasks.remove(id).and_then(|t| t.node_id) {
                         self.assignment_versions.insert(node, index);
                     }
@@ -364,7 +402,75 @@ impl ClusterState {
                 info.version = index;
                 Ok(())
             }
+            Command::CreateNetwork { network } => self.create_network(network, index),
+            Command::RemoveNetwork { id } => self.remove_network(id),
+            Command::Allocate { allocation } => self.apply_allocation(allocation, index),
         }
+    }
+
+    fn create_network(&mut self, record: &NetworkRecord, index: u64) -> Result<(), ApplyError> {
+        let (id, name) = (record.id(), record.name());
+        if id.is_empty() || name.is_empty() {
+            return Err(ApplyError::Invalid("network needs an id and a name".into()));
+        }
+        if self.networks.contains_key(id) || self.networks.values().any(|n| n.name() == name) {
+            return Err(ApplyError::Conflict(format!(
+                "network with name {name} already exists"
+            )));
+        }
+        if let Some(other) = self.networks.values().find(|n| n.vni == record.vni) {
+            return Err(ApplyError::Conflict(format!(
+                "VXLAN id {} is already used by network {}",
+                record.vni,
+                other.name()
+            )));
+        }
+        if let Some(other) = self.networks.values().find(|n| {
+            n.subnet.contains(&record.subnet.network()) || record.subnet.contains(&n.subnet.network())
+        }) {
+            return Err(ApplyError::Conflict(format!(
+                "subnet {} overlaps with network {} ({})",
+                record.subnet,
+                other.name(),
+                other.subnet
+            )));
+        }
+        let mut record = record.clone();
+        record.network.created.get_or_insert_with(String::new);
+        let _ = index;
+        self.networks.insert(id.to_string(), record);
+        Ok(())
+    }
+
+    fn remove_network(&mut self, key: &str) -> Result<(), ApplyError> {
+        let net = self.networks.get(key).ok_or_else(|| not_found("network", key))?;
+        let id = net.id().to_string();
+        if let Some(service) = self.services_on_network(&id).next() {
+            let service_name = service
+                .spec
+                .as_ref()
+                .and_then(|s| s.name.clone())
+                .unwrap_or_default();
+            return Err(ApplyError::Conflict(format!(
+                "network {} is in use by service {}",
+                net.name(),
+                service_name
+            )));
+        }
+        self.networks.remove(&id);
+        for vips in self.service_vips.values_mut() {
+            vips.remove(&id);
+        }
+        self.service_vips.retain(|_, v| !v.is_empty());
+        for attachments in self.task_networks.values_mut() {
+            attachments.retain(|a| a.network_id != id);
+        }
+        for addrs in self.node_networks.values_mut() {
+            addrs.remove(&id);
+        }
+        self.node_networks.retain(|_, v| !v.is_empty());
+        self.ipam_cursors.remove(&id);
+        Ok(())
     }
 
     fn insert_node(&mut self, mut node: Node, index: u64) -> Result<(), ApplyError> {
@@ -439,7 +545,7 @@ impl ClusterState {
     }
 }
 
-fn unique_prefix<'a, T>(
+pub(crate) fn unique_prefix<'a, T>(
     items: impl Iterator<Item = (&'a String, &'a T)>,
     prefix: &str,
 ) -> Option<&'a T> {
