@@ -20,10 +20,11 @@ pub const SWARM_NODE_BINARY: &str = "/var/lib/swarmup/swarm-node";
 pub const SWARM_NODE_STATE_DIR: &str = "/var/lib/swarm-node";
 /// Swarm control plane (Raft, dispatcher, CA).
 pub const CONTROL_PORT: u16 = 2377;
-/// Gossip and node discovery, TCP and UDP.
-pub const GOSSIP_PORT: u16 = 7946;
-/// VXLAN data path.
+/// VXLAN data path (swarm-node's `--data-path-port`). There is no gossip port: swarm-node
+/// derives every forwarding entry from the replicated state, so Docker's 7946 stays shut.
 pub const DATA_PORT: u16 = 4789;
+/// The prefix of the bridges swarm-node makes for overlay networks (`swb<VNI>`).
+pub const OVERLAY_BRIDGES: &str = "swb*";
 
 const CLOUD_INIT: &str = "cloud-init.yaml.j2";
 const CLOUD_INIT_MACHINES: &str = "cloud-init-machines.yaml.j2";
@@ -636,12 +637,12 @@ pub struct NftablesContext {
     /// The addresses of every node of the cluster, this one included.
     pub cluster_nodes: Vec<IpAddr>,
     pub control_port: u16,
-    pub gossip_port: u16,
     pub data_port: u16,
     /// Ports open to everyone.
     pub published_ports: Vec<PublishedPort>,
     /// Interfaces whose traffic to the host is always accepted: containers talking to
-    /// their own host must not be cut off.
+    /// their own host must not be cut off (on overlay bridges, that includes the queries
+    /// to the node's service DNS).
     pub trusted_interfaces: Vec<String>,
 }
 
@@ -653,10 +654,13 @@ impl Default for NftablesContext {
             control_allowed: Vec::new(),
             cluster_nodes: Vec::new(),
             control_port: CONTROL_PORT,
-            gossip_port: GOSSIP_PORT,
             data_port: DATA_PORT,
             published_ports: Vec::new(),
-            trusted_interfaces: vec!["docker0".to_string(), "docker_gwbridge".to_string()],
+            trusted_interfaces: vec![
+                "docker0".to_string(),
+                "docker_gwbridge".to_string(),
+                OVERLAY_BRIDGES.to_string(),
+            ],
         }
     }
 }
@@ -674,7 +678,6 @@ struct NftablesView {
     cluster_v4: Vec<String>,
     cluster_v6: Vec<String>,
     control_port: u16,
-    gossip_port: u16,
     data_port: u16,
     published_tcp: Vec<u16>,
     published_udp: Vec<u16>,
@@ -687,7 +690,6 @@ pub fn nftables(ctx: &NftablesContext) -> Result<String, TemplateError> {
     for (what, port) in [
         ("ssh port", ctx.ssh_port),
         ("control port", ctx.control_port),
-        ("gossip port", ctx.gossip_port),
         ("data port", ctx.data_port),
     ] {
         if port == 0 {
@@ -750,7 +752,6 @@ pub fn nftables(ctx: &NftablesContext) -> Result<String, TemplateError> {
         cluster_v4,
         cluster_v6,
         control_port: ctx.control_port,
-        gossip_port: ctx.gossip_port,
         data_port: ctx.data_port,
         published_tcp: ports(Protocol::Tcp),
         published_udp: ports(Protocol::Udp),

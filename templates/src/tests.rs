@@ -515,6 +515,7 @@ fn nftables_snapshot() {
         		meta l4proto { icmp, ipv6-icmp } accept
         		iifname "docker0" accept
         		iifname "docker_gwbridge" accept
+        		iifname "swb*" accept
 
         		# SSH
         		ip saddr { 198.51.100.7/32, 203.0.113.0/24 } tcp dport 22 accept
@@ -525,10 +526,6 @@ fn nftables_snapshot() {
         		ip6 saddr @cluster_v6 tcp dport 2377 accept
         		# The Docker API shares the control port; it needs a client certificate.
         		ip saddr { 192.0.2.10/32 } tcp dport 2377 accept
-
-        		# Gossip and node discovery.
-        		ip saddr @cluster_v4 meta l4proto { tcp, udp } th dport 7946 accept
-        		ip6 saddr @cluster_v6 meta l4proto { tcp, udp } th dport 7946 accept
 
         		# VXLAN data path: it has no authentication of its own, so cluster nodes only.
         		ip saddr @cluster_v4 udp dport 4789 accept
@@ -550,7 +547,7 @@ fn nftables_snapshot_defaults_open_ssh_to_anyone() {
         ..NftablesContext::default()
     };
     let out = nftables(&ctx).unwrap();
-    expect![[r#"
+    expect![[r##"
         #!/usr/sbin/nft -f
         # Written by swarmup. Only table inet swarmup is managed here: Docker's own tables are
         # never flushed, and forwarding is left to Docker.
@@ -580,6 +577,7 @@ fn nftables_snapshot_defaults_open_ssh_to_anyone() {
         		meta l4proto { icmp, ipv6-icmp } accept
         		iifname "docker0" accept
         		iifname "docker_gwbridge" accept
+        		iifname "swb*" accept
 
         		# SSH
         		tcp dport 22 accept
@@ -588,16 +586,12 @@ fn nftables_snapshot_defaults_open_ssh_to_anyone() {
         		ip saddr @cluster_v4 tcp dport 2377 accept
         		ip6 saddr @cluster_v6 tcp dport 2377 accept
 
-        		# Gossip and node discovery.
-        		ip saddr @cluster_v4 meta l4proto { tcp, udp } th dport 7946 accept
-        		ip6 saddr @cluster_v6 meta l4proto { tcp, udp } th dport 7946 accept
-
         		# VXLAN data path: it has no authentication of its own, so cluster nodes only.
         		ip saddr @cluster_v4 udp dport 4789 accept
         		ip6 saddr @cluster_v6 udp dport 4789 accept
         	}
         }
-    "#]]
+    "##]]
     .assert_eq(&out);
 }
 

@@ -43,8 +43,8 @@ pub fn cluster_firewall(name: &str, cluster_tag: &str, ssh_from: &[String]) -> F
                     ..Targets::default()
                 },
             },
-            // Swarm: cluster management and the Docker API (peers and the admin), gossip,
-            // VXLAN data path.
+            // Swarm: cluster management and the Docker API (peers and the admin), the VXLAN
+            // data path. No gossip port: swarm-node needs none.
             InboundRule {
                 protocol: "tcp".into(),
                 ports: Some("2377".into()),
@@ -53,8 +53,6 @@ pub fn cluster_firewall(name: &str, cluster_tag: &str, ssh_from: &[String]) -> F
                     ..peers()
                 },
             },
-            peer_rule("tcp", Some("7946")),
-            peer_rule("udp", Some("7946")),
             peer_rule("udp", Some("4789")),
             // Lets nodes ping each other when something is wrong.
             peer_rule("icmp", None),
@@ -156,7 +154,7 @@ mod tests {
             .collect();
         assert_eq!(
             ports,
-            ["22/tcp", "2377/tcp", "7946/tcp", "7946/udp", "4789/udp", "-/icmp"]
+            ["22/tcp", "2377/tcp", "4789/udp", "-/icmp"]
         );
         assert_eq!(fw.tags, vec!["swarmup:c1"]);
         assert_eq!(fw.outbound_rules.len(), 3);
@@ -179,7 +177,7 @@ mod tests {
             "outbound_rules": serde_json::to_value(&want.outbound_rules).unwrap(),
         });
         let mut have: Firewall = serde_json::from_value(json).unwrap();
-        have.inbound_rules[5].ports = Some("0".into());
+        have.inbound_rules[3].ports = Some("0".into()); // icmp: DigitalOcean answers "0"
         have.inbound_rules.reverse();
         assert!(firewall_matches(&have, &want));
         let other = cluster_firewall("swarmup-c1", "swarmup:c1", &["10.0.0.0/8".into()]);
