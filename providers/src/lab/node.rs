@@ -52,6 +52,9 @@ pub enum NodeError {
     },
 }
 
+/// A lab node's /etc/resolv.conf: no name server, as the lab has none.
+pub(crate) const LAB_RESOLV_CONF: &str = "# Written by swarmup's lab: lab nodes have no upstream name server.\n";
+
 const USAGE: &str = "usage: swarmup-lab-node --name NODE --node-dir DIR --hosts FILE (started by the lab provider, not by hand)";
 
 impl NodeArgs {
@@ -567,6 +570,12 @@ mod sys {
                 super::say(&format!(
                     "warning: {tree} stays shared with the host: cannot mount an overlay ({e})"
                 ));
+            } else if *tree == "/etc" {
+                // A lab node reaches nothing beyond the lab, so it has no upstream name
+                // server: service DNS then answers unknown names at once instead of
+                // forwarding them to a server the node cannot (and must not) reach.
+                let _ = fs::remove_file("/etc/resolv.conf");
+                write("/etc/resolv.conf", super::LAB_RESOLV_CONF)?;
             }
         }
         if let Some(dpkg) = dpkg {
