@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use support::{
     assert_nothing_created, assert_refused, e2e_enabled, ensure_swarm_node, ensure_test_image,
-    run_bounded, serial, wait_for, Cluster, Sandbox, COMMAND_TIMEOUT, IMAGE,
+    run_bounded, serial, wait_for, Cluster, Sandbox, IMAGE,
 };
 
 /// A node is declared down after three missed 5 s heartbeats; a loaded host adds to that.
@@ -93,17 +93,7 @@ fn main_scenario(prefix: &str, managers: Option<u32>) {
     assert!(status.values().all(|s| s == "Ready"), "{status:?}");
 
     // docker save | swarmup image load: the nodes have no registry.
-    let mut save = support::host_docker();
-    save.args(["save", IMAGE]).stdout(Stdio::piped());
-    let mut save = save.spawn().expect("run docker save");
-    let mut load = cluster.sb().swarmup(&["image", "load", &name]);
-    load.stdin(Stdio::from(save.stdout.take().expect("docker save stdout")));
-    let loaded = run_bounded(load, COMMAND_TIMEOUT);
-    assert!(
-        save.wait().expect("docker save").success(),
-        "docker save failed"
-    );
-    let loaded = loaded.expect_ok();
+    let loaded = cluster.load_test_image();
     for i in 1..=3 {
         assert!(
             loaded.contains(&format!("{name}-node{i}: loaded {IMAGE}")),

@@ -492,6 +492,23 @@ impl Cluster {
             .collect()
     }
 
+    /// `docker save IMAGE | swarmup image load NAME`: the nodes have no registry. Returns
+    /// what `image load` printed.
+    pub fn load_test_image(&self) -> String {
+        ensure_test_image();
+        let mut save = host_docker();
+        save.args(["save", IMAGE]).stdout(Stdio::piped());
+        let mut save = save.spawn().expect("run docker save");
+        let mut load = self.sandbox.swarmup(&["image", "load", &self.name]);
+        load.stdin(Stdio::from(save.stdout.take().expect("docker save stdout")));
+        let loaded = run_bounded(load, COMMAND_TIMEOUT);
+        assert!(
+            save.wait().expect("docker save").success(),
+            "docker save failed"
+        );
+        loaded.expect_ok()
+    }
+
     /// What the lab made for this cluster, read before destroying it.
     pub fn footprint(&self) -> Footprint {
         Footprint::of(&self.sandbox, &self.name)
