@@ -1,15 +1,18 @@
 //! `swarm-node run`: every part of a node under one shutdown tree.
 //!
-//! A node always runs the control-port server (mutual TLS), the local unix-socket server
-//! and the worker agent. While its role is manager it also runs Raft and the manager part.
+//! A node always runs the control-port server (mutual TLS), the local unix-socket server,
+//! the worker agent, the network agent (overlays, see `swarm_worker::netagent`) and the
+//! service DNS server (`swarm-dns`) that containers reach through their gateway. While its role is manager it also runs Raft and the manager part.
 //! The role can change at run time (`docker node promote/demote`): the agent's heartbeat
 //! answer carries the role the cluster wants, and [`Daemon::change_role`] renews the
 //! certificate and starts or stops the manager part to match.
 //!
-//! Shutdown order: stop taking requests, stop the agent (containers keep running, as with
-//! a dockerd restart in Swarm), stop the leader loop, then shut Raft down.
+//! Shutdown order: stop taking requests, stop the agents and the DNS server (containers and
+//! overlays keep running, as with a dockerd restart in Swarm), stop the leader loop, then
+//! shut Raft down. Leaving the swarm also removes the task containers and the overlays.
 
 use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -50,6 +53,106 @@ pub enum DaemonError {
     Docker(String),
 }
 
+/// Where the node's service DNS server listens unless told otherwise. Containers never
+/// use it directly: DNS they send to a gateway is redirected here by the data plane.
+pub const DEFAULT_DNS_PORT: u16 = 7953;
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// Where names outside the swarm's networks are forwarded (`--dns-upstream`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum DnsUpstream {
+    /// The name servers of /etc/resolv.conf, read at start.
+    #[default]
+    ResolvConf,
+    /// Nowhere: such names are refused at once (an isolated lab).
+    None,
+    Servers(Vec<SocketAddr>),
+}
+
+impl std::str::FromStr for DnsUpstream {
+    type Err = String;
+
+    /// `none`, `resolv.conf`, or a comma-separated list of `IP[:PORT]` (port 53 if unset).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "none" => return Ok(DnsUpstream::None),
+            "resolv.conf" | "" => return Ok(DnsUpstream::ResolvConf),
+            _ => {}
+        }
+        s.split(',')
+            .map(|item| {
+                let item = item.trim();
+                item.parse::<SocketAddr>()
+                    .or_else(|_| {
+                        item.parse::<std::net::IpAddr>()
+                            .map(|ip| SocketAddr::new(ip, 53))
+                    })
+                    .map_err(|_| {
+                        format!(
+                            "invalid DNS upstream {item:?}: use none, resolv.conf or IP[:PORT],..."
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(DnsUpstream::Servers)
+    }
+}
+
+impl DnsUpstream {
+    fn upstreams(&self) -> swarm_dns::Upstreams {
+        match self {
+            DnsUpstream::None => swarm_dns::Upstreams::none(),
+            DnsUpstream::Servers(servers) => swarm_dns::Upstreams {
+                servers: servers.clone(),
+                ..swarm_dns::Upstreams::none()
+            },
+            DnsUpstream::ResolvConf => match std::fs::read_to_string(RESOLV_CONF) {
+                Ok(text) => swarm_dns::Upstreams::from_resolv_conf(&text),
+                Err(e) => {
+                    tracing::warn!(path = RESOLV_CONF, error = %e, "no upstream name servers: names outside the swarm will be refused");
+                    swarm_dns::Upstreams::none()
+                }
+            },
+        }
+    }
+}
+
+/// The overlay network settings of `swarm-node run`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkOptions {
+    /// The DNS server's port on every address, UDP and TCP; 0 picks a free one.
+    pub dns_port: u16,
+    pub dns_upstream: DnsUpstream,
+}
+
+impl Default for NetworkOptions {
+    fn default() -> Self {
+        NetworkOptions {
+            dns_port: DEFAULT_DNS_PORT,
+            dns_upstream: DnsUpstream::ResolvConf,
+        }
+    }
+}
+
+/// Binds the DNS server's UDP socket and TCP listener on the same port of every address.
+async fn bind_dns(
+    port: u16,
+) -> std::io::Result<(tokio::net::UdpSocket, tokio::net::TcpListener, u16)> {
+    let any = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+    // With port 0 the UDP port is chosen first; TCP may find it taken: try a few.
+    let attempts = if port == 0 { 5 } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        let udp = tokio::net::UdpSocket::bind(any(port)).await?;
+        let bound = udp.local_addr()?.port();
+        match tokio::net::TcpListener::bind(any(bound)).await {
+            Ok(tcp) => return Ok((udp, tcp, bound)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no port")))
+}
+
 /// The manager part while it runs.
 struct ManagerPart {
     manager: Arc<Manager>,
@@ -66,9 +169,18 @@ struct Daemon {
     manager_part: tokio::sync::Mutex<Option<ManagerPart>>,
 }
 
-/// Runs the node until `shutdown` completes.
+/// Runs the node until `shutdown` completes, with the default network settings.
 pub async fn run(
     config: DaemonConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
+    run_with_network(config, NetworkOptions::default(), shutdown).await
+}
+
+/// Runs the node until `shutdown` completes.
+pub async fn run_with_network(
+    config: DaemonConfig,
+    network: NetworkOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
     let shutdown = Box::pin(shutdown);
@@ -156,6 +268,43 @@ pub async fn run(
         runtime: runtime.clone(),
     })
     .map_err(|e| DaemonError::Docker(e.to_string()))?;
+
+    // Overlays: the data plane, the DNS server that follows the network map, and the
+    // network agent that feeds both and tells the executor which tasks may start.
+    let dataplane = Arc::new(swarm_net::Dataplane::new(Arc::new(
+        swarm_net::SystemKernel::new(),
+    )));
+    let dns_sockets = bind_dns(network.dns_port).await;
+    let dns_port = match &dns_sockets {
+        Ok((_, _, port)) => *port,
+        Err(e) => {
+            tracing::error!(port = network.dns_port, error = %e, "cannot listen for DNS: containers on overlay networks will not resolve service names");
+            network.dns_port
+        }
+    };
+    let netagent = swarm_worker::NetAgent::new(
+        node.node_id.clone(),
+        runtime.clone(),
+        dataplane.clone(),
+        dns_port,
+    );
+    let dns_task = match dns_sockets {
+        Ok((udp, tcp, port)) => {
+            let server =
+                swarm_dns::DnsServer::new(netagent.maps(), network.dns_upstream.upstreams());
+            tracing::info!(port, "service DNS listening");
+            let stop = stopped(stop_rx.clone());
+            Some(tokio::spawn(async move {
+                if let Err(e) = server.serve(udp, tcp, stop).await {
+                    tracing::error!(error = %e, "service DNS stopped");
+                }
+            }))
+        }
+        Err(_) => None,
+    };
+    let agent = agent.with_networks(netagent.ready());
+    let netagent_task = tokio::spawn(netagent.run(agent.netmap_source(), stopped(stop_rx.clone())));
+
     let mut heartbeats = agent.heartbeats();
     let agent_task = tokio::spawn(agent.run(stopped(stop_rx.clone())));
 
@@ -188,22 +337,27 @@ pub async fn run(
     tracing::info!(leaving, "shutting down");
     let _ = stop_tx.send(true);
     let _ = agent_task.await;
+    let _ = netagent_task.await;
+    if let Some(dns) = dns_task {
+        let _ = dns.await;
+    }
     let _ = role_task.await;
     let _ = tcp_server.await;
     let _ = unix_server.await;
     daemon.stop_manager().await;
     let _ = std::fs::remove_file(&config.socket);
     if leaving {
-        forget_swarm(&config, &node.node_id, runtime.as_ref()).await;
+        forget_swarm(&config, &node.node_id, runtime.as_ref(), &dataplane).await;
     }
     Ok(())
 }
 
-/// After `leave`: this node's task containers go, and so does its swarm state.
+/// After `leave`: this node's task containers go, then its overlays, then its swarm state.
 async fn forget_swarm(
     config: &DaemonConfig,
     node_id: &str,
     runtime: &dyn swarm_worker::runtime::ContainerRuntime,
+    dataplane: &swarm_net::Dataplane,
 ) {
     match runtime.list(node_id).await {
         Ok(containers) => {
@@ -214,6 +368,7 @@ async fn forget_swarm(
         }
         Err(e) => tracing::warn!(error = %e, "cannot list task containers to remove"),
     }
+    swarm_worker::netagent::forget(runtime, dataplane, node_id).await;
     crate::config::forget_state(&config.state_dir).await;
     tracing::info!("left the swarm");
 }
@@ -364,5 +519,40 @@ impl Daemon {
         Err(DaemonError::Raft(format!(
             "cannot renew the node certificate: {last_error}"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_upstreams_parse() {
+        assert_eq!("none".parse::<DnsUpstream>(), Ok(DnsUpstream::None));
+        assert_eq!(
+            "resolv.conf".parse::<DnsUpstream>(),
+            Ok(DnsUpstream::ResolvConf)
+        );
+        assert_eq!(
+            "127.0.0.1, 127.0.0.2:5353".parse::<DnsUpstream>(),
+            Ok(DnsUpstream::Servers(vec![
+                "127.0.0.1:53".parse().unwrap(),
+                "127.0.0.2:5353".parse().unwrap()
+            ]))
+        );
+        assert!("nowhere".parse::<DnsUpstream>().is_err());
+        let explicit = DnsUpstream::Servers(vec!["127.0.0.1:5353".parse().unwrap()]);
+        assert_eq!(explicit.upstreams().servers.len(), 1);
+        assert!(DnsUpstream::None.upstreams().servers.is_empty());
+    }
+
+    #[tokio::test]
+    async fn dns_sockets_share_one_port() {
+        let (udp, tcp, port) = bind_dns(0).await.unwrap();
+        assert_ne!(port, 0);
+        assert_eq!(udp.local_addr().unwrap().port(), port);
+        assert_eq!(tcp.local_addr().unwrap().port(), port);
+        // The port is taken now: a second bind of it fails (and the node runs without DNS).
+        assert!(bind_dns(port).await.is_err());
     }
 }

@@ -45,6 +45,15 @@ enum Command {
         /// How often nodes report (Docker's default: 5s).
         #[arg(long, default_value = "5s", value_parser = parse_duration_ms)]
         dispatcher_heartbeat: u64,
+        /// Where overlay network subnets come from (CIDR; repeatable; default 10.0.0.0/8).
+        #[arg(long = "default-addr-pool")]
+        default_addr_pool: Vec<String>,
+        /// The prefix length of each overlay network's subnet taken from the pool.
+        #[arg(long, default_value_t = 24)]
+        default_addr_pool_mask_length: u8,
+        /// The UDP port of overlay (VXLAN) traffic between nodes (1024-49151).
+        #[arg(long, default_value_t = 4789)]
+        data_path_port: u32,
     },
     /// Join a swarm as a worker or a manager, depending on the token.
     Join {
@@ -68,6 +77,14 @@ enum Command {
         /// The Docker Engine socket that runs this node's tasks.
         #[arg(long, env = "SWARM_NODE_DOCKER_SOCKET", default_value = DEFAULT_DOCKER_SOCKET)]
         docker_socket: PathBuf,
+        /// The port of the node's service DNS server (UDP and TCP, every address); 0
+        /// picks a free one. If it cannot be bound the node runs without service DNS.
+        #[arg(long, env = "SWARM_NODE_DNS_PORT", default_value_t = swarm_node::daemon::DEFAULT_DNS_PORT)]
+        dns_port: u16,
+        /// Where names outside the swarm's networks go: `resolv.conf` (the host's name
+        /// servers, the default), `none`, or a comma-separated list of IP[:PORT].
+        #[arg(long, env = "SWARM_NODE_DNS_UPSTREAM", default_value = "resolv.conf")]
+        dns_upstream: swarm_node::daemon::DnsUpstream,
     },
     /// Leave the swarm: the daemon stops its tasks and forgets the swarm.
     Leave {
@@ -159,6 +176,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen_addr,
             cert_sans,
             dispatcher_heartbeat,
+            default_addr_pool,
+            default_addr_pool_mask_length,
+            data_path_port,
         } => {
             let outcome = setup::init(&InitOptions {
                 state_dir: cli.state_dir,
@@ -167,6 +187,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 listen_addr,
                 heartbeat_ms: dispatcher_heartbeat,
                 hostname: swarm_node::config::hostname(),
+                default_addr_pool,
+                subnet_size: default_addr_pool_mask_length,
+                data_path_port,
             })
             .await?;
             println!(
@@ -197,7 +220,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("This node joined a swarm as a {}.", joined.role);
             Ok(())
         }
-        Command::Run { docker_socket } => {
+        Command::Run {
+            docker_socket,
+            dns_port,
+            dns_upstream,
+        } => {
             let config = DaemonConfig {
                 state_dir: cli.state_dir,
                 socket: cli.socket,
@@ -205,7 +232,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 scheme: "https".into(),
                 heartbeat_ms: DEFAULT_HEARTBEAT_MS,
             };
-            swarm_node::daemon::run(config, shutdown_signal()).await?;
+            let network = swarm_node::daemon::NetworkOptions {
+                dns_port,
+                dns_upstream,
+            };
+            swarm_node::daemon::run_with_network(config, network, shutdown_signal()).await?;
             Ok(())
         }
         Command::Leave { force } => {

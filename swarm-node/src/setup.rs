@@ -36,6 +36,8 @@ pub enum SetupError {
     Unreachable { addr: String, reason: String },
     #[error("the manager at {addr} refused to let this node join: {message}")]
     Refused { addr: String, message: String },
+    #[error("{0}")]
+    Network(#[from] crate::manager::networks::NetworkError),
     #[error("{what} {}: {source}", path.display())]
     Io {
         what: &'static str,
@@ -54,6 +56,12 @@ pub struct InitOptions {
     pub listen_addr: String,
     pub heartbeat_ms: u64,
     pub hostname: String,
+    /// `--default-addr-pool`: where overlay subnets come from (empty: 10.0.0.0/8).
+    pub default_addr_pool: Vec<String>,
+    /// `--default-addr-pool-mask-length`: the size of each network's subnet.
+    pub subnet_size: u8,
+    /// `--data-path-port`: the VXLAN UDP port.
+    pub data_path_port: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +110,8 @@ pub fn this_platform() -> Platform {
 }
 
 pub async fn init(options: &InitOptions) -> Result<InitOutcome, SetupError> {
+    // Bad flags are refused before anything is written.
+    network_defaults_of(options)?;
     ensure_not_joined(&options.state_dir)?;
     clean_partial(&options.state_dir).await;
     match init_inner(options).await {
@@ -113,7 +123,18 @@ pub async fn init(options: &InitOptions) -> Result<InitOutcome, SetupError> {
     }
 }
 
+fn network_defaults_of(
+    options: &InitOptions,
+) -> Result<swarm_state::network::NetworkDefaults, SetupError> {
+    Ok(crate::manager::networks::network_defaults(
+        &options.default_addr_pool,
+        options.subnet_size,
+        options.data_path_port,
+    )?)
+}
+
 async fn init_inner(options: &InitOptions) -> Result<InitOutcome, SetupError> {
+    let network_defaults = network_defaults_of(options)?;
     let advertise = with_default_port(&options.advertise_addr);
     let advertise_ip =
         ip_of(&advertise).ok_or_else(|| SetupError::BadAddress(options.advertise_addr.clone()))?;
@@ -181,8 +202,15 @@ async fn init_inner(options: &InitOptions) -> Result<InitOutcome, SetupError> {
         worker_token: worker_token.clone(),
         manager_token: manager_token.clone(),
         heartbeat_period_ms: options.heartbeat_ms,
-        network: Default::default(),
+        network: network_defaults.clone(),
     };
+    // The swarm has its ingress network from the start, as Docker's.
+    let ingress = crate::manager::networks::ingress_network(
+        &Default::default(),
+        &network_defaults,
+        &ids::object_id(rand::random()),
+        &now,
+    )?;
     let first_node = Node {
         id: Some(node_id.clone()),
         created_at: Some(now.clone()),
@@ -231,14 +259,22 @@ async fn init_inner(options: &InitOptions) -> Result<InitOutcome, SetupError> {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        raft.propose(Command::InitCluster {
-            info: Box::new(info),
-            first_node: Box::new(first_node),
-        })
-        .await
-        .map_err(|e| SetupError::Raft(e.to_string()))?
-        .into_result()
-        .map_err(|e| SetupError::Raft(e.to_string()))
+        for command in [
+            Command::InitCluster {
+                info: Box::new(info),
+                first_node: Box::new(first_node),
+            },
+            Command::CreateNetwork {
+                network: Box::new(ingress),
+            },
+        ] {
+            raft.propose(command)
+                .await
+                .map_err(|e| SetupError::Raft(e.to_string()))?
+                .into_result()
+                .map_err(|e| SetupError::Raft(e.to_string()))?;
+        }
+        Ok(())
     }
     .await;
     let _ = raft.shutdown().await;

@@ -13,8 +13,7 @@ use serde::Deserialize;
 use swarm_pki::Peer;
 use swarm_state::models::{
     self, JoinTokens, Node, NodeSpec, NodeSpecRoleEnum, NodeState, Reachability, Service,
-    ServiceServiceStatus, ServiceSpec, Swarm, SwarmInfo, SystemInfo, SystemVersion, Task,
-    TaskState,
+    ServiceServiceStatus, ServiceSpec, Swarm, SwarmInfo, SystemInfo, SystemVersion, TaskState,
 };
 use swarm_state::{
     desired_of, ids::raft_id, node_hostname, node_role, node_state, state_of, version_of,
@@ -22,6 +21,7 @@ use swarm_state::{
 };
 
 use super::filters::Filters;
+use super::networks::{resolve_service_networks, task_view, validate_endpoint_spec, virtual_ips};
 use super::{require_admin, AdminManager, Ctx, API_VERSION, MIN_API_VERSION};
 use crate::error::ApiError;
 use crate::manager::scheduler;
@@ -47,6 +47,7 @@ pub fn routes() -> Router<Ctx> {
         .route("/services/{id}/logs", get(service_logs))
         .route("/tasks", get(list_tasks))
         .route("/tasks/{id}", get(inspect_task))
+        .merge(super::networks::routes())
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -167,6 +168,15 @@ async fn info(State(ctx): State<Ctx>, peer: Peer) -> ApiResult<Json<SystemInfo>>
                 created_at: Some(c.created_at.clone()),
                 updated_at: Some(c.updated_at.clone()),
                 spec: Some(c.spec.clone()),
+                data_path_port: Some(u32::from(c.network.data_path_port)),
+                default_addr_pool: Some(
+                    c.network
+                        .default_addr_pool
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
+                ),
+                subnet_size: Some(u32::from(c.network.subnet_size)),
                 ..Default::default()
             });
         }
@@ -499,12 +509,14 @@ fn service_status(state: &ClusterState, service: &Service) -> ServiceServiceStat
     }
 }
 
-fn with_endpoint(mut service: Service) -> Service {
+/// Fills `Endpoint` as Docker shows it: the spec, its ports, and the VIPs the leader's
+/// allocator gave the service (one per network).
+fn with_endpoint(state: &ClusterState, mut service: Service) -> Service {
     let endpoint_spec = service.spec.as_ref().and_then(|s| s.endpoint_spec.clone());
     service.endpoint = Some(models::ServiceEndpoint {
         spec: Some(endpoint_spec.clone().unwrap_or_default()),
         ports: endpoint_spec.and_then(|e| e.ports),
-        virtual_ips: None,
+        virtual_ips: virtual_ips(state, &service),
     });
     service
 }
@@ -531,7 +543,7 @@ async fn list_services(
                 && filters.labels_match("label", spec.and_then(|s| s.labels.as_ref()))
         })
         .map(|(_, s)| {
-            let mut s = with_endpoint(s.clone());
+            let mut s = with_endpoint(&state, s.clone());
             if with_status {
                 s.service_status = Some(service_status(&state, &s));
             }
@@ -552,7 +564,10 @@ async fn inspect_service(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Service>> {
     let state = manager.read();
-    Ok(Json(with_endpoint(find_service(&state, &id)?.clone())))
+    Ok(Json(with_endpoint(
+        &state,
+        find_service(&state, &id)?.clone(),
+    )))
 }
 
 async fn create_service(
@@ -571,6 +586,8 @@ async fn create_service(
         });
     }
     validate_service_spec(&spec)?;
+    validate_endpoint_spec(&spec)?;
+    resolve_service_networks(&manager.read(), &mut spec)?;
     let name = spec.name.clone().unwrap_or_default();
     if manager.read().service_by_name(&name).is_some() {
         return Err(ApiError::Conflict(format!(
@@ -604,9 +621,12 @@ async fn update_service(
     Query(q): Query<VersionQuery>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let spec: ServiceSpec = parse_body(&body, "service spec")?;
+    let mut spec: ServiceSpec = parse_body(&body, "service spec")?;
     validate_service_spec(&spec)?;
+    validate_endpoint_spec(&spec)?;
     let state = manager.read();
+    // Networks may change on update; the allocator follows with VIPs and addresses.
+    resolve_service_networks(&state, &mut spec)?;
     let service = find_service(&state, &key)?;
     let id = service.id.clone().unwrap_or_default();
     let current_name = service.spec.as_ref().and_then(|s| s.name.clone());
@@ -651,7 +671,7 @@ async fn service_logs(peer: Peer) -> ApiResult<StatusCode> {
 async fn list_tasks(
     AdminManager(manager): AdminManager,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Vec<Task>>> {
+) -> ApiResult<Json<Vec<serde_json::Value>>> {
     let filters = Filters::parse(q.filters.as_deref())?;
     let state = manager.read();
     let service_ids: Option<Vec<String>> = filters.get("service").map(|keys| {
@@ -698,7 +718,7 @@ async fn list_tasks(
                         .is_some_and(|s| s.task_template == t.spec)
                 })
         })
-        .map(|(_, t)| t.clone())
+        .map(|(_, t)| task_view(&state, t))
         .collect();
     Ok(Json(tasks))
 }
@@ -706,7 +726,7 @@ async fn list_tasks(
 async fn inspect_task(
     AdminManager(manager): AdminManager,
     Path(id): Path<String>,
-) -> ApiResult<Json<Task>> {
+) -> ApiResult<Json<serde_json::Value>> {
     let state = manager.read();
     let task = state
         .tasks
@@ -719,7 +739,7 @@ async fn inspect_task(
             }
         })
         .ok_or_else(|| ApiError::NotFound(format!("task {id} not found")))?;
-    Ok(Json(task.clone()))
+    Ok(Json(task_view(&state, task)))
 }
 
 /// Used by the scheduler-facing tests: whether a node can take tasks now.

@@ -10,6 +10,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use swarm_pki::{Peer, Role};
 use swarm_state::models::{NodeState, NodeStatus};
+use swarm_state::netmap::{netmap_for_node, NetMap};
 use swarm_state::proto::{
     Assignments, Heartbeat, HeartbeatResponse, JoinRequest, JoinResponse, RenewRequest,
     TaskStatusReport, PREFIX,
@@ -31,6 +32,7 @@ pub fn routes() -> Router<Ctx> {
         .route(&format!("{PREFIX}/renew"), post(renew))
         .route(&format!("{PREFIX}/heartbeat"), post(heartbeat))
         .route(&format!("{PREFIX}/assignments"), get(assignments))
+        .route(&format!("{PREFIX}/netmap"), get(netmap))
         .route(&format!("{PREFIX}/task-status"), post(task_status))
         .route(&format!("{PREFIX}/propose"), post(propose))
         .route(&format!("{PREFIX}/client-cert"), post(client_cert))
@@ -214,6 +216,91 @@ async fn assignments(
     }
 }
 
+#[derive(Debug, Deserialize)]
+pub struct NetmapQuery {
+    node: String,
+    #[serde(default)]
+    since: u64,
+}
+
+/// Two maps say the same, whatever log index they were derived at.
+fn same_netmap(a: &NetMap, b: &NetMap) -> bool {
+    a.node_id == b.node_id
+        && a.local_vtep == b.local_vtep
+        && a.data_path_port == b.data_path_port
+        && a.networks == b.networks
+        && a.local_tasks == b.local_tasks
+}
+
+/// The node's network map, once it differs from the one the caller has (derived at log
+/// index `since`), or the current one after [`LONG_POLL`].
+///
+/// The state at `since` is gone once the log moved on, so a caller that is behind gets
+/// the current map at once (it skips an identical one); a caller that is up to date is
+/// held until a commit changes its map: commits that do not (most task reports) do not
+/// wake it, so the long poll never spins.
+async fn netmap(
+    State(ctx): State<Ctx>,
+    peer: Peer,
+    Query(q): Query<NetmapQuery>,
+) -> ApiResult<Json<NetMap>> {
+    let me = require_node(&peer)?;
+    if me.node_id != q.node && me.role != Role::Manager {
+        return Err(ApiError::Forbidden(format!(
+            "node {} cannot read the network map of node {}",
+            me.node_id, q.node
+        )));
+    }
+    let manager = ctx.require_manager()?;
+    let mut rx = manager.raft.subscribe();
+    let deadline = tokio::time::Instant::now() + LONG_POLL;
+    // What the caller has, once this manager has reached the caller's version.
+    let mut baseline: Option<NetMap> = None;
+    loop {
+        let state = rx.borrow_and_update().clone();
+        let current = netmap_for_node(&state, &q.node);
+        match netmap_step(q.since, state.last_index, baseline.as_ref(), &current) {
+            NetmapStep::Answer => return Ok(Json(current)),
+            NetmapStep::Baseline => baseline = Some(current.clone()),
+            NetmapStep::Wait => {}
+        }
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return Ok(Json(current));
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => return Ok(Json(current)),
+        }
+    }
+}
+
+/// What the netmap long poll does with one state it sees.
+#[derive(Debug, PartialEq, Eq)]
+enum NetmapStep {
+    /// Answer the current map.
+    Answer,
+    /// This state is the caller's version: remember its map and wait for a change.
+    Baseline,
+    Wait,
+}
+
+fn netmap_step(
+    since: u64,
+    last_index: u64,
+    baseline: Option<&NetMap>,
+    current: &NetMap,
+) -> NetmapStep {
+    match baseline {
+        Some(base) if same_netmap(base, current) => NetmapStep::Wait,
+        Some(_) => NetmapStep::Answer,
+        None if since == 0 || last_index > since => NetmapStep::Answer,
+        None if last_index == since => NetmapStep::Baseline,
+        // A lagging manager waits to catch up with the caller's version.
+        None => NetmapStep::Wait,
+    }
+}
+
 async fn task_status(
     State(ctx): State<Ctx>,
     peer: Peer,
@@ -327,4 +414,39 @@ async fn raft(State(ctx): State<Ctx>, peer: Peer, request: Request<Body>) -> Api
     let manager = ctx.require_manager()?;
     let router = swarm_raft::server::router(manager.raft.clone());
     Ok(router.oneshot(request).await.unwrap_or_else(|e| match e {}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(index: u64, tasks: usize) -> NetMap {
+        NetMap {
+            index,
+            node_id: "n1".into(),
+            local_tasks: (0..tasks)
+                .map(|i| swarm_state::netmap::LocalTask {
+                    task_id: format!("t{i}"),
+                    service_id: "s".into(),
+                    addrs: vec![],
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn netmap_long_poll_answers_only_news() {
+        use NetmapStep::*;
+        // A first request, or a caller behind this manager, is answered at once.
+        assert_eq!(netmap_step(0, 7, None, &map(7, 0)), Answer);
+        assert_eq!(netmap_step(5, 7, None, &map(7, 0)), Answer);
+        // A caller up to date is held; its map is the baseline.
+        assert_eq!(netmap_step(7, 7, None, &map(7, 0)), Baseline);
+        // Commits that leave the map as it was do not wake it.
+        assert_eq!(netmap_step(7, 9, Some(&map(7, 0)), &map(9, 0)), Wait);
+        assert_eq!(netmap_step(7, 10, Some(&map(7, 0)), &map(10, 1)), Answer);
+        // A manager behind the caller waits to catch up.
+        assert_eq!(netmap_step(9, 4, None, &map(4, 0)), Wait);
+    }
 }

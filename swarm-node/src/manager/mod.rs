@@ -18,6 +18,7 @@ pub mod allocator;
 pub mod ca;
 pub mod dispatcher;
 pub mod leader;
+pub mod networks;
 pub mod orchestrator;
 pub mod scheduler;
 

@@ -9,6 +9,7 @@
 //! | `POST /swarmup/v1/renew`   | any node                | [`RenewRequest`] → [`JoinResponse`]    |
 //! | `POST /swarmup/v1/heartbeat` | any node              | [`Heartbeat`] → [`HeartbeatResponse`]  |
 //! | `GET  /swarmup/v1/assignments?node=ID&since=N` | that node | → [`Assignments`] (long poll)   |
+//! | `GET  /swarmup/v1/netmap?node=ID&since=N` | that node | → [`crate::netmap::NetMap`] (long poll: answered once the map differs from the one at index N, at once for N = 0) |
 //! | `POST /swarmup/v1/task-status` | any node            | [`TaskStatusReport`] → `{}`            |
 //! | `POST /swarmup/v1/raft/{vote,append,snapshot}` | managers | openraft requests → results       |
 //! | `POST /swarmup/v1/propose` | managers                | [`crate::Command`] → [`crate::CommandResult`] |

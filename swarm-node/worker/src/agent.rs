@@ -8,6 +8,9 @@
 //! - status reporter: sends the executor's task status changes, batched, coalesced to
 //!   the latest per task, retried until a manager acknowledges them.
 //!
+//! The network agent ([`crate::netagent`]) long-polls the node's network map through
+//! [`Agent::netmap_source`], with the same managers and fail-over.
+//!
 //! On an error a loop moves to the next manager, so all loops fail over together.
 //! Stopping the agent leaves the containers running, as a restart of Docker's agent does.
 
@@ -16,9 +19,11 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use rand::Rng;
 use serde::de::DeserializeOwned;
 use swarm_state::models::{NodeDescription, TaskStatus};
+use swarm_state::netmap::NetMap;
 use swarm_state::proto::{
     Assignments, Heartbeat, HeartbeatResponse, TaskStatusReport, TaskStatusUpdate, PREFIX,
 };
@@ -26,6 +31,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::clock::Clock;
 use crate::executor::{AssignedTasks, Executor};
+use crate::netagent::{NetmapError, NetmapSource};
+use crate::plan::ReadyNetworks;
 use crate::runtime::ContainerRuntime;
 
 /// The heartbeat period until a manager says otherwise (Docker's default).
@@ -115,6 +122,19 @@ impl Agent {
     pub fn with_resync(mut self, period: Duration) -> Self {
         self.executor = self.executor.with_resync(period);
         self
+    }
+
+    /// Lets the executor follow the network agent's ready map (see
+    /// [`Executor::with_networks`]).
+    pub fn with_networks(mut self, ready: watch::Receiver<Arc<ReadyNetworks>>) -> Self {
+        self.executor = self.executor.with_networks(ready);
+        self
+    }
+
+    /// The node's network map from the managers, for the network agent: the same
+    /// managers, fail-over and client as the other loops.
+    pub fn netmap_source(&self) -> Arc<dyn NetmapSource> {
+        Arc::new(ManagerNetmaps(self.shared.clone()))
     }
 
     /// The latest heartbeat answer (`None` until the first one). The daemon watches its
@@ -332,6 +352,38 @@ async fn assignments_loop(shared: &Shared, tx: watch::Sender<AssignedTasks>) {
                 tokio::time::sleep(shared.retry_delay(failures)).await;
             }
         }
+    }
+}
+
+/// The `/netmap` long poll on the current manager.
+#[derive(Debug)]
+struct ManagerNetmaps(Arc<Shared>);
+
+#[async_trait]
+impl NetmapSource for ManagerNetmaps {
+    async fn fetch(&self, since: u64) -> Result<NetMap, NetmapError> {
+        let shared = &self.0;
+        let manager = shared.managers.current();
+        let index = since.to_string();
+        let got = async {
+            let resp = shared
+                .cfg
+                .client
+                .get(shared.url(&manager, "/netmap"))
+                .query(&[("node", shared.cfg.node_id.as_str()), ("since", &index)])
+                .timeout(LONG_POLL_TIMEOUT)
+                .send()
+                .await?;
+            Shared::answer::<NetMap>(resp).await
+        }
+        .await;
+        got.map_err(|e| {
+            shared.managers.failed(&manager);
+            NetmapError::Manager {
+                manager,
+                message: e.to_string(),
+            }
+        })
     }
 }
 

@@ -6,20 +6,34 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerSummaryStateEnum, EventMessage};
+use bollard::models::{
+    ContainerSummaryStateEnum, EventMessage, Ipam, IpamConfig, NetworkConnectRequest,
+    NetworkCreateRequest, NetworkInspect,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
-    InspectContainerOptions, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    InspectContainerOptions, InspectNetworkOptions, ListContainersOptionsBuilder,
+    ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::{ClientVersion, Docker, API_DEFAULT_VERSION};
 use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
+use swarm_net::BridgeSpec;
 use swarm_state::models::{EngineDescription, NodeDescription, Platform, ResourceObject};
+use swarm_state::network::{mac_text, MTU_OPTION};
 
 use crate::runtime::{
-    labels, ContainerRuntime, ContainerSpec, EventAction, RunState, RuntimeError, RuntimeEvent,
-    TaskContainer,
+    labels, ContainerRuntime, ContainerSpec, EventAction, LocalNetwork, RunState, RuntimeError,
+    RuntimeEvent, TaskContainer,
 };
+use crate::spec::endpoint_settings;
+
+/// The option naming the kernel bridge of a Docker bridge network.
+pub const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
+
+/// From this API version on, an endpoint takes a MAC address. Docker 28 gives random MACs
+/// unless told, while every node derives a remote address's MAC from the address; older
+/// engines derive it from the address themselves, as we do.
+const ENDPOINT_MAC_API: (usize, usize) = (1, 44);
 
 /// Where the engine listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
@@ -129,6 +143,42 @@ impl DockerRuntime {
         }
     }
 
+    /// Maps a failed network request: the engine's refusals keep their wording.
+    fn network_error(&self, op: &'static str, target: &str, e: BollardError) -> RuntimeError {
+        match e {
+            BollardError::DockerResponseServerError { message, .. } => RuntimeError::Refused {
+                op,
+                target: target.to_string(),
+                message,
+            },
+            other => RuntimeError::Unavailable {
+                endpoint: self.endpoint.clone(),
+                message: format!("{op} {target}: {other}"),
+            },
+        }
+    }
+
+    fn sets_endpoint_mac(&self) -> bool {
+        let v = self.docker.client_version();
+        (v.major_version, v.minor_version) >= ENDPOINT_MAC_API
+    }
+
+    /// The network of exactly this name, if any (the engine also matches id prefixes).
+    async fn find_network(&self, name: &str) -> Result<Option<NetworkInspect>, RuntimeError> {
+        match self
+            .docker
+            .inspect_network(name, None::<InspectNetworkOptions>)
+            .await
+        {
+            Ok(n) if n.name.as_deref() == Some(name) => Ok(Some(n)),
+            Ok(_)
+            | Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(self.network_error("inspect network", name, e)),
+        }
+    }
+
     fn exits(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i64, Option<String>)>> {
         self.exits.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -176,6 +226,62 @@ fn pull_reference(image: &str) -> (String, String) {
         Some((repo, tag)) if !tag.contains('/') => (repo.to_string(), tag.to_string()),
         _ => (image.to_string(), "latest".to_string()),
     }
+}
+
+/// The create request of the bridge network standing for an overlay.
+fn network_request(spec: &BridgeSpec, node_id: &str) -> NetworkCreateRequest {
+    NetworkCreateRequest {
+        name: spec.network_name.clone(),
+        driver: Some("bridge".into()),
+        internal: Some(spec.internal),
+        ipam: Some(Ipam {
+            driver: Some("default".into()),
+            config: Some(vec![IpamConfig {
+                subnet: Some(spec.subnet.to_string()),
+                gateway: Some(spec.gateway.to_string()),
+                ..Default::default()
+            }]),
+            options: None,
+        }),
+        options: Some(HashMap::from([
+            (BRIDGE_NAME_OPTION.to_string(), spec.bridge.clone()),
+            (MTU_OPTION.to_string(), spec.mtu.to_string()),
+        ])),
+        labels: Some(HashMap::from([
+            (labels::NETWORK_ID.to_string(), spec.network_id.clone()),
+            (labels::NETWORK_NODE.to_string(), node_id.to_string()),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// True when an existing network has every setting the overlay needs.
+fn network_matches(n: &NetworkInspect, spec: &BridgeSpec) -> bool {
+    let option = |k: &str| {
+        n.options
+            .as_ref()
+            .and_then(|o| o.get(k))
+            .map(String::as_str)
+    };
+    let ipam_ok = n
+        .ipam
+        .as_ref()
+        .and_then(|i| i.config.as_ref())
+        .is_some_and(|c| {
+            c.len() == 1
+                && c[0].subnet.as_deref() == Some(spec.subnet.to_string().as_str())
+                && c[0].gateway.as_deref() == Some(spec.gateway.to_string().as_str())
+        });
+    n.driver.as_deref() == Some("bridge")
+        && ipam_ok
+        && option(BRIDGE_NAME_OPTION) == Some(spec.bridge.as_str())
+        && option(MTU_OPTION) == Some(spec.mtu.to_string().as_str())
+        && n.internal.unwrap_or(false) == spec.internal
+        && n.labels
+            .as_ref()
+            .and_then(|l| l.get(labels::NETWORK_ID))
+            .map(String::as_str)
+            == Some(spec.network_id.as_str())
 }
 
 fn node_filter(node_id: &str) -> String {
@@ -337,13 +443,51 @@ impl ContainerRuntime for DockerRuntime {
         let options = CreateContainerOptionsBuilder::default()
             .name(&spec.name)
             .build();
+        let mac = self.sets_endpoint_mac();
+        let mut body = spec.body.clone();
+        if mac {
+            let endpoints = body
+                .networking_config
+                .as_mut()
+                .and_then(|c| c.endpoints_config.as_mut());
+            for (name, ep) in endpoints.into_iter().flatten() {
+                if let Some(n) = spec.networks.iter().find(|n| &n.docker_network == name) {
+                    ep.mac_address = Some(mac_text(n.addr));
+                }
+            }
+        }
         let created = self
             .docker
-            .create_container(Some(options), spec.body.clone())
+            .create_container(Some(options), body)
             .await
             .map_err(|e| self.error("create", &spec.name, e))?;
         for w in &created.warnings {
             tracing::warn!(container = %spec.name, "engine warning: {w}");
+        }
+        // The create request takes one network; the others are connected before the start,
+        // so the application never runs without them.
+        for net in spec.networks.iter().skip(1) {
+            let mut endpoint = endpoint_settings(net);
+            if mac {
+                endpoint.mac_address = Some(mac_text(net.addr));
+            }
+            let request = NetworkConnectRequest {
+                container: created.id.clone(),
+                endpoint_config: Some(endpoint),
+            };
+            if let Err(e) = self
+                .docker
+                .connect_network(&net.docker_network, request)
+                .await
+            {
+                let e = self.network_error("connect network", &net.docker_network, e);
+                // Without this network the task must not run; a retry creates it anew
+                // under the same name.
+                if let Err(removal) = self.remove(&created.id).await {
+                    tracing::warn!(container = %spec.name, error = %removal, "cannot remove a half-connected container");
+                }
+                return Err(e);
+            }
         }
         Ok(created.id)
     }
@@ -435,6 +579,100 @@ impl ContainerRuntime for DockerRuntime {
             .boxed();
         Ok(stream)
     }
+
+    async fn ensure_network(
+        &self,
+        spec: &BridgeSpec,
+        node_id: &str,
+    ) -> Result<String, RuntimeError> {
+        let name = spec.network_name.as_str();
+        if let Some(existing) = self.find_network(name).await? {
+            let ours = existing
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(labels::NETWORK_ID));
+            if !ours {
+                return Err(RuntimeError::Refused {
+                    op: "create network",
+                    target: name.to_string(),
+                    message: format!(
+                        "a Docker network named {name} exists that swarmup did not create; remove it (docker network rm {name}) so that the overlay network {name} can be set up on this node"
+                    ),
+                });
+            }
+            let id = existing.id.clone().unwrap_or_default();
+            if network_matches(&existing, spec) {
+                return Ok(id);
+            }
+            tracing::info!(network = %name, "docker network has other settings than the overlay; creating it again");
+            match self.docker.remove_network(&id).await {
+                Ok(())
+                | Err(BollardError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {}
+                Err(e) => return Err(self.network_error("remove network", name, e)),
+            }
+        }
+        match self
+            .docker
+            .create_network(network_request(spec, node_id))
+            .await
+        {
+            Ok(created) => {
+                if !created.warning.is_empty() {
+                    tracing::warn!(network = %name, "engine warning: {}", created.warning);
+                }
+                tracing::info!(network = %name, bridge = %spec.bridge, subnet = %spec.subnet, "docker network created");
+                Ok(created.id)
+            }
+            // Made meanwhile by someone else: check that one.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => match self.find_network(name).await? {
+                Some(n) if network_matches(&n, spec) => Ok(n.id.unwrap_or_default()),
+                _ => Err(RuntimeError::Refused {
+                    op: "create network",
+                    target: name.to_string(),
+                    message: format!("a network named {name} appeared with other settings"),
+                }),
+            },
+            Err(e) => Err(self.network_error("create network", name, e)),
+        }
+    }
+
+    async fn networks(&self) -> Result<Vec<LocalNetwork>, RuntimeError> {
+        let filters = HashMap::from([("label", vec![labels::NETWORK_ID.to_string()])]);
+        let options = ListNetworksOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_networks(Some(options))
+            .await
+            .map_err(|e| self.network_error("list networks", "engine", e))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|n| {
+                let labels = n.labels?;
+                Some(LocalNetwork {
+                    network_id: labels.get(labels::NETWORK_ID)?.clone(),
+                    node_id: labels.get(labels::NETWORK_NODE).cloned(),
+                    id: n.id?,
+                    name: n.name?,
+                })
+            })
+            .collect())
+    }
+
+    async fn remove_network(&self, name_or_id: &str) -> Result<(), RuntimeError> {
+        match self.docker.remove_network(name_or_id).await {
+            Ok(())
+            | Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(self.network_error("remove network", name_or_id, e)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -467,6 +705,48 @@ mod tests {
             pull_reference("reg:5000/app@sha256:abc"),
             ("reg:5000/app".into(), "sha256:abc".into())
         );
+    }
+
+    #[test]
+    fn network_requests_carry_every_setting_and_match_themselves() {
+        let spec = BridgeSpec {
+            network_id: "n1".into(),
+            network_name: "front".into(),
+            bridge: "swb4097".into(),
+            subnet: "10.0.1.0/24".parse().unwrap(),
+            gateway: "10.0.1.1".parse().unwrap(),
+            mtu: 1450,
+            internal: true,
+        };
+        let req = network_request(&spec, "node1");
+        assert_eq!(req.name, "front");
+        assert_eq!(req.driver.as_deref(), Some("bridge"));
+        let opts = req.options.clone().unwrap();
+        assert_eq!(opts[BRIDGE_NAME_OPTION], "swb4097");
+        assert_eq!(opts[MTU_OPTION], "1450");
+        assert_eq!(req.labels.clone().unwrap()[labels::NETWORK_ID], "n1");
+        assert_eq!(req.labels.clone().unwrap()[labels::NETWORK_NODE], "node1");
+        let inspect = NetworkInspect {
+            name: Some(req.name.clone()),
+            id: Some("abc".into()),
+            driver: req.driver.clone(),
+            ipam: req.ipam.clone(),
+            internal: req.internal,
+            options: req.options.clone(),
+            labels: req.labels.clone(),
+            ..Default::default()
+        };
+        assert!(network_matches(&inspect, &spec));
+        let other = BridgeSpec {
+            mtu: 1400,
+            ..spec.clone()
+        };
+        assert!(!network_matches(&inspect, &other));
+        let other = BridgeSpec {
+            gateway: "10.0.1.254".parse().unwrap(),
+            ..spec.clone()
+        };
+        assert!(!network_matches(&inspect, &other));
     }
 
     #[test]

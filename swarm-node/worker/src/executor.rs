@@ -1,7 +1,8 @@
 //! The executor: carries out [`plan`]'s steps on the container runtime and reports the
 //! observed states.
 //!
-//! It wakes up on a new set of assignments, on an engine event of one of this node's
+//! It wakes up on a new set of assignments, on a change of the tasks whose networks are
+//! ready (see [`Executor::with_networks`]), on an engine event of one of this node's
 //! containers (so a death is noticed at once), when a step it started finishes, and
 //! every resync period in case events were lost. Each wake-up lists the containers and
 //! plans again. Engine work runs concurrently, one step at a time per task, so a long
@@ -20,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::clock::{Clock, SystemClock};
-use crate::plan::{plan, Action, StatusChange};
+use crate::plan::{plan, Action, ReadyNetworks, StatusChange};
 use crate::runtime::{ContainerRuntime, RuntimeError, RuntimeEvent, TaskContainer};
 
 /// How often the executor lists the containers even without events.
@@ -45,6 +46,9 @@ pub struct Executor {
     runtime: Arc<dyn ContainerRuntime>,
     clock: Arc<dyn Clock>,
     resync: Duration,
+    /// The tasks whose overlay networks are in place; `None`: no network agent, so tasks
+    /// with networks wait for ever and the others run on the default bridge.
+    networks: Option<watch::Receiver<Arc<ReadyNetworks>>>,
 }
 
 type EventStream = BoxStream<'static, Result<RuntimeEvent, RuntimeError>>;
@@ -63,7 +67,15 @@ impl Executor {
             runtime,
             clock: Arc::new(SystemClock),
             resync: RESYNC_PERIOD,
+            networks: None,
         }
+    }
+
+    /// Follows the network agent's ready map: a task with networks is prepared only once
+    /// it is in there, with the attachments found there.
+    pub fn with_networks(mut self, ready: watch::Receiver<Arc<ReadyNetworks>>) -> Self {
+        self.networks = Some(ready);
+        self
     }
 
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
@@ -85,7 +97,12 @@ impl Executor {
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
+        let mut ready_rx = self.networks.clone();
         let mut st = LoopState {
+            ready: ready_rx
+                .as_mut()
+                .map(|rx| rx.borrow_and_update().clone())
+                .unwrap_or_default(),
             exec: self,
             desired: None,
             reported: HashMap::new(),
@@ -114,6 +131,11 @@ impl Executor {
                     }
                     st.set_desired(assignments.borrow_and_update().clone());
                 }
+                ready = next_ready(&mut ready_rx) => match ready {
+                    Some(ready) => st.ready = ready,
+                    // The network agent is gone: keep the last map.
+                    None => ready_rx = None,
+                },
                 ev = next_event(&mut events) => match ev {
                     Some(Ok(ev)) => {
                         tracing::debug!(container = %ev.container_id, action = ?ev.action, "container event");
@@ -160,6 +182,19 @@ impl Executor {
     }
 }
 
+/// The next ready map, `None` once its sender is gone; pends for ever without one.
+async fn next_ready(
+    rx: &mut Option<watch::Receiver<Arc<ReadyNetworks>>>,
+) -> Option<Arc<ReadyNetworks>> {
+    match rx {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(rx.borrow_and_update().clone()),
+            Err(_) => None,
+        },
+        None => std::future::pending().await,
+    }
+}
+
 async fn next_event(
     events: &mut Option<EventStream>,
 ) -> Option<Result<RuntimeEvent, RuntimeError>> {
@@ -173,6 +208,8 @@ struct LoopState {
     exec: Executor,
     /// Assigned tasks by id (only those of this node).
     desired: Option<BTreeMap<String, Task>>,
+    /// The tasks whose networks are ready.
+    ready: Arc<ReadyNetworks>,
     /// The last status this executor reported per task: it may be ahead of the
     /// managers' copy in the assignments.
     reported: HashMap<String, TaskStatus>,
@@ -231,7 +268,7 @@ impl LoopState {
         // wake-up; the bound only guards against a planning loop.
         for _ in 0..16 {
             let mut reported_any = false;
-            for action in plan(&self.tasks(), &actual) {
+            for action in plan(&self.tasks(), &actual, &self.ready) {
                 let task_id = action.task_id().to_string();
                 if self.inflight.contains(&task_id) {
                     continue;

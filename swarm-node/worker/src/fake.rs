@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::stream::{self, BoxStream, StreamExt};
+use swarm_net::BridgeSpec;
 use swarm_state::models::{EngineDescription, NodeDescription, Platform, ResourceObject};
 use tokio::sync::broadcast;
 
 use crate::runtime::{
-    labels, ContainerRuntime, ContainerSpec, EventAction, RunState, RuntimeError, RuntimeEvent,
-    TaskContainer,
+    labels, ContainerRuntime, ContainerSpec, EventAction, LocalNetwork, RunState, RuntimeError,
+    RuntimeEvent, TaskContainer,
 };
 
 /// One engine call, as recorded by [`FakeRuntime`].
@@ -23,6 +24,20 @@ pub enum Call {
     Start(String),
     Stop(String, Option<Duration>),
     Remove(String),
+    /// A network was created (by name).
+    CreateNetwork(String),
+    /// A network was removed (by name).
+    RemoveNetwork(String),
+}
+
+/// A network held by [`FakeRuntime`]. `spec` is `None` for one swarmup did not make.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FakeNetwork {
+    pub id: String,
+    pub name: String,
+    pub spec: Option<BridgeSpec>,
+    /// The node that made it.
+    pub node_id: Option<String>,
 }
 
 /// A container held by [`FakeRuntime`].
@@ -43,6 +58,8 @@ impl FakeContainer {
 struct State {
     images: HashSet<String>,
     containers: BTreeMap<String, FakeContainer>,
+    /// Networks by name.
+    networks: BTreeMap<String, FakeNetwork>,
     next_id: u64,
     calls: Vec<Call>,
     start_error: Option<String>,
@@ -51,8 +68,9 @@ struct State {
 }
 
 /// The fake engine. Rules it enforces, so tests catch a misbehaving executor:
-/// container names are unique, and only a created container can be started (a container
-/// that has run is never started again).
+/// container names are unique, only a created container can be started (a container
+/// that has run is never started again), a container's networks must exist, and a
+/// network with a running container connected cannot be removed.
 #[derive(Debug)]
 pub struct FakeRuntime {
     state: Mutex<State>,
@@ -140,6 +158,27 @@ impl FakeRuntime {
         true
     }
 
+    /// The networks, swarmup's and others.
+    pub fn network_list(&self) -> Vec<FakeNetwork> {
+        self.lock().networks.values().cloned().collect()
+    }
+
+    /// Adds a network swarmup did not make (a user's), to see that it is left alone.
+    pub fn add_foreign_network(&self, name: &str) {
+        let mut st = self.lock();
+        st.next_id += 1;
+        let id = format!("net{:04}", st.next_id);
+        st.networks.insert(
+            name.to_string(),
+            FakeNetwork {
+                id,
+                name: name.to_string(),
+                spec: None,
+                node_id: None,
+            },
+        );
+    }
+
     fn check(&self, st: &State) -> Result<(), RuntimeError> {
         if st.unavailable {
             return Err(RuntimeError::Unavailable {
@@ -223,6 +262,17 @@ impl ContainerRuntime for FakeRuntime {
                 op: "create",
                 target: spec.name.clone(),
                 message: format!("the container name \"/{}\" is already in use", spec.name),
+            });
+        }
+        if let Some(missing) = spec
+            .networks
+            .iter()
+            .find(|n| !st.networks.contains_key(&n.docker_network))
+        {
+            return Err(RuntimeError::Refused {
+                op: "create",
+                target: spec.name.clone(),
+                message: format!("network {} not found", missing.docker_network),
             });
         }
         st.next_id += 1;
@@ -342,4 +392,103 @@ impl ContainerRuntime for FakeRuntime {
             .boxed(),
         )
     }
+
+    async fn ensure_network(
+        &self,
+        spec: &BridgeSpec,
+        node_id: &str,
+    ) -> Result<String, RuntimeError> {
+        let mut st = self.lock();
+        self.check(&st)?;
+        let name = spec.network_name.clone();
+        if let Some(existing) = st.networks.get(&name) {
+            match &existing.spec {
+                None => {
+                    return Err(RuntimeError::Refused {
+                        op: "create network",
+                        target: name.clone(),
+                        message: format!(
+                            "a network named {name} exists that swarmup did not create"
+                        ),
+                    })
+                }
+                Some(have) if have == spec => return Ok(existing.id.clone()),
+                Some(_) => {
+                    if in_use(&st, &name) {
+                        return Err(RuntimeError::Refused {
+                            op: "remove network",
+                            target: name.clone(),
+                            message: format!(
+                                "error while removing network: network {name} has active endpoints"
+                            ),
+                        });
+                    }
+                    st.networks.remove(&name);
+                    st.calls.push(Call::RemoveNetwork(name.clone()));
+                }
+            }
+        }
+        st.next_id += 1;
+        let id = format!("net{:04}", st.next_id);
+        st.calls.push(Call::CreateNetwork(name.clone()));
+        st.networks.insert(
+            name.clone(),
+            FakeNetwork {
+                id: id.clone(),
+                name,
+                spec: Some(spec.clone()),
+                node_id: Some(node_id.to_string()),
+            },
+        );
+        Ok(id)
+    }
+
+    async fn networks(&self) -> Result<Vec<LocalNetwork>, RuntimeError> {
+        let st = self.lock();
+        self.check(&st)?;
+        Ok(st
+            .networks
+            .values()
+            .filter_map(|n| {
+                Some(LocalNetwork {
+                    id: n.id.clone(),
+                    name: n.name.clone(),
+                    network_id: n.spec.as_ref()?.network_id.clone(),
+                    node_id: n.node_id.clone(),
+                })
+            })
+            .collect())
+    }
+
+    async fn remove_network(&self, name_or_id: &str) -> Result<(), RuntimeError> {
+        let mut st = self.lock();
+        self.check(&st)?;
+        let Some(name) = st
+            .networks
+            .values()
+            .find(|n| n.name == name_or_id || n.id == name_or_id)
+            .map(|n| n.name.clone())
+        else {
+            return Ok(());
+        };
+        if in_use(&st, &name) {
+            return Err(RuntimeError::Refused {
+                op: "remove network",
+                target: name.clone(),
+                message: format!(
+                    "error while removing network: network {name} has active endpoints"
+                ),
+            });
+        }
+        st.networks.remove(&name);
+        st.calls.push(Call::RemoveNetwork(name));
+        Ok(())
+    }
+}
+
+/// As in Docker, only a running container holds an endpoint on its networks.
+fn in_use(st: &State, network: &str) -> bool {
+    st.containers.values().any(|c| {
+        c.state == RunState::Running && c.spec.networks.iter().any(|n| n.docker_network == network)
+    })
 }

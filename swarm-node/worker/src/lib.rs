@@ -6,6 +6,8 @@
 //! - [`spec`]: task → container name, labels and create request, as Docker Swarm does.
 //! - [`plan()`]: the pure decision function; [`Executor`] carries its steps out.
 //! - [`agent`]: heartbeats, assignments and status reports with the managers.
+//! - [`netagent`]: follows the node's network map: Docker bridge networks for the
+//!   overlays, the data plane through `swarm-net`, and which tasks may start.
 //!
 //! **Architecture Invariant:** this is the only crate that talks to the Docker Engine.
 
@@ -14,6 +16,7 @@ pub mod clock;
 pub mod docker;
 pub mod executor;
 pub mod fake;
+pub mod netagent;
 pub mod plan;
 pub mod runtime;
 pub mod spec;
@@ -23,5 +26,9 @@ pub use clock::{Clock, FixedClock, SystemClock};
 pub use docker::DockerRuntime;
 pub use executor::{AssignedTasks, Executor};
 pub use fake::FakeRuntime;
-pub use plan::{plan, Action, StatusChange};
-pub use runtime::{ContainerRuntime, ContainerSpec, RunState, RuntimeError, TaskContainer};
+pub use netagent::{NetAgent, NetmapError, NetmapSource};
+pub use plan::{plan, Action, ReadyNetworks, StatusChange};
+pub use runtime::{
+    ContainerRuntime, ContainerSpec, LocalNetwork, RunState, RuntimeError, TaskContainer,
+    TaskNetwork,
+};

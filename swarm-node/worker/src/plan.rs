@@ -12,15 +12,23 @@
 //!   stopped with a new task.
 //! - Only the managers' desired state stops a container (or the task disappearing from
 //!   the assignments, or the task being over).
+//! - A task with overlay networks is prepared only once this node's data plane has applied
+//!   a network map containing it (it is in the ready map): its DNS names, VIPs and
+//!   forwarding entries exist before the application runs. Until then it waits in
+//!   PREPARING.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use swarm_state::models::{Task, TaskState};
 use swarm_state::{desired_of, is_terminal, state_of};
 
-use crate::runtime::{ContainerSpec, RunState, TaskContainer};
-use crate::spec::{container_spec, stop_grace};
+use crate::runtime::{ContainerSpec, RunState, TaskContainer, TaskNetwork};
+use crate::spec::{attach, container_spec, stop_grace, task_networks};
+
+/// The tasks whose overlay attachments are in place on this node, by task id, with the
+/// attachments in the service's order. Published by the network agent.
+pub type ReadyNetworks = BTreeMap<String, Vec<TaskNetwork>>;
 
 /// A new observed state for a task, without its timestamp (the executor adds it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,8 +110,9 @@ impl Action {
 
 /// Decides the next step for every task assigned to this node and for every container
 /// of this node. `desired` holds the tasks with the latest observed status known (the
-/// managers' or this worker's own, whichever is further on); `actual` the containers.
-pub fn plan(desired: &[Task], actual: &[TaskContainer]) -> Vec<Action> {
+/// managers' or this worker's own, whichever is further on); `actual` the containers;
+/// `networks` the tasks whose networks are ready.
+pub fn plan(desired: &[Task], actual: &[TaskContainer], networks: &ReadyNetworks) -> Vec<Action> {
     let mut by_task: HashMap<&str, Vec<&TaskContainer>> = HashMap::new();
     for c in actual {
         by_task.entry(c.task_id.as_str()).or_default().push(c);
@@ -114,7 +123,8 @@ pub fn plan(desired: &[Task], actual: &[TaskContainer]) -> Vec<Action> {
             continue;
         };
         let container = by_task.remove(id).and_then(|cs| primary(&cs));
-        if let Some(action) = plan_task(id, task, container) {
+        let ready = networks.get(id).map(Vec::as_slice);
+        if let Some(action) = plan_task(id, task, container, ready) {
             actions.push(action);
         }
     }
@@ -168,7 +178,12 @@ fn exit_change(c: &TaskContainer, code: i64, error: &Option<String>) -> StatusCh
     }
 }
 
-fn plan_task(id: &str, task: &Task, container: Option<&TaskContainer>) -> Option<Action> {
+fn plan_task(
+    id: &str,
+    task: &Task,
+    container: Option<&TaskContainer>,
+    networks: Option<&[TaskNetwork]>,
+) -> Option<Action> {
     let observed = state_of(task);
     let desired = desired_of(task);
     let report = |change: StatusChange| {
@@ -255,10 +270,18 @@ fn plan_task(id: &str, task: &Task, container: Option<&TaskContainer>) -> Option
         }
         // Preparing, or prepared but the container has gone before it ever ran: create it.
         None if observed < TaskState::RUNNING => match container_spec(task) {
-            Ok(spec) => Some(Action::Prepare {
-                task_id: id.to_string(),
-                spec: Box::new(spec),
-            }),
+            Ok(mut spec) => {
+                let networks = networks.filter(|n| !n.is_empty());
+                if networks.is_none() && !task_networks(task).is_empty() {
+                    // Its networks are not in place on this node yet.
+                    return None;
+                }
+                attach(&mut spec, networks.unwrap_or_default());
+                Some(Action::Prepare {
+                    task_id: id.to_string(),
+                    spec: Box::new(spec),
+                })
+            }
             Err(e) => {
                 report(StatusChange::new(TaskState::REJECTED, "rejected").with_err(e.to_string()))
             }

@@ -2,10 +2,12 @@
 //! needs, behind a trait so the executor can be tested without a Docker Engine.
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
+use swarm_net::BridgeSpec;
 use swarm_state::models::{ContainerCreateBody, NodeDescription};
 
 /// Labels Docker Swarm puts on every task container. The executor finds its containers
@@ -18,6 +20,23 @@ pub mod labels {
     pub const NODE_ID: &str = "com.docker.swarm.node.id";
     pub const SERVICE_ID: &str = "com.docker.swarm.service.id";
     pub const SERVICE_NAME: &str = "com.docker.swarm.service.name";
+    /// On the Docker bridge networks standing for overlays: the overlay's network id.
+    /// Only networks carrying it are ever changed or removed by the worker.
+    pub const NETWORK_ID: &str = "com.swarmup.network.id";
+    /// On those networks: the node that made it. Nodes sharing one engine (tests) remove
+    /// only their own.
+    pub const NETWORK_NODE: &str = "com.swarmup.node.id";
+}
+
+/// One overlay attachment of a task container, as the engine needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskNetwork {
+    /// The Docker bridge network standing for the overlay on this node (its name).
+    pub docker_network: String,
+    /// The task's address on it, chosen by the leader's allocator.
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
 }
 
 /// What the engine says about one task container.
@@ -51,7 +70,24 @@ pub struct ContainerSpec {
     /// The container name, `SERVICE.SLOT.TASKID`.
     pub name: String,
     pub image: String,
+    /// The body of the create request. With networks, it already names the first one
+    /// (`HostConfig.NetworkMode`, `NetworkingConfig`) and its gateway as DNS server.
     pub body: ContainerCreateBody,
+    /// Overlay attachments in the service's order; empty: the engine's default bridge.
+    /// The runtime connects the second and later ones before the container starts.
+    pub networks: Vec<TaskNetwork>,
+}
+
+/// A Docker network the worker made for an overlay (it carries [`labels::NETWORK_ID`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalNetwork {
+    /// The engine's id of the network.
+    pub id: String,
+    pub name: String,
+    /// The overlay's network id, from the label.
+    pub network_id: String,
+    /// The node that made it, from [`labels::NETWORK_NODE`].
+    pub node_id: Option<String>,
 }
 
 /// The kinds of engine events the executor reacts to.
@@ -132,4 +168,22 @@ pub trait ContainerRuntime: Send + Sync + std::fmt::Debug {
         &self,
         node_id: &str,
     ) -> Result<BoxStream<'static, Result<RuntimeEvent, RuntimeError>>, RuntimeError>;
+
+    /// Makes sure the bridge network standing for an overlay exists with exactly these
+    /// settings (name, subnet, gateway, kernel bridge name, MTU, internal, label) and
+    /// returns its engine id. One with other settings is removed and created again; a
+    /// network of that name without our label is never touched: that is refused. A new
+    /// network is labelled with `node_id` as its maker.
+    async fn ensure_network(
+        &self,
+        spec: &BridgeSpec,
+        node_id: &str,
+    ) -> Result<String, RuntimeError>;
+
+    /// The networks carrying [`labels::NETWORK_ID`].
+    async fn networks(&self) -> Result<Vec<LocalNetwork>, RuntimeError>;
+
+    /// Removes a network by name or id. Gone already is fine; the engine refuses while a
+    /// container is connected.
+    async fn remove_network(&self, name_or_id: &str) -> Result<(), RuntimeError>;
 }

@@ -5,9 +5,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use swarm_state::models::{ContainerCreateBody, HostConfig, Mount, MountType, Task};
+use swarm_state::models::{
+    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, Mount, MountType,
+    NetworkAttachmentConfig, NetworkingConfig, Task,
+};
 
-use crate::runtime::{labels, ContainerSpec};
+use crate::runtime::{labels, ContainerSpec, TaskNetwork};
 
 /// Docker's default stop grace period for services.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
@@ -111,9 +114,9 @@ pub fn task_image(task: &Task) -> Option<&str> {
 ///
 /// Labels are layered as Docker does: the spec's labels, then the task's labels, then the
 /// swarm system labels, each overriding the previous. `Command` replaces the image's
-/// entrypoint and `Args` its command; `Args` alone keeps the entrypoint. Networks, secrets,
-/// configs and templated fields are not handled: the container joins the engine's
-/// default network.
+/// entrypoint and `Args` its command; `Args` alone keeps the entrypoint. Secrets, configs
+/// and templated fields are not handled. The container joins the engine's default
+/// network; [`attach`] puts it on its overlays instead.
 pub fn container_spec(task: &Task) -> Result<ContainerSpec, SpecError> {
     let naming = task_naming(task);
     if naming.task_id.is_empty() {
@@ -197,7 +200,53 @@ pub fn container_spec(task: &Task) -> Result<ContainerSpec, SpecError> {
         name: naming.container_name(),
         image,
         body,
+        networks: Vec::new(),
     })
+}
+
+/// The overlays a task's spec names (`TaskTemplate.Networks`, copied into every task).
+pub fn task_networks(task: &Task) -> &[NetworkAttachmentConfig] {
+    task.spec
+        .as_ref()
+        .and_then(|s| s.networks.as_deref())
+        .unwrap_or_default()
+}
+
+/// Puts a container on its overlays, with the addresses the leader allocated.
+///
+/// The engine takes one network in the create request (API 1.41), so the first one goes
+/// there: `HostConfig.NetworkMode` and its endpoint with the fixed address. The runtime
+/// connects the others before the start. The first network's gateway is the container's
+/// DNS server: Docker's embedded resolver answers the container's own names and forwards
+/// the rest there, where the node redirects it to swarm-dns. No Docker alias is given for
+/// the service name, or Docker's resolver would answer it with the task's own address
+/// instead of the service's VIP.
+pub fn attach(spec: &mut ContainerSpec, networks: &[TaskNetwork]) {
+    let Some(first) = networks.first() else {
+        return;
+    };
+    let host_config = spec.body.host_config.get_or_insert_with(Default::default);
+    host_config.network_mode = Some(first.docker_network.clone());
+    host_config.dns = Some(vec![first.gateway.to_string()]);
+    spec.body.networking_config = Some(NetworkingConfig {
+        endpoints_config: Some(HashMap::from([(
+            first.docker_network.clone(),
+            endpoint_settings(first),
+        )])),
+    });
+    spec.networks = networks.to_vec();
+}
+
+/// The endpoint of one attachment: the fixed address only. The MAC is added by the
+/// runtime where the engine's API has a field for it.
+pub fn endpoint_settings(net: &TaskNetwork) -> EndpointSettings {
+    EndpointSettings {
+        ipam_config: Some(EndpointIpamConfig {
+            ipv4_address: Some(net.addr.to_string()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 fn non_empty(v: &Option<Vec<String>>) -> Option<Vec<String>> {
@@ -351,6 +400,70 @@ mod tests {
         assert_eq!(h.pids_limit, Some(100));
         assert_eq!(h.mounts.unwrap()[0].typ, Some(MountType::TMPFS));
         assert_eq!(stop_grace(&t), Duration::from_millis(3500));
+    }
+
+    fn nets() -> Vec<TaskNetwork> {
+        vec![
+            TaskNetwork {
+                docker_network: "front".into(),
+                addr: "10.0.1.5".parse().unwrap(),
+                prefix_len: 24,
+                gateway: "10.0.1.1".parse().unwrap(),
+            },
+            TaskNetwork {
+                docker_network: "back".into(),
+                addr: "10.0.2.7".parse().unwrap(),
+                prefix_len: 24,
+                gateway: "10.0.2.1".parse().unwrap(),
+            },
+        ]
+    }
+
+    #[test]
+    fn without_networks_the_default_bridge_is_kept() {
+        let mut spec = container_spec(&task()).unwrap();
+        let before = spec.clone();
+        attach(&mut spec, &[]);
+        assert_eq!(spec, before);
+        assert!(spec.networks.is_empty());
+        let h = spec.body.host_config.unwrap();
+        assert_eq!((h.network_mode, h.dns), (None, None));
+        assert!(spec.body.networking_config.is_none());
+    }
+
+    #[test]
+    fn the_first_network_goes_in_the_create_request_with_its_gateway_as_dns() {
+        let mut spec = container_spec(&task()).unwrap();
+        attach(&mut spec, &nets());
+        assert_eq!(spec.networks, nets());
+        let h = spec.body.host_config.clone().unwrap();
+        assert_eq!(h.network_mode.as_deref(), Some("front"));
+        assert_eq!(h.dns, Some(vec!["10.0.1.1".to_string()]));
+        let endpoints = spec
+            .body
+            .networking_config
+            .unwrap()
+            .endpoints_config
+            .unwrap();
+        assert_eq!(endpoints.len(), 1, "one network at create time (API 1.41)");
+        let front = &endpoints["front"];
+        assert_eq!(
+            front.ipam_config.as_ref().unwrap().ipv4_address.as_deref(),
+            Some("10.0.1.5")
+        );
+        // No alias: Docker's resolver would shadow the service's VIP.
+        assert!(front.aliases.is_none());
+    }
+
+    #[test]
+    fn task_networks_come_from_the_task_spec() {
+        let mut t = task();
+        assert!(task_networks(&t).is_empty());
+        t.spec.as_mut().unwrap().networks = Some(vec![NetworkAttachmentConfig {
+            target: Some("net1".into()),
+            ..Default::default()
+        }]);
+        assert_eq!(task_networks(&t)[0].target.as_deref(), Some("net1"));
     }
 
     #[test]

@@ -418,3 +418,172 @@ async fn exit_zero_completes_and_a_missing_image_is_rejected() {
     })
     .await;
 }
+
+/// Removes the test's networks, by name, whatever the test got to.
+async fn remove_networks(rt: &DockerRuntime, names: &[String]) {
+    for name in names {
+        let _ = rt.client().remove_network(name).await;
+    }
+}
+
+#[tokio::test]
+async fn overlay_bridges_are_made_and_a_container_gets_both_fixed_addresses() {
+    if !enabled() {
+        return;
+    }
+    use swarm_net::BridgeSpec;
+    use swarm_worker::spec::{attach, container_spec};
+    use swarm_worker::TaskNetwork;
+
+    // Names, bridges and subnets of this run only; nothing is routed anywhere.
+    let pid = std::process::id();
+    let octet = 10 + pid % 200;
+    let front = BridgeSpec {
+        network_id: format!("e2e-front-{pid}"),
+        network_name: format!("e2e-front-{pid}"),
+        bridge: format!("swb{}", 9_000_000 + pid % 1_000_000),
+        subnet: format!("10.251.{octet}.0/24").parse().unwrap(),
+        gateway: format!("10.251.{octet}.1").parse().unwrap(),
+        mtu: 1450,
+        internal: false,
+    };
+    let back = BridgeSpec {
+        network_id: format!("e2e-back-{pid}"),
+        network_name: format!("e2e-back-{pid}"),
+        bridge: format!("swb{}", 8_000_000 + pid % 1_000_000),
+        subnet: format!("10.252.{octet}.0/24").parse().unwrap(),
+        gateway: format!("10.252.{octet}.1").parse().unwrap(),
+        mtu: 1450,
+        internal: true,
+    };
+    let foreign = format!("e2e-foreign-{pid}");
+    let names = vec![
+        front.network_name.clone(),
+        back.network_name.clone(),
+        foreign.clone(),
+    ];
+    let rt = runtime().await;
+    remove_networks(&rt, &names).await;
+    let (front2, back2, foreign2) = (front.clone(), back.clone(), foreign.clone());
+    let node = format!("e2e-networks-{pid}");
+    cleanup(&rt, &node).await;
+    let (rt2, node2) = (rt.clone(), node.clone());
+    let body = async move {
+        let (rt, node) = (rt2, node2);
+        let (front, back, foreign) = (front2, back2, foreign2);
+        let id = rt.ensure_network(&front, &node).await.unwrap();
+        assert_eq!(
+            rt.ensure_network(&front, &node).await.unwrap(),
+            id,
+            "an unchanged network is kept"
+        );
+        let changed = BridgeSpec {
+            mtu: 1400,
+            ..front.clone()
+        };
+        let recreated = rt.ensure_network(&changed, &node).await.unwrap();
+        assert_ne!(recreated, id, "other settings: made again");
+        rt.ensure_network(&front, &node).await.unwrap();
+        rt.ensure_network(&back, &node).await.unwrap();
+        let ours: Vec<String> = rt
+            .networks()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
+        assert!(ours.contains(&front.network_name) && ours.contains(&back.network_name));
+
+        // A network of the user's with the name of an overlay is refused, not touched.
+        rt.client()
+            .create_network(bollard::models::NetworkCreateRequest {
+                name: foreign.clone(),
+                driver: Some("bridge".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let clash = BridgeSpec {
+            network_name: foreign.clone(),
+            ..front.clone()
+        };
+        let refused = rt.ensure_network(&clash, &node).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("swarmup did not create"),
+            "{refused}"
+        );
+
+        let inspect = rt
+            .client()
+            .inspect_network(
+                &front.network_name,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+            .unwrap();
+        let options = inspect.options.unwrap_or_default();
+        assert_eq!(options["com.docker.network.bridge.name"], front.bridge);
+        assert_eq!(options["com.docker.network.driver.mtu"], "1450");
+
+        let a1: std::net::Ipv4Addr = format!("10.251.{octet}.10").parse().unwrap();
+        let a2: std::net::Ipv4Addr = format!("10.252.{octet}.20").parse().unwrap();
+        let attachments = vec![
+            TaskNetwork {
+                docker_network: front.network_name.clone(),
+                addr: a1,
+                prefix_len: 24,
+                gateway: front.gateway,
+            },
+            TaskNetwork {
+                docker_network: back.network_name.clone(),
+                addr: a2,
+                prefix_len: 24,
+                gateway: back.gateway,
+            },
+        ];
+        let mut spec = container_spec(&task(&node, "net1", &["sleep", "300"], 1)).unwrap();
+        attach(&mut spec, &attachments);
+        let cid = rt.create(&spec).await.unwrap();
+        rt.start(&cid).await.unwrap();
+
+        let c = rt
+            .client()
+            .inspect_container(
+                &cid,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .unwrap();
+        let nets = c.network_settings.unwrap().networks.unwrap_or_default();
+        let ep1 = &nets[&front.network_name];
+        let ep2 = &nets[&back.network_name];
+        assert_eq!(ep1.ip_address.as_deref(), Some(a1.to_string().as_str()));
+        assert_eq!(ep2.ip_address.as_deref(), Some(a2.to_string().as_str()));
+        assert_eq!(
+            ep1.mac_address.as_deref(),
+            Some(swarm_state::network::mac_text(a1).as_str()),
+            "every node derives the same MAC from the address"
+        );
+        assert!(
+            ep1.aliases.iter().flatten().all(|a| a != "e2e"),
+            "no alias for the service name"
+        );
+        let dns = c.host_config.unwrap().dns.unwrap_or_default();
+        assert_eq!(dns, vec![front.gateway.to_string()]);
+
+        // In use: the engine refuses to remove it, and says so.
+        assert!(rt.remove_network(&front.network_name).await.is_err());
+    };
+    // Containers, then networks, go even when the body failed.
+    let result = tokio::spawn(body).await;
+    cleanup(&rt, &node).await;
+    remove_networks(&rt, &names).await;
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
+    let left = rt.networks().await.unwrap();
+    assert!(
+        left.iter().all(|n| !names.contains(&n.name)),
+        "cleaned up: {left:?}"
+    );
+}

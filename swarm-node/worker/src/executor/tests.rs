@@ -51,12 +51,23 @@ struct Harness {
 
 impl Harness {
     fn start(rt: Arc<FakeRuntime>, tasks: AssignedTasks) -> Self {
+        Self::start_with(rt, tasks, None)
+    }
+
+    fn start_with(
+        rt: Arc<FakeRuntime>,
+        tasks: AssignedTasks,
+        ready: Option<watch::Receiver<Arc<crate::plan::ReadyNetworks>>>,
+    ) -> Self {
         let (assignments, rx) = watch::channel(tasks);
         let (report_tx, reports) = mpsc::unbounded_channel();
         let (stop, stop_rx) = oneshot::channel::<()>();
-        let exec = Executor::new(NODE, rt.clone())
+        let mut exec = Executor::new(NODE, rt.clone())
             .with_clock(Arc::new(FixedClock::new("2026-01-01T00:00:00Z")))
             .with_resync(Duration::from_millis(50));
+        if let Some(ready) = ready {
+            exec = exec.with_networks(ready);
+        }
         let handle = tokio::spawn(exec.run(rx, report_tx, async {
             let _ = stop_rx.await;
         }));
@@ -418,5 +429,64 @@ async fn the_periodic_resync_notices_a_death_without_events() {
     h.wait_for("t1", TaskState::RUNNING).await;
     rt.exit("t1", 1);
     h.wait_for("t1", TaskState::FAILED).await;
+    h.stop().await;
+}
+
+fn networked(id: &str) -> Task {
+    let mut t = task(id, TaskState::RUNNING);
+    t.spec.as_mut().unwrap().networks = Some(vec![swarm_state::models::NetworkAttachmentConfig {
+        target: Some("net1".into()),
+        ..Default::default()
+    }]);
+    t
+}
+
+#[tokio::test]
+async fn a_networked_task_starts_only_once_its_networks_are_ready() {
+    use crate::runtime::TaskNetwork;
+    use swarm_net::BridgeSpec;
+
+    let rt = Arc::new(FakeRuntime::with_images(&[IMAGE]));
+    rt.ensure_network(
+        &BridgeSpec {
+            network_id: "net1".into(),
+            network_name: "front".into(),
+            bridge: "swb4097".into(),
+            subnet: "10.0.1.0/24".parse().unwrap(),
+            gateway: "10.0.1.1".parse().unwrap(),
+            mtu: 1450,
+            internal: false,
+        },
+        NODE,
+    )
+    .await
+    .unwrap();
+    let (ready_tx, ready_rx) = watch::channel(Arc::new(crate::plan::ReadyNetworks::new()));
+    let mut h = Harness::start_with(rt.clone(), None, Some(ready_rx));
+    // A task without networks is not held up by the other one.
+    h.assign(vec![networked("t1"), task("t2", TaskState::RUNNING)]);
+    h.wait_for("t2", TaskState::RUNNING).await;
+    h.wait_for("t1", TaskState::PREPARING).await;
+    settle().await;
+    assert!(rt.containers_of("t1").is_empty());
+    assert_eq!(
+        h.states("t1"),
+        vec![TaskState::ACCEPTED, TaskState::PREPARING]
+    );
+
+    let attachment = TaskNetwork {
+        docker_network: "front".into(),
+        addr: "10.0.1.5".parse().unwrap(),
+        prefix_len: 24,
+        gateway: "10.0.1.1".parse().unwrap(),
+    };
+    ready_tx.send_replace(Arc::new(crate::plan::ReadyNetworks::from([(
+        "t1".to_string(),
+        vec![attachment.clone()],
+    )])));
+    h.wait_for("t1", TaskState::RUNNING).await;
+    let c = &rt.containers_of("t1")[0];
+    assert_eq!(c.spec.networks, vec![attachment]);
+    assert!(rt.containers_of("t2")[0].spec.networks.is_empty());
     h.stop().await;
 }

@@ -32,6 +32,11 @@ fn task(id: &str, observed: TaskState, desired: TaskState) -> Task {
     }
 }
 
+/// No task has its networks ready.
+fn none() -> ReadyNetworks {
+    ReadyNetworks::new()
+}
+
 fn container(task_id: &str, state: RunState) -> TaskContainer {
     TaskContainer {
         id: format!("c-{task_id}"),
@@ -50,7 +55,7 @@ fn exited(code: i64) -> RunState {
 fn one(t: Task, c: Option<RunState>) -> Option<Action> {
     let id = t.id.clone().unwrap();
     let actual: Vec<TaskContainer> = c.into_iter().map(|s| container(&id, s)).collect();
-    let mut actions = plan(&[t], &actual);
+    let mut actions = plan(&[t], &actual, &none());
     assert!(actions.len() <= 1, "{actions:?}");
     actions.pop()
 }
@@ -280,7 +285,7 @@ fn containers_of_unassigned_tasks_are_stopped_then_removed() {
         container("gone3", RunState::Created),
         container("gone4", RunState::Removing),
     ];
-    let actions = plan(&[], &actual);
+    let actions = plan(&[], &actual, &none());
     assert_eq!(
         actions,
         vec![
@@ -313,7 +318,7 @@ fn many_tasks_are_planned_independently() {
         container("c", RunState::Running),
         container("x", RunState::Running),
     ];
-    let actions = plan(&desired, &actual);
+    let actions = plan(&desired, &actual, &none());
     let ids: Vec<&str> = actions.iter().map(Action::task_id).collect();
     assert_eq!(ids, vec!["a", "c", "x"]);
     assert!(matches!(actions[0], Action::Report { .. }));
@@ -326,14 +331,17 @@ fn a_second_container_of_the_same_task_is_never_created() {
     let mut actual = vec![container("t", exited(1)), container("t", RunState::Running)];
     actual[0].id = "old".into();
     // The running one stands for the task; nothing is created or started.
-    assert_eq!(plan(&[task("t", RUNNING, RUNNING)], &actual), vec![]);
+    assert_eq!(
+        plan(&[task("t", RUNNING, RUNNING)], &actual, &none()),
+        vec![]
+    );
 }
 
 #[test]
 fn tasks_without_id_are_ignored() {
     let mut t = task("t", ASSIGNED, RUNNING);
     t.id = None;
-    assert_eq!(plan(&[t], &[]), vec![]);
+    assert_eq!(plan(&[t], &[], &none()), vec![]);
 }
 
 #[test]
@@ -344,7 +352,7 @@ fn walking_the_whole_machine_reaches_running() {
     let mut seen = vec![];
     for _ in 0..10 {
         let actual: Vec<TaskContainer> = c.iter().map(|s| container("t", s.clone())).collect();
-        match plan(std::slice::from_ref(&t), &actual).pop() {
+        match plan(std::slice::from_ref(&t), &actual, &none()).pop() {
             Some(Action::Report { change, .. }) => {
                 seen.push(change.state);
                 t.status.as_mut().unwrap().state = Some(change.state);
@@ -356,4 +364,83 @@ fn walking_the_whole_machine_reaches_running() {
         }
     }
     assert_eq!(seen, vec![ACCEPTED, PREPARING, READY, STARTING, RUNNING]);
+}
+
+fn networked(id: &str, observed: TaskState) -> Task {
+    let mut t = task(id, observed, RUNNING);
+    t.spec.as_mut().unwrap().networks = Some(vec![swarm_state::models::NetworkAttachmentConfig {
+        target: Some("net1".into()),
+        ..Default::default()
+    }]);
+    t
+}
+
+fn ready(id: &str) -> ReadyNetworks {
+    ReadyNetworks::from([(
+        id.to_string(),
+        vec![crate::runtime::TaskNetwork {
+            docker_network: "front".into(),
+            addr: "10.0.1.5".parse().unwrap(),
+            prefix_len: 24,
+            gateway: "10.0.1.1".parse().unwrap(),
+        }],
+    )])
+}
+
+#[test]
+fn a_networked_task_waits_in_preparing_until_its_networks_are_ready() {
+    // Accepting and preparing do not wait: only the container's creation does.
+    let c = reported(one(networked("t", ASSIGNED), None));
+    assert_eq!(c.state, ACCEPTED);
+    let c = reported(one(networked("t", ACCEPTED), None));
+    assert_eq!(c.state, PREPARING);
+    assert_eq!(plan(&[networked("t", PREPARING)], &[], &none()), vec![]);
+    // Another task's readiness does not count.
+    assert_eq!(plan(&[networked("t", PREPARING)], &[], &ready("u")), vec![]);
+    // Nor does an empty attachment list.
+    let empty = ReadyNetworks::from([("t".to_string(), vec![])]);
+    assert_eq!(plan(&[networked("t", PREPARING)], &[], &empty), vec![]);
+
+    match plan(&[networked("t", PREPARING)], &[], &ready("t")).pop() {
+        Some(Action::Prepare { spec, .. }) => {
+            assert_eq!(spec.networks, ready("t")["t"]);
+            let h = spec.body.host_config.unwrap();
+            assert_eq!(h.network_mode.as_deref(), Some("front"));
+            assert_eq!(h.dns, Some(vec!["10.0.1.1".to_string()]));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_task_without_networks_does_not_wait_and_keeps_the_default_bridge() {
+    match plan(&[task("t", PREPARING, RUNNING)], &[], &none()).pop() {
+        Some(Action::Prepare { spec, .. }) => {
+            assert!(spec.networks.is_empty());
+            assert!(spec.body.networking_config.is_none());
+            assert_eq!(spec.body.host_config.unwrap().network_mode, None);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_created_networked_container_starts_without_waiting_again() {
+    let t = networked("t", STARTING);
+    let actual = vec![container("t", RunState::Created)];
+    assert!(matches!(
+        plan(&[t], &actual, &none()).pop(),
+        Some(Action::Start { .. })
+    ));
+}
+
+#[test]
+fn a_networked_task_that_cannot_run_is_rejected_without_waiting() {
+    let mut t = networked("t", PREPARING);
+    t.spec.as_mut().unwrap().container_spec = None;
+    let c = match plan(&[t], &[], &none()).pop() {
+        Some(Action::Report { change, .. }) => change,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(c.state, REJECTED);
 }

@@ -1,0 +1,371 @@
+//! The data plane on a real kernel, between network namespaces. Runs only as root with
+//! SWARMUP_E2E=1.
+//!
+//! Two "hosts" (namespaces joined by a veth underlay) each get a bridge `swb4097` with the
+//! overlay's gateway, standing in for Docker's bridge network, and one "container"
+//! namespace on it. `Dataplane::sync` runs in each host through `SystemKernel::in_netns`;
+//! then container A reaches container B across the VXLAN by address, and through the
+//! service VIP with B seeing A's real address. Traffic stays inside the test's namespaces.
+
+use std::net::Ipv4Addr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use swarm_net::{plan, Dataplane, Desired, LocalFacts, SystemKernel};
+use swarm_state::netmap::{NetMap, NetView, RemoteEndpoint, ServiceView};
+use swarm_state::network::{mac_text, EndpointMode};
+use tokio::process::Command;
+use tokio::time::{timeout, Instant};
+
+const VNI: u32 = 4097;
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn enabled() -> bool {
+    if std::env::var("SWARMUP_E2E").as_deref() != Ok("1") {
+        println!("skipped: set SWARMUP_E2E=1 (as root) to run the data plane between namespaces");
+        return false;
+    }
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false);
+    if !root {
+        println!("skipped: the namespace test needs root");
+        return false;
+    }
+    true
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+/// Everything the test made, removed on drop even when the test fails.
+struct Lab {
+    namespaces: Vec<String>,
+    children: Vec<std::process::Child>,
+    _www: tempfile::TempDir,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Deleting a namespace deletes its interfaces, and their veth peers with them.
+        for ns in &self.namespaces {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+async fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// How a command in a namespace ended.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Ok(String),
+    Failed,
+    TimedOut,
+}
+
+/// Runs a command in a namespace with a time limit.
+async fn run_in(ns: &str, args: &[&str]) -> Outcome {
+    let netns = format!("--net=/run/netns/{ns}");
+    let Ok(child) = Command::new("nsenter")
+        .arg(&netns)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+    else {
+        return Outcome::Failed;
+    };
+    match timeout(Duration::from_secs(3), child.wait_with_output()).await {
+        Err(_) => Outcome::TimedOut,
+        Ok(Ok(out)) if out.status.success() => {
+            Outcome::Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        }
+        Ok(_) => Outcome::Failed,
+    }
+}
+
+/// Some(stdout) when the command succeeded in time.
+async fn try_in(ns: &str, args: &[&str]) -> Option<String> {
+    match run_in(ns, args).await {
+        Outcome::Ok(out) => Some(out),
+        _ => None,
+    }
+}
+
+/// Retries until the command succeeds or the deadline passes.
+async fn until_ok(ns: &str, args: &[&str]) -> String {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        if let Some(out) = try_in(ns, args).await {
+            return out;
+        }
+        assert!(Instant::now() < end, "{args:?} in {ns} kept failing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A host namespace with its underlay address and the bridge Docker would make.
+async fn make_host(ns: &str, underlay_dev: &str, underlay: &str) {
+    sh(&["ip", "-n", ns, "link", "set", "lo", "up"]).await;
+    sh(&["ip", "-n", ns, "addr", "add", underlay, "dev", underlay_dev]).await;
+    sh(&["ip", "-n", ns, "link", "set", underlay_dev, "up"]).await;
+    let br = swarm_net::bridge_name(VNI);
+    sh(&["ip", "-n", ns, "link", "add", &br, "type", "bridge"]).await;
+    sh(&["ip", "-n", ns, "link", "set", &br, "mtu", "1450"]).await;
+    sh(&["ip", "-n", ns, "addr", "add", "10.0.1.1/24", "dev", &br]).await;
+    sh(&["ip", "-n", ns, "link", "set", &br, "up"]).await;
+}
+
+/// A container namespace on a host's bridge, with its overlay address and derived MAC.
+async fn make_container(host: &str, ns: &str, veth: &str, addr: &str) {
+    sh(&["ip", "netns", "add", ns]).await;
+    sh(&[
+        "ip", "-n", host, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
+    ])
+    .await;
+    let br = swarm_net::bridge_name(VNI);
+    sh(&[
+        "ip", "-n", host, "link", "set", veth, "mtu", "1450", "master", &br, "up",
+    ])
+    .await;
+    let mac = mac_text(ip(addr));
+    sh(&[
+        "ip", "-n", ns, "link", "set", "eth0", "address", &mac, "mtu", "1450", "up",
+    ])
+    .await;
+    sh(&["ip", "-n", ns, "link", "set", "lo", "up"]).await;
+    sh(&[
+        "ip",
+        "-n",
+        ns,
+        "addr",
+        "add",
+        &format!("{addr}/24"),
+        "dev",
+        "eth0",
+    ])
+    .await;
+    sh(&["ip", "-n", ns, "route", "add", "default", "via", "10.0.1.1"]).await;
+}
+
+/// busybox httpd shows IPv4 clients as `[::ffff:a.b.c.d]`.
+fn client_addr(seen: &str) -> &str {
+    let s = seen.trim();
+    s.strip_prefix("[::ffff:")
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or(s)
+}
+
+fn netmap(vtep: &str, own: &str, remote: &[(&str, &str)]) -> NetMap {
+    NetMap {
+        index: 1,
+        node_id: vtep.into(),
+        local_vtep: Some(ip(vtep)),
+        data_path_port: 4789,
+        networks: vec![NetView {
+            id: "net1".into(),
+            name: "ov1".into(),
+            vni: VNI,
+            subnet: "10.0.1.0/24".parse().unwrap(),
+            gateway: ip("10.0.1.1"),
+            mtu: None,
+            encrypted: false,
+            internal: false,
+            ingress: false,
+            local_addr: Some(ip(own)),
+            remote: remote
+                .iter()
+                .map(|(a, v)| RemoteEndpoint {
+                    addr: ip(a),
+                    vtep: ip(v),
+                })
+                .collect(),
+            services: vec![ServiceView {
+                id: "svc1".into(),
+                name: "web".into(),
+                aliases: vec![],
+                mode: EndpointMode::Vip,
+                vip: Some(ip("10.0.1.254")),
+                backends: vec![ip("10.0.1.20")],
+            }],
+        }],
+        local_tasks: vec![],
+    }
+}
+
+#[tokio::test]
+async fn containers_reach_each_other_across_vxlan_and_through_a_vip() {
+    if !enabled() {
+        return;
+    }
+    let pid = std::process::id();
+    let (ha, hb) = (format!("sxha{pid}"), format!("sxhb{pid}"));
+    let (ca, cb) = (format!("sxca{pid}"), format!("sxcb{pid}"));
+    let www = tempfile::tempdir().unwrap();
+    let mut lab = Lab {
+        namespaces: vec![ca.clone(), cb.clone(), ha.clone(), hb.clone()],
+        children: vec![],
+        _www: tempfile::tempdir().unwrap(),
+    };
+
+    sh(&["ip", "netns", "add", &ha]).await;
+    sh(&["ip", "netns", "add", &hb]).await;
+    let (ua, ub) = (format!("sxua{pid}"), format!("sxub{pid}"));
+    sh(&[
+        "ip", "link", "add", &ua, "netns", &ha, "type", "veth", "peer", "name", &ub, "netns", &hb,
+    ])
+    .await;
+    make_host(&ha, &ua, "192.168.211.1/24").await;
+    make_host(&hb, &ub, "192.168.211.2/24").await;
+    make_container(&ha, &ca, &format!("sxva{pid}"), "10.0.1.10").await;
+    make_container(&hb, &cb, &format!("sxvb{pid}"), "10.0.1.20").await;
+
+    let facts = LocalFacts {
+        underlay_mtu: 1500,
+        dns_port: 5353,
+    };
+    let dp_a = Dataplane::new(Arc::new(SystemKernel::in_netns(&ha)));
+    let dp_b = Dataplane::new(Arc::new(SystemKernel::in_netns(&hb)));
+    assert_eq!(dp_a.underlay_mtu(ip("192.168.211.1")).await, 1500);
+    let want_a: Desired = plan(
+        &netmap(
+            "192.168.211.1",
+            "10.0.1.241",
+            &[
+                ("10.0.1.20", "192.168.211.2"),
+                ("10.0.1.242", "192.168.211.2"),
+            ],
+        ),
+        &facts,
+    );
+    let want_b: Desired = plan(
+        &netmap(
+            "192.168.211.2",
+            "10.0.1.242",
+            &[
+                ("10.0.1.10", "192.168.211.1"),
+                ("10.0.1.241", "192.168.211.1"),
+            ],
+        ),
+        &facts,
+    );
+    let ra = dp_a.sync(&want_a).await.expect("sync host a");
+    assert_eq!(ra.applied, ["net1"], "{ra:?}");
+    assert!(ra.nft_applied);
+    let rb = dp_b.sync(&want_b).await.expect("sync host b");
+    assert_eq!(rb.applied, ["net1"], "{rb:?}");
+
+    // The real kernel agrees with what was made: a second sync changes nothing.
+    let again = dp_a.sync(&want_a).await.unwrap();
+    assert!(!again.changed(), "{:?}", again.changes);
+
+    // Across the VXLAN by address.
+    until_ok(&ca, &["busybox", "ping", "-c1", "-W1", "10.0.1.20"]).await;
+    until_ok(&cb, &["busybox", "ping", "-c1", "-W1", "10.0.1.10"]).await;
+
+    // Through the VIP, to an HTTP server that answers with the client's address.
+    let cgi = www.path().join("cgi-bin");
+    std::fs::create_dir(&cgi).unwrap();
+    let script = cgi.join("ip");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho \"$REMOTE_ADDR\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let httpd = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{cb}"))
+        .args(["busybox", "httpd", "-f", "-p", "80", "-h"])
+        .arg(www.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("busybox httpd");
+    lab.children.push(httpd);
+    let url = "http://10.0.1.254/cgi-bin/ip";
+    let seen = until_ok(&ca, &["busybox", "wget", "-q", "-O", "-", url]).await;
+    assert_eq!(
+        client_addr(&seen),
+        "10.0.1.10",
+        "the backend sees the client's own address"
+    );
+
+    // The backend calling its own VIP (hairpin, masqueraded) is answered too.
+    let seen = until_ok(&cb, &["busybox", "wget", "-q", "-O", "-", url]).await;
+    assert!(!seen.trim().is_empty());
+
+    // DNS aimed at the gateway reaches the port swarm-dns would listen on in the host.
+    let listener = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ha}"))
+        .args([
+            "busybox",
+            "nc",
+            "-ll",
+            "-p",
+            "5353",
+            "-e",
+            "/bin/echo",
+            "redirected",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("busybox nc");
+    lab.children.push(listener);
+    let seen = until_ok(&ca, &["busybox", "nc", "-w", "1", "10.0.1.1", "53"]).await;
+    assert_eq!(seen.trim(), "redirected");
+
+    // The backend leaves: the VIP refuses at once instead of hanging.
+    let mut no_backend = netmap(
+        "192.168.211.1",
+        "10.0.1.241",
+        &[
+            ("10.0.1.20", "192.168.211.2"),
+            ("10.0.1.242", "192.168.211.2"),
+        ],
+    );
+    no_backend.networks[0].services[0].backends.clear();
+    let r = dp_a.sync(&plan(&no_backend, &facts)).await.unwrap();
+    assert_eq!(r.flushed, [(ip("10.0.1.254"), ip("10.0.1.20"))]);
+    let refused = run_in(&ca, &["busybox", "wget", "-q", "-O", "-", url]).await;
+    assert_eq!(refused, Outcome::Failed, "refused, not silently dropped");
+
+    // Teardown leaves no VXLAN device, /32 or table behind.
+    dp_a.teardown().await.unwrap();
+    let links = try_in(&ha, &["ip", "-br", "link"]).await.unwrap();
+    assert!(!links.contains("swv"), "{links}");
+    let addrs = try_in(&ha, &["ip", "-br", "addr"]).await.unwrap();
+    assert!(!addrs.contains("/32"), "{addrs}");
+    let tables = try_in(&ha, &["nft", "list", "tables"]).await.unwrap();
+    assert!(!tables.contains("swarmnet"), "{tables}");
+    drop(lab);
+}

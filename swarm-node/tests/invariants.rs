@@ -1,0 +1,95 @@
+//! The architecture invariants of ARCHITECTURE.md that a machine can check: which crate may
+//! depend on what, and which crate may drive the kernel's network configuration.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Each workspace package with the names of its declared (direct) dependencies.
+fn workspace_dependencies() -> BTreeMap<String, Vec<String>> {
+    let out = Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
+    meta["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .map(|p| {
+            let deps = p["dependencies"]
+                .as_array()
+                .expect("dependencies")
+                .iter()
+                .filter(|d| d["kind"].is_null()) // normal dependencies, not dev or build
+                .map(|d| d["name"].as_str().unwrap_or_default().to_string())
+                .collect();
+            (p["name"].as_str().unwrap_or_default().to_string(), deps)
+        })
+        .collect()
+}
+
+fn users_of(deps: &BTreeMap<String, Vec<String>>, krate: &str) -> Vec<String> {
+    deps.iter()
+        .filter(|(_, d)| d.iter().any(|n| n == krate))
+        .map(|(p, _)| p.clone())
+        .collect()
+}
+
+#[test]
+fn only_the_worker_links_bollard_and_the_cli_links_no_node_internals() {
+    let deps = workspace_dependencies();
+    assert_eq!(users_of(&deps, "bollard"), vec!["swarm-worker"]);
+    let cli = &deps["swarmup"];
+    for forbidden in ["openraft", "bollard", "swarm-raft", "swarm-worker", "swarm-net"] {
+        assert!(
+            !cli.iter().any(|d| d == forbidden),
+            "the CLI must not depend on {forbidden}"
+        );
+    }
+    assert!(
+        !deps["swarm-net"].iter().any(|d| d == "bollard"),
+        "the data plane makes Docker networks through the worker, not itself"
+    );
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if path.file_name().is_some_and(|n| n != "target") {
+                rust_files(&path, out);
+            }
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn only_the_data_plane_crate_runs_the_kernel_network_tools() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in ["src", "state", "worker", "dns", "raft", "pki"] {
+        let d = root.join(dir);
+        if d.is_dir() {
+            rust_files(&d, &mut files);
+        }
+    }
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read source");
+        for tool in ["\"nft\"", "\"conntrack\"", "\"bridge\""] {
+            assert!(
+                !text.contains(&format!("Command::new({tool})")),
+                "{} runs {tool}: only swarm-node/net may change the kernel's network configuration",
+                file.display()
+            );
+        }
+    }
+}
