@@ -213,9 +213,9 @@ fn overlay_networks_vips_and_service_dns_on_a_lab_cluster() {
             let words: Vec<&str> = out.split_whitespace().collect();
             match words.as_slice() {
                 // busybox httpd writes IPv4 clients as [::ffff:A.B.C.D].
-            ["psql", host, "from", client]
-                if client.trim_start_matches("[::ffff:").trim_end_matches(']') == drupal_ip =>
-            {
+                ["psql", host, "from", client]
+                    if client.trim_start_matches("[::ffff:").trim_end_matches(']') == drupal_ip =>
+                {
                     seen.insert(host.to_string());
                 }
                 _ => return Err(format!("unexpected answer {out:?} (client {drupal_ip})")),

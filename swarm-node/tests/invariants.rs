@@ -8,7 +8,13 @@ use std::process::Command;
 /// Each workspace package with the names of its declared (direct) dependencies.
 fn workspace_dependencies() -> BTreeMap<String, Vec<String>> {
     let out = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("run cargo metadata");
@@ -47,7 +53,13 @@ fn only_the_worker_links_bollard_and_the_cli_links_no_node_internals() {
     let deps = workspace_dependencies();
     assert_eq!(users_of(&deps, "bollard"), vec!["swarm-worker"]);
     let cli = &deps["swarmup"];
-    for forbidden in ["openraft", "bollard", "swarm-raft", "swarm-worker", "swarm-net"] {
+    for forbidden in [
+        "openraft",
+        "bollard",
+        "swarm-raft",
+        "swarm-worker",
+        "swarm-net",
+    ] {
         assert!(
             !cli.iter().any(|d| d == forbidden),
             "the CLI must not depend on {forbidden}"

@@ -152,10 +152,7 @@ mod tests {
             .iter()
             .map(|r| format!("{}/{}", r.ports.as_deref().unwrap_or("-"), r.protocol))
             .collect();
-        assert_eq!(
-            ports,
-            ["22/tcp", "2377/tcp", "4789/udp", "-/icmp"]
-        );
+        assert_eq!(ports, ["22/tcp", "2377/tcp", "4789/udp", "-/icmp"]);
         assert_eq!(fw.tags, vec!["swarmup:c1"]);
         assert_eq!(fw.outbound_rules.len(), 3);
     }

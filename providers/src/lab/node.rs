@@ -53,7 +53,8 @@ pub enum NodeError {
 }
 
 /// A lab node's /etc/resolv.conf: no name server, as the lab has none.
-pub(crate) const LAB_RESOLV_CONF: &str = "# Written by swarmup's lab: lab nodes have no upstream name server.\n";
+pub(crate) const LAB_RESOLV_CONF: &str =
+    "# Written by swarmup's lab: lab nodes have no upstream name server.\n";
 
 const USAGE: &str = "usage: swarmup-lab-node --name NODE --node-dir DIR --hosts FILE (started by the lab provider, not by hand)";
 

@@ -149,23 +149,21 @@ pub fn allocate(state: &ClusterState) -> Option<Allocation> {
         }
         let attached: Vec<String> = match state.task_networks.get(task_id) {
             Some(have) => have.iter().map(|a| a.network_id.clone()).collect(),
-            None => {
-                match allocate_task(state, &mut pools, &networks) {
-                    Ok(attachments) => {
-                        let ids = attachments.iter().map(|a| a.network_id.clone()).collect();
-                        out.tasks.push((task_id.clone(), attachments));
-                        ids
-                    }
-                    Err(why) => {
-                        let already = task.status.as_ref().and_then(|s| s.err.as_deref())
-                            == Some(why.as_str());
-                        if !already {
-                            out.failures.push((task_id.clone(), why));
-                        }
-                        Vec::new()
-                    }
+            None => match allocate_task(state, &mut pools, &networks) {
+                Ok(attachments) => {
+                    let ids = attachments.iter().map(|a| a.network_id.clone()).collect();
+                    out.tasks.push((task_id.clone(), attachments));
+                    ids
                 }
-            }
+                Err(why) => {
+                    let already =
+                        task.status.as_ref().and_then(|s| s.err.as_deref()) == Some(why.as_str());
+                    if !already {
+                        out.failures.push((task_id.clone(), why));
+                    }
+                    Vec::new()
+                }
+            },
         };
         if let Some(node) = &task.node_id {
             for network_id in attached {

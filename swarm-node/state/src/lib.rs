@@ -426,7 +426,8 @@ impl ClusterState {
             )));
         }
         if let Some(other) = self.networks.values().find(|n| {
-            n.subnet.contains(&record.subnet.network()) || record.subnet.contains(&n.subnet.network())
+            n.subnet.contains(&record.subnet.network())
+                || record.subnet.contains(&n.subnet.network())
         }) {
             return Err(ApplyError::Conflict(format!(
                 "subnet {} overlaps with network {} ({})",
@@ -443,7 +444,10 @@ impl ClusterState {
     }
 
     fn remove_network(&mut self, key: &str) -> Result<(), ApplyError> {
-        let net = self.networks.get(key).ok_or_else(|| not_found("network", key))?;
+        let net = self
+            .networks
+            .get(key)
+            .ok_or_else(|| not_found("network", key))?;
         let id = net.id().to_string();
         if let Some(service) = self.services_on_network(&id).next() {
             let service_name = service

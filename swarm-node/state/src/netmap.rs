@@ -218,7 +218,11 @@ fn net_view(
         let mode = endpoint_mode(spec);
         services.push(ServiceView {
             vip: match mode {
-                EndpointMode::Vip => state.service_vips.get(&id).and_then(|v| v.get(net_id)).copied(),
+                EndpointMode::Vip => state
+                    .service_vips
+                    .get(&id)
+                    .and_then(|v| v.get(net_id))
+                    .copied(),
                 EndpointMode::Dnsrr => None,
             },
             id,

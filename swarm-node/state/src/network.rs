@@ -162,9 +162,7 @@ pub fn service_networks(spec: &ServiceSpec) -> &[NetworkAttachmentConfig] {
         .as_ref()
         .and_then(|t| t.networks.as_deref())
         .filter(|n| !n.is_empty());
-    template
-        .or(spec.networks.as_deref())
-        .unwrap_or_default()
+    template.or(spec.networks.as_deref()).unwrap_or_default()
 }
 
 /// The MAC address of an overlay address: `02:42` and the four octets, as Docker derives
@@ -246,12 +244,13 @@ impl crate::ClusterState {
             .map(|(s, n)| (s.as_str(), n.as_str()))
             .collect();
         let mut claim = |network_id: &str, addr: Ipv4Addr| -> Result<(), ApplyError> {
-            let net = self.networks.get(network_id).ok_or_else(|| {
-                ApplyError::NotFound {
+            let net = self
+                .networks
+                .get(network_id)
+                .ok_or_else(|| ApplyError::NotFound {
                     kind: "network".into(),
                     id: network_id.into(),
-                }
-            })?;
+                })?;
             if !net.assignable(addr) {
                 return Err(ApplyError::Invalid(format!(
                     "address {addr} cannot be assigned on network {}",

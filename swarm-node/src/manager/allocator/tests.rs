@@ -113,8 +113,10 @@ fn settle(state: &mut ClusterState) -> usize {
 #[test]
 fn services_tasks_and_nodes_get_distinct_addresses_and_apply_accepts_them() {
     let mut s = state_with(vec![network("a", "10.0.1.0/24", None)]);
-    s.services
-        .insert("web".into(), service("web", &["a"], EndpointSpecModeEnum::VIP));
+    s.services.insert(
+        "web".into(),
+        service("web", &["a"], EndpointSpecModeEnum::VIP),
+    );
     for (i, n) in ["n1", "n2", "n1"].iter().enumerate() {
         let id = format!("t{i}");
         s.tasks.insert(id.clone(), task(&id, "web", n, &["a"]));
@@ -128,19 +130,29 @@ fn services_tasks_and_nodes_get_distinct_addresses_and_apply_accepts_them() {
     assert_eq!(all.len(), 1 + 3 + 2, "one VIP, three tasks, two nodes");
     let distinct: BTreeSet<_> = all.iter().collect();
     assert_eq!(distinct.len(), all.len(), "no address twice: {all:?}");
-    assert!(!all.contains(&"10.0.1.1".parse().unwrap()), "the gateway is never handed out");
+    assert!(
+        !all.contains(&"10.0.1.1".parse().unwrap()),
+        "the gateway is never handed out"
+    );
     assert_eq!(vip, "10.0.1.2".parse::<Ipv4Addr>().unwrap());
 }
 
 #[test]
 fn a_freed_address_is_not_reused_at_once() {
     let mut s = state_with(vec![network("a", "10.0.1.0/24", None)]);
-    s.services
-        .insert("web".into(), service("web", &["a"], EndpointSpecModeEnum::DNSRR));
+    s.services.insert(
+        "web".into(),
+        service("web", &["a"], EndpointSpecModeEnum::DNSRR),
+    );
     s.tasks.insert("t1".into(), task("t1", "web", "n1", &["a"]));
     settle(&mut s);
     let first = s.task_networks["t1"][0].addr;
-    s.apply(&Command::RemoveTasks { ids: vec!["t1".into()] }, 100);
+    s.apply(
+        &Command::RemoveTasks {
+            ids: vec!["t1".into()],
+        },
+        100,
+    );
     s.tasks.insert("t2".into(), task("t2", "web", "n1", &["a"]));
     settle(&mut s);
     assert_ne!(s.task_networks["t2"][0].addr, first);
@@ -151,8 +163,10 @@ fn a_full_network_leaves_the_task_waiting_with_a_clear_error_once() {
     // A /30 range inside the /24 holds .4-.7: .4 is the range's network address but a
     // valid host of the subnet, so four addresses fit.
     let mut s = state_with(vec![network("a", "10.0.1.0/24", Some("10.0.1.4/30"))]);
-    s.services
-        .insert("web".into(), service("web", &["a"], EndpointSpecModeEnum::DNSRR));
+    s.services.insert(
+        "web".into(),
+        service("web", &["a"], EndpointSpecModeEnum::DNSRR),
+    );
     for i in 0..6 {
         let id = format!("t{i}");
         s.tasks.insert(id.clone(), task(&id, "web", "n1", &["a"]));
@@ -163,13 +177,20 @@ fn a_full_network_leaves_the_task_waiting_with_a_clear_error_once() {
         .values()
         .filter(|t| !s.task_networks.contains_key(t.id.as_deref().unwrap()))
         .collect();
-    assert_eq!(waiting.len(), 2, "tasks come first: four of them fill the range");
+    assert_eq!(
+        waiting.len(),
+        2,
+        "tasks come first: four of them fill the range"
+    );
     for t in waiting {
         let err = t.status.as_ref().and_then(|s| s.err.clone()).unwrap();
         assert_eq!(err, exhausted_message("net-a"));
         assert_eq!(t.status.as_ref().unwrap().state, Some(TaskState::ASSIGNED));
     }
-    assert!(allocate(&s).is_none(), "the same failure is not proposed again");
+    assert!(
+        allocate(&s).is_none(),
+        "the same failure is not proposed again"
+    );
 }
 
 #[test]
@@ -178,13 +199,17 @@ fn vips_follow_the_endpoint_mode_and_the_networks_of_the_service() {
         network("a", "10.0.1.0/24", None),
         network("b", "10.0.2.0/24", None),
     ]);
-    s.services
-        .insert("web".into(), service("web", &["a", "b"], EndpointSpecModeEnum::VIP));
+    s.services.insert(
+        "web".into(),
+        service("web", &["a", "b"], EndpointSpecModeEnum::VIP),
+    );
     settle(&mut s);
     assert_eq!(s.service_vips["web"].len(), 2);
 
-    s.services
-        .insert("web".into(), service("web", &["b"], EndpointSpecModeEnum::VIP));
+    s.services.insert(
+        "web".into(),
+        service("web", &["b"], EndpointSpecModeEnum::VIP),
+    );
     settle(&mut s);
     assert_eq!(
         s.service_vips["web"].keys().collect::<Vec<_>>(),
@@ -192,8 +217,10 @@ fn vips_follow_the_endpoint_mode_and_the_networks_of_the_service() {
         "leaving a network gives its VIP back"
     );
 
-    s.services
-        .insert("web".into(), service("web", &["b"], EndpointSpecModeEnum::DNSRR));
+    s.services.insert(
+        "web".into(),
+        service("web", &["b"], EndpointSpecModeEnum::DNSRR),
+    );
     settle(&mut s);
     assert!(!s.service_vips.contains_key("web"), "dnsrr has no VIP");
 }
@@ -201,8 +228,10 @@ fn vips_follow_the_endpoint_mode_and_the_networks_of_the_service() {
 #[test]
 fn ended_tasks_get_nothing_and_apply_refuses_a_double_allocation() {
     let mut s = state_with(vec![network("a", "10.0.1.0/24", None)]);
-    s.services
-        .insert("web".into(), service("web", &["a"], EndpointSpecModeEnum::DNSRR));
+    s.services.insert(
+        "web".into(),
+        service("web", &["a"], EndpointSpecModeEnum::DNSRR),
+    );
     let mut dead = task("t1", "web", "n1", &["a"]);
     dead.status = Some(status(TaskState::FAILED, "failed", "t"));
     s.tasks.insert("t1".into(), dead);
@@ -225,5 +254,8 @@ fn ended_tasks_get_nothing_and_apply_refuses_a_double_allocation() {
         matches!(r.error, Some(swarm_state::ApplyError::Conflict(_))),
         "{r:?}"
     );
-    assert!(!s.task_networks.contains_key("t4"), "nothing of a refused allocation is kept");
+    assert!(
+        !s.task_networks.contains_key("t4"),
+        "nothing of a refused allocation is kept"
+    );
 }
