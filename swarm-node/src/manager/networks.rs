@@ -424,7 +424,13 @@ pub fn plan_network(
                 .ok_or_else(|| NetworkError::InvalidMtu(text.clone()))?,
         ),
     };
-    let encrypted = user_options.contains_key(ENCRYPTED_OPTION);
+    // Refused rather than ignored: this data plane has no encryption path yet.
+    if user_options.contains_key(ENCRYPTED_OPTION) {
+        return Err(NetworkError::Unsupported(
+            "--opt encrypted: encrypted overlay networks are not available yet; create the network without it".into(),
+        ));
+    }
+    let encrypted = false;
     let mut options = user_options;
     options.insert(VXLAN_ID_OPTION.into(), vni.to_string());
     let network = Network {
@@ -583,17 +589,11 @@ mod tests {
             Some("10.20.5.0/24"),
         );
         r.labels = Some([("a".to_string(), "b".to_string())].into());
-        r.options = Some(
-            [
-                (MTU_OPTION.to_string(), "1400".to_string()),
-                (ENCRYPTED_OPTION.to_string(), String::new()),
-            ]
-            .into(),
-        );
+        r.options = Some([(MTU_OPTION.to_string(), "1400".to_string())].into());
         r.attachable = Some(true);
         let n = plan(&ClusterState::default(), &r).unwrap();
         assert_eq!(n.mtu, Some(1400));
-        assert!(n.encrypted);
+        assert!(!n.encrypted);
         assert_eq!(n.gateway, Ipv4Addr::new(10, 20, 0, 254));
         assert_eq!(n.ip_range.to_string(), "10.20.5.0/24");
         let v = serde_json::to_value(&n.network).unwrap();
@@ -608,7 +608,7 @@ mod tests {
         assert_eq!(v["IPAM"]["Config"][0]["Gateway"], "10.20.0.254");
         assert_eq!(v["IPAM"]["Config"][0]["IPRange"], "10.20.5.0/24");
         assert_eq!(v["Options"][VXLAN_ID_OPTION], "4096");
-        assert_eq!(v["Options"]["encrypted"], "");
+        assert!(v["Options"].get("encrypted").is_none());
         assert_eq!(v["Labels"]["a"], "b");
         assert_eq!(v["Created"], NOW);
         assert!(v.get("Peers").is_none());
