@@ -52,6 +52,7 @@ fn users_of(deps: &BTreeMap<String, Vec<String>>, krate: &str) -> Vec<String> {
 fn only_the_worker_links_bollard_and_the_cli_links_no_node_internals() {
     let deps = workspace_dependencies();
     assert_eq!(users_of(&deps, "bollard"), vec!["swarm-worker"]);
+    assert_eq!(users_of(&deps, "openraft"), vec!["swarm-raft"]);
     let cli = &deps["swarmup"];
     for forbidden in [
         "openraft",
@@ -69,6 +70,39 @@ fn only_the_worker_links_bollard_and_the_cli_links_no_node_internals() {
         !deps["swarm-net"].iter().any(|d| d == "bollard"),
         "the data plane makes Docker networks through the worker, not itself"
     );
+}
+
+#[test]
+fn providers_never_open_ssh_and_bootstrap_never_calls_a_cloud_api() {
+    let deps = workspace_dependencies();
+    let providers = &deps["swarmup-providers"];
+    for forbidden in ["openssh", "swarmup-bootstrap"] {
+        assert!(
+            !providers.iter().any(|d| d == forbidden),
+            "providers must not depend on {forbidden}: machines are reached over SSH only by bootstrap"
+        );
+    }
+    assert!(
+        !deps["swarmup-bootstrap"].iter().any(|d| d == "reqwest"),
+        "bootstrap must not make HTTP calls: it sees machines only as Machine records"
+    );
+    // Bootstrap links the providers crate for its records, never for a provider.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bootstrap/src");
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read source");
+        for provider in ["Provider", "digitalocean", "lab::", "DigitalOcean"] {
+            assert!(
+                !text
+                    .lines()
+                    .filter(|l| l.contains("swarmup_providers"))
+                    .any(|l| l.contains(provider)),
+                "{} uses swarmup_providers' {provider}: bootstrap must not call a provider",
+                file.display()
+            );
+        }
+    }
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
