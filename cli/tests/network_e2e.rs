@@ -13,15 +13,10 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use support::{e2e_enabled, ensure_swarm_node, serial, wait_for, Cluster, IMAGE};
-
-const CONVERGE_TIMEOUT: Duration = Duration::from_secs(90);
-
-fn figure(what: &str, took: Duration) {
-    println!("figure: {what}: {:.3}s", took.as_secs_f64());
-}
+use support::net::{figure, NetLab, CONVERGE_TIMEOUT};
+use support::{e2e_enabled, ensure_swarm_node, serial, wait_for, IMAGE};
 
 /// A service that answers HTTP on 5432 with `psql <hostname> from <client address>`.
 const SERVER_SCRIPT: &str = concat!(
@@ -30,99 +25,47 @@ const SERVER_SCRIPT: &str = concat!(
     "> /www/cgi-bin/who && chmod +x /www/cgi-bin/who && exec httpd -f -p 5432 -h /www"
 );
 
-struct Lab {
-    cluster: Cluster,
+const ASK_PSQL: &str = "timeout 3 wget -q -O - http://psql:5432/cgi-bin/who";
+
+/// The answering task's hostname in a `psql HOST from CLIENT` answer.
+fn psql_host(out: &str) -> Result<String, String> {
+    match out.split_whitespace().collect::<Vec<_>>().as_slice() {
+        ["psql", host, "from", _] => Ok(host.to_string()),
+        _ => Err(format!("unexpected answer {out:?}")),
+    }
 }
 
-impl Lab {
-    fn docker(&mut self, args: &[&str]) -> String {
-        self.cluster.docker_run(args).expect_ok()
+/// The client address in a `psql HOST from CLIENT` answer; busybox httpd writes IPv4
+/// clients as `[::ffff:A.B.C.D]`.
+fn client_of(out: &str) -> Option<String> {
+    match out.split_whitespace().collect::<Vec<_>>().as_slice() {
+        ["psql", _, "from", client] => Some(
+            client
+                .trim_start_matches("[::ffff:")
+                .trim_end_matches(']')
+                .to_string(),
+        ),
+        _ => None,
     }
+}
 
-    fn node(&self, i: u32) -> String {
-        format!("{}-node{i}", self.cluster.name)
-    }
-
-    /// Runs `docker exec` in the (only) running container of `service` on `node`, through
-    /// `swarmup ssh`: the node's own engine.
-    fn exec(&self, node: &str, service: &str, cmd: &str) -> Result<String, String> {
-        let script = format!(
-            "c=$(docker ps -q --filter label=com.docker.swarm.service.name={service} | head -n1); \
-             [ -n \"$c\" ] || {{ echo no container of {service} >&2; exit 3; }}; \
-             docker exec \"$c\" sh -c '{cmd}'"
-        );
-        let run = self
-            .cluster
-            .sb()
-            .run(&["ssh", &self.cluster.name, node, "--", &script]);
-        if run.ok() {
-            Ok(run.stdout)
-        } else {
-            Err(format!("{}{}", run.stdout, run.stderr))
-        }
-    }
-
-    /// `docker service create -d ARGS…`.
-    fn service(&mut self, args: &[&str]) {
-        let mut all = vec!["service", "create", "-d"];
-        all.extend_from_slice(args);
-        self.docker(&all);
-    }
-
-    /// Waits until `service` has `n` running tasks; returns their nodes.
-    fn running(&mut self, service: &str, n: usize) -> Vec<String> {
-        let (nodes, took) = wait_for(
-            &format!("{n} running tasks of {service}"),
-            CONVERGE_TIMEOUT,
-            || {
-                let tasks = self.cluster.docker_running_tasks(service)?;
-                let on: Vec<String> = tasks
-                    .iter()
-                    .filter(|t| t.current.starts_with("Running"))
-                    .map(|t| t.node.clone())
-                    .collect();
-                if on.len() == n {
-                    Ok(on)
-                } else {
-                    Err(format!("{tasks:?}"))
-                }
-            },
-        );
-        figure(&format!("{service} running {n}/{n}"), took);
-        nodes
-    }
-
-    /// The addresses an `nslookup NAME` inside a task container answers.
-    fn lookup(&self, node: &str, service: &str, name: &str) -> Result<BTreeSet<String>, String> {
-        let out = self.exec(node, service, &format!("nslookup {name}"))?;
-        // busybox prints the server first ("Server:", "Address: 127.0.0.11:53"), then the
-        // answers after "Name:".
-        let answers: BTreeSet<String> = out
-            .split("Name:")
-            .skip(1)
-            .flat_map(|block| block.lines())
-            .filter_map(|l| l.trim().strip_prefix("Address:"))
-            .map(|a| a.trim().to_string())
-            .filter(|a| !a.is_empty())
-            .collect();
-        if answers.is_empty() {
-            Err(format!("no answer for {name}: {out}"))
-        } else {
-            Ok(answers)
-        }
-    }
-
-    /// `service inspect`'s VIP of a service on a network, without the prefix length.
-    fn vip(&mut self, service: &str) -> String {
-        let out = self.docker(&[
-            "service",
-            "inspect",
-            service,
-            "--format",
-            "{{range .Endpoint.VirtualIPs}}{{.Addr}} {{end}}",
-        ]);
-        let vip = out.split_whitespace().next().unwrap_or_default();
-        vip.split('/').next().unwrap_or_default().to_string()
+/// The addresses an `nslookup NAME` inside a task container answers.
+fn lookup(lab: &NetLab, node: &str, service: &str, name: &str) -> Result<BTreeSet<String>, String> {
+    let out = lab.exec(node, service, &format!("nslookup {name}"))?;
+    // busybox prints the server first ("Server:", "Address: 127.0.0.11:53"), then the
+    // answers after "Name:".
+    let answers: BTreeSet<String> = out
+        .split("Name:")
+        .skip(1)
+        .flat_map(|block| block.lines())
+        .filter_map(|l| l.trim().strip_prefix("Address:"))
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty())
+        .collect();
+    if answers.is_empty() {
+        Err(format!("no answer for {name}: {out}"))
+    } else {
+        Ok(answers)
     }
 }
 
@@ -133,9 +76,7 @@ fn overlay_networks_vips_and_service_dns_on_a_lab_cluster() {
     }
     let _serial = serial();
     ensure_swarm_node();
-    let mut lab = Lab {
-        cluster: Cluster::new("net"),
-    };
+    let mut lab = NetLab::new("net");
     lab.cluster.create(&["--nodes", "3"]);
     lab.cluster.load_test_image();
     let (n1, n2, n3) = (lab.node(1), lab.node(2), lab.node(3));
@@ -196,52 +137,27 @@ fn overlay_networks_vips_and_service_dns_on_a_lab_cluster() {
     let vip = lab.vip("psql");
     assert!(vip.starts_with("10."), "psql has a VIP: {vip:?}");
     // Docker writes the container's address into its /etc/hosts.
-    let drupal_ip = lab
-        .exec(&n3, "drupal", "hostname -i")
-        .expect("drupal's address")
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    let started = Instant::now();
-    let mut seen = BTreeSet::new();
-    let (_, took) = wait_for(
+    let drupal_ip = lab.address_of(&n3, "drupal");
+    lab.until_distinct(
         "drupal reaches both psql tasks by name",
-        CONVERGE_TIMEOUT,
-        || {
-            let out = lab.exec(&n3, "drupal", "wget -q -O - http://psql:5432/cgi-bin/who")?;
-            let words: Vec<&str> = out.split_whitespace().collect();
-            match words.as_slice() {
-                // busybox httpd writes IPv4 clients as [::ffff:A.B.C.D].
-                ["psql", host, "from", client]
-                    if client.trim_start_matches("[::ffff:").trim_end_matches(']') == drupal_ip =>
-                {
-                    seen.insert(host.to_string());
-                }
-                _ => return Err(format!("unexpected answer {out:?} (client {drupal_ip})")),
-            }
-            if seen.len() == 2 {
-                Ok(())
-            } else {
-                Err(format!("answered by {seen:?} so far"))
-            }
+        &n3,
+        "drupal",
+        ASK_PSQL,
+        2,
+        |out| match client_of(out) {
+            Some(c) if c == drupal_ip => psql_host(out),
+            _ => Err(format!("unexpected answer {out:?} (client {drupal_ip})")),
         },
-    );
-    figure(
-        "first request by name across nodes",
-        started.elapsed().min(took),
     );
 
     // DNS: the name is the VIP, tasks.psql the two task addresses.
-    let psql = lab.lookup(&n3, "drupal", "psql").expect("nslookup psql");
+    let psql = lookup(&lab, &n3, "drupal", "psql").expect("nslookup psql");
     assert_eq!(
         psql,
         BTreeSet::from([vip.clone()]),
         "psql resolves to its VIP"
     );
-    let tasks = lab
-        .lookup(&n3, "drupal", "tasks.psql")
-        .expect("nslookup tasks.psql");
+    let tasks = lookup(&lab, &n3, "drupal", "tasks.psql").expect("nslookup tasks.psql");
     assert_eq!(tasks.len(), 2, "tasks.psql: {tasks:?}");
     assert!(!tasks.contains(&vip), "{tasks:?}");
     for addr in &tasks {
@@ -252,7 +168,11 @@ fn overlay_networks_vips_and_service_dns_on_a_lab_cluster() {
                 &format!("wget -q -O - http://{addr}:5432/cgi-bin/who"),
             )
             .unwrap_or_else(|e| panic!("task address {addr} unreachable: {e}"));
-        assert!(out.contains(&format!("from {drupal_ip}")), "{out}");
+        assert_eq!(
+            client_of(&out).as_deref(),
+            Some(drupal_ip.as_str()),
+            "the task sees the client's own address: {out}"
+        );
     }
 
     // dnsrr: no VIP, the name gives the task addresses.
@@ -272,7 +192,7 @@ fn overlay_networks_vips_and_service_dns_on_a_lab_cluster() {
     lab.running("rr", 2);
     assert_eq!(lab.vip("rr"), "", "a dnsrr service has no VIP");
     let (rr, _) = wait_for("rr resolves to 2 tasks", CONVERGE_TIMEOUT, || {
-        let rr = lab.lookup(&n3, "drupal", "rr")?;
+        let rr = lookup(&lab, &n3, "drupal", "rr")?;
         if rr.len() == 2 {
             Ok(rr)
         } else {
@@ -296,60 +216,98 @@ fn overlay_networks_vips_and_service_dns_on_a_lab_cluster() {
     ]);
     lab.running("lonely", 1);
     assert!(
-        lab.lookup(&n3, "lonely", "psql").is_err(),
+        lookup(&lab, &n3, "lonely", "psql").is_err(),
         "psql must not resolve from another network"
     );
     assert!(
         lab.exec(
             &n3,
             "lonely",
-            &format!("wget -q -T 2 -O - http://{vip}:5432/cgi-bin/who")
+            &format!("timeout 3 wget -q -O - http://{vip}:5432/cgi-bin/who")
         )
         .is_err(),
         "psql's VIP must not answer another network"
     );
 
     // A killed task leaves the VIP: every request goes to the survivor from then on.
-    let victim_host = lab
+    let victim = lab
         .exec(&n1, "psql", "hostname")
         .expect("psql task on node1")
         .trim()
         .to_string();
-    lab.cluster.sb().ok(&[
-        "ssh",
-        &lab.cluster.name,
+    lab.ssh(
         &n1,
-        "--",
         "docker kill $(docker ps -q --filter label=com.docker.swarm.service.name=psql)",
-    ]);
-    let killed = Instant::now();
-    let mut streak = 0;
-    wait_for(
+    )
+    .expect("docker kill");
+    let took = lab.until_streak(
         "the VIP stops sending to the killed task",
-        CONVERGE_TIMEOUT,
-        || {
-            let out = lab.exec(
-                &n3,
-                "drupal",
-                "wget -q -T 2 -O - http://psql:5432/cgi-bin/who",
-            );
-            match out {
-                Ok(o) if !o.contains(&victim_host) => streak += 1,
-                other => {
-                    streak = 0;
-                    return Err(format!("{other:?}"));
+        &n3,
+        "drupal",
+        ASK_PSQL,
+        10,
+        |out| psql_host(out).is_ok_and(|h| h != victim),
+    );
+    figure("docker kill to VIP clean (10 good answers in a row)", took);
+
+    // dockerd restarted on node2 (the lab's init starts it again): its containers die with
+    // it, and the data plane must repair whatever the engine's restart undid, so both psql
+    // tasks answer by name again, one of them new.
+    lab.running("psql", 2);
+    let before = lab
+        .exec(&n2, "psql", "hostname")
+        .expect("psql task on node2")
+        .trim()
+        .to_string();
+    lab.ssh(&n2, "kill $(cat /run/docker.pid)")
+        .expect("stop node2's dockerd");
+    let restarted = Instant::now();
+    wait_for("node2's dockerd back", CONVERGE_TIMEOUT, || {
+        lab.ssh(&n2, "docker version --format '{{.Server.Version}}'")
+    });
+    let answered = lab.until_distinct(
+        "both psql tasks answer by name after node2's dockerd restart",
+        &n3,
+        "drupal",
+        ASK_PSQL,
+        2,
+        |out| {
+            psql_host(out).and_then(|h| {
+                if h == before {
+                    Err(format!(
+                        "the task {before} killed with dockerd still answers"
+                    ))
+                } else {
+                    Ok(h)
                 }
-            }
-            if streak >= 10 {
-                Ok(())
-            } else {
-                Err(format!("{streak} good answers in a row"))
-            }
+            })
         },
     );
+    assert!(!answered.contains(&before), "{answered:?}");
     figure(
-        "docker kill to VIP clean (10 good answers in a row)",
-        killed.elapsed(),
+        "dockerd restart to both psql tasks answering",
+        restarted.elapsed(),
+    );
+
+    // A stopped node's tasks leave the VIP once the node is Down.
+    let on_n2 = lab
+        .exec(&n2, "psql", "hostname")
+        .expect("psql task on node2")
+        .trim()
+        .to_string();
+    lab.cluster.sb().ok(&["stop", &lab.cluster.name, &n2]);
+    let stopped = Instant::now();
+    lab.until_streak(
+        "the VIP stops sending to the stopped node's task",
+        &n3,
+        "drupal",
+        ASK_PSQL,
+        10,
+        |out| psql_host(out).is_ok_and(|h| h != on_n2),
+    );
+    figure(
+        "node stopped to VIP clean (10 good answers in a row)",
+        stopped.elapsed(),
     );
 
     // network rm: refused while in use, then done.

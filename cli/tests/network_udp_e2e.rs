@@ -16,13 +16,13 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use support::net::NetLab;
 use support::{
-    e2e_enabled, ensure_swarm_node, host_docker, run_bounded, serial, swarmup_bin, wait_for,
-    Cluster, COMMAND_TIMEOUT,
+    e2e_enabled, ensure_swarm_node, host_docker, run_bounded, serial, swarmup_bin, Cluster,
+    COMMAND_TIMEOUT,
 };
 
 const PROBE_IMAGE: &str = "swarmup-test/probe:latest";
-const CONVERGE_TIMEOUT: Duration = Duration::from_secs(90);
 const UDP_PORT: u16 = 7007;
 const HTTP_PORT: u16 = 8080;
 
@@ -106,116 +106,29 @@ fn load_probe_image(cluster: &Cluster) {
     loaded.expect_ok();
 }
 
-struct Lab {
-    cluster: Cluster,
-}
-
-impl Lab {
-    fn docker(&mut self, args: &[&str]) -> String {
-        self.cluster.docker_run(args).expect_ok()
-    }
-
-    fn node(&self, i: u32) -> String {
-        format!("{}-node{i}", self.cluster.name)
-    }
-
-    /// `docker exec` in the (only) running container of `service` on `node`, through
-    /// `swarmup ssh`: the node's own engine.
-    fn exec(&self, node: &str, service: &str, cmd: &str) -> Result<String, String> {
-        let script = format!(
-            "c=$(docker ps -q --filter label=com.docker.swarm.service.name={service} | head -n1); \
-             [ -n \"$c\" ] || {{ echo no container of {service} >&2; exit 3; }}; \
-             docker exec \"$c\" {cmd}"
-        );
-        let run = self
-            .cluster
-            .sb()
-            .run(&["ssh", &self.cluster.name, node, "--", &script]);
-        if run.ok() {
-            Ok(run.stdout)
-        } else {
-            Err(format!("{}{}", run.stdout, run.stderr))
+/// Asks through a VIP with `probe_cmd` from the client until every one of `backends`
+/// tasks has answered, checking each answer names the client's own address.
+fn reach_all(
+    lab: &NetLab,
+    what: &str,
+    client_node: &str,
+    client_ip: &str,
+    probe_cmd: &str,
+    backends: usize,
+) -> BTreeSet<String> {
+    lab.until_distinct(what, client_node, "client", probe_cmd, backends, |out| {
+        let w = words(out);
+        match (w.get("who"), w.get("from")) {
+            (Some(who), Some(from)) => {
+                assert_eq!(
+                    from, client_ip,
+                    "{what}: the backend must see the client's own address: {out}"
+                );
+                Ok(who.clone())
+            }
+            _ => Err(format!("unexpected answer {out:?}")),
         }
-    }
-
-    fn service(&mut self, args: &[&str]) {
-        let mut all = vec!["service", "create", "-d"];
-        all.extend_from_slice(args);
-        self.docker(&all);
-    }
-
-    /// Waits until `service` has `n` running tasks; returns their nodes.
-    fn running(&mut self, service: &str, n: usize) -> BTreeSet<String> {
-        let (nodes, _) = wait_for(
-            &format!("{n} running tasks of {service}"),
-            CONVERGE_TIMEOUT,
-            || {
-                let tasks = self.cluster.docker_running_tasks(service)?;
-                let on: BTreeSet<String> = tasks
-                    .iter()
-                    .filter(|t| t.current.starts_with("Running"))
-                    .map(|t| t.node.clone())
-                    .collect();
-                let running = tasks
-                    .iter()
-                    .filter(|t| t.current.starts_with("Running"))
-                    .count();
-                if running == n {
-                    Ok(on)
-                } else {
-                    Err(format!("{tasks:?}"))
-                }
-            },
-        );
-        nodes
-    }
-
-    /// The service's first VIP, without the prefix length.
-    fn vip(&mut self, service: &str) -> String {
-        let out = self.docker(&[
-            "service",
-            "inspect",
-            service,
-            "--format",
-            "{{range .Endpoint.VirtualIPs}}{{.Addr}} {{end}}",
-        ]);
-        let vip = out.split_whitespace().next().unwrap_or_default();
-        vip.split('/').next().unwrap_or_default().to_string()
-    }
-
-    /// Asks through a VIP with `probe_cmd` from the client until every one of `backends`
-    /// tasks has answered, checking each answer names the client's own address.
-    fn reach_all(
-        &self,
-        what: &str,
-        client_node: &str,
-        client_ip: &str,
-        probe_cmd: &str,
-        backends: usize,
-    ) -> BTreeSet<String> {
-        let mut seen = BTreeSet::new();
-        let (_, took) = wait_for(what, CONVERGE_TIMEOUT, || {
-            let out = self.exec(client_node, "client", probe_cmd)?;
-            let w = words(&out);
-            match (w.get("who"), w.get("from")) {
-                (Some(who), Some(from)) => {
-                    assert_eq!(
-                        from, client_ip,
-                        "{what}: the backend must see the client's own address: {out}"
-                    );
-                    seen.insert(who.clone());
-                }
-                _ => return Err(format!("unexpected answer {out:?}")),
-            }
-            if seen.len() == backends {
-                Ok(())
-            } else {
-                Err(format!("answered by {seen:?} so far"))
-            }
-        });
-        println!("figure: {what}: {:.3}s", took.as_secs_f64());
-        seen
-    }
+    })
 }
 
 fn words(line: &str) -> BTreeMap<String, String> {
@@ -233,9 +146,7 @@ fn udp_and_tcp_through_a_vip_keep_the_client_address() {
     let _serial = serial();
     ensure_swarm_node();
     ensure_probe_image();
-    let mut lab = Lab {
-        cluster: Cluster::new("netudp"),
-    };
+    let mut lab = NetLab::new("netudp");
     lab.cluster.create(&["--nodes", "3"]);
     load_probe_image(&lab.cluster);
     let (n1, n2, n3) = (lab.node(1), lab.node(2), lab.node(3));
@@ -276,25 +187,25 @@ fn udp_and_tcp_through_a_vip_keep_the_client_address() {
         "3600",
     ]);
     let spread = BTreeSet::from([n1.clone(), n2.clone()]);
-    assert_eq!(lab.running("echo", 2), spread, "echo on node1 and node2");
-    assert_eq!(lab.running("who", 2), spread, "who on node1 and node2");
+    let on = |nodes: Vec<String>| nodes.into_iter().collect::<BTreeSet<_>>();
+    assert_eq!(
+        on(lab.running("echo", 2)),
+        spread,
+        "echo on node1 and node2"
+    );
+    assert_eq!(on(lab.running("who", 2)), spread, "who on node1 and node2");
     lab.running("client", 1);
 
     // Docker writes the container's overlay address into its /etc/hosts.
-    let client_ip = lab
-        .exec(&n3, "client", "hostname -i")
-        .expect("the client's address")
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let client_ip = lab.address_of(&n3, "client");
     assert!(client_ip.starts_with("10."), "client address {client_ip:?}");
 
     // UDP: every datagram is a new flow, so both tasks answer sooner or later, each
     // seeing the client's address.
     let echo_vip = lab.vip("echo");
     assert!(echo_vip.starts_with("10."), "echo has a VIP: {echo_vip:?}");
-    let udp = lab.reach_all(
+    let udp = reach_all(
+        &lab,
         "udp through the VIP reaches both echo tasks",
         &n3,
         &client_ip,
@@ -306,7 +217,8 @@ fn udp_and_tcp_through_a_vip_keep_the_client_address() {
     let who_vip = lab.vip("who");
     assert!(who_vip.starts_with("10."), "who has a VIP: {who_vip:?}");
     assert_ne!(who_vip, echo_vip, "every service has its own VIP");
-    let tcp = lab.reach_all(
+    let tcp = reach_all(
+        &lab,
         "tcp through the VIP reaches both who tasks",
         &n3,
         &client_ip,

@@ -145,8 +145,9 @@ fn parse_duration_ms(s: &str) -> Result<u64, String> {
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SWARM_NODE_LOG")
-                .unwrap_or_else(|_| "info,openraft=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("SWARM_NODE_LOG").unwrap_or_else(|_| {
+                "info,openraft=warn,hickory_server=warn,hickory_proto=warn".into()
+            }),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod net;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -333,14 +333,21 @@ impl Dataplane {
             k.fdb(&o.vxlan).await?.into_iter().collect()
         };
         let want_macs: BTreeSet<_> = want_fdb.iter().map(|e| e.mac).collect();
-        for e in have_fdb.iter().filter(|e| !want_macs.contains(&e.mac)) {
-            k.fdb_del(&o.vxlan, *e).await?;
+        let del: Vec<FdbEntry> = have_fdb
+            .iter()
+            .filter(|e| !want_macs.contains(&e.mac))
+            .copied()
+            .collect();
+        let add: Vec<FdbEntry> = want_fdb.difference(&have_fdb).copied().collect();
+        if !del.is_empty() || !add.is_empty() {
+            k.fdb_apply(&o.vxlan, &del, &add).await?;
+        }
+        for e in &del {
             report
                 .changes
                 .push(format!("fdb del {} on {}", e.mac, o.vxlan));
         }
-        for e in want_fdb.difference(&have_fdb) {
-            k.fdb_replace(&o.vxlan, *e).await?;
+        for e in &add {
             report
                 .changes
                 .push(format!("fdb {} dst {} on {}", e.mac, e.dst, o.vxlan));
@@ -360,14 +367,21 @@ impl Dataplane {
             k.neighbours(&o.vxlan).await?.into_iter().collect()
         };
         let want_addrs: BTreeSet<_> = want_neigh.iter().map(|e| e.addr).collect();
-        for e in have_neigh.iter().filter(|e| !want_addrs.contains(&e.addr)) {
-            k.neigh_del(&o.vxlan, *e).await?;
+        let del: Vec<NeighEntry> = have_neigh
+            .iter()
+            .filter(|e| !want_addrs.contains(&e.addr))
+            .copied()
+            .collect();
+        let add: Vec<NeighEntry> = want_neigh.difference(&have_neigh).copied().collect();
+        if !del.is_empty() || !add.is_empty() {
+            k.neigh_apply(&o.vxlan, &del, &add).await?;
+        }
+        for e in &del {
             report
                 .changes
                 .push(format!("neigh del {} on {}", e.addr, o.vxlan));
         }
-        for e in want_neigh.difference(&have_neigh) {
-            k.neigh_replace(&o.vxlan, *e).await?;
+        for e in &add {
             report
                 .changes
                 .push(format!("neigh {} lladdr {} on {}", e.addr, e.mac, o.vxlan));

@@ -118,6 +118,38 @@ pub trait Kernel: Send + Sync + fmt::Debug {
     async fn neighbours(&self, dev: &str) -> Result<Vec<NeighEntry>, NetError>;
     async fn neigh_replace(&self, dev: &str, entry: NeighEntry) -> Result<(), NetError>;
     async fn neigh_del(&self, dev: &str, entry: NeighEntry) -> Result<(), NetError>;
+    /// Deletes then replaces forwarding entries. One call per entry unless the kernel can
+    /// take them in one batch: a first sync with a thousand remote tasks is otherwise
+    /// thousands of commands.
+    async fn fdb_apply(
+        &self,
+        dev: &str,
+        del: &[FdbEntry],
+        replace: &[FdbEntry],
+    ) -> Result<(), NetError> {
+        for e in del {
+            self.fdb_del(dev, *e).await?;
+        }
+        for e in replace {
+            self.fdb_replace(dev, *e).await?;
+        }
+        Ok(())
+    }
+    /// Deletes then replaces neighbour entries; like [`Kernel::fdb_apply`].
+    async fn neigh_apply(
+        &self,
+        dev: &str,
+        del: &[NeighEntry],
+        replace: &[NeighEntry],
+    ) -> Result<(), NetError> {
+        for e in del {
+            self.neigh_del(dev, *e).await?;
+        }
+        for e in replace {
+            self.neigh_replace(dev, *e).await?;
+        }
+        Ok(())
+    }
     /// The ports of every bridge.
     async fn bridge_ports(&self) -> Result<Vec<BridgePort>, NetError>;
     async fn set_hairpin(&self, dev: &str) -> Result<(), NetError>;

@@ -280,6 +280,8 @@ pub(crate) mod tests {
             data_path_port: 4789,
             networks: vec![back, front],
             local_tasks: vec![],
+            ingress_ports: vec![],
+            ingress_nodes: vec![],
         }
     }
 

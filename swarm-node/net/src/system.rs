@@ -361,6 +361,48 @@ impl Kernel for SystemKernel {
         .map(drop)
     }
 
+    async fn fdb_apply(
+        &self,
+        dev: &str,
+        del: &[FdbEntry],
+        replace: &[FdbEntry],
+    ) -> Result<(), NetError> {
+        let mut batch = String::new();
+        for e in del {
+            batch += &format!("fdb del {} dev {dev} dst {} self\n", e.mac, e.dst);
+        }
+        for e in replace {
+            batch += &format!(
+                "fdb replace {} dev {dev} dst {} self permanent\n",
+                e.mac, e.dst
+            );
+        }
+        self.run("bridge", &["-batch", "-"], Some(&batch))
+            .await
+            .map(drop)
+    }
+
+    async fn neigh_apply(
+        &self,
+        dev: &str,
+        del: &[NeighEntry],
+        replace: &[NeighEntry],
+    ) -> Result<(), NetError> {
+        let mut batch = String::new();
+        for e in del {
+            batch += &format!("neigh del {} dev {dev}\n", e.addr);
+        }
+        for e in replace {
+            batch += &format!(
+                "neigh replace {} lladdr {} dev {dev} nud permanent\n",
+                e.addr, e.mac
+            );
+        }
+        self.run("ip", &["-batch", "-"], Some(&batch))
+            .await
+            .map(drop)
+    }
+
     async fn neigh_del(&self, dev: &str, e: NeighEntry) -> Result<(), NetError> {
         let addr = e.addr.to_string();
         self.run("ip", &["neigh", "del", &addr, "dev", dev], None)

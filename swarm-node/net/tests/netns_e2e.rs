@@ -218,6 +218,8 @@ fn netmap(vtep: &str, own: &str, remote: &[(&str, &str)]) -> NetMap {
             }],
         }],
         local_tasks: vec![],
+        ingress_ports: vec![],
+        ingress_nodes: vec![],
     }
 }
 

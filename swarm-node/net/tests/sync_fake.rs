@@ -64,6 +64,8 @@ fn map() -> NetMap {
         data_path_port: 4789,
         networks: vec![front, back],
         local_tasks: vec![],
+        ingress_ports: vec![],
+        ingress_nodes: vec![],
     }
 }
 

@@ -181,7 +181,18 @@ fn assignments_of(state: &ClusterState, node_id: &str) -> Assignments {
         .copied()
         .unwrap_or(0)
         .max(1);
-    Assignments { index, tasks }
+    let host_ports = tasks
+        .iter()
+        .filter_map(|t| {
+            let ports = state.host_ports_of(t);
+            (!ports.is_empty()).then(|| (t.id.clone().unwrap_or_default(), ports))
+        })
+        .collect();
+    Assignments {
+        index,
+        tasks,
+        host_ports,
+    }
 }
 
 async fn assignments(

@@ -29,6 +29,30 @@ pub struct NetMap {
     pub networks: Vec<NetView>,
     /// The tasks assigned to this node that have addresses.
     pub local_tasks: Vec<LocalTask>,
+    /// Ports published in ingress mode (the routing mesh), by every service of the
+    /// cluster, in (protocol, published port) order. While this is not empty every Ready
+    /// node has the ingress network and its own address on it.
+    #[serde(default)]
+    pub ingress_ports: Vec<IngressPort>,
+    /// The other nodes' own addresses on the ingress network, with their VTEP: a reply to
+    /// a connection that another node received through the mesh goes back through it.
+    #[serde(default)]
+    pub ingress_nodes: Vec<RemoteEndpoint>,
+}
+
+/// A port published in ingress mode: every node accepts it on all its addresses and
+/// forwards new connections to one of the serving tasks, anywhere in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngressPort {
+    pub service_id: String,
+    pub service: String,
+    pub protocol: crate::network::Protocol,
+    /// The port every node accepts.
+    pub published: u16,
+    /// The port the task listens on.
+    pub target: u16,
+    /// The serving tasks' addresses on the ingress network, sorted; empty means: refuse.
+    pub backends: Vec<Ipv4Addr>,
 }
 
 /// One overlay network as a node sees it.
@@ -159,6 +183,9 @@ pub fn netmap_for_node(state: &ClusterState, node_id: &str) -> NetMap {
             .unwrap_or(crate::network::DEFAULT_DATA_PATH_PORT),
         networks,
         local_tasks,
+        // Filled in by the routing mesh's derivation.
+        ingress_ports: Vec::new(),
+        ingress_nodes: Vec::new(),
     }
 }
 

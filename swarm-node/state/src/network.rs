@@ -165,6 +165,23 @@ pub fn service_networks(spec: &ServiceSpec) -> &[NetworkAttachmentConfig] {
     template.or(spec.networks.as_deref()).unwrap_or_default()
 }
 
+/// The transport protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
 /// The MAC address of an overlay address: `02:42` and the four octets, as Docker derives
 /// it. Never stored: every node computes the same one.
 pub fn mac_of(addr: Ipv4Addr) -> [u8; 6] {
@@ -182,6 +199,28 @@ pub fn mac_text(addr: Ipv4Addr) -> String {
 }
 
 impl crate::ClusterState {
+    /// The ports a task's service publishes in host mode: bound on the task's node only.
+    pub fn host_ports_of(
+        &self,
+        task: &crate::models::Task,
+    ) -> Vec<crate::models::EndpointPortConfig> {
+        use crate::models::EndpointPortConfigPublishModeEnum as Mode;
+        task.service_id
+            .as_deref()
+            .and_then(|id| self.services.get(id))
+            .and_then(|s| s.spec.as_ref())
+            .and_then(|spec| spec.endpoint_spec.as_ref())
+            .and_then(|e| e.ports.as_ref())
+            .map(|ports| {
+                ports
+                    .iter()
+                    .filter(|p| p.publish_mode == Some(Mode::HOST))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Finds a network by full id, name, or unique id prefix, as the docker CLI allows.
     pub fn find_network(&self, key: &str) -> Option<&NetworkRecord> {
         if let Some(n) = self.networks.get(key) {

@@ -88,6 +88,11 @@ pub struct HeartbeatResponse {
 pub struct Assignments {
     pub index: u64,
     pub tasks: Vec<Task>,
+    /// Per task id: the ports its service publishes in host mode (`mode=host`), bound by
+    /// the worker on this node's addresses as Docker's `PortBindings`. A published port
+    /// of 0 lets the engine pick one.
+    #[serde(default)]
+    pub host_ports: std::collections::BTreeMap<String, Vec<crate::models::EndpointPortConfig>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

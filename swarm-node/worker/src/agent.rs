@@ -30,7 +30,7 @@ use swarm_state::proto::{
 use tokio::sync::{mpsc, watch};
 
 use crate::clock::Clock;
-use crate::executor::{AssignedTasks, Executor};
+use crate::executor::{Assigned, AssignedTasks, Executor};
 use crate::netagent::{NetmapError, NetmapSource};
 use crate::plan::ReadyNetworks;
 use crate::runtime::ContainerRuntime;
@@ -341,7 +341,10 @@ async fn assignments_loop(shared: &Shared, tx: watch::Sender<AssignedTasks>) {
                     Some(s) if a.index == s => {}
                     _ => {
                         since = Some(a.index);
-                        tx.send_replace(Some(Arc::new(a.tasks)));
+                        tx.send_replace(Some(Arc::new(Assigned {
+                            tasks: a.tasks,
+                            host_ports: a.host_ports,
+                        })));
                     }
                 }
             }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{BoxStream, StreamExt};
-use swarm_state::models::{ContainerStatus, Task, TaskState, TaskStatus};
+use swarm_state::models::{ContainerStatus, EndpointPortConfig, Task, TaskState, TaskStatus};
 use swarm_state::proto::TaskStatusUpdate;
 use swarm_state::state_of;
 use tokio::sync::{mpsc, watch};
@@ -37,7 +37,24 @@ const EVENTS_RETRY: Duration = Duration::from_secs(1);
 /// The tasks assigned to this node: `None` until the managers' first answer. Until then
 /// the executor does nothing, so that it never stops a container it merely has not
 /// heard about yet.
-pub type AssignedTasks = Option<Arc<Vec<Task>>>;
+pub type AssignedTasks = Option<Arc<Assigned>>;
+
+/// What the managers assigned to this node.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Assigned {
+    pub tasks: Vec<Task>,
+    /// Per task id: the host-mode ports its container publishes.
+    pub host_ports: BTreeMap<String, Vec<EndpointPortConfig>>,
+}
+
+impl From<Vec<Task>> for Assigned {
+    fn from(tasks: Vec<Task>) -> Self {
+        Assigned {
+            tasks,
+            host_ports: BTreeMap::new(),
+        }
+    }
+}
 
 /// Runs a node's assigned tasks on a container runtime.
 #[derive(Debug, Clone)]
@@ -105,6 +122,7 @@ impl Executor {
                 .unwrap_or_default(),
             exec: self,
             desired: None,
+            host_ports: BTreeMap::new(),
             reported: HashMap::new(),
             inflight: HashSet::new(),
             reports,
@@ -208,6 +226,8 @@ struct LoopState {
     exec: Executor,
     /// Assigned tasks by id (only those of this node).
     desired: Option<BTreeMap<String, Task>>,
+    /// The host-mode ports of the assigned tasks, by task id.
+    host_ports: BTreeMap<String, Vec<EndpointPortConfig>>,
     /// The tasks whose networks are ready.
     ready: Arc<ReadyNetworks>,
     /// The last status this executor reported per task: it may be ahead of the
@@ -223,9 +243,11 @@ struct LoopState {
 
 impl LoopState {
     fn set_desired(&mut self, tasks: AssignedTasks) {
-        let Some(tasks) = tasks else { return };
+        let Some(assigned) = tasks else { return };
         let node = self.exec.node_id.as_str();
-        let desired: BTreeMap<String, Task> = tasks
+        self.host_ports = assigned.host_ports.clone();
+        let desired: BTreeMap<String, Task> = assigned
+            .tasks
             .iter()
             .filter(|t| t.node_id.as_deref() == Some(node))
             .filter_map(|t| Some((t.id.clone()?, t.clone())))
@@ -277,7 +299,12 @@ impl LoopState {
                     Action::Report { task_id, change } => {
                         reported_any |= self.record(&task_id, change);
                     }
-                    step => {
+                    mut step => {
+                        if let Action::Prepare { task_id, spec } = &mut step {
+                            if let Some(ports) = self.host_ports.get(task_id) {
+                                crate::spec::publish(spec, ports);
+                            }
+                        }
                         let unassigned = self
                             .desired
                             .as_ref()

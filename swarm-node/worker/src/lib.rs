@@ -24,7 +24,7 @@ pub mod spec;
 pub use agent::{run, Agent, AgentConfig, AgentError};
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use docker::DockerRuntime;
-pub use executor::{AssignedTasks, Executor};
+pub use executor::{Assigned, AssignedTasks, Executor};
 pub use fake::FakeRuntime;
 pub use netagent::{NetAgent, NetmapError, NetmapSource};
 pub use plan::{plan, Action, ReadyNetworks, StatusChange};

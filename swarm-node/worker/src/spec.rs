@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use swarm_state::models::{
-    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, Mount, MountType,
-    NetworkAttachmentConfig, NetworkingConfig, Task,
+    ContainerCreateBody, EndpointIpamConfig, EndpointPortConfig, EndpointPortConfigProtocolEnum,
+    EndpointSettings, HostConfig, Mount, MountType, NetworkAttachmentConfig, NetworkingConfig,
+    PortBinding, Task,
 };
 
 use crate::runtime::{labels, ContainerSpec, TaskNetwork};
@@ -235,6 +236,49 @@ pub fn attach(spec: &mut ContainerSpec, networks: &[TaskNetwork]) {
         )])),
     });
     spec.networks = networks.to_vec();
+}
+
+/// Publishes a task's host-mode ports (`--publish mode=host`) as Docker's `PortBindings`
+/// on every address of the node; a published port of 0 lets the engine choose one, as
+/// Docker does for host mode.
+pub fn publish(spec: &mut ContainerSpec, ports: &[EndpointPortConfig]) {
+    if ports.is_empty() {
+        return;
+    }
+    let mut exposed = Vec::new();
+    let mut bindings = HashMap::new();
+    for p in ports {
+        let Some(target) = p.target_port else {
+            continue;
+        };
+        let proto = match p.protocol {
+            Some(EndpointPortConfigProtocolEnum::UDP) => "udp",
+            Some(EndpointPortConfigProtocolEnum::SCTP) => "sctp",
+            _ => "tcp",
+        };
+        let key = format!("{target}/{proto}");
+        let host_port = p
+            .published_port
+            .filter(|p| *p > 0)
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        exposed.push(key.clone());
+        bindings
+            .entry(key)
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(PortBinding {
+                host_ip: Some(String::new()),
+                host_port: Some(host_port),
+            });
+    }
+    exposed.sort();
+    exposed.dedup();
+    spec.body.exposed_ports = Some(exposed);
+    spec.body
+        .host_config
+        .get_or_insert_with(Default::default)
+        .port_bindings = Some(bindings);
 }
 
 /// The endpoint of one attachment: the fixed address only. The MAC is added by the
@@ -499,5 +543,35 @@ mod tests {
             container_spec(&t).unwrap_err(),
             SpecError::NoContainerSpec("t1".into())
         );
+    }
+
+    #[test]
+    fn host_mode_ports_become_port_bindings() {
+        let mut spec = container_spec(&task()).unwrap();
+        publish(
+            &mut spec,
+            &[
+                EndpointPortConfig {
+                    target_port: Some(80),
+                    published_port: Some(8080),
+                    ..Default::default()
+                },
+                EndpointPortConfig {
+                    target_port: Some(53),
+                    published_port: Some(0),
+                    protocol: Some(EndpointPortConfigProtocolEnum::UDP),
+                    ..Default::default()
+                },
+            ],
+        );
+        assert_eq!(
+            spec.body.exposed_ports,
+            Some(vec!["53/udp".to_string(), "80/tcp".to_string()])
+        );
+        let bindings = spec.body.host_config.unwrap().port_bindings.unwrap();
+        let host = |k: &str| bindings[k].as_ref().unwrap()[0].host_port.clone().unwrap();
+        assert_eq!(host("80/tcp"), "8080");
+        // 0: the engine picks a free port, as Docker does for host mode.
+        assert_eq!(host("53/udp"), "");
     }
 }

@@ -116,6 +116,7 @@ async fn assignments(State(m): State<Shared>, Query(q): Query<AssignQuery>) -> J
                         .filter(|t| t.node_id.as_deref() == Some(q.node.as_str()))
                         .cloned()
                         .collect(),
+                    host_ports: Default::default(),
                 });
             }
         }

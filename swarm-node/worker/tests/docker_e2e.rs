@@ -169,7 +169,7 @@ struct Running {
 /// Starts an executor. The resync period is long on purpose: deaths must be noticed
 /// through the engine's events.
 fn start(rt: Arc<DockerRuntime>, node: &str, tasks: Vec<Task>) -> Running {
-    let (assignments, rx) = watch::channel(Some(Arc::new(tasks)));
+    let (assignments, rx) = watch::channel::<AssignedTasks>(Some(Arc::new(tasks.into())));
     let (tx, reports) = mpsc::unbounded_channel();
     let (stop, stop_rx) = oneshot::channel::<()>();
     let exec = Executor::new(node, rt).with_resync(Duration::from_secs(60));
@@ -313,7 +313,8 @@ async fn desired_shutdown_honours_the_grace_period() {
             t,
             TaskState::SHUTDOWN,
             TaskState::RUNNING,
-        )])));
+        )]
+        .into())));
         let shut = ex
             .wait_for("stopme", TaskState::SHUTDOWN, Duration::from_secs(20))
             .await;
@@ -366,7 +367,8 @@ async fn a_restarted_executor_readopts_its_container() {
             t,
             TaskState::REMOVE,
             TaskState::RUNNING,
-        )])));
+        )]
+        .into())));
         ex.wait_for("keepme", TaskState::SHUTDOWN, Duration::from_secs(15))
             .await;
         let deadline = Instant::now() + Duration::from_secs(10);

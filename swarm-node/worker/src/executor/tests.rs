@@ -82,7 +82,7 @@ impl Harness {
     }
 
     fn assign(&self, tasks: Vec<Task>) {
-        self.assignments.send_replace(Some(Arc::new(tasks)));
+        self.assignments.send_replace(Some(Arc::new(tasks.into())));
     }
 
     /// Waits until a report of `state` for `task_id` arrives and returns it.
@@ -348,7 +348,7 @@ async fn a_restarted_executor_adopts_running_containers() {
 
     // The managers' copy may lag behind (here: the RUNNING report was lost).
     let lagging = with_status(task("t1", TaskState::RUNNING), TaskState::STARTING);
-    let mut h = Harness::start(rt.clone(), Some(Arc::new(vec![lagging])));
+    let mut h = Harness::start(rt.clone(), Some(Arc::new(vec![lagging].into())));
     h.wait_for("t1", TaskState::RUNNING).await;
     settle().await;
     assert_eq!(creates(&rt), 1, "adopted, not duplicated");

@@ -87,6 +87,7 @@ fn map_with_task() -> NetMap {
             service_id: "svc1".into(),
             addrs: vec![("net1".into(), "10.0.1.5".parse().unwrap())],
         }],
+        ..Default::default()
     }
 }
 
