@@ -309,12 +309,9 @@ async fn desired_shutdown_honours_the_grace_period() {
         ex.wait_for("stopme", TaskState::RUNNING, Duration::from_secs(30))
             .await;
         let asked = Instant::now();
-        ex.assignments.send_replace(Some(Arc::new(vec![with_desired(
-            t,
-            TaskState::SHUTDOWN,
-            TaskState::RUNNING,
-        )]
-        .into())));
+        ex.assignments.send_replace(Some(Arc::new(
+            vec![with_desired(t, TaskState::SHUTDOWN, TaskState::RUNNING)].into(),
+        )));
         let shut = ex
             .wait_for("stopme", TaskState::SHUTDOWN, Duration::from_secs(20))
             .await;
@@ -363,12 +360,9 @@ async fn a_restarted_executor_readopts_its_container() {
         assert_eq!(cs[0].state, RunState::Running);
 
         // Removal by the new executor: stop (1 s grace), report, remove.
-        ex.assignments.send_replace(Some(Arc::new(vec![with_desired(
-            t,
-            TaskState::REMOVE,
-            TaskState::RUNNING,
-        )]
-        .into())));
+        ex.assignments.send_replace(Some(Arc::new(
+            vec![with_desired(t, TaskState::REMOVE, TaskState::RUNNING)].into(),
+        )));
         ex.wait_for("keepme", TaskState::SHUTDOWN, Duration::from_secs(15))
             .await;
         let deadline = Instant::now() + Duration::from_secs(10);
