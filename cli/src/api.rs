@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bollard_stubs::models::{
-    Node, Service, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, Task, TaskSpec,
-    TaskSpecContainerSpec, TaskSpecPlacement, TaskSpecRestartPolicy,
+    EndpointSpec, Node, Service, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, Task,
+    TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement, TaskSpecRestartPolicy,
 };
 use swarmup_providers::{PowerState, Role};
 
@@ -243,9 +243,11 @@ pub async fn service(out: &Output, command: ServiceCommand) -> Result<()> {
             image,
             args,
         } => {
-            if !publish.is_empty() {
-                bail!("--publish needs the routing mesh, which swarm-node does not have yet: reach tasks on their nodes for now");
-            }
+            let ports = publish
+                .iter()
+                .map(|p| crate::publish::parse(p))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?;
             let mode = match mode.as_str() {
                 "replicated" => ServiceSpecMode {
                     replicated: Some(ServiceSpecModeReplicated {
@@ -281,6 +283,10 @@ pub async fn service(out: &Output, command: ServiceCommand) -> Result<()> {
                             })
                         })
                         .transpose()?,
+                    ..Default::default()
+                }),
+                endpoint_spec: (!ports.is_empty()).then(|| EndpointSpec {
+                    ports: Some(ports),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -332,7 +338,12 @@ pub async fn service(out: &Output, command: ServiceCommand) -> Result<()> {
                             .and_then(|t| t.container_spec.as_ref())
                             .and_then(|c| c.image.clone())
                             .unwrap_or_default(),
-                        String::new(),
+                        crate::publish::ports_column(
+                            s.endpoint
+                                .as_ref()
+                                .and_then(|e| e.ports.as_deref())
+                                .unwrap_or_default(),
+                        ),
                     ]
                 })
                 .collect();

@@ -9,6 +9,7 @@ mod commands;
 mod digitalocean;
 mod output;
 mod providers;
+mod publish;
 mod records;
 
 #[derive(Debug, Parser)]
@@ -162,7 +163,7 @@ pub enum ServiceCommand {
         /// Delay between restarts (e.g. 5s).
         #[arg(long)]
         restart_delay: Option<String>,
-        /// Publish a port: published:target (routing mesh not yet available).
+        /// Publish a port: [published:]target[/udp], or published=P,target=T,protocol=udp,mode=host.
         #[arg(long, short)]
         publish: Vec<String>,
         image: String,

@@ -11,100 +11,12 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
-use std::time::Duration;
 
-use support::net::NetLab;
-use support::{
-    e2e_enabled, ensure_swarm_node, host_docker, run_bounded, serial, swarmup_bin, Cluster,
-    COMMAND_TIMEOUT,
-};
+use support::net::{ensure_probe_image, load_probe_image, NetLab, PROBE_IMAGE};
+use support::{e2e_enabled, ensure_swarm_node, serial};
 
-const PROBE_IMAGE: &str = "swarmup-test/probe:latest";
 const UDP_PORT: u16 = 7007;
 const HTTP_PORT: u16 = 8080;
-
-/// The static probe, built with its own target directory so the static flags do not
-/// rebuild the crates of the main build.
-fn probe_binary() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let target_dir = Path::new(swarmup_bin())
-                .parent()
-                .and_then(Path::parent)
-                .expect("swarmup sits in TARGET/PROFILE/")
-                .join("probe-static");
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-                .args([
-                    "build",
-                    "--quiet",
-                    "--release",
-                    "-p",
-                    "swarmup-probe",
-                    "--target",
-                    "x86_64-unknown-linux-gnu",
-                    "--target-dir",
-                ])
-                .arg(&target_dir)
-                .env("RUSTFLAGS", "-C target-feature=+crt-static")
-                .env_remove("CARGO_ENCODED_RUSTFLAGS");
-            run_bounded(cmd, Duration::from_secs(1800)).expect_ok();
-            let built = target_dir.join("x86_64-unknown-linux-gnu/release/swarmup-probe");
-            assert!(built.is_file(), "{} was not built", built.display());
-            built
-        })
-        .clone()
-}
-
-/// busybox-static plus the probe, built into the host's engine (a second under Docker's
-/// cache, so always rebuilt to carry the current probe).
-fn ensure_probe_image() {
-    static READY: OnceLock<()> = OnceLock::new();
-    READY.get_or_init(|| {
-        let probe = probe_binary();
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::copy("/bin/busybox", dir.path().join("busybox"))
-            .expect("copy /bin/busybox: install busybox-static");
-        std::fs::copy(&probe, dir.path().join("swarmup-probe")).expect("copy the probe");
-        std::fs::write(
-            dir.path().join("Dockerfile"),
-            concat!(
-                "FROM scratch\n",
-                "COPY busybox /bin/busybox\n",
-                "RUN [\"/bin/busybox\",\"--install\",\"-s\",\"/bin\"]\n",
-                "RUN [\"/bin/busybox\",\"mkdir\",\"-p\",\"/tmp\",\"/etc\"]\n",
-                "COPY swarmup-probe /bin/swarmup-probe\n",
-                "CMD [\"/bin/sh\"]\n",
-            ),
-        )
-        .expect("write Dockerfile");
-        let mut build = host_docker();
-        build
-            .args(["build", "-q", "-t", PROBE_IMAGE])
-            .arg(dir.path());
-        run_bounded(build, Duration::from_secs(120)).expect_ok();
-    });
-}
-
-/// `docker save PROBE_IMAGE | swarmup image load NAME`.
-fn load_probe_image(cluster: &Cluster) {
-    ensure_probe_image();
-    let mut save = host_docker();
-    save.args(["save", PROBE_IMAGE]).stdout(Stdio::piped());
-    let mut save = save.spawn().expect("run docker save");
-    let mut load = cluster.sb().swarmup(&["image", "load", &cluster.name]);
-    load.stdin(Stdio::from(save.stdout.take().expect("docker save stdout")));
-    let loaded = run_bounded(load, COMMAND_TIMEOUT);
-    assert!(
-        save.wait().expect("docker save").success(),
-        "docker save failed"
-    );
-    loaded.expect_ok();
-}
 
 /// Asks through a VIP with `probe_cmd` from the client until every one of `backends`
 /// tasks has answered, checking each answer names the client's own address.

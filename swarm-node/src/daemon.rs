@@ -123,6 +123,8 @@ pub struct NetworkOptions {
     /// The DNS server's port on every address, UDP and TCP; 0 picks a free one.
     pub dns_port: u16,
     pub dns_upstream: DnsUpstream,
+    /// The routing mesh masquerades forwarded connections (the client address is lost).
+    pub mesh_snat: bool,
 }
 
 impl Default for NetworkOptions {
@@ -130,6 +132,7 @@ impl Default for NetworkOptions {
         NetworkOptions {
             dns_port: DEFAULT_DNS_PORT,
             dns_upstream: DnsUpstream::ResolvConf,
+            mesh_snat: false,
         }
     }
 }
@@ -287,7 +290,8 @@ pub async fn run_with_network(
         runtime.clone(),
         dataplane.clone(),
         dns_port,
-    );
+    )
+    .with_mesh_snat(network.mesh_snat);
     let dns_task = match dns_sockets {
         Ok((udp, tcp, port)) => {
             let server =

@@ -85,6 +85,12 @@ enum Command {
         /// servers, the default), `none`, or a comma-separated list of IP[:PORT].
         #[arg(long, env = "SWARM_NODE_DNS_UPSTREAM", default_value = "resolv.conf")]
         dns_upstream: swarm_node::daemon::DnsUpstream,
+        /// Masquerade connections the routing mesh forwards to another node behind this
+        /// node's ingress address, as Docker does. Only for hosts whose routing cannot
+        /// carry replies back through the node that received the connection: the tasks
+        /// then see this node's address instead of the client's.
+        #[arg(long, env = "SWARM_NODE_MESH_SNAT")]
+        mesh_snat: bool,
     },
     /// Leave the swarm: the daemon stops its tasks and forgets the swarm.
     Leave {
@@ -225,6 +231,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             docker_socket,
             dns_port,
             dns_upstream,
+            mesh_snat,
         } => {
             let config = DaemonConfig {
                 state_dir: cli.state_dir,
@@ -236,6 +243,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let network = swarm_node::daemon::NetworkOptions {
                 dns_port,
                 dns_upstream,
+                mesh_snat,
             };
             swarm_node::daemon::run_with_network(config, network, shutdown_signal()).await?;
             Ok(())

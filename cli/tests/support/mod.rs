@@ -218,6 +218,30 @@ pub fn host_docker() -> Command {
     cmd
 }
 
+/// Builds `tag` into the host's engine: Debian's busybox-static with every applet linked,
+/// plus `extra` files copied to `/bin/NAME`.
+pub fn build_busybox_image(tag: &str, extra: &[(&Path, &str)]) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::copy("/bin/busybox", dir.path().join("busybox"))
+        .expect("copy /bin/busybox: install busybox-static");
+    let mut dockerfile = String::from(concat!(
+        "FROM scratch\n",
+        "COPY busybox /bin/busybox\n",
+        "RUN [\"/bin/busybox\",\"--install\",\"-s\",\"/bin\"]\n",
+        "RUN [\"/bin/busybox\",\"mkdir\",\"-p\",\"/tmp\",\"/etc\"]\n",
+    ));
+    for (file, name) in extra {
+        std::fs::copy(file, dir.path().join(name))
+            .unwrap_or_else(|e| panic!("copy {}: {e}", file.display()));
+        dockerfile += &format!("COPY {name} /bin/{name}\n");
+    }
+    dockerfile += "CMD [\"/bin/sh\"]\n";
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile).expect("write Dockerfile");
+    let mut build = host_docker();
+    build.args(["build", "-q", "-t", tag]).arg(dir.path());
+    run_bounded(build, Duration::from_secs(120)).expect_ok();
+}
+
 /// Builds the test image into the host's engine from Debian's busybox-static, unless it
 /// is there already.
 pub fn ensure_test_image() {
@@ -228,23 +252,7 @@ pub fn ensure_test_image() {
         if run_bounded(inspect, Duration::from_secs(30)).ok() {
             return;
         }
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::copy("/bin/busybox", dir.path().join("busybox"))
-            .expect("copy /bin/busybox: install busybox-static");
-        std::fs::write(
-            dir.path().join("Dockerfile"),
-            concat!(
-                "FROM scratch\n",
-                "COPY busybox /bin/busybox\n",
-                "RUN [\"/bin/busybox\",\"--install\",\"-s\",\"/bin\"]\n",
-                "RUN [\"/bin/busybox\",\"mkdir\",\"-p\",\"/tmp\",\"/etc\"]\n",
-                "CMD [\"/bin/sh\"]\n",
-            ),
-        )
-        .expect("write Dockerfile");
-        let mut build = host_docker();
-        build.args(["build", "-q", "-t", IMAGE]).arg(dir.path());
-        run_bounded(build, Duration::from_secs(120)).expect_ok();
+        build_busybox_image(IMAGE, &[]);
     });
 }
 

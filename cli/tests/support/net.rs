@@ -2,9 +2,18 @@
 //! commands run inside task containers through `swarmup ssh` and the node's own engine.
 
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::{wait_for, Cluster};
+use super::{
+    build_busybox_image, host_docker, run_bounded, swarmup_bin, wait_for, Cluster, COMMAND_TIMEOUT,
+};
+
+/// busybox-static plus the static `swarmup-probe` (UDP/HTTP echo with the peer's address,
+/// timed DNS, TCP blaster).
+pub const PROBE_IMAGE: &str = "swarmup-test/probe:latest";
 
 pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -167,4 +176,63 @@ impl NetLab {
         figure(what, took);
         seen
     }
+}
+
+/// The static probe, built with its own target directory so the static flags do not
+/// rebuild the crates of the main build.
+pub fn probe_binary() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let target_dir = Path::new(swarmup_bin())
+                .parent()
+                .and_then(Path::parent)
+                .expect("swarmup sits in TARGET/PROFILE/")
+                .join("probe-static");
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+                .args([
+                    "build",
+                    "--quiet",
+                    "--release",
+                    "-p",
+                    "swarmup-probe",
+                    "--target",
+                    "x86_64-unknown-linux-gnu",
+                    "--target-dir",
+                ])
+                .arg(&target_dir)
+                .env("RUSTFLAGS", "-C target-feature=+crt-static")
+                .env_remove("CARGO_ENCODED_RUSTFLAGS");
+            run_bounded(cmd, Duration::from_secs(1800)).expect_ok();
+            let built = target_dir.join("x86_64-unknown-linux-gnu/release/swarmup-probe");
+            assert!(built.is_file(), "{} was not built", built.display());
+            built
+        })
+        .clone()
+}
+
+/// busybox-static plus the probe, built into the host's engine (a second under Docker's
+/// cache, so always rebuilt to carry the current probe).
+pub fn ensure_probe_image() {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        build_busybox_image(PROBE_IMAGE, &[(&probe_binary(), "swarmup-probe")]);
+    });
+}
+
+/// `docker save PROBE_IMAGE | swarmup image load NAME`.
+pub fn load_probe_image(cluster: &Cluster) {
+    ensure_probe_image();
+    let mut save = host_docker();
+    save.args(["save", PROBE_IMAGE]).stdout(Stdio::piped());
+    let mut save = save.spawn().expect("run docker save");
+    let mut load = cluster.sb().swarmup(&["image", "load", &cluster.name]);
+    load.stdin(Stdio::from(save.stdout.take().expect("docker save stdout")));
+    let loaded = run_bounded(load, COMMAND_TIMEOUT);
+    assert!(
+        save.wait().expect("docker save").success(),
+        "docker save failed"
+    );
+    loaded.expect_ok();
 }

@@ -89,6 +89,7 @@ async fn three_syncs(what: &str, kernel: Arc<dyn Kernel>) {
     let facts = LocalFacts {
         underlay_mtu: 1500,
         dns_port: 7953,
+        mesh_snat: false,
     };
     let dp = Dataplane::new(kernel);
     let first = plan(&netmap(false), &facts);
@@ -161,6 +162,7 @@ async fn main() {
     let facts = LocalFacts {
         underlay_mtu: 1500,
         dns_port: 7953,
+        mesh_snat: false,
     };
     let map = netmap(false);
     let rounds = 20;

@@ -8,14 +8,43 @@ use ipnet::Ipv4Net;
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
-use crate::kernel::{FdbEntry, Kernel, LinkInfo, NeighEntry, VxlanInfo};
-use crate::plan::{Desired, OverlaySpec};
+use crate::kernel::{FdbEntry, Kernel, LinkInfo, NeighEntry, RouteRule, TableRoute, VxlanInfo};
+use crate::plan::{is_return_table, Desired, OverlaySpec, MESH_CT};
 use crate::{nft, NetError};
 
 const IP_FORWARD: &str = "net/ipv4/ip_forward";
 const BRIDGE_NF_CALL_IPTABLES: &str = "net/bridge/bridge-nf-call-iptables";
 const BRIDGE_PREFIX: &str = "swb";
 const VXLAN_PREFIX: &str = "swv";
+/// The comment that marks our rule in Docker's `DOCKER-USER` chain.
+const DOCKER_USER_COMMENT: &str = "swarmnet";
+
+/// The rule in Docker's `DOCKER-USER` chain that lets mesh connections through Docker's
+/// `FORWARD` chain (policy `DROP`, and isolation between bridge networks). An accept in our
+/// own nftables table would not do: every base chain on a hook sees the packet, and a drop
+/// in Docker's (`ip filter`, iptables-nft or legacy alike) is final whatever ours said.
+fn docker_user_spec() -> Vec<String> {
+    let mark = format!("{MESH_CT:#x}/{MESH_CT:#x}");
+    [
+        "-m",
+        "connmark",
+        "--mark",
+        &mark,
+        "-m",
+        "comment",
+        "--comment",
+        DOCKER_USER_COMMENT,
+        "-j",
+        "ACCEPT",
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
+fn route_localnet(bridge: &str) -> String {
+    format!("net/ipv4/conf/{bridge}/route_localnet")
+}
+
 /// Used when the underlay interface cannot be found: Ethernet's.
 const DEFAULT_MTU: u32 = 1500;
 
@@ -94,6 +123,14 @@ impl Dataplane {
     /// and nothing of ours present it changes nothing at all. A network whose Docker bridge
     /// does not exist yet is skipped and reported, as is one that failed; the others are
     /// set up all the same.
+    ///
+    /// With the routing mesh it also reconciles the return path's rules and routes (those
+    /// of our table range only), `route_localnet` on the ingress bridge, and one rule in
+    /// Docker's `DOCKER-USER` chain when that chain exists: Docker's `FORWARD` policy is
+    /// `DROP` and it isolates bridge networks from each other, which would drop connections
+    /// DNATed from the underlay to the ingress bridge, and replies coming back on another
+    /// overlay bridge (tests/mesh_e2e.rs fails without that rule, under iptables-nft). An
+    /// accept in our own table would not do: a drop in any base chain of a hook is final.
     pub async fn sync(&self, desired: &Desired) -> Result<SyncReport, NetError> {
         let mut last = self.last.lock().await;
         let mut report = SyncReport::default();
@@ -157,6 +194,16 @@ impl Dataplane {
 
         self.hairpin_ports(&mut report).await?;
 
+        let mesh_bridge = desired
+            .mesh
+            .as_ref()
+            .map(|m| m.bridge.as_str())
+            .filter(|b| by_name.contains_key(b));
+        // Off before the table (and its drop of 127/8 from outside) may go away.
+        self.localnet_off(&links, mesh_bridge, &mut report).await?;
+        self.sync_return_path(desired, mesh_bridge.is_some(), &mut report)
+            .await?;
+
         let script = nft::ruleset(desired);
         let tables = self.kernel.nft_tables().await?;
         let exists = tables.iter().any(|t| t == nft::TABLE);
@@ -168,6 +215,19 @@ impl Dataplane {
                 .push(format!("replaced nftables table {}", nft::TABLE));
         }
         last.nft = Some(script);
+
+        // On only once the table drops 127/8 arriving from outside. Host-originated
+        // connections to 127.0.0.1:PORT are DNATed to a task and leave by the bridge with
+        // a 127/8 source until SNAT rewrites it: the kernel routes that only with it.
+        if let Some(bridge) = mesh_bridge {
+            let key = route_localnet(bridge);
+            if self.kernel.read_sysctl(&key).await?.as_deref() != Some("1") {
+                self.kernel.write_sysctl(&key, "1").await?;
+                report.changes.push(format!("sysctl {key}=1"));
+            }
+        }
+        self.sync_docker_user(desired.mesh.is_some(), &mut report)
+            .await?;
 
         // After the new rules, so no new connection can reach a departed backend.
         self.flush_departed(last.desired.as_ref(), desired, &mut report)
@@ -219,6 +279,124 @@ impl Dataplane {
                 Ok(()) => report.changes.push(format!("hairpin on {}", p.name)),
                 Err(e) => debug!(port = %p.name, error = %e, "hairpin not set"),
             }
+        }
+        Ok(())
+    }
+
+    /// Turns `route_localnet` off on every overlay bridge but the mesh's.
+    async fn localnet_off(
+        &self,
+        links: &[LinkInfo],
+        keep: Option<&str>,
+        report: &mut SyncReport,
+    ) -> Result<(), NetError> {
+        for l in links {
+            if !l.name.starts_with(BRIDGE_PREFIX)
+                || l.kind.as_deref() != Some("bridge")
+                || Some(l.name.as_str()) == keep
+            {
+                continue;
+            }
+            let key = route_localnet(&l.name);
+            if self.kernel.read_sysctl(&key).await?.as_deref() == Some("1") {
+                self.kernel.write_sysctl(&key, "0").await?;
+                report.changes.push(format!("sysctl {key}=0"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the return path's rules and routes (ours: a table in the return range) match
+    /// `desired`. The routes need the ingress bridge: without it they wait, and the rules
+    /// alone would only fall through to the main table.
+    async fn sync_return_path(
+        &self,
+        desired: &Desired,
+        bridge_exists: bool,
+        report: &mut SyncReport,
+    ) -> Result<(), NetError> {
+        let k = &self.kernel;
+        let (want_rules, want_routes) = if bridge_exists {
+            (desired.return_rules(), desired.return_routes())
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let want_rules: BTreeSet<RouteRule> = want_rules.into_iter().collect();
+        let want_routes: BTreeSet<TableRoute> = want_routes.into_iter().collect();
+        let have_rules: BTreeSet<RouteRule> = k
+            .rules()
+            .await?
+            .into_iter()
+            .filter(|r| is_return_table(r.table))
+            .collect();
+        let have_routes: BTreeSet<TableRoute> = k
+            .table_routes()
+            .await?
+            .into_iter()
+            .filter(|r| is_return_table(r.table))
+            .collect();
+        for r in want_routes.difference(&have_routes) {
+            k.replace_table_route(r).await?;
+            report.changes.push(format!(
+                "route default via {} dev {} table {}",
+                r.via, r.dev, r.table
+            ));
+        }
+        for r in want_rules.difference(&have_rules) {
+            k.add_rule(r).await?;
+            report.changes.push(format!(
+                "rule fwmark {:#x}/{:#x} iif {} lookup {}",
+                r.fwmark, r.mask, r.iif, r.table
+            ));
+        }
+        for r in have_rules.difference(&want_rules) {
+            k.del_rule(r).await?;
+            report.changes.push(format!(
+                "removed rule fwmark {:#x}/{:#x} iif {} lookup {}",
+                r.fwmark, r.mask, r.iif, r.table
+            ));
+        }
+        // A replaced route (same table) is not deleted: the replace already moved it.
+        let want_tables: BTreeSet<u32> = want_routes.iter().map(|r| r.table).collect();
+        for r in have_routes.difference(&want_routes) {
+            if want_tables.contains(&r.table) {
+                continue;
+            }
+            k.del_table_route(r).await?;
+            report
+                .changes
+                .push(format!("removed route of table {}", r.table));
+        }
+        Ok(())
+    }
+
+    /// Our accept rule in Docker's `DOCKER-USER` chain: present while the mesh is, when the
+    /// chain exists at all (a host without Docker has no `FORWARD` drop to pass).
+    async fn sync_docker_user(
+        &self,
+        wanted: bool,
+        report: &mut SyncReport,
+    ) -> Result<(), NetError> {
+        let k = &self.kernel;
+        let Some(rules) = k.docker_user_rules().await? else {
+            return Ok(());
+        };
+        let spec = docker_user_spec();
+        let line = format!("-A DOCKER-USER {}", spec.join(" "));
+        let mut present = false;
+        for r in rules.iter().filter(|r| is_ours_in_docker_user(r)) {
+            if wanted && *r == line && !present {
+                present = true;
+                continue;
+            }
+            let args: Vec<&str> = r.split_whitespace().skip(2).collect();
+            k.docker_user_delete(&args).await?;
+            report.changes.push(format!("removed DOCKER-USER rule {r}"));
+        }
+        if wanted && !present {
+            let args: Vec<&str> = spec.iter().map(String::as_str).collect();
+            k.docker_user_insert(&args).await?;
+            report.changes.push(format!("DOCKER-USER rule {line}"));
         }
         Ok(())
     }
@@ -393,7 +571,12 @@ impl Dataplane {
     /// overlay bridges and our nftables table; reads only when there is none of it.
     async fn remove_all(&self, report: &mut SyncReport) -> Result<(), NetError> {
         let k = &self.kernel;
-        for l in k.links().await? {
+        let links = k.links().await?;
+        self.localnet_off(&links, None, report).await?;
+        self.sync_return_path(&Desired::default(), false, report)
+            .await?;
+        self.sync_docker_user(false, report).await?;
+        for l in links {
             if is_our_vxlan(&l) {
                 k.del_link(&l.name).await?;
                 report.changes.push(format!("removed {}", l.name));
@@ -441,6 +624,13 @@ impl Dataplane {
             }
         }
     }
+}
+
+fn is_ours_in_docker_user(rule: &str) -> bool {
+    rule.split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .any(|w| w == ["--comment", DOCKER_USER_COMMENT])
 }
 
 fn is_our_vxlan(l: &LinkInfo) -> bool {

@@ -8,7 +8,9 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
 
-use crate::kernel::{BridgePort, FdbEntry, Kernel, LinkInfo, Mac, NeighEntry, VxlanInfo};
+use crate::kernel::{
+    BridgePort, FdbEntry, Kernel, LinkInfo, Mac, NeighEntry, RouteRule, TableRoute, VxlanInfo,
+};
 use crate::NetError;
 
 /// What the fake kernel holds.
@@ -25,6 +27,12 @@ pub struct FakeState {
     pub nft: BTreeMap<String, String>,
     /// Conntrack flows as (VIP, backend).
     pub flows: Vec<(Ipv4Addr, Ipv4Addr)>,
+    /// Policy rules (only the kind [`Kernel::rules`] lists).
+    pub rules: BTreeSet<RouteRule>,
+    /// Default routes of numbered tables, one per table.
+    pub routes: BTreeMap<u32, TableRoute>,
+    /// iptables' `DOCKER-USER` chain as `iptables -S` prints it; `None`: no Docker.
+    pub docker_user: Option<Vec<String>>,
 }
 
 /// An in-memory [`Kernel`] that records what was done, for tests.
@@ -131,6 +139,13 @@ impl FakeKernel {
             },
         );
         s.addrs.insert((name.into(), gateway));
+        s.sysctls
+            .insert(format!("net/ipv4/conf/{name}/route_localnet"), "0".into());
+    }
+
+    /// Makes Docker's `DOCKER-USER` chain exist, with its `-j RETURN` of Docker 20.10.
+    pub fn with_docker_user(&self) {
+        self.lock().docker_user = Some(vec!["-A DOCKER-USER -j RETURN".into()]);
     }
 
     /// Adds a container's veth to a bridge, as Docker would at container start.
@@ -179,6 +194,9 @@ fn remove_link(s: &mut FakeState, name: &str) {
     s.fdb.remove(name);
     s.neigh.remove(name);
     s.hairpin.remove(name);
+    s.routes.retain(|_, r| r.dev != name);
+    s.sysctls
+        .remove(&format!("net/ipv4/conf/{name}/route_localnet"));
     for l in s.links.values_mut() {
         if l.master.as_deref() == Some(name) {
             l.master = None;
@@ -457,5 +475,97 @@ impl Kernel for FakeKernel {
         drop(s);
         self.change(format!("conntrack -D -d {vip} --reply-src {backend}"));
         Ok(n)
+    }
+
+    async fn rules(&self) -> Result<Vec<RouteRule>, NetError> {
+        self.read();
+        Ok(self.lock().rules.iter().cloned().collect())
+    }
+
+    async fn add_rule(&self, r: &RouteRule) -> Result<(), NetError> {
+        self.lock().rules.insert(r.clone());
+        self.change(format!(
+            "ip -4 rule add priority {} fwmark {:#x}/{:#x} iif {} lookup {}",
+            r.priority, r.fwmark, r.mask, r.iif, r.table
+        ));
+        Ok(())
+    }
+
+    async fn del_rule(&self, r: &RouteRule) -> Result<(), NetError> {
+        let cmd = format!(
+            "ip -4 rule del priority {} fwmark {:#x}/{:#x} iif {} lookup {}",
+            r.priority, r.fwmark, r.mask, r.iif, r.table
+        );
+        if !self.lock().rules.remove(r) {
+            return Err(NetError::Command {
+                command: cmd,
+                status: Some(2),
+                stderr: "RTNETLINK answers: No such file or directory".into(),
+            });
+        }
+        self.change(cmd);
+        Ok(())
+    }
+
+    async fn table_routes(&self) -> Result<Vec<TableRoute>, NetError> {
+        self.read();
+        Ok(self.lock().routes.values().cloned().collect())
+    }
+
+    async fn replace_table_route(&self, r: &TableRoute) -> Result<(), NetError> {
+        let cmd = format!(
+            "ip -4 route replace default via {} dev {} table {}",
+            r.via, r.dev, r.table
+        );
+        let mut s = self.lock();
+        if !s.links.contains_key(&r.dev) {
+            return Err(no_device(cmd, &r.dev));
+        }
+        s.routes.insert(r.table, r.clone());
+        drop(s);
+        self.change(cmd);
+        Ok(())
+    }
+
+    async fn del_table_route(&self, r: &TableRoute) -> Result<(), NetError> {
+        let cmd = format!(
+            "ip -4 route del default via {} dev {} table {}",
+            r.via, r.dev, r.table
+        );
+        self.lock().routes.remove(&r.table);
+        self.change(cmd);
+        Ok(())
+    }
+
+    async fn docker_user_rules(&self) -> Result<Option<Vec<String>>, NetError> {
+        self.read();
+        Ok(self.lock().docker_user.clone())
+    }
+
+    async fn docker_user_insert(&self, spec: &[&str]) -> Result<(), NetError> {
+        let line = format!("-A DOCKER-USER {}", spec.join(" "));
+        let mut s = self.lock();
+        let Some(chain) = s.docker_user.as_mut() else {
+            return Err(NetError::Command {
+                command: format!("iptables -w -I DOCKER-USER {}", spec.join(" ")),
+                status: Some(1),
+                stderr: "iptables: No chain/target/match by that name.".into(),
+            });
+        };
+        chain.insert(0, line);
+        drop(s);
+        self.change(format!("iptables -w -I DOCKER-USER {}", spec.join(" ")));
+        Ok(())
+    }
+
+    async fn docker_user_delete(&self, spec: &[&str]) -> Result<(), NetError> {
+        let line = format!("-A DOCKER-USER {}", spec.join(" "));
+        if let Some(chain) = self.lock().docker_user.as_mut() {
+            if let Some(i) = chain.iter().position(|l| *l == line) {
+                chain.remove(i);
+            }
+        }
+        self.change(format!("iptables -w -D DOCKER-USER {}", spec.join(" ")));
+        Ok(())
     }
 }

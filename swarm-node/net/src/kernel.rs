@@ -88,6 +88,25 @@ pub struct BridgePort {
     pub hairpin: bool,
 }
 
+/// An IPv4 policy rule: packets that came in on `iif` and whose mark matches `fwmark`
+/// under `mask` are routed by table `table`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RouteRule {
+    pub priority: u32,
+    pub fwmark: u32,
+    pub mask: u32,
+    pub iif: String,
+    pub table: u32,
+}
+
+/// The default route of a numbered routing table: everything goes via `via` on `dev`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TableRoute {
+    pub table: u32,
+    pub via: Ipv4Addr,
+    pub dev: String,
+}
+
 /// Every kernel operation the data plane needs. Reads return the kernel's current state;
 /// changes are idempotent where the kernel allows it (`replace`).
 ///
@@ -164,6 +183,21 @@ pub trait Kernel: Send + Sync + fmt::Debug {
     /// Deletes the conntrack entries of connections to `vip` answered by `backend`; returns
     /// how many there were.
     async fn conntrack_flush(&self, vip: Ipv4Addr, backend: Ipv4Addr) -> Result<u32, NetError>;
+    /// The IPv4 policy rules that have a mark, an input interface and a numbered table.
+    async fn rules(&self) -> Result<Vec<RouteRule>, NetError>;
+    async fn add_rule(&self, rule: &RouteRule) -> Result<(), NetError>;
+    async fn del_rule(&self, rule: &RouteRule) -> Result<(), NetError>;
+    /// The default routes of every numbered table other than `main`, `local` and `default`.
+    async fn table_routes(&self) -> Result<Vec<TableRoute>, NetError>;
+    /// Adds or replaces the default route of `route.table`.
+    async fn replace_table_route(&self, route: &TableRoute) -> Result<(), NetError>;
+    async fn del_table_route(&self, route: &TableRoute) -> Result<(), NetError>;
+    /// The rules of the iptables chain `DOCKER-USER`, as `iptables -S` prints them
+    /// (`-A DOCKER-USER …`); `None` when there is no such chain (no Docker, no iptables).
+    async fn docker_user_rules(&self) -> Result<Option<Vec<String>>, NetError>;
+    /// Inserts a rule at the top of `DOCKER-USER`; `spec` is what follows the chain name.
+    async fn docker_user_insert(&self, spec: &[&str]) -> Result<(), NetError>;
+    async fn docker_user_delete(&self, spec: &[&str]) -> Result<(), NetError>;
 }
 
 #[cfg(test)]

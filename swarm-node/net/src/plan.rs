@@ -5,9 +5,9 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use swarm_state::netmap::{NetMap, NetView};
-use swarm_state::network::mac_of;
+use swarm_state::network::{mac_of, Protocol};
 
-use crate::kernel::Mac;
+use crate::kernel::{Mac, RouteRule, TableRoute};
 
 /// Bytes VXLAN adds to a frame (outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14).
 pub const VXLAN_OVERHEAD: u32 = 50;
@@ -21,6 +21,44 @@ pub struct LocalFacts {
     pub underlay_mtu: u32,
     /// The port swarm-dns listens on; DNS aimed at a gateway is redirected there.
     pub dns_port: u16,
+    /// The routing mesh's fallback: masquerade every connection this node forwards through
+    /// the mesh behind its own ingress address, as Docker does. The task then sees this
+    /// node's address instead of the client's, but the reply no longer depends on the
+    /// return-path routing of the task's node. Off by default.
+    pub mesh_snat: bool,
+}
+
+/// Connection mark bit (`ct mark`) of every connection the routing mesh carries on this
+/// node, whichever side it is on: the one rule in Docker's `DOCKER-USER` chain accepts it.
+pub const MESH_CT: u32 = 0x1000;
+/// Connection mark bit: this node DNATed the connection to a mesh backend.
+pub const MESH_DNAT: u32 = 0x2000;
+/// The bits of a return-path mark that [`return_mark`] sets; a reply whose connection mark
+/// matches under this mask is routed back through the node that DNATed it.
+pub const RETURN_MASK: u32 = 0xffff_0000 | MESH_CT | MESH_DNAT;
+/// Routing tables of the return path: `RETURN_TABLE_BASE` plus the low 16 bits of the
+/// other node's ingress address, so a table (and a rule) is ours when it is in
+/// `RETURN_TABLE_BASE..=RETURN_TABLE_BASE + 0xffff`, and the same on every restart.
+pub const RETURN_TABLE_BASE: u32 = 0x1_0000;
+/// The priority of the return-path rules: after `lookup local` (0), before `main`.
+pub const RETURN_RULE_PRIORITY: u32 = 100;
+
+/// The connection (and packet) mark of a connection that reached this node through the mesh
+/// of the node whose ingress address is `addr`: its low 16 bits in the mark's high half,
+/// plus [`MESH_CT`]. The low 16 bits are unique among the addresses of any ingress subnet
+/// of /16 or smaller (Docker's is a /24); [`plan`] drops a node that would collide.
+pub fn return_mark(addr: Ipv4Addr) -> u32 {
+    (u32::from(addr) & 0xffff) << 16 | MESH_CT
+}
+
+/// The routing table holding the return route through the node with ingress address `addr`.
+pub fn return_table(addr: Ipv4Addr) -> u32 {
+    RETURN_TABLE_BASE + (u32::from(addr) & 0xffff)
+}
+
+/// Whether a routing table number is one of the return path's.
+pub fn is_return_table(table: u32) -> bool {
+    (RETURN_TABLE_BASE..=RETURN_TABLE_BASE + 0xffff).contains(&table)
 }
 
 /// The kernel bridge of the overlay with this VNI (Docker creates it, named by us).
@@ -50,7 +88,7 @@ pub fn effective_mtu(view: &NetView, underlay_mtu: u32) -> u32 {
 }
 
 /// The per-node desired data plane, a pure function of the netmap ([`plan`]).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Desired {
     /// The Docker bridge networks the worker must create before [`crate::Dataplane::sync`].
     pub bridges: Vec<BridgeSpec>,
@@ -60,6 +98,58 @@ pub struct Desired {
     pub vips: Vec<VipSpec>,
     /// Where DNS aimed at a gateway goes.
     pub dns_port: u16,
+    /// The routing mesh: only when this node is on the ingress network with its own
+    /// address there. A node that is not (yet) must not open the published ports.
+    pub mesh: Option<MeshSpec>,
+}
+
+/// The routing mesh on this node: the published ports, and how replies of connections
+/// other nodes forwarded here go back through them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshSpec {
+    /// The ingress network's bridge (`swb4096` usually).
+    pub bridge: String,
+    /// This node's own address on the ingress network.
+    pub local_addr: Ipv4Addr,
+    /// The published ports, in (protocol, published port) order.
+    pub ports: Vec<MeshPort>,
+    /// The other nodes on the ingress network, in address order.
+    pub peers: Vec<IngressPeer>,
+    /// Other nodes' underlay and ingress addresses. Their hosts' own connections through
+    /// this node's mesh are SNATed, or a reply from a task on the calling node itself would
+    /// be delivered locally (`lookup local` comes before any rule) without being un-NATed.
+    pub node_addrs: BTreeSet<Ipv4Addr>,
+    /// Masquerade every mesh connection behind `local_addr` ([`LocalFacts::mesh_snat`]).
+    pub snat: bool,
+    /// Every overlay bridge of this node: a reply may come back on any of them, since a
+    /// task's default route is on its first network, which need not be ingress.
+    pub reply_bridges: Vec<String>,
+}
+
+/// A port published in ingress mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshPort {
+    pub service: String,
+    pub protocol: Protocol,
+    /// The port accepted on every local address of the node.
+    pub published: u16,
+    /// The port the tasks listen on.
+    pub target: u16,
+    /// The tasks' ingress addresses, sorted; empty means: refuse at once.
+    pub backends: Vec<Ipv4Addr>,
+}
+
+/// Another node on the ingress network, for the return path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct IngressPeer {
+    /// Its own address on the ingress network.
+    pub addr: Ipv4Addr,
+    /// Its ingress bridge's MAC, the source of the frames it forwards here.
+    pub mac: Mac,
+    /// [`return_mark`] of `addr`.
+    pub mark: u32,
+    /// [`return_table`] of `addr`.
+    pub table: u32,
 }
 
 /// One Docker bridge network standing for an overlay on this node.
@@ -131,6 +221,99 @@ impl Desired {
             .map(|v| (v.vip, v.backends.iter().copied().collect()))
             .collect()
     }
+
+    /// The policy rules of the return path: for every other node and every overlay
+    /// bridge, replies marked with that node's mark go to its table. `iif` matters: VXLAN's
+    /// outer packet is routed with the inner packet's mark, and must not be caught.
+    pub fn return_rules(&self) -> Vec<RouteRule> {
+        let Some(mesh) = &self.mesh else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for p in &mesh.peers {
+            for b in &mesh.reply_bridges {
+                out.push(RouteRule {
+                    priority: RETURN_RULE_PRIORITY,
+                    fwmark: p.mark,
+                    mask: RETURN_MASK,
+                    iif: b.clone(),
+                    table: p.table,
+                });
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The routes of the return path: one table per other node, whose default route goes
+    /// through that node's ingress address.
+    pub fn return_routes(&self) -> Vec<TableRoute> {
+        let Some(mesh) = &self.mesh else {
+            return Vec::new();
+        };
+        mesh.peers
+            .iter()
+            .map(|p| TableRoute {
+                table: p.table,
+                via: p.addr,
+                dev: mesh.bridge.clone(),
+            })
+            .collect()
+    }
+}
+
+/// The mesh of a node on the ingress network `view` with its own address there.
+fn mesh(map: &NetMap, view: &NetView, local_addr: Ipv4Addr, facts: &LocalFacts) -> MeshSpec {
+    let mut ports: BTreeMap<(Protocol, u16), MeshPort> = BTreeMap::new();
+    for p in &map.ingress_ports {
+        let mut backends = p.backends.clone();
+        backends.sort();
+        backends.dedup();
+        // Two services never publish the same port (the allocator refuses it); should a
+        // stale map say so, the first one wins on every node alike.
+        ports
+            .entry((p.protocol, p.published))
+            .or_insert_with(|| MeshPort {
+                service: p.service.clone(),
+                protocol: p.protocol,
+                published: p.published,
+                target: p.target,
+                backends,
+            });
+    }
+    let mut peers: BTreeMap<u32, IngressPeer> = BTreeMap::new();
+    let mut node_addrs = BTreeSet::new();
+    let mut nodes = map.ingress_nodes.clone();
+    nodes.sort();
+    for n in &nodes {
+        if n.addr == local_addr || Some(n.vtep) == map.local_vtep {
+            continue;
+        }
+        node_addrs.insert(n.addr);
+        node_addrs.insert(n.vtep);
+        // Same low 16 bits as this node or an earlier one: only in an ingress subnet larger
+        // than a /16; that node's replies then leave by the main table.
+        if return_table(n.addr) == return_table(local_addr) {
+            continue;
+        }
+        peers.entry(return_table(n.addr)).or_insert(IngressPeer {
+            addr: n.addr,
+            mac: Mac(mac_of(n.addr)),
+            mark: return_mark(n.addr),
+            table: return_table(n.addr),
+        });
+    }
+    let mut peers: Vec<IngressPeer> = peers.into_values().collect();
+    peers.sort();
+    MeshSpec {
+        bridge: bridge_name(view.vni),
+        local_addr,
+        ports: ports.into_values().collect(),
+        peers,
+        node_addrs,
+        snat: facts.mesh_snat,
+        reply_bridges: Vec::new(),
+    }
 }
 
 /// The per-node desired data plane, a pure function of the netmap.
@@ -143,7 +326,11 @@ pub fn plan(map: &NetMap, facts: &LocalFacts) -> Desired {
     let mut bridges = Vec::new();
     let mut overlays = Vec::new();
     let mut vips: BTreeMap<Ipv4Addr, VipSpec> = BTreeMap::new();
+    let mut mesh_spec = None;
     for view in views {
+        if let (true, Some(own), None) = (view.ingress, view.local_addr, &mesh_spec) {
+            mesh_spec = Some(mesh(map, view, own, facts));
+        }
         let mtu = effective_mtu(view, facts.underlay_mtu);
         bridges.push(BridgeSpec {
             network_id: view.id.clone(),
@@ -200,18 +387,22 @@ pub fn plan(map: &NetMap, facts: &LocalFacts) -> Desired {
         });
     }
 
+    if let Some(m) = &mut mesh_spec {
+        m.reply_bridges = bridges.iter().map(|b| b.bridge.clone()).collect();
+    }
     Desired {
         bridges,
         overlays,
         vips: vips.into_values().collect(),
         dns_port: facts.dns_port,
+        mesh: mesh_spec,
     }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use swarm_state::netmap::{RemoteEndpoint, ServiceView};
+    use swarm_state::netmap::{IngressPort, RemoteEndpoint, ServiceView};
     use swarm_state::network::EndpointMode;
 
     pub(crate) fn ip(s: &str) -> Ipv4Addr {
@@ -285,10 +476,60 @@ pub(crate) mod tests {
         }
     }
 
+    /// `sample_map` plus the ingress network, on which node 1 is 10.0.0.2, with three
+    /// published ports (one without a task) and two other nodes.
+    pub(crate) fn mesh_map() -> NetMap {
+        let mut map = sample_map();
+        let mut ingress = view("ingress", 4096, 0);
+        ingress.name = "ingress".into();
+        ingress.ingress = true;
+        ingress.local_addr = Some(ip("10.0.0.2"));
+        ingress.remote = vec![
+            RemoteEndpoint {
+                addr: ip("10.0.0.3"),
+                vtep: ip("192.168.50.2"),
+            },
+            RemoteEndpoint {
+                addr: ip("10.0.0.20"),
+                vtep: ip("192.168.50.2"),
+            },
+        ];
+        map.networks.push(ingress);
+        let port = |proto, published, target, backends: &[&str]| IngressPort {
+            service_id: "id-web".into(),
+            service: "web".into(),
+            protocol: proto,
+            published,
+            target,
+            backends: backends.iter().map(|b| ip(b)).collect(),
+        };
+        map.ingress_ports = vec![
+            port(Protocol::Tcp, 80, 8080, &["10.0.0.20", "10.0.0.10"]),
+            port(Protocol::Tcp, 81, 81, &[]),
+            port(Protocol::Udp, 53, 5353, &["10.0.0.20"]),
+        ];
+        map.ingress_nodes = vec![
+            RemoteEndpoint {
+                addr: ip("10.0.0.2"),
+                vtep: ip("192.168.50.1"),
+            },
+            RemoteEndpoint {
+                addr: ip("10.0.0.4"),
+                vtep: ip("192.168.50.3"),
+            },
+            RemoteEndpoint {
+                addr: ip("10.0.0.3"),
+                vtep: ip("192.168.50.2"),
+            },
+        ];
+        map
+    }
+
     pub(crate) fn facts() -> LocalFacts {
         LocalFacts {
             underlay_mtu: 1500,
             dns_port: 5353,
+            mesh_snat: false,
         }
     }
 
@@ -402,6 +643,127 @@ pub(crate) mod tests {
         });
         let d = plan(&map, &facts());
         assert_eq!(d.overlays[0].peers.len(), 2);
+    }
+
+    #[test]
+    fn plan_carries_the_published_ports_and_the_return_path() {
+        let d = plan(&mesh_map(), &facts());
+        let m = d.mesh.as_ref().expect("on ingress with an own address");
+        assert_eq!(m.bridge, "swb4096");
+        assert_eq!(m.local_addr, ip("10.0.0.2"));
+        assert!(!m.snat);
+        let ports: Vec<_> = m
+            .ports
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {}->{} {:?}",
+                    p.protocol.as_str(),
+                    p.published,
+                    p.target,
+                    p.backends
+                )
+            })
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                "tcp 80->8080 [10.0.0.10, 10.0.0.20]",
+                "tcp 81->81 []",
+                "udp 53->5353 [10.0.0.20]"
+            ]
+        );
+        // The other nodes, never this one, with derived MACs, marks and tables.
+        let peers: Vec<_> = m
+            .peers
+            .iter()
+            .map(|p| format!("{} {} {:#x} {}", p.addr, p.mac, p.mark, p.table))
+            .collect();
+        assert_eq!(
+            peers,
+            [
+                "10.0.0.3 02:42:0a:00:00:03 0x31000 65539",
+                "10.0.0.4 02:42:0a:00:00:04 0x41000 65540"
+            ]
+        );
+        let addrs: Vec<_> = m.node_addrs.iter().map(|a| a.to_string()).collect();
+        assert_eq!(
+            addrs,
+            ["10.0.0.3", "10.0.0.4", "192.168.50.2", "192.168.50.3"]
+        );
+        // Replies may come back on any overlay bridge of the node.
+        assert_eq!(m.reply_bridges, ["swb4096", "swb4097", "swb4098"]);
+        let rules: Vec<_> = d
+            .return_rules()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {:#x}/{:#x} {} {}",
+                    r.priority, r.fwmark, r.mask, r.iif, r.table
+                )
+            })
+            .collect();
+        assert_eq!(rules.len(), 6);
+        assert_eq!(rules[0], "100 0x31000/0xffff3000 swb4096 65539");
+        let routes: Vec<_> = d
+            .return_routes()
+            .iter()
+            .map(|r| format!("{} {} {}", r.table, r.via, r.dev))
+            .collect();
+        assert_eq!(routes, ["65539 10.0.0.3 swb4096", "65540 10.0.0.4 swb4096"]);
+        // The ingress network is an overlay like the others.
+        assert_eq!(d.overlays[0].bridge, "swb4096");
+        assert_eq!(
+            d.overlays[0].bridge_mac.unwrap().to_string(),
+            "02:42:0a:00:00:02"
+        );
+
+        let snat = plan(
+            &mesh_map(),
+            &LocalFacts {
+                mesh_snat: true,
+                ..facts()
+            },
+        );
+        assert!(snat.mesh.unwrap().snat);
+    }
+
+    #[test]
+    fn no_mesh_without_an_own_ingress_address() {
+        let mut map = mesh_map();
+        map.networks
+            .iter_mut()
+            .find(|n| n.ingress)
+            .unwrap()
+            .local_addr = None;
+        let d = plan(&map, &facts());
+        assert_eq!(d.mesh, None);
+        assert!(d.return_rules().is_empty() && d.return_routes().is_empty());
+        // Nor without the ingress network at all, whatever the ports say.
+        let mut map = mesh_map();
+        map.networks.retain(|n| !n.ingress);
+        assert_eq!(plan(&map, &facts()).mesh, None);
+        // Ports are not needed for the return path.
+        let mut map = mesh_map();
+        map.ingress_ports.clear();
+        let m = plan(&map, &facts()).mesh.unwrap();
+        assert!(m.ports.is_empty());
+        assert_eq!(m.peers.len(), 2);
+    }
+
+    #[test]
+    fn return_marks_and_tables_come_from_the_low_16_bits() {
+        assert_eq!(return_mark(ip("10.0.0.3")), 0x0003_1000);
+        assert_eq!(return_mark(ip("10.255.1.2")), 0x0102_1000);
+        assert_eq!(return_table(ip("10.255.1.2")), 0x1_0102);
+        assert_eq!(
+            return_mark(ip("10.255.1.2")) & RETURN_MASK,
+            return_mark(ip("10.255.1.2"))
+        );
+        assert!(is_return_table(return_table(ip("10.255.255.255"))));
+        assert!(!is_return_table(254) && !is_return_table(0x2_0000));
+        // Never the hairpin bit of the packet mark.
+        assert_eq!(return_mark(ip("10.0.255.255")) & 0x4000, 0);
     }
 
     #[test]

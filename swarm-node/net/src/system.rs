@@ -10,7 +10,9 @@ use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use crate::kernel::{BridgePort, FdbEntry, Kernel, LinkInfo, Mac, NeighEntry, VxlanInfo};
+use crate::kernel::{
+    BridgePort, FdbEntry, Kernel, LinkInfo, Mac, NeighEntry, RouteRule, TableRoute, VxlanInfo,
+};
 use crate::NetError;
 
 /// The host's kernel, or the one of a named network namespace (`/run/netns/NAME`).
@@ -38,6 +40,7 @@ impl SystemKernel {
             "ip" | "bridge" => "iproute2",
             "nft" => "nftables",
             "conntrack" => "conntrack",
+            "iptables" => "iptables",
             "modprobe" => "kmod",
             "nsenter" => "util-linux",
             _ => "coreutils",
@@ -221,6 +224,52 @@ struct BridgeLink {
     master: Option<String>,
     #[serde(default)]
     hairpin: bool,
+}
+
+#[derive(Deserialize)]
+struct IpRule {
+    priority: Option<u32>,
+    fwmark: Option<String>,
+    fwmask: Option<String>,
+    iif: Option<String>,
+    table: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct IpRoute {
+    dst: String,
+    gateway: Option<Ipv4Addr>,
+    dev: Option<String>,
+    table: Option<String>,
+}
+
+fn hex(text: &str) -> Option<u32> {
+    u32::from_str_radix(text.trim_start_matches("0x"), 16).ok()
+}
+
+fn rule_args(r: &RouteRule) -> [String; 8] {
+    [
+        "priority".into(),
+        r.priority.to_string(),
+        "fwmark".into(),
+        format!("{:#x}/{:#x}", r.fwmark, r.mask),
+        "iif".into(),
+        r.iif.clone(),
+        "lookup".into(),
+        r.table.to_string(),
+    ]
+}
+
+fn route_args(r: &TableRoute) -> [String; 7] {
+    [
+        "default".into(),
+        "via".into(),
+        r.via.to_string(),
+        "dev".into(),
+        r.dev.clone(),
+        "table".into(),
+        r.table.to_string(),
+    ]
 }
 
 #[async_trait]
@@ -491,6 +540,115 @@ impl Kernel for SystemKernel {
             }),
         }
     }
+
+    async fn rules(&self) -> Result<Vec<RouteRule>, NetError> {
+        Ok(to_rules(
+            self.json("ip", &["-j", "-4", "rule", "show"]).await?,
+        ))
+    }
+
+    async fn add_rule(&self, rule: &RouteRule) -> Result<(), NetError> {
+        let args = rule_args(rule);
+        let mut all = vec!["-4", "rule", "add"];
+        all.extend(args.iter().map(String::as_str));
+        self.run("ip", &all, None).await.map(drop)
+    }
+
+    async fn del_rule(&self, rule: &RouteRule) -> Result<(), NetError> {
+        let args = rule_args(rule);
+        let mut all = vec!["-4", "rule", "del"];
+        all.extend(args.iter().map(String::as_str));
+        self.run("ip", &all, None).await.map(drop)
+    }
+
+    async fn table_routes(&self) -> Result<Vec<TableRoute>, NetError> {
+        Ok(to_table_routes(
+            self.json("ip", &["-j", "-4", "route", "show", "table", "all"])
+                .await?,
+        ))
+    }
+
+    async fn replace_table_route(&self, route: &TableRoute) -> Result<(), NetError> {
+        let args = route_args(route);
+        let mut all = vec!["-4", "route", "replace"];
+        all.extend(args.iter().map(String::as_str));
+        self.run("ip", &all, None).await.map(drop)
+    }
+
+    async fn del_table_route(&self, route: &TableRoute) -> Result<(), NetError> {
+        let args = route_args(route);
+        let mut all = vec!["-4", "route", "del"];
+        all.extend(args.iter().map(String::as_str));
+        self.run("ip", &all, None).await.map(drop)
+    }
+
+    async fn docker_user_rules(&self) -> Result<Option<Vec<String>>, NetError> {
+        // -w: wait for the xtables lock Docker may hold rather than fail.
+        match self
+            .output("iptables", &["-w", "-S", "DOCKER-USER"], None)
+            .await
+        {
+            Ok((Some(0), out, _)) => Ok(Some(
+                out.lines()
+                    .filter(|l| l.starts_with("-A DOCKER-USER "))
+                    .map(str::to_string)
+                    .collect(),
+            )),
+            // No such chain: Docker is not managing this host's firewall.
+            Ok(_) | Err(NetError::MissingTool { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn docker_user_insert(&self, spec: &[&str]) -> Result<(), NetError> {
+        let mut args = vec!["-w", "-I", "DOCKER-USER"];
+        args.extend_from_slice(spec);
+        self.run("iptables", &args, None).await.map(drop)
+    }
+
+    async fn docker_user_delete(&self, spec: &[&str]) -> Result<(), NetError> {
+        let mut args = vec!["-w", "-D", "DOCKER-USER"];
+        args.extend_from_slice(spec);
+        self.run("iptables", &args, None).await.map(drop)
+    }
+}
+
+/// Rules with a mark, an input interface and a numbered table; the others are not ours.
+fn to_rules(rules: Vec<IpRule>) -> Vec<RouteRule> {
+    rules
+        .into_iter()
+        .filter_map(|r| {
+            Some(RouteRule {
+                priority: r.priority?,
+                fwmark: hex(r.fwmark.as_deref()?)?,
+                mask: match r.fwmask.as_deref() {
+                    Some(m) => hex(m)?,
+                    None => u32::MAX,
+                },
+                iif: r.iif?,
+                table: r.table?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Default routes of numbered tables; `main` has no `table` field, `local` a name.
+fn to_table_routes(routes: Vec<IpRoute>) -> Vec<TableRoute> {
+    routes
+        .into_iter()
+        .filter(|r| r.dst == "default")
+        .filter_map(|r| {
+            let table: u32 = r.table?.parse().ok()?;
+            if matches!(table, 0 | 253..=255) {
+                return None;
+            }
+            Some(TableRoute {
+                table,
+                via: r.gateway?,
+                dev: r.dev?,
+            })
+        })
+        .collect()
 }
 
 fn to_links(links: Vec<IpLink>) -> Vec<LinkInfo> {
@@ -685,6 +843,39 @@ mod tests {
                     hairpin: true
                 }
             ]
+        );
+    }
+
+    #[test]
+    fn rules_and_table_routes_are_read_from_ip_json() {
+        // iproute2 6.1 on Linux 6.18.
+        let rules = to_rules(parse(
+            r#"[{"priority":0,"src":"all","table":"local"},{"priority":100,"src":"all","fwmark":"0x141000","fwmask":"0xffff3000","iif":"swb4096","table":"65556"},{"priority":101,"src":"all","fwmark":"0x7","iif":"eth0","table":"main"},{"priority":32766,"src":"all","table":"main"}]"#,
+        ));
+        assert_eq!(
+            rules,
+            [RouteRule {
+                priority: 100,
+                fwmark: 0x14_1000,
+                mask: 0xffff_3000,
+                iif: "swb4096".into(),
+                table: 65556
+            }]
+        );
+        assert_eq!(
+            rule_args(&rules[0]).join(" "),
+            "priority 100 fwmark 0x141000/0xffff3000 iif swb4096 lookup 65556"
+        );
+        let routes = to_table_routes(parse(
+            r#"[{"dst":"default","gateway":"10.0.0.20","dev":"swb4096","table":"65556","flags":[]},{"dst":"default","gateway":"192.168.1.1","dev":"eth0","flags":[]},{"dst":"10.0.0.0/24","dev":"swb4096","protocol":"kernel","scope":"link","prefsrc":"10.0.0.1","flags":[]},{"type":"local","dst":"10.0.0.1","dev":"swb4096","table":"local","protocol":"kernel","scope":"host","prefsrc":"10.0.0.1","flags":[]}]"#,
+        ));
+        assert_eq!(
+            routes,
+            [TableRoute {
+                table: 65556,
+                via: "10.0.0.20".parse().unwrap(),
+                dev: "swb4096".into()
+            }]
         );
     }
 

@@ -253,6 +253,7 @@ async fn containers_reach_each_other_across_vxlan_and_through_a_vip() {
     let facts = LocalFacts {
         underlay_mtu: 1500,
         dns_port: 5353,
+        mesh_snat: false,
     };
     let dp_a = Dataplane::new(Arc::new(SystemKernel::in_netns(&ha)));
     let dp_b = Dataplane::new(Arc::new(SystemKernel::in_netns(&hb)));

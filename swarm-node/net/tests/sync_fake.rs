@@ -4,9 +4,11 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use expect_test::expect;
-use swarm_net::{plan, Dataplane, Desired, FakeKernel, LocalFacts, NetError};
-use swarm_state::netmap::{NetMap, NetView, RemoteEndpoint, ServiceView};
-use swarm_state::network::EndpointMode;
+use swarm_net::{
+    plan, Dataplane, Desired, FakeKernel, LocalFacts, NetError, RouteRule, TableRoute,
+};
+use swarm_state::netmap::{IngressPort, NetMap, NetView, RemoteEndpoint, ServiceView};
+use swarm_state::network::{EndpointMode, Protocol};
 
 fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
@@ -75,6 +77,7 @@ fn desired(map: &NetMap) -> Desired {
         &LocalFacts {
             underlay_mtu: 1500,
             dns_port: 5353,
+            mesh_snat: false,
         },
     )
 }
@@ -388,4 +391,182 @@ async fn underlay_mtu_is_the_vtep_interfaces() {
     let dp = Dataplane::new(k);
     assert_eq!(dp.underlay_mtu(ip("192.168.50.1")).await, 9000);
     assert_eq!(dp.underlay_mtu(ip("192.168.50.7")).await, 1500);
+}
+
+/// `map()` plus the ingress network (node 1 is 10.0.0.2 there), a published port served
+/// by a task on node 2, and the other two nodes of the mesh.
+fn mesh_map() -> NetMap {
+    let mut m = map();
+    let mut ingress = view("ingress", 4096, 0);
+    ingress.ingress = true;
+    ingress.local_addr = Some(ip("10.0.0.2"));
+    ingress.remote = vec![
+        remote("10.0.0.3", "192.168.50.2"),
+        remote("10.0.0.4", "192.168.50.3"),
+        remote("10.0.0.20", "192.168.50.2"),
+    ];
+    m.networks.push(ingress);
+    m.ingress_ports = vec![IngressPort {
+        service_id: "id-web".into(),
+        service: "web".into(),
+        protocol: Protocol::Tcp,
+        published: 8080,
+        target: 80,
+        backends: vec![ip("10.0.0.20")],
+    }];
+    m.ingress_nodes = vec![
+        remote("10.0.0.3", "192.168.50.2"),
+        remote("10.0.0.4", "192.168.50.3"),
+    ];
+    m
+}
+
+fn without_overlay_changes(changes: Vec<String>) -> String {
+    changes
+        .into_iter()
+        .filter(|c| c.starts_with("ip -4") || c.starts_with("iptables") || c.contains("localnet"))
+        .map(|c| c + "\n")
+        .collect()
+}
+
+#[tokio::test]
+async fn the_mesh_adds_return_rules_routes_localnet_and_a_docker_user_rule() {
+    let d = desired(&mesh_map());
+    let k = host(&d);
+    k.with_docker_user();
+    // Someone else's rule and route, in tables that are not ours.
+    let foreign = RouteRule {
+        priority: 100,
+        fwmark: 7,
+        mask: u32::MAX,
+        iif: "eth0".into(),
+        table: 100,
+    };
+    k.edit(|s| {
+        s.rules.insert(foreign.clone());
+        s.routes.insert(
+            100,
+            TableRoute {
+                table: 100,
+                via: ip("192.168.50.254"),
+                dev: "eth0".into(),
+            },
+        );
+    });
+    let dp = Dataplane::new(k.clone());
+    let r = dp.sync(&d).await.unwrap();
+    assert_eq!(r.applied, ["ingress", "front", "back"]);
+    expect![[r#"
+        ip -4 route replace default via 10.0.0.3 dev swb4096 table 65539
+        ip -4 route replace default via 10.0.0.4 dev swb4096 table 65540
+        ip -4 rule add priority 100 fwmark 0x31000/0xffff3000 iif swb4096 lookup 65539
+        ip -4 rule add priority 100 fwmark 0x31000/0xffff3000 iif swb4097 lookup 65539
+        ip -4 rule add priority 100 fwmark 0x31000/0xffff3000 iif swb4098 lookup 65539
+        ip -4 rule add priority 100 fwmark 0x41000/0xffff3000 iif swb4096 lookup 65540
+        ip -4 rule add priority 100 fwmark 0x41000/0xffff3000 iif swb4097 lookup 65540
+        ip -4 rule add priority 100 fwmark 0x41000/0xffff3000 iif swb4098 lookup 65540
+        sysctl net/ipv4/conf/swb4096/route_localnet=1
+        iptables -w -I DOCKER-USER -m connmark --mark 0x1000/0x1000 -m comment --comment swarmnet -j ACCEPT
+    "#]]
+    .assert_eq(&without_overlay_changes(k.take_changes()));
+    let s = k.state();
+    assert_eq!(
+        s.sysctls["net/ipv4/conf/swb4096/route_localnet"], "1",
+        "only on the ingress bridge"
+    );
+    assert_eq!(s.sysctls["net/ipv4/conf/swb4097/route_localnet"], "0");
+    assert!(k.nft_table().unwrap().contains("map mesh {"));
+
+    // Nothing changed: nothing done.
+    let r = dp.sync(&d).await.unwrap();
+    assert!(!r.changed(), "{:?}", r.changes);
+
+    // A node leaves the mesh: its rules and table go, the rest stays.
+    let mut smaller = mesh_map();
+    smaller.ingress_nodes.pop();
+    dp.sync(&desired(&smaller)).await.unwrap();
+    expect![[r#"
+        ip -4 rule del priority 100 fwmark 0x41000/0xffff3000 iif swb4096 lookup 65540
+        ip -4 rule del priority 100 fwmark 0x41000/0xffff3000 iif swb4097 lookup 65540
+        ip -4 rule del priority 100 fwmark 0x41000/0xffff3000 iif swb4098 lookup 65540
+        ip -4 route del default via 10.0.0.4 dev swb4096 table 65540
+    "#]]
+    .assert_eq(&without_overlay_changes(k.take_changes()));
+
+    // The node leaves the ingress network: everything of the mesh goes, not the others'.
+    dp.sync(&desired(&map())).await.unwrap();
+    expect![[r#"
+        sysctl net/ipv4/conf/swb4096/route_localnet=0
+        ip -4 rule del priority 100 fwmark 0x31000/0xffff3000 iif swb4096 lookup 65539
+        ip -4 rule del priority 100 fwmark 0x31000/0xffff3000 iif swb4097 lookup 65539
+        ip -4 rule del priority 100 fwmark 0x31000/0xffff3000 iif swb4098 lookup 65539
+        ip -4 route del default via 10.0.0.3 dev swb4096 table 65539
+        iptables -w -D DOCKER-USER -m connmark --mark 0x1000/0x1000 -m comment --comment swarmnet -j ACCEPT
+    "#]]
+    .assert_eq(&without_overlay_changes(k.take_changes()));
+    let s = k.state();
+    assert_eq!(s.rules.iter().collect::<Vec<_>>(), [&foreign]);
+    assert_eq!(s.routes.keys().collect::<Vec<_>>(), [&100]);
+    assert_eq!(s.docker_user.unwrap(), ["-A DOCKER-USER -j RETURN"]);
+    assert!(!k.nft_table().unwrap().contains("map mesh {"));
+}
+
+#[tokio::test]
+async fn mesh_state_is_repaired_and_torn_down() {
+    let d = desired(&mesh_map());
+    let k = host(&d);
+    k.with_docker_user();
+    let dp = Dataplane::new(k.clone());
+    dp.sync(&d).await.unwrap();
+    k.take_changes();
+    // Docker re-created the ingress bridge (its routes went with it) and someone flushed
+    // DOCKER-USER and left a stale rule of ours with an old mark.
+    k.remove_link("swb4096");
+    k.add_bridge("swb4096", "10.0.0.1/24".parse().unwrap());
+    k.edit(|s| {
+        s.docker_user = Some(vec![
+            "-A DOCKER-USER -m connmark --mark 0x800/0x800 -m comment --comment swarmnet -j ACCEPT"
+                .into(),
+            "-A DOCKER-USER -j RETURN".into(),
+        ]);
+    });
+    dp.sync(&d).await.unwrap();
+    expect![[r#"
+        ip -4 route replace default via 10.0.0.3 dev swb4096 table 65539
+        ip -4 route replace default via 10.0.0.4 dev swb4096 table 65540
+        sysctl net/ipv4/conf/swb4096/route_localnet=1
+        iptables -w -D DOCKER-USER -m connmark --mark 0x800/0x800 -m comment --comment swarmnet -j ACCEPT
+        iptables -w -I DOCKER-USER -m connmark --mark 0x1000/0x1000 -m comment --comment swarmnet -j ACCEPT
+    "#]]
+    .assert_eq(&without_overlay_changes(k.take_changes()));
+
+    dp.teardown().await.unwrap();
+    let s = k.state();
+    assert!(s.rules.is_empty() && s.routes.is_empty());
+    assert_eq!(s.docker_user.unwrap(), ["-A DOCKER-USER -j RETURN"]);
+    assert_eq!(s.sysctls["net/ipv4/conf/swb4096/route_localnet"], "0");
+}
+
+#[tokio::test]
+async fn without_docker_iptables_is_left_alone_and_a_missing_bridge_waits() {
+    let d = desired(&mesh_map());
+    let k = host(&d);
+    k.remove_link("swb4096");
+    let dp = Dataplane::new(k.clone());
+    let r = dp.sync(&d).await.unwrap();
+    assert_eq!(r.missing_bridges, ["ingress"]);
+    // No routes through a bridge that does not exist, so no rules either.
+    let changes = k.take_changes();
+    assert!(
+        !changes
+            .iter()
+            .any(|c| c.starts_with("ip -4") || c.starts_with("iptables")),
+        "{changes:?}"
+    );
+    k.add_bridge("swb4096", "10.0.0.1/24".parse().unwrap());
+    dp.sync(&d).await.unwrap();
+    let s = k.state();
+    assert_eq!(s.routes.len(), 2);
+    assert_eq!(s.rules.len(), 6);
+    assert_eq!(s.docker_user, None);
 }

@@ -21,7 +21,9 @@ use swarm_state::{
 };
 
 use super::filters::Filters;
-use super::networks::{resolve_service_networks, task_view, validate_endpoint_spec, virtual_ips};
+use super::networks::{
+    check_port_use, resolve_service_networks, task_view, validate_endpoint_spec, virtual_ips,
+};
 use super::{require_admin, AdminManager, Ctx, API_VERSION, MIN_API_VERSION};
 use crate::error::ApiError;
 use crate::manager::scheduler;
@@ -509,13 +511,19 @@ fn service_status(state: &ClusterState, service: &Service) -> ServiceServiceStat
     }
 }
 
-/// Fills `Endpoint` as Docker shows it: the spec, its ports, and the VIPs the leader's
-/// allocator gave the service (one per network).
+/// Fills `Endpoint` as Docker shows it: the spec, the ports as allocated (published ports
+/// chosen, modes written out), and the VIPs the leader's allocator gave the service (one
+/// per network, ingress included).
 fn with_endpoint(state: &ClusterState, mut service: Service) -> Service {
     let endpoint_spec = service.spec.as_ref().and_then(|s| s.endpoint_spec.clone());
+    let ports = service
+        .id
+        .as_deref()
+        .map(|id| state.endpoint_ports(id).to_vec())
+        .filter(|p| !p.is_empty());
     service.endpoint = Some(models::ServiceEndpoint {
-        spec: Some(endpoint_spec.clone().unwrap_or_default()),
-        ports: endpoint_spec.and_then(|e| e.ports),
+        spec: Some(endpoint_spec.unwrap_or_default()),
+        ports,
         virtual_ips: virtual_ips(state, &service),
     });
     service
@@ -588,6 +596,7 @@ async fn create_service(
     validate_service_spec(&spec)?;
     validate_endpoint_spec(&spec)?;
     resolve_service_networks(&manager.read(), &mut spec)?;
+    check_port_use(&manager.read(), None, &spec)?;
     let name = spec.name.clone().unwrap_or_default();
     if manager.read().service_by_name(&name).is_some() {
         return Err(ApiError::Conflict(format!(
@@ -629,6 +638,7 @@ async fn update_service(
     resolve_service_networks(&state, &mut spec)?;
     let service = find_service(&state, &key)?;
     let id = service.id.clone().unwrap_or_default();
+    check_port_use(&state, Some(&id), &spec)?;
     let current_name = service.spec.as_ref().and_then(|s| s.name.clone());
     if spec.name != current_name {
         return Err(ApiError::BadRequest(
@@ -715,7 +725,7 @@ async fn list_tasks(
                         .as_ref()
                         .and_then(|s| state.services.get(s))
                         .and_then(|s| s.spec.as_ref())
-                        .is_some_and(|s| s.task_template == t.spec)
+                        .is_some_and(|s| Some(state.task_spec_of(s)) == t.spec)
                 })
         })
         .map(|(_, t)| task_view(&state, t))

@@ -241,6 +241,8 @@ fn same_netmap(a: &NetMap, b: &NetMap) -> bool {
         && a.data_path_port == b.data_path_port
         && a.networks == b.networks
         && a.local_tasks == b.local_tasks
+        && a.ingress_ports == b.ingress_ports
+        && a.ingress_nodes == b.ingress_nodes
 }
 
 /// The node's network map, once it differs from the one the caller has (derived at log

@@ -17,11 +17,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use swarm_state::models::{
-    EndpointPortConfigPublishModeEnum, EndpointSpecModeEnum, NetworkCreateRequest, Service,
-    ServiceEndpointVirtualIps, ServiceSpec, Task,
+    EndpointSpecModeEnum, NetworkCreateRequest, Service, ServiceEndpointVirtualIps, ServiceSpec,
+    Task,
 };
 use swarm_state::network::{endpoint_mode, service_networks, EndpointMode, NetworkRecord};
-use swarm_state::{ClusterState, Command};
+use swarm_state::{ports, ClusterState, Command};
 
 use super::filters::Filters;
 use super::{AdminManager, Ctx};
@@ -112,7 +112,7 @@ pub fn swarm_network_view(record: &NetworkRecord) -> Value {
 }
 
 /// A service's `Endpoint.VirtualIPs`: one per network it is on, in the order of its
-/// spec, once the allocator has given it one. dnsrr services have none, as Docker's.
+/// spec (after ingress when it publishes ports), once the allocator has given it one. dnsrr services have none, as Docker's.
 pub fn virtual_ips(
     state: &ClusterState,
     service: &Service,
@@ -122,10 +122,19 @@ pub fn virtual_ips(
         return None;
     }
     let vips = state.service_vips.get(service.id.as_deref()?)?;
-    let list: Vec<_> = service_networks(spec)
-        .iter()
-        .filter_map(|a| {
-            let id = a.target.as_deref()?;
+    // The ingress VIP first, as Docker lists it, then the service's own networks.
+    let ingress = state
+        .ingress_network()
+        .filter(|_| ports::publishes_ingress(spec))
+        .map(|n| n.id());
+    let list: Vec<_> = ingress
+        .into_iter()
+        .chain(
+            service_networks(spec)
+                .iter()
+                .filter_map(|a| a.target.as_deref()),
+        )
+        .filter_map(|id| {
             let record = state.networks.get(id)?;
             let addr = vips.get(id)?;
             Some(ServiceEndpointVirtualIps {
@@ -140,7 +149,18 @@ pub fn virtual_ips(
 /// A task as the Docker API shows it, with `NetworksAttachments` (which the model lacks):
 /// each network with the task's address on it.
 pub fn task_view(state: &ClusterState, task: &Task) -> Value {
-    let mut v = serde_json::to_value(task).unwrap_or_else(|_| json!({}));
+    let mut shown = task.clone();
+    // The task runs on ingress because its service publishes ports; like Docker, its
+    // spec shows only the networks the user gave (ingress is in NetworksAttachments).
+    if let (Some(ingress), Some(spec)) = (state.ingress_network(), shown.spec.as_mut()) {
+        if let Some(networks) = spec.networks.as_mut() {
+            networks.retain(|n| n.target.as_deref() != Some(ingress.id()));
+            if networks.is_empty() {
+                spec.networks = None;
+            }
+        }
+    }
+    let mut v = serde_json::to_value(&shown).unwrap_or_else(|_| json!({}));
     let attachments: Vec<Value> = task
         .id
         .as_ref()
@@ -213,44 +233,63 @@ pub fn resolve_service_networks(state: &ClusterState, spec: &mut ServiceSpec) ->
     Ok(())
 }
 
-/// Checks `EndpointSpec`: `--endpoint-mode vip|dnsrr`, and no published ports yet (the
-/// routing mesh is not served, and a port that silently went nowhere would mislead).
+/// Checks `EndpointSpec` as SwarmKit does: `--endpoint-mode vip|dnsrr`; ports with a
+/// target, tcp or udp (the routing mesh serves no sctp), each published port once per
+/// protocol, and no ingress port in dnsrr mode (the mesh balances over a VIP).
 pub fn validate_endpoint_spec(spec: &ServiceSpec) -> ApiResult<()> {
     let Some(endpoint) = &spec.endpoint_spec else {
         return Ok(());
     };
     let ports = endpoint.ports.as_deref().unwrap_or_default();
-    let ingress_port = |p: &&swarm_state::models::EndpointPortConfig| {
-        matches!(
-            p.publish_mode,
-            None | Some(EndpointPortConfigPublishModeEnum::EMPTY)
-                | Some(EndpointPortConfigPublishModeEnum::INGRESS)
-        )
-    };
-    if endpoint.mode == Some(EndpointSpecModeEnum::DNSRR) && ports.iter().any(|p| ingress_port(&p))
-    {
-        return Err(invalid_argument(
-            "EndpointSpec: port published with ingress mode can't be used with dnsrr mode",
-        ));
-    }
-    if let Some(p) = ports.first() {
-        return Err(ApiError::BadRequest(format!(
-            "published ports are not supported by swarm-node yet (port {}): reach the service by its name from services on the same overlay network (--network)",
-            p.published_port.or(p.target_port).unwrap_or_default()
-        )));
+    let mut seen = BTreeSet::new();
+    for p in ports {
+        if endpoint.mode == Some(EndpointSpecModeEnum::DNSRR) && ports::is_ingress(p) {
+            return Err(invalid_argument(
+                "EndpointSpec: port published with ingress mode can't be used with dnsrr mode",
+            ));
+        }
+        let target = p.target_port.unwrap_or(0);
+        if !(1..=65535).contains(&target) {
+            return Err(invalid_argument(format!(
+                "EndpointSpec: invalid target port {target}: give the port the service listens on, from 1 to 65535"
+            )));
+        }
+        let published = p.published_port.unwrap_or(0);
+        if !(0..=65535).contains(&published) {
+            return Err(invalid_argument(format!(
+                "EndpointSpec: invalid published port {published}: give a port from 1 to 65535, or none to get one from 30000-32767"
+            )));
+        }
+        let Some(protocol) = ports::protocol_of(p) else {
+            return Err(ApiError::BadRequest(format!(
+                "published port {target}/sctp: swarm-node publishes tcp and udp ports only: use protocol=tcp or protocol=udp"
+            )));
+        };
+        if published != 0 && !seen.insert((protocol, published)) {
+            return Err(invalid_argument(
+                "EndpointSpec: duplicate published ports provided",
+            ));
+        }
     }
     Ok(())
 }
 
-/// True when a service publishes a port through the routing mesh, which makes it depend
-/// on the ingress network.
-fn publishes_ingress_ports(spec: &ServiceSpec) -> bool {
-    spec.endpoint_spec
-        .as_ref()
-        .and_then(|e| e.ports.as_deref())
-        .unwrap_or_default()
-        .iter()
-        .any(|p| p.publish_mode != Some(EndpointPortConfigPublishModeEnum::HOST))
+/// Checks a spec's published ports against the other services (SwarmKit's words) and
+/// that the routing mesh's network exists when the spec needs it.
+pub fn check_port_use(
+    state: &ClusterState,
+    service_id: Option<&str>,
+    spec: &ServiceSpec,
+) -> ApiResult<()> {
+    if let Some(why) = state.port_conflict(service_id, spec) {
+        return Err(invalid_argument(why));
+    }
+    if ports::publishes_ingress(spec) && state.ingress_network().is_none() {
+        return Err(invalid_argument(
+            "service needs ingress network, but no ingress network is present",
+        ));
+    }
+    Ok(())
 }
 
 fn service_name(s: &Service) -> String {
@@ -406,7 +445,7 @@ async fn remove_network(
         if let Some(s) = state
             .services
             .values()
-            .find(|s| s.spec.as_ref().is_some_and(publishes_ingress_ports))
+            .find(|s| s.spec.as_ref().is_some_and(ports::publishes_ingress))
         {
             return Err(ApiError::Forbidden(format!(
                 "ingress network cannot be removed because service {} depends on it",
@@ -472,7 +511,8 @@ async fn connect(AdminManager(_): AdminManager, Path(key): Path<String>) -> ApiR
 mod tests {
     use super::*;
     use swarm_state::models::{
-        EndpointPortConfig, EndpointSpec, NetworkAttachmentConfig, TaskSpec,
+        EndpointPortConfig, EndpointPortConfigProtocolEnum as Proto,
+        EndpointPortConfigPublishModeEnum as Mode, EndpointSpec, NetworkAttachmentConfig, TaskSpec,
     };
     use swarm_state::network::{Attachment, NetworkDefaults};
 
@@ -577,11 +617,136 @@ mod tests {
             "{e}"
         );
         spec.endpoint_spec.as_mut().unwrap().mode = Some(EndpointSpecModeEnum::VIP);
-        let e = validate_endpoint_spec(&spec).unwrap_err();
         assert!(
-            e.to_string().contains("published ports are not supported"),
-            "{e}"
+            validate_endpoint_spec(&spec).is_ok(),
+            "published ports are served"
         );
+
+        // Host mode goes with dnsrr; sctp and duplicates do not.
+        let port = |published: i64, proto: Proto, mode: Mode| EndpointPortConfig {
+            target_port: Some(80),
+            published_port: Some(published),
+            protocol: Some(proto),
+            publish_mode: Some(mode),
+            ..Default::default()
+        };
+        let with = |mode: EndpointSpecModeEnum, ports: Vec<EndpointPortConfig>| {
+            let mut s = spec_on(&[]);
+            s.endpoint_spec = Some(EndpointSpec {
+                mode: Some(mode),
+                ports: Some(ports),
+            });
+            validate_endpoint_spec(&s)
+        };
+        assert!(with(
+            EndpointSpecModeEnum::DNSRR,
+            vec![port(80, Proto::TCP, Mode::HOST)]
+        )
+        .is_ok());
+        let e = with(
+            EndpointSpecModeEnum::VIP,
+            vec![port(80, Proto::SCTP, Mode::INGRESS)],
+        )
+        .unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert!(e.to_string().contains("tcp and udp ports only"), "{e}");
+        let e = with(
+            EndpointSpecModeEnum::VIP,
+            vec![
+                port(80, Proto::TCP, Mode::INGRESS),
+                port(80, Proto::TCP, Mode::HOST),
+            ],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("duplicate published ports"), "{e}");
+        // The same number over tcp and udp, and two dynamic ports, are different ports.
+        assert!(with(
+            EndpointSpecModeEnum::VIP,
+            vec![
+                port(80, Proto::TCP, Mode::INGRESS),
+                port(80, Proto::UDP, Mode::INGRESS),
+                port(0, Proto::TCP, Mode::INGRESS),
+                port(0, Proto::TCP, Mode::INGRESS),
+            ],
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn port_conflicts_are_refused_before_proposing() {
+        let mut state = state_with(&[]);
+        let mut search = spec_on(&[]);
+        search.name = Some("search".into());
+        search.endpoint_spec = Some(EndpointSpec {
+            mode: None,
+            ports: Some(vec![EndpointPortConfig {
+                target_port: Some(9200),
+                published_port: Some(9200),
+                ..Default::default()
+            }]),
+        });
+        assert!(check_port_use(&state, None, &search).is_ok());
+        state.services.insert(
+            "sid".into(),
+            Service {
+                id: Some("sid".into()),
+                spec: Some(search.clone()),
+                ..Default::default()
+            },
+        );
+        let e = check_port_use(&state, None, &search).unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            e.to_string(),
+            "rpc error: code = InvalidArgument desc = port '9200' is already in use by service 'search' (sid) as an ingress port"
+        );
+        assert!(check_port_use(&state, Some("sid"), &search).is_ok());
+        state.networks.clear();
+        let e = check_port_use(&state, Some("sid"), &search).unwrap_err();
+        assert!(e.to_string().contains("no ingress network"), "{e}");
+    }
+
+    #[test]
+    fn ingress_is_shown_in_attachments_and_vips_but_not_in_specs() {
+        let mut state = state_with(&["front"]);
+        let mut spec = spec_on(&["front"]);
+        resolve_service_networks(&state, &mut spec).unwrap();
+        spec.endpoint_spec = Some(EndpointSpec {
+            mode: None,
+            ports: Some(vec![EndpointPortConfig {
+                target_port: Some(80),
+                ..Default::default()
+            }]),
+        });
+        let service = Service {
+            id: Some("svc".into()),
+            spec: Some(spec.clone()),
+            ..Default::default()
+        };
+        state.service_vips.insert(
+            "svc".into(),
+            [
+                ("frontid".to_string(), "10.0.1.2".parse().unwrap()),
+                ("ingressid".to_string(), "10.0.0.2".parse().unwrap()),
+            ]
+            .into(),
+        );
+        let vips = virtual_ips(&state, &service).unwrap();
+        assert_eq!(vips[0].network_id.as_deref(), Some("ingressid"));
+        assert_eq!(vips[1].network_id.as_deref(), Some("frontid"));
+
+        let task = Task {
+            id: Some("t1".into()),
+            spec: Some(state.task_spec_of(&spec)),
+            ..Default::default()
+        };
+        assert_eq!(
+            task.spec.as_ref().unwrap().networks.as_ref().unwrap().len(),
+            2
+        );
+        let v = task_view(&state, &task);
+        assert_eq!(v["Spec"]["Networks"].as_array().unwrap().len(), 1);
+        assert_eq!(v["Spec"]["Networks"][0]["Target"], "frontid");
     }
 
     #[test]

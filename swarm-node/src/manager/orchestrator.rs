@@ -187,7 +187,8 @@ fn reconcile_service(
     wake_after: &mut Option<Duration>,
 ) {
     let spec = service.spec.clone().unwrap_or_default();
-    let template = spec.task_template.clone().unwrap_or_default();
+    // The template with the ingress network added when the service publishes ports.
+    let template = state.task_spec_of(&spec);
     let name = spec.name.clone().unwrap_or_default();
     let mode = spec.mode.clone().unwrap_or_default();
     let global = mode.global.is_some();

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 pub mod ids;
 pub mod netmap;
 pub mod network;
+pub mod ports;
 pub mod proto;
 
 use network::{Allocation, Attachment, NetworkDefaults, NetworkRecord};
@@ -71,6 +72,10 @@ pub struct ClusterState {
     /// Each node's own address on the networks it has tasks on: node → network → address.
     #[serde(default)]
     pub node_networks: BTreeMap<String, BTreeMap<String, Ipv4Addr>>,
+    /// Each service's allocated `Endpoint.Ports`: its spec's ports with the defaults
+    /// written out and a published port chosen for ingress ports given without one.
+    #[serde(default)]
+    pub service_ports: BTreeMap<String, Vec<models::EndpointPortConfig>>,
     /// The address each network handed out last; the next search starts after it.
     #[serde(default)]
     pub ipam_cursors: BTreeMap<String, Ipv4Addr>,
@@ -314,6 +319,14 @@ impl ClusterState {
                         "service {name} already exists"
                     )));
                 }
+                // Checked again here: two creates may have raced past the API's check.
+                if let Some(why) = service
+                    .spec
+                    .as_ref()
+                    .and_then(|spec| self.port_conflict(None, spec))
+                {
+                    return Err(ApplyError::Invalid(why));
+                }
                 service.version = version(index);
                 self.services.insert(id, service);
                 Ok(())
@@ -326,9 +339,16 @@ impl ClusterState {
             } => {
                 let service = self
                     .services
-                    .get_mut(id)
+                    .get(id)
                     .ok_or_else(|| not_found("service", id))?;
                 check_version("service", id, version_of(&service.version), *given)?;
+                if let Some(why) = self.port_conflict(Some(id), spec) {
+                    return Err(ApplyError::Invalid(why));
+                }
+                let service = self
+                    .services
+                    .get_mut(id)
+                    .ok_or_else(|| not_found("service", id))?;
                 service.spec = Some((**spec).clone());
                 service.version = version(index);
                 service.updated_at = Some(at.clone());
@@ -339,6 +359,8 @@ impl ClusterState {
                     .remove(id)
                     .ok_or_else(|| not_found("service", id))?;
                 self.service_vips.remove(id);
+                // Its published ports are free for others at once.
+                self.service_ports.remove(id);
                 Ok(())
             }
             Command::PutTasks { tasks } => {

@@ -159,9 +159,32 @@ pub fn netmap_for_node(state: &ClusterState, node_id: &str) -> NetMap {
                 .collect(),
         });
     }
+    let ingress_ports = ingress_ports(state);
+    let ingress = state.ingress_network();
+    let ingress_id = ingress.map(|n| n.id());
     let own = state.node_networks.get(node_id);
     if let Some(own) = own {
-        wanted.extend(own.keys().map(String::as_str));
+        // A node keeps its ingress address once it has one; the network is in its map
+        // only while the mesh has ports (or a local task is on it).
+        wanted.extend(
+            own.keys()
+                .map(String::as_str)
+                .filter(|id| Some(*id) != ingress_id),
+        );
+    }
+    let mut ingress_nodes = Vec::new();
+    if let (Some(ingress_id), false) = (ingress_id, ingress_ports.is_empty()) {
+        // Every node serves the mesh's ports, tasks of the services or not.
+        wanted.insert(ingress_id);
+        for (other, addrs) in &state.node_networks {
+            if other == node_id {
+                continue;
+            }
+            if let (Some(addr), Some(vtep)) = (addrs.get(ingress_id), node_vtep(state, other)) {
+                ingress_nodes.push(RemoteEndpoint { addr: *addr, vtep });
+            }
+        }
+        ingress_nodes.sort();
     }
 
     let mut networks = Vec::new();
@@ -183,10 +206,58 @@ pub fn netmap_for_node(state: &ClusterState, node_id: &str) -> NetMap {
             .unwrap_or(crate::network::DEFAULT_DATA_PATH_PORT),
         networks,
         local_tasks,
-        // Filled in by the routing mesh's derivation.
-        ingress_ports: Vec::new(),
-        ingress_nodes: Vec::new(),
+        ingress_ports,
+        ingress_nodes,
     }
+}
+
+/// Every ingress-mode port of every service, with the serving tasks' ingress addresses,
+/// in (protocol, published port) order. Empty when the swarm has no ingress network.
+fn ingress_ports(state: &ClusterState) -> Vec<IngressPort> {
+    let Some(ingress) = state.ingress_network() else {
+        return Vec::new();
+    };
+    let ingress_id = ingress.id();
+    let mut out = Vec::new();
+    for (service_id, ports) in &state.service_ports {
+        let Some(service) = state.services.get(service_id) else {
+            continue;
+        };
+        let name = service
+            .spec
+            .as_ref()
+            .and_then(|s| s.name.clone())
+            .unwrap_or_default();
+        let mut backends: Vec<Ipv4Addr> = state
+            .tasks_of_service(service_id)
+            .filter(|t| task_serves(state, t))
+            .filter_map(|t| state.task_networks.get(t.id.as_deref()?))
+            .flat_map(|a| {
+                a.iter()
+                    .filter(|a| a.network_id == ingress_id)
+                    .map(|a| a.addr)
+            })
+            .collect();
+        backends.sort();
+        for p in ports.iter().filter(|p| crate::ports::is_ingress(p)) {
+            let (Some((protocol, published)), Some(target)) = (
+                crate::ports::key_of(p),
+                p.target_port.and_then(|t| u16::try_from(t).ok()),
+            ) else {
+                continue;
+            };
+            out.push(IngressPort {
+                service_id: service_id.clone(),
+                service: name.clone(),
+                protocol,
+                published,
+                target,
+                backends: backends.clone(),
+            });
+        }
+    }
+    out.sort_by_key(|p| (p.protocol, p.published));
+    out
 }
 
 fn net_view(
@@ -274,5 +345,160 @@ fn net_view(
         local_addr: own.and_then(|o| o.get(net_id)).copied(),
         remote: remote.into_iter().collect(),
         services,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{
+        EndpointPortConfig, EndpointPortConfigProtocolEnum as Proto,
+        EndpointPortConfigPublishModeEnum as Mode, Node, NodeStatus, Service, ServiceSpec, Task,
+    };
+    use crate::network::{Attachment, Protocol};
+
+    fn ready(id: &str, vtep: &str) -> Node {
+        Node {
+            id: Some(id.into()),
+            status: Some(NodeStatus {
+                state: Some(NodeState::READY),
+                addr: Some(vtep.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn port(published: i64, target: i64, proto: Proto) -> EndpointPortConfig {
+        EndpointPortConfig {
+            protocol: Some(proto),
+            target_port: Some(target),
+            published_port: Some(published),
+            publish_mode: Some(Mode::INGRESS),
+            ..Default::default()
+        }
+    }
+
+    fn task(id: &str, node: &str, state: TaskState) -> Task {
+        Task {
+            id: Some(id.into()),
+            service_id: Some("web".into()),
+            node_id: Some(node.into()),
+            desired_state: Some(TaskState::RUNNING),
+            status: Some(crate::status(state, "", "t")),
+            ..Default::default()
+        }
+    }
+
+    /// Three Ready nodes; web publishes 9200/tcp, 53/udp and 80/tcp, its tasks run on n1.
+    fn mesh() -> ClusterState {
+        let mut s = ClusterState::default();
+        let mut ingress = crate::network::tests::record("ing", "10.0.0.0/24");
+        ingress.network.ingress = Some(true);
+        s.networks.insert("ing".into(), ingress);
+        for (i, n) in ["n1", "n2", "n3"].iter().enumerate() {
+            s.nodes
+                .insert(n.to_string(), ready(n, &format!("192.0.2.{}", i + 1)));
+            s.node_networks.insert(
+                n.to_string(),
+                [("ing".to_string(), Ipv4Addr::new(10, 0, 0, 100 + i as u8))].into(),
+            );
+        }
+        s.services.insert(
+            "web".into(),
+            Service {
+                id: Some("web".into()),
+                spec: Some(ServiceSpec {
+                    name: Some("web".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+        s.service_ports.insert(
+            "web".into(),
+            vec![
+                port(9200, 9200, Proto::TCP),
+                port(53, 5353, Proto::UDP),
+                port(80, 8080, Proto::TCP),
+            ],
+        );
+        for (id, st, addr) in [
+            ("t1", TaskState::RUNNING, 11),
+            ("t2", TaskState::RUNNING, 10),
+            ("t3", TaskState::STARTING, 12),
+        ] {
+            s.tasks.insert(id.into(), task(id, "n1", st));
+            s.task_networks.insert(
+                id.into(),
+                vec![Attachment {
+                    network_id: "ing".into(),
+                    addr: Ipv4Addr::new(10, 0, 0, addr),
+                }],
+            );
+        }
+        s
+    }
+
+    #[test]
+    fn every_node_gets_the_ports_with_the_serving_backends() {
+        let s = mesh();
+        let map = netmap_for_node(&s, "n3");
+        let ports: Vec<(Protocol, u16, u16)> = map
+            .ingress_ports
+            .iter()
+            .map(|p| (p.protocol, p.published, p.target))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                (Protocol::Tcp, 80, 8080),
+                (Protocol::Tcp, 9200, 9200),
+                (Protocol::Udp, 53, 5353)
+            ]
+        );
+        let backends: Vec<Ipv4Addr> =
+            vec![Ipv4Addr::new(10, 0, 0, 10), Ipv4Addr::new(10, 0, 0, 11)];
+        assert!(map.ingress_ports.iter().all(|p| p.backends == backends));
+        assert_eq!(map.ingress_ports[0].service, "web");
+
+        // n3 has no task, yet has the ingress network with its own address.
+        assert!(map.local_tasks.is_empty());
+        assert_eq!(map.networks.len(), 1);
+        assert!(map.networks[0].ingress);
+        assert_eq!(
+            map.networks[0].local_addr,
+            Some(Ipv4Addr::new(10, 0, 0, 102))
+        );
+        // The other nodes' ingress addresses, with their VTEPs, never its own.
+        assert_eq!(
+            map.ingress_nodes,
+            [
+                RemoteEndpoint {
+                    addr: Ipv4Addr::new(10, 0, 0, 100),
+                    vtep: Ipv4Addr::new(192, 0, 2, 1)
+                },
+                RemoteEndpoint {
+                    addr: Ipv4Addr::new(10, 0, 0, 101),
+                    vtep: Ipv4Addr::new(192, 0, 2, 2)
+                },
+            ]
+        );
+        assert_eq!(netmap_for_node(&s, "n1").local_tasks.len(), 3);
+    }
+
+    #[test]
+    fn without_ports_ingress_leaves_the_map() {
+        let mut s = mesh();
+        s.service_ports.clear();
+        s.tasks.clear();
+        s.task_networks.clear();
+        let map = netmap_for_node(&s, "n3");
+        assert!(map.ingress_ports.is_empty());
+        assert!(map.ingress_nodes.is_empty());
+        assert!(
+            map.networks.is_empty(),
+            "the kept node address alone does not bring it"
+        );
     }
 }

@@ -127,6 +127,9 @@ pub struct Allocation {
     /// Tasks that could not get an address: (task id, why). The task stays where it is
     /// and shows the reason in `docker service ps`.
     pub failures: Vec<(String, String)>,
+    /// Services' new `Endpoint.Ports` (published ports chosen); an empty list frees them.
+    #[serde(default)]
+    pub ports: Vec<(String, Vec<models::EndpointPortConfig>)>,
 }
 
 impl Allocation {
@@ -136,6 +139,7 @@ impl Allocation {
             && self.tasks.is_empty()
             && self.nodes.is_empty()
             && self.failures.is_empty()
+            && self.ports.is_empty()
     }
 }
 
@@ -276,6 +280,7 @@ impl crate::ClusterState {
     ) -> Result<(), crate::ApplyError> {
         use crate::ApplyError;
         // Check everything first, so a refused allocation records nothing.
+        self.check_ports(&a.ports)?;
         let mut taken: BTreeMap<&str, BTreeSet<Ipv4Addr>> = BTreeMap::new();
         let released: BTreeSet<(&str, &str)> = a
             .release_vips
@@ -393,6 +398,13 @@ impl crate::ClusterState {
                 .insert(network_id.clone(), *addr);
             self.ipam_cursors.insert(network_id.clone(), *addr);
         }
+        for (service_id, ports) in &a.ports {
+            if ports.is_empty() {
+                self.service_ports.remove(service_id);
+            } else {
+                self.service_ports.insert(service_id.clone(), ports.clone());
+            }
+        }
         for (task_id, why) in &a.failures {
             let Some(task) = self.tasks.get_mut(task_id) else {
                 continue;
@@ -411,8 +423,26 @@ impl crate::ClusterState {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A plain overlay network for tests.
+    pub(crate) fn record(id: &str, subnet: &str) -> NetworkRecord {
+        let subnet: Ipv4Net = subnet.parse().unwrap();
+        NetworkRecord {
+            network: models::Network {
+                id: Some(id.into()),
+                name: Some(format!("net-{id}")),
+                ..Default::default()
+            },
+            vni: 4096,
+            subnet,
+            gateway: subnet.hosts().next().unwrap(),
+            ip_range: subnet,
+            encrypted: false,
+            mtu: None,
+        }
+    }
 
     #[test]
     fn macs_are_derived_from_addresses_as_docker_does() {

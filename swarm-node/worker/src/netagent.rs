@@ -65,6 +65,8 @@ pub struct NetAgent {
     runtime: Arc<dyn ContainerRuntime>,
     dataplane: Arc<Dataplane>,
     dns_port: u16,
+    /// The routing mesh's SNAT fallback (`swarm-node run --mesh-snat`).
+    mesh_snat: bool,
     resync: Duration,
     maps: watch::Sender<Arc<NetMap>>,
     ready: watch::Sender<Arc<ReadyNetworks>>,
@@ -91,8 +93,17 @@ impl NetAgent {
             runtime,
             dataplane,
             dns_port,
+            mesh_snat: false,
             resync: RESYNC_PERIOD,
         }
+    }
+
+    /// Masquerades connections the routing mesh forwards to another node behind this
+    /// node's ingress address, as Docker does: for hosts whose routing cannot carry the
+    /// replies back. Tasks then see this node's address instead of the client's.
+    pub fn with_mesh_snat(mut self, on: bool) -> Self {
+        self.mesh_snat = on;
+        self
     }
 
     /// Changes how often the node's networks are checked without a change.
@@ -205,6 +216,7 @@ impl NetAgent {
         let facts = LocalFacts {
             underlay_mtu,
             dns_port: self.dns_port,
+            mesh_snat: self.mesh_snat,
         };
         let desired = swarm_net::plan(map, &facts);
         let mut complete = true;
@@ -365,13 +377,14 @@ async fn next_event(
     }
 }
 
-/// Two maps say the same, whatever log index they were derived at.
+/// Two maps say the same, whatever log index they were derived at. Every other field
+/// counts, so a field added to the map is never ignored here.
 fn same_content(a: &NetMap, b: &NetMap) -> bool {
-    a.node_id == b.node_id
-        && a.local_vtep == b.local_vtep
-        && a.data_path_port == b.data_path_port
-        && a.networks == b.networks
-        && a.local_tasks == b.local_tasks
+    let at_zero = |m: &NetMap| NetMap {
+        index: 0,
+        ..m.clone()
+    };
+    at_zero(a) == at_zero(b)
 }
 
 fn backoff(failures: u32) -> Duration {

@@ -259,3 +259,233 @@ fn ended_tasks_get_nothing_and_apply_refuses_a_double_allocation() {
         "nothing of a refused allocation is kept"
     );
 }
+
+// === published ports ===
+
+use swarm_state::models::{
+    EndpointPortConfig, EndpointPortConfigProtocolEnum as Proto,
+    EndpointPortConfigPublishModeEnum as Mode, NodeState,
+};
+use swarm_state::ports::DYNAMIC_PORTS;
+
+fn port(published: i64, target: i64) -> EndpointPortConfig {
+    EndpointPortConfig {
+        target_port: Some(target),
+        published_port: Some(published),
+        ..Default::default()
+    }
+}
+
+/// A swarm with an ingress network, a user network and two Ready nodes.
+fn mesh() -> ClusterState {
+    let mut ingress = network("ing", "10.0.0.0/24", None);
+    ingress.network.ingress = Some(true);
+    let mut s = state_with(vec![ingress, network("a", "10.0.1.0/24", None)]);
+    for n in s.nodes.values_mut() {
+        n.status.as_mut().unwrap().state = Some(NodeState::READY);
+    }
+    s
+}
+
+fn publishing(id: &str, networks: &[&str], ports: Vec<EndpointPortConfig>) -> Service {
+    let mut s = service(id, networks, EndpointSpecModeEnum::VIP);
+    s.spec
+        .as_mut()
+        .unwrap()
+        .endpoint_spec
+        .as_mut()
+        .unwrap()
+        .ports = Some(ports);
+    s
+}
+
+fn set_ports(s: &mut ClusterState, id: &str, ports: Vec<EndpointPortConfig>) {
+    let spec = s.services.get_mut(id).unwrap().spec.as_mut().unwrap();
+    spec.endpoint_spec.as_mut().unwrap().ports = Some(ports);
+}
+
+fn published(s: &ClusterState, id: &str) -> Vec<(i64, i64)> {
+    s.endpoint_ports(id)
+        .iter()
+        .map(|p| (p.published_port.unwrap(), p.target_port.unwrap()))
+        .collect()
+}
+
+/// A task of a service as the orchestrator makes it: its spec is the service's.
+fn task_of(s: &ClusterState, id: &str, service: &str, node: &str) -> Task {
+    let mut t = task(id, service, node, &[]);
+    t.spec = Some(s.task_spec_of(s.services[service].spec.as_ref().unwrap()));
+    t
+}
+
+#[test]
+fn a_port_without_a_number_gets_a_dynamic_one_that_stays() {
+    let mut s = mesh();
+    s.services.insert(
+        "web".into(),
+        publishing("web", &[], vec![port(0, 80), port(8080, 81)]),
+    );
+    settle(&mut s);
+    let ports = s.endpoint_ports("web").to_vec();
+    assert_eq!(ports.len(), 2);
+    let dynamic = ports[0].published_port.unwrap() as u16;
+    assert!(DYNAMIC_PORTS.contains(&dynamic), "{dynamic}");
+    assert_eq!(ports[0].protocol, Some(Proto::TCP), "defaults written out");
+    assert_eq!(ports[0].publish_mode, Some(Mode::INGRESS));
+    assert_eq!(ports[1].published_port, Some(8080));
+
+    // An update that still asks for it keeps it; nothing to do when nothing changed.
+    assert!(allocate(&s).is_none());
+    set_ports(
+        &mut s,
+        "web",
+        vec![port(8080, 81), port(0, 80), port(0, 90)],
+    );
+    settle(&mut s);
+    let after = published(&s, "web");
+    assert_eq!(after[1], (i64::from(dynamic), 80), "kept across the update");
+    assert_ne!(after[2].0, i64::from(dynamic));
+
+    // Another service's dynamic port is another number.
+    s.services
+        .insert("api".into(), publishing("api", &[], vec![port(0, 80)]));
+    settle(&mut s);
+    let theirs = published(&s, "api")[0].0;
+    assert!(!after.iter().any(|(p, _)| *p == theirs));
+}
+
+#[test]
+fn removing_a_port_or_the_service_frees_it() {
+    let mut s = mesh();
+    s.services
+        .insert("web".into(), publishing("web", &[], vec![port(0, 80)]));
+    settle(&mut s);
+    let first = published(&s, "web")[0].0;
+    // --publish-rm: the CLI sends a spec without the port.
+    set_ports(&mut s, "web", vec![]);
+    settle(&mut s);
+    assert!(s.endpoint_ports("web").is_empty());
+    assert!(!s.service_ports.contains_key("web"));
+
+    s.services
+        .insert("api".into(), publishing("api", &[], vec![port(0, 80)]));
+    settle(&mut s);
+    assert_eq!(
+        published(&s, "api")[0].0,
+        first,
+        "the freed port is free again"
+    );
+    s.apply(&Command::RemoveService { id: "api".into() }, 900);
+    assert!(s.service_ports.is_empty());
+    let again = publishing("again", &[], vec![port(first, 80)]);
+    assert_eq!(s.port_conflict(None, again.spec.as_ref().unwrap()), None);
+}
+
+#[test]
+fn apply_refuses_an_ingress_port_twice() {
+    let mut s = mesh();
+    s.services
+        .insert("web".into(), publishing("web", &[], vec![port(9200, 9200)]));
+    s.services
+        .insert("api".into(), publishing("api", &[], vec![]));
+    settle(&mut s);
+    let clash = Allocation {
+        ports: vec![("api".into(), s.endpoint_ports("web").to_vec())],
+        ..Default::default()
+    };
+    let r = s.apply(
+        &Command::Allocate {
+            allocation: Box::new(clash),
+        },
+        800,
+    );
+    assert!(
+        matches!(r.error, Some(swarm_state::ApplyError::Conflict(_))),
+        "{r:?}"
+    );
+    assert!(s.endpoint_ports("api").is_empty());
+    // A port with no number is not an allocation.
+    let unnumbered = Allocation {
+        ports: vec![("api".into(), vec![port(0, 80)])],
+        ..Default::default()
+    };
+    let r = s.apply(
+        &Command::Allocate {
+            allocation: Box::new(unnumbered),
+        },
+        801,
+    );
+    assert!(r.error.is_some());
+    // Nor does the API's check let a second service ask for it.
+    let mut other = s.services["api"].spec.clone().unwrap();
+    other.endpoint_spec.as_mut().unwrap().ports = Some(vec![port(9200, 80)]);
+    let r = s.apply(
+        &Command::UpdateService {
+            id: "api".into(),
+            version: 0,
+            spec: Box::new(other),
+            at: "t".into(),
+        },
+        802,
+    );
+    assert!(
+        matches!(&r.error, Some(swarm_state::ApplyError::Invalid(m)) if m.contains("already in use by service 'web'")),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn a_port_two_specs_ask_for_goes_to_one_service_only() {
+    // Two updates raced past the API's check: the allocator must not propose both.
+    let mut s = mesh();
+    s.services
+        .insert("a1".into(), publishing("a1", &[], vec![port(9200, 80)]));
+    s.services
+        .insert("a2".into(), publishing("a2", &[], vec![port(9200, 80)]));
+    settle(&mut s);
+    assert_eq!(published(&s, "a1"), [(9200, 80)]);
+    assert!(s.endpoint_ports("a2").is_empty());
+}
+
+#[test]
+fn ingress_comes_last_gets_a_vip_and_every_ready_node_an_address() {
+    let mut s = mesh();
+    s.services
+        .insert("web".into(), publishing("web", &["a"], vec![port(80, 80)]));
+    let t = task_of(&s, "t1", "web", "n1");
+    s.tasks.insert("t1".into(), t);
+    settle(&mut s);
+    let nets: Vec<&str> = s.task_networks["t1"]
+        .iter()
+        .map(|a| a.network_id.as_str())
+        .collect();
+    assert_eq!(nets, ["a", "ing"], "the service's own network stays first");
+    assert!(s.service_vips["web"].contains_key("ing"));
+    assert!(s.service_vips["web"].contains_key("a"));
+    for n in ["n1", "n2"] {
+        assert!(
+            s.node_networks[n].contains_key("ing"),
+            "{n} serves the mesh without tasks"
+        );
+    }
+    assert!(!s.node_networks["n2"].contains_key("a"));
+
+    // Only published ports: ingress is the task's only network.
+    s.services
+        .insert("solo".into(), publishing("solo", &[], vec![port(81, 80)]));
+    let t = task_of(&s, "t2", "solo", "n2");
+    s.tasks.insert("t2".into(), t);
+    settle(&mut s);
+    assert_eq!(s.task_networks["t2"].len(), 1);
+    assert_eq!(s.task_networks["t2"][0].network_id, "ing");
+
+    // Host-mode ports need neither ingress nor a port choice.
+    let mut host = port(0, 80);
+    host.publish_mode = Some(Mode::HOST);
+    s.services
+        .insert("edge".into(), publishing("edge", &[], vec![host]));
+    settle(&mut s);
+    assert_eq!(s.endpoint_ports("edge")[0].publish_mode, Some(Mode::HOST));
+    assert_eq!(s.endpoint_ports("edge")[0].published_port, Some(0));
+    assert!(!s.service_vips.contains_key("edge"));
+}

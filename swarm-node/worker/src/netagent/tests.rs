@@ -354,6 +354,7 @@ fn a_task_is_ready_only_when_all_its_networks_are() {
         &LocalFacts {
             underlay_mtu: 1500,
             dns_port: 7953,
+            mesh_snat: false,
         },
     );
     let set = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
@@ -382,4 +383,21 @@ fn maps_differing_only_in_index_are_the_same() {
     assert!(same_content(&a, &b));
     b.local_tasks.clear();
     assert!(!same_content(&a, &b));
+}
+
+#[test]
+fn a_map_differing_only_in_published_ports_is_new_content() {
+    let a = map_with_task();
+    let mut b = map_with_task();
+    b.index = 7;
+    assert!(super::same_content(&a, &b), "the index alone is no change");
+    b.ingress_ports.push(swarm_state::netmap::IngressPort {
+        service_id: "svc1".into(),
+        service: "web".into(),
+        protocol: swarm_state::network::Protocol::Tcp,
+        published: 9200,
+        target: 80,
+        backends: vec!["10.0.0.5".parse().unwrap()],
+    });
+    assert!(!super::same_content(&a, &b));
 }
