@@ -48,6 +48,28 @@ fn ask(mode: &str, target: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Asks `target` from the lab host until 10 answers in a row come from tasks other than
+/// `avoid` (a refusal or a timeout resets the count); returns how long that took.
+fn until_avoided(what: &str, target: &str, avoid: &str) -> Duration {
+    let start = Instant::now();
+    let mut streak = 0;
+    wait_for(what, CONVERGE_TIMEOUT, || {
+        match ask("http-ask", target) {
+            Ok((who, _)) if who != avoid => streak += 1,
+            other => {
+                streak = 0;
+                return Err(format!("{other:?}"));
+            }
+        }
+        if streak >= 10 {
+            Ok(())
+        } else {
+            Err(format!("{streak} good answers in a row"))
+        }
+    });
+    start.elapsed()
+}
+
 /// The lab host's source address towards `addr`: what a task must see as the client.
 fn source_towards(addr: &str) -> String {
     let out = Command::new("ip")
@@ -172,30 +194,23 @@ fn published_ports_answer_on_every_node_with_the_client_address() {
         "docker kill $(docker ps -q --filter label=com.docker.swarm.service.name=search)",
     )
     .expect("docker kill");
-    let killed = Instant::now();
-    let mut streak = 0;
-    wait_for(
-        "the mesh stops choosing the killed task",
-        CONVERGE_TIMEOUT,
-        || {
-            match ask("http-ask", &target) {
-                Ok((who, _)) if who != victim => streak += 1,
-                other => {
-                    streak = 0;
-                    return Err(format!("{other:?}"));
-                }
-            }
-            if streak >= 10 {
-                Ok(())
-            } else {
-                Err(format!("{streak} good answers in a row"))
-            }
-        },
+    let took = until_avoided("the mesh stops choosing the killed task", &target, &victim);
+    figure("docker kill to mesh clean (10 good answers)", took);
+
+    // A stopped node's task leaves the mesh once the node is Down; node3 keeps answering.
+    lab.running("search", 2);
+    let on_n2 = lab
+        .exec(&nodes[1], "search", "hostname")
+        .expect("search task on node2")
+        .trim()
+        .to_string();
+    lab.cluster.sb().ok(&["stop", &lab.cluster.name, &nodes[1]]);
+    let took = until_avoided(
+        "the mesh stops choosing the stopped node's task",
+        &target,
+        &on_n2,
     );
-    figure(
-        "docker kill to mesh clean (10 good answers)",
-        killed.elapsed(),
-    );
+    figure("node stopped to mesh clean (10 good answers)", took);
 
     // The same port for another service: refused as Docker refuses it.
     let refused = lab.cluster.docker_run(&[
@@ -241,9 +256,9 @@ fn published_ports_answer_on_every_node_with_the_client_address() {
         "host mode must not answer on a node without the task"
     );
 
-    // Removing the service closes the port on every node.
+    // Removing the service closes the port on every node (node2 is stopped).
     lab.docker(&["service", "rm", "search"]);
-    for addr in &addrs {
+    for addr in [&addrs[0], &addrs[2]] {
         let t = format!("{addr}:9200");
         wait_for(&format!("{t} closed"), CONVERGE_TIMEOUT, || {
             match ask("http-ask", &t) {

@@ -18,6 +18,9 @@ usage: swarmup-probe COMMAND ARGS…  (addresses only: names are never resolved)
                                          answer from HOST, N answers in a row come from others
   http-who PORT                          HTTP/1.0 server answering `who=HOST from=PEER`
   http-ask ADDR:PORT [--timeout-ms N]    GET / and print the body; exit 1 on failure
+  http-time ADDR:PORT COUNT [--timeout-ms N]
+                                         COUNT sequential GETs, a connection each →
+                                         rps=… p50_ms=… p99_ms=… ok=… failures=…
   dns-time SERVER:PORT NAME COUNT [--timeout-ms N]
                                          COUNT sequential A queries → p50_ms=… p99_ms=… answers=…
 Servers print `listening=ADDR` once they listen (PORT 0 picks a free port).";
@@ -49,6 +52,11 @@ pub enum Command {
     },
     HttpAsk {
         target: SocketAddr,
+        timeout: Duration,
+    },
+    HttpTime {
+        target: SocketAddr,
+        count: u32,
         timeout: Duration,
     },
     DnsTime {
@@ -311,6 +319,17 @@ pub fn parse(args: &[String]) -> Result<Command, ArgsError> {
                 timeout: w.millis("timeout-ms", DEFAULT_ASK_TIMEOUT)?,
             })
         }
+        "http-time" => {
+            let w = Words::split("http-time", rest, &["timeout-ms"])?;
+            let [target, count] = w.exactly(&["ADDR:PORT", "COUNT"])?[..] else {
+                unreachable!()
+            };
+            Ok(Command::HttpTime {
+                target: w.addr("ADDR:PORT", target)?,
+                count: w.count("COUNT", count)?,
+                timeout: w.millis("timeout-ms", DEFAULT_ASK_TIMEOUT)?,
+            })
+        }
         "dns-time" => {
             let w = Words::split("dns-time", rest, &["timeout-ms"])?;
             let [server, name, count] = w.exactly(&["SERVER:PORT", "NAME", "COUNT"])?[..] else {
@@ -390,6 +409,22 @@ mod tests {
         assert!(matches!(
             p("tcp-blast 127.0.0.1:1 nan"),
             Err(ArgsError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn http_time_takes_target_and_count() {
+        assert_eq!(
+            p("http-time 10.0.0.5:9200 500"),
+            Ok(Command::HttpTime {
+                target: "10.0.0.5:9200".parse().unwrap(),
+                count: 500,
+                timeout: DEFAULT_ASK_TIMEOUT,
+            })
+        );
+        assert!(matches!(
+            p("http-time 10.0.0.5:9200 0"),
+            Err(ArgsError::Invalid { what: "COUNT", .. })
         ));
     }
 

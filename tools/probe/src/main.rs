@@ -68,6 +68,20 @@ fn execute(command: Command) -> Result<(), ProbeError> {
         Command::UdpWatch { target, watch } => say(&run::udp_watch(target, &watch)?.line()),
         Command::HttpWho { port } => run::http_who(listen_tcp(port)?, &run::hostname())?,
         Command::HttpAsk { target, timeout } => say(&run::http_ask(target, timeout)?),
+        Command::HttpTime {
+            target,
+            count,
+            timeout,
+        } => {
+            let (samples, failures, elapsed) = run::http_time(target, count, timeout);
+            say(&report::http_time_line(&samples, failures, elapsed));
+            if samples.is_empty() {
+                return Err(ProbeError::Timeout {
+                    what: format!("http-time {target}"),
+                    timeout,
+                });
+            }
+        }
         Command::DnsTime {
             server,
             name,

@@ -84,6 +84,27 @@ pub fn dns_line(stats: &DnsStats) -> String {
     )
 }
 
+/// `http-time`'s line: requests per second over the whole run, latency percentiles of
+/// the requests that succeeded, and the failures.
+pub fn http_time_line(samples: &[Duration], failures: u32, elapsed: Duration) -> String {
+    let ms = |p| match percentile_ms(samples, p) {
+        Some(v) => format!("{v:.3}"),
+        None => "nan".to_string(),
+    };
+    let secs = elapsed.as_secs_f64();
+    let rps = if secs > 0.0 {
+        samples.len() as f64 / secs
+    } else {
+        0.0
+    };
+    format!(
+        "rps={rps:.0} p50_ms={} p99_ms={} ok={} failures={failures}",
+        ms(50.0),
+        ms(99.0),
+        samples.len()
+    )
+}
+
 /// The `key=value` words of a line; other words are ignored.
 pub fn words(line: &str) -> BTreeMap<&str, &str> {
     line.split_whitespace()

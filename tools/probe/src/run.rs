@@ -248,6 +248,27 @@ pub fn http_ask(target: SocketAddr, timeout: Duration) -> Result<String, ProbeEr
 }
 
 /// `count` A queries for `name`, one after the other, each timed from send to answer.
+/// `count` sequential `http_ask`s, each on a new connection (as a browser's first request
+/// or a health check makes them): returns the round trips that succeeded, the failures
+/// and the whole run's time.
+pub fn http_time(
+    target: SocketAddr,
+    count: u32,
+    timeout: Duration,
+) -> (Vec<Duration>, u32, Duration) {
+    let start = Instant::now();
+    let mut samples = Vec::with_capacity(count as usize);
+    let mut failures = 0;
+    for _ in 0..count {
+        let sent = Instant::now();
+        match http_ask(target, timeout) {
+            Ok(_) => samples.push(sent.elapsed()),
+            Err(_) => failures += 1,
+        }
+    }
+    (samples, failures, start.elapsed())
+}
+
 pub fn dns_time(
     server: SocketAddr,
     name: &str,
