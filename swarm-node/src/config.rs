@@ -5,7 +5,12 @@
 //! STATE_DIR/certificates/        its certificate, key and the root CA (swarm-pki)
 //! STATE_DIR/raft/                the Raft log and snapshots, on managers only (swarm-raft)
 //! ```
+//!
+//! The state holds the node's private key and, on managers, the cluster's root CA key and
+//! join tokens: directories are 0700 and files 0600, made so and tightened again by
+//! [`secure_state_dir`] for state older versions left readable.
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -53,9 +58,14 @@ impl NodeFile {
     /// Writes atomically (temp file, fsync, rename) so a crash never leaves half a file.
     pub fn save(&self, state_dir: &Path) -> std::io::Result<()> {
         use std::io::Write;
-        std::fs::create_dir_all(state_dir)?;
+        create_private_dir(state_dir)?;
         let tmp = state_dir.join("node.json.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(PRIVATE_FILE_MODE)
+            .open(&tmp)?;
         f.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
         f.sync_all()?;
         std::fs::rename(&tmp, Self::path(state_dir))?;
@@ -65,6 +75,53 @@ impl NodeFile {
     pub fn is_manager(&self) -> bool {
         self.role == "manager"
     }
+}
+
+/// Modes of the state directory's directories and files: the daemon's user only.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// Creates `dir` and its missing parents as 0700 (an existing directory is left as it
+/// is; [`secure_state_dir`] tightens it).
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)
+}
+
+/// Takes group and other permissions away from the state directory, its subdirectories
+/// (`certificates/`, `raft/`) and every file in them. Only removes bits, never adds
+/// any, and leaves symbolic links alone. Nothing to do when the directory does not exist.
+pub fn secure_state_dir(state_dir: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(state_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(_) => tighten_tree(state_dir, 2),
+    }
+}
+
+fn tighten_tree(dir: &Path, depth: u32) -> std::io::Result<()> {
+    tighten(dir, PRIVATE_DIR_MODE)?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let ty = entry.file_type()?;
+        if ty.is_file() {
+            tighten(&entry.path(), PRIVATE_FILE_MODE)?;
+        } else if ty.is_dir() && depth > 1 {
+            tighten_tree(&entry.path(), depth - 1)?;
+        }
+    }
+    Ok(())
+}
+
+fn tighten(path: &Path, mode: u32) -> std::io::Result<()> {
+    let current = std::fs::metadata(path)?.permissions().mode() & 0o7777;
+    if current & !mode != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(current & mode))
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    }
+    Ok(())
 }
 
 /// Settings of a running daemon, parsed once from flags before anything starts.
@@ -139,7 +196,51 @@ mod tests {
             managers: vec![],
             cert_sans: vec![],
         };
-        f.save(dir.path()).unwrap();
-        assert_eq!(NodeFile::load(dir.path()).unwrap(), Some(f));
+        let state = dir.path().join("state");
+        f.save(&state).unwrap();
+        assert_eq!(NodeFile::load(&state).unwrap(), Some(f));
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&NodeFile::path(&state)), 0o600);
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn secure_state_dir_tightens_what_older_versions_left_open() {
+        use std::fs::{create_dir, set_permissions, write, Permissions};
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let certs = state.join("certificates");
+        let raft = state.join("raft");
+        for d in [&state, &certs, &raft] {
+            create_dir(d).unwrap();
+            set_permissions(d, Permissions::from_mode(0o755)).unwrap();
+        }
+        let files = [
+            state.join("node.json"),
+            certs.join("swarm-root-ca.crt"),
+            raft.join("raft.journal"),
+            raft.join("snapshot.json"),
+        ];
+        for f in &files {
+            write(f, b"x").unwrap();
+            set_permissions(f, Permissions::from_mode(0o644)).unwrap();
+        }
+        // Never widened: a file already stricter stays so.
+        let key = certs.join("swarm-node.key");
+        write(&key, b"k").unwrap();
+        set_permissions(&key, Permissions::from_mode(0o400)).unwrap();
+
+        secure_state_dir(&state).unwrap();
+        for d in [&state, &certs, &raft] {
+            assert_eq!(mode(d), 0o700, "{}", d.display());
+        }
+        for f in &files {
+            assert_eq!(mode(f), 0o600, "{}", f.display());
+        }
+        assert_eq!(mode(&key), 0o400);
+        secure_state_dir(&dir.path().join("missing")).unwrap();
     }
 }

@@ -196,6 +196,10 @@ pub async fn run_with_network(
             source,
         })?;
         if let Some(node) = found {
+            // State written by older versions was world-readable: tighten it on every start.
+            if let Err(e) = crate::config::secure_state_dir(&config.state_dir) {
+                tracing::warn!(dir = %config.state_dir.display(), error = %e, "cannot make the state directory private");
+            }
             break node;
         }
         tracing::info!(

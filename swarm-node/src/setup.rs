@@ -17,7 +17,7 @@ use swarm_state::proto::{JoinRequest, JoinResponse, PREFIX};
 use swarm_state::{ids, ClusterInfo, Command};
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::{with_default_port, NodeFile};
+use crate::config::{create_private_dir, secure_state_dir, with_default_port, NodeFile};
 
 /// Docker's words, which scripts look for.
 pub const ALREADY_IN_SWARM: &str = "this node is already part of a swarm";
@@ -161,9 +161,7 @@ async fn init_inner(options: &InitOptions) -> Result<InitOutcome, SetupError> {
         key_pem: key.key_pem.clone(),
         ca_pem: ca.cert_pem().to_string(),
     };
-    tokio::fs::create_dir_all(&options.state_dir)
-        .await
-        .map_err(io("cannot create", &options.state_dir))?;
+    create_private_dir(&options.state_dir).map_err(io("cannot create", &options.state_dir))?;
     identity.save(&options.state_dir).await?;
 
     let worker_token = JoinToken::generate(&ca);
@@ -291,6 +289,8 @@ async fn init_inner(options: &InitOptions) -> Result<InitOutcome, SetupError> {
     }
     .save(&options.state_dir)
     .map_err(io("cannot write", &options.state_dir))?;
+    // The state directory may have existed before, made by an installer with 0755.
+    secure_state_dir(&options.state_dir).map_err(io("cannot secure", &options.state_dir))?;
     Ok(InitOutcome {
         node_id,
         worker_token,
@@ -407,9 +407,7 @@ async fn join_inner(options: &JoinOptions) -> Result<JoinResponse, SetupError> {
         key_pem: key.key_pem.clone(),
         ca_pem: joined.ca_pem.clone(),
     };
-    tokio::fs::create_dir_all(&options.state_dir)
-        .await
-        .map_err(io("cannot create", &options.state_dir))?;
+    create_private_dir(&options.state_dir).map_err(io("cannot create", &options.state_dir))?;
     identity.save(&options.state_dir).await?;
     NodeFile {
         node_id: joined.node_id.clone(),
@@ -426,5 +424,6 @@ async fn join_inner(options: &JoinOptions) -> Result<JoinResponse, SetupError> {
     }
     .save(&options.state_dir)
     .map_err(io("cannot write", &options.state_dir))?;
+    secure_state_dir(&options.state_dir).map_err(io("cannot secure", &options.state_dir))?;
     Ok(joined)
 }

@@ -368,6 +368,9 @@ fn service_snapshot_default() {
 
         [Service]
         Type=simple
+        # The state directory holds private keys (the root CA's on managers): whatever the daemon
+        # creates is for root only.
+        UMask=0077
         ExecStart=/var/lib/swarmup/swarm-node run --state-dir /var/lib/swarm-node
         Restart=always
         RestartSec=2s
@@ -412,6 +415,9 @@ fn service_snapshot_with_firewall_and_environment() {
 
         [Service]
         Type=simple
+        # The state directory holds private keys (the root CA's on managers): whatever the daemon
+        # creates is for root only.
+        UMask=0077
         # Re-applies the node's firewall on every start, boot included; the leading "-" keeps
         # a firewall failure from keeping the node out of the cluster.
         ExecStartPre=-/usr/sbin/nft -f /etc/swarmup/nftables.conf

@@ -151,6 +151,7 @@ fn builtin(argv: &[&str], stop_timeout: Duration) -> Unit {
         // Like Debian's ssh.service and docker.service: sessions and containers are not
         // the daemon's process group to kill.
         kill_mode: KillMode::Process,
+        umask: unit::DEFAULT_UMASK,
         warnings: Vec::new(),
     }
 }
@@ -362,6 +363,7 @@ async fn start(name: &str, unit: &Unit, base: &BTreeMap<String, String>) -> Resu
     if argv.is_empty() {
         return Err("ExecStart= expands to nothing".into());
     }
+    let argv = unit::with_umask(argv, unit.umask);
     let cwd = match &unit.working_directory {
         None => PathBuf::from("/"),
         Some((dir, optional)) => match tokio::fs::metadata(dir).await {
@@ -384,7 +386,10 @@ async fn start(name: &str, unit: &Unit, base: &BTreeMap<String, String>) -> Resu
         .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?
         .into_std()
         .await;
-    let argv0 = unit.argv0.clone();
+    let argv0 = unit
+        .argv0
+        .clone()
+        .filter(|_| unit.umask == unit::DEFAULT_UMASK);
     let spawned = tokio::task::spawn_blocking(move || {
         use std::os::unix::process::CommandExt;
         let mut cmd = std::process::Command::new(&argv[0]);

@@ -62,6 +62,26 @@ pub enum KillMode {
     Process,
 }
 
+/// systemd's mask for services without `UMask=`.
+pub const DEFAULT_UMASK: u32 = 0o022;
+
+/// The command that starts the service with its `UMask=`: the init cannot change a
+/// child's mask between fork and exec without unsafe code, so a shell sets it and execs
+/// the service in its place.
+pub fn with_umask(argv: Vec<String>, umask: u32) -> Vec<String> {
+    if umask == DEFAULT_UMASK {
+        return argv;
+    }
+    let mut out = vec![
+        "/bin/sh".to_string(),
+        "-c".to_string(),
+        format!("umask {umask:04o} && exec \"$@\""),
+        "sh".to_string(),
+    ];
+    out.extend(argv);
+    out
+}
+
 /// A parsed service file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unit {
@@ -82,6 +102,9 @@ pub struct Unit {
     /// `None` is `infinity`: never escalate to SIGKILL.
     pub timeout_stop: Option<Duration>,
     pub kill_mode: KillMode,
+    /// `UMask=`: the file mode creation mask the service starts with (systemd's default
+    /// is 0022).
+    pub umask: u32,
     /// Lines the node cannot honour, for the service's log.
     pub warnings: Vec<String>,
 }
@@ -119,6 +142,7 @@ pub fn parse(unit: &str, text: &str) -> Result<Unit, UnitError> {
         restart_sec: DEFAULT_RESTART_SEC,
         timeout_stop: Some(DEFAULT_TIMEOUT_STOP),
         kill_mode: KillMode::Group,
+        umask: DEFAULT_UMASK,
         warnings: Vec::new(),
     };
     let mut exec_starts = 0usize;
@@ -263,6 +287,17 @@ pub fn parse(unit: &str, text: &str) -> Result<Unit, UnitError> {
                     "line {number}: Type={other} is not supported, the service runs as Type=simple"
                 )),
             },
+            "UMask" => {
+                out.umask = match u32::from_str_radix(&value, 8) {
+                    Ok(m) if m <= 0o777 => m,
+                    _ => {
+                        return Err(err(
+                            number,
+                            format!("UMask={value} is not an octal mode such as 0077"),
+                        ))
+                    }
+                };
+            }
             "User" | "Group" => {
                 if !matches!(value.as_str(), "" | "root" | "0") {
                     out.warnings.push(format!(
@@ -274,6 +309,11 @@ pub fn parse(unit: &str, text: &str) -> Result<Unit, UnitError> {
                 "line {number}: {key}= is not supported and is ignored"
             )),
         }
+    }
+    if out.umask != DEFAULT_UMASK && out.argv0.is_some() {
+        out.warnings.push(
+            "UMask= with an @ prefix on ExecStart=: the umask is applied, argv[0] is not".into(),
+        );
     }
     match exec_starts {
         0 => Err(err(0, "no ExecStart= in [Service]".into())),
@@ -698,5 +738,28 @@ WantedBy=multi-user.target
     fn comments_are_not_continued() {
         let unit = parse("a.service", "[Service]\n# note \\\nExecStart=/bin/true\n").unwrap();
         assert_eq!(unit.exec_start, vec!["/bin/true"]);
+    }
+
+    #[test]
+    fn umask_is_applied_through_a_shell() {
+        let unit = parse("u", "[Service]\nExecStart=/bin/true a\nUMask=0077\n").unwrap();
+        assert_eq!(unit.umask, 0o077);
+        assert!(unit.warnings.is_empty(), "{:?}", unit.warnings);
+        assert_eq!(
+            with_umask(vec!["/bin/true".into(), "a".into()], unit.umask),
+            [
+                "/bin/sh",
+                "-c",
+                "umask 0077 && exec \"$@\"",
+                "sh",
+                "/bin/true",
+                "a"
+            ]
+        );
+        assert_eq!(
+            with_umask(vec!["/bin/true".into()], DEFAULT_UMASK),
+            ["/bin/true"]
+        );
+        assert!(parse("u", "[Service]\nExecStart=/bin/true\nUMask=999\n").is_err());
     }
 }

@@ -236,9 +236,9 @@ impl Identity {
             .create(&certs)
             .await
             .map_err(|e| PkiError::io("create", &certs, e))?;
-        write_atomic(&certs, CA_CERT_FILE, &self.ca_pem, 0o644).await?;
+        write_atomic(&certs, CA_CERT_FILE, &self.ca_pem, 0o600).await?;
         write_atomic(&certs, NODE_KEY_FILE, &self.key_pem, 0o600).await?;
-        write_atomic(&certs, NODE_CERT_FILE, &self.cert_pem, 0o644).await?;
+        write_atomic(&certs, NODE_CERT_FILE, &self.cert_pem, 0o600).await?;
         // Renames are durable only once the directory itself is synced.
         let dir_handle = tokio::fs::File::open(&certs)
             .await

@@ -230,8 +230,8 @@ async fn identity_round_trips_through_disk_with_a_private_key_file() {
             & 0o777
     };
     assert_eq!(mode("swarm-node.key"), 0o600);
-    assert_eq!(mode("swarm-node.crt"), 0o644);
-    assert_eq!(mode("swarm-root-ca.crt"), 0o644);
+    assert_eq!(mode("swarm-node.crt"), 0o600);
+    assert_eq!(mode("swarm-root-ca.crt"), 0o600);
     assert_eq!(
         std::fs::metadata(&certs).unwrap().permissions().mode() & 0o777,
         0o700

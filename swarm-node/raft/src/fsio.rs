@@ -4,6 +4,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Replaces `dir/name` with `bytes` so that a crash leaves either the old or the new
@@ -17,6 +18,7 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<(
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(crate::at_rest::FILE_MODE)
             .open(&tmp)
             .map_err(|e| with_path(e, &tmp))?;
         f.write_all(bytes).map_err(|e| with_path(e, &tmp))?;

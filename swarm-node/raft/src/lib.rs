@@ -8,9 +8,13 @@
 //! # Layout
 //! - [`ClusterRaft`] (this file): the handle the manager code uses: open, initialize,
 //!   propose commands, read the applied state, change the voter set.
-//! - `log_store`: the durable Raft log (a checksummed journal plus vote/committed files).
+//! - `log_store`: the durable Raft log (a checksummed, encrypted journal plus
+//!   vote/committed files).
 //! - `state_machine`: [`ClusterState`] folded over the log, published through a watch
-//!   channel; snapshots in `snapshot.json`.
+//!   channel; encrypted snapshots in `snapshot.json`.
+//! - `at_rest`: the data key (`data.key`) and the sealed format of journal records and
+//!   snapshots: the state holds the root CA key and the join tokens. The directory is
+//!   0700 and every file in it 0600, tightened at open for state older versions made.
 //! - `network` / [`server::router`]: Raft RPC as JSON over HTTP(S) on the control address,
 //!   under [`RAFT_PATH_PREFIX`].
 //!
@@ -43,6 +47,7 @@ use serde::{Deserialize, Serialize};
 use swarm_state::{ClusterState, Command, CommandResult};
 use tokio::sync::watch;
 
+mod at_rest;
 mod fsio;
 mod log_store;
 mod network;
@@ -300,10 +305,19 @@ impl ClusterRaft {
             dir: opts.dir.clone(),
             message: e.to_string(),
         };
-        let log_store = LogStore::open(&opts.dir)
+        let dir = opts.dir.clone();
+        let key = tokio::task::spawn_blocking(move || {
+            at_rest::prepare_dir(&dir)?;
+            at_rest::DataKey::load_or_create(&dir)
+        })
+        .await
+        .map_err(|e| storage_err(&e))?
+        .map_err(|e| storage_err(&e))?;
+        let key = Arc::new(key);
+        let log_store = LogStore::open(&opts.dir, key.clone())
             .await
             .map_err(|e| storage_err(&e))?;
-        let sm = StateMachineStore::open(&opts.dir)
+        let sm = StateMachineStore::open(&opts.dir, key)
             .await
             .map_err(|e| storage_err(&e))?;
 

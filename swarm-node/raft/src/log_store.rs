@@ -1,10 +1,14 @@
 //! The durable Raft log: an append-only journal replayed into memory at open.
 //!
 //! Layout of the directory:
-//! - `raft.journal`: length-prefixed, checksummed JSON records (`Append`, `Truncate`,
-//!   `Purge`). Replaying them in order rebuilds the log. A torn record at the end (a crash
-//!   in the middle of a write) is cut off at open.
-//! - `vote.json`, `committed.json`: replaced atomically (temp file, fsync, rename, fsync dir).
+//! - `raft.journal`: length-prefixed, checksummed records (`Append`, `Truncate`,
+//!   `Purge`), each JSON sealed with the data key (`at_rest`), bound to its position in
+//!   the journal. Replaying them in order rebuilds the log. A torn record at the end (a
+//!   crash in the middle of a write) is cut off at open; a whole record that does not
+//!   decrypt is an error, never skipped. Plain-text records (versions before
+//!   encryption) are read and the journal is rewritten sealed at once, at open.
+//! - `vote.json`, `committed.json`: replaced atomically (temp file, fsync, rename, fsync
+//!   dir). Plain JSON: a term, node ids and log positions, nothing secret.
 //! - `lock`: held with an exclusive file lock while the store is open, so two daemons
 //!   never write the same log.
 //!
@@ -17,6 +21,7 @@ use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::ops::RangeBounds;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -29,11 +34,12 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::at_rest::{self, DataKey};
 use crate::fsio;
 use crate::typ::{Entry, LogId, StorageError, Vote};
 use crate::TypeConfig;
 
-const JOURNAL: &str = "raft.journal";
+pub(crate) const JOURNAL: &str = "raft.journal";
 const VOTE: &str = "vote.json";
 const COMMITTED: &str = "committed.json";
 const LOCK: &str = "lock";
@@ -116,11 +122,12 @@ impl Debug for LogStore {
 }
 
 impl LogStore {
-    /// Opens (creating if needed) the log in `dir` and starts its writer thread.
-    pub(crate) async fn open(dir: &Path) -> Result<LogStore, StorageError> {
+    /// Opens (creating if needed) the log in `dir`, sealed with `key`, and starts its
+    /// writer thread.
+    pub(crate) async fn open(dir: &Path, key: Arc<DataKey>) -> Result<LogStore, StorageError> {
         let dir = dir.to_path_buf();
         let d = dir.clone();
-        let (mem, writer) = tokio::task::spawn_blocking(move || open_blocking(&d))
+        let (mem, writer) = tokio::task::spawn_blocking(move || open_blocking(&d, key))
             .await
             .map_err(|e| store_error(ErrorVerb::Read, io::Error::other(e)))?
             .map_err(|e| store_error(ErrorVerb::Read, e))?;
@@ -195,8 +202,8 @@ fn json_error(path: &Path, e: serde_json::Error) -> io::Error {
     )
 }
 
-fn open_blocking(dir: &Path) -> io::Result<(Mem, Writer)> {
-    std::fs::create_dir_all(dir).map_err(|e| fsio::with_path(e, dir))?;
+fn open_blocking(dir: &Path, key: Arc<DataKey>) -> io::Result<(Mem, Writer)> {
+    at_rest::prepare_dir(dir)?;
     let lock = lock_dir(dir)?;
 
     let mut mem = Mem::default();
@@ -210,7 +217,11 @@ fn open_blocking(dir: &Path) -> io::Result<(Mem, Writer)> {
 
     let path = dir.join(JOURNAL);
     let bytes = fsio::read_optional(dir, JOURNAL)?.unwrap_or_default();
-    let valid = replay(&bytes, &path, &mut mem);
+    let Replayed {
+        valid,
+        records,
+        plain,
+    } = replay(&bytes, &path, &key, &mut mem)?;
     if valid < bytes.len() {
         tracing::warn!(
             path = %path.display(),
@@ -232,11 +243,17 @@ fn open_blocking(dir: &Path) -> io::Result<(Mem, Writer)> {
     let mut writer = Writer {
         dir: dir.to_path_buf(),
         journal,
+        key,
+        records,
         pending: Vec::new(),
         failed: None,
         _lock: lock,
     };
-    if mem.needs_compaction() {
+    if plain > 0 {
+        tracing::info!(path = %path.display(), records = plain, "encrypting a plain-text raft journal written by an older version");
+    }
+    // A rewrite seals every record, so plain text never outlives the first start.
+    if mem.needs_compaction() || plain > 0 {
         let entries: Vec<Entry> = mem.log.values().cloned().collect();
         writer.compact(mem.last_purged, entries)?;
         mem.journal_entries = mem.log.len() as u64;
@@ -250,6 +267,7 @@ fn lock_dir(dir: &Path) -> io::Result<File> {
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(at_rest::FILE_MODE)
         .open(&path)
         .map_err(|e| fsio::with_path(e, &path))?;
     let started = Instant::now();
@@ -277,14 +295,43 @@ fn open_journal(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(at_rest::FILE_MODE)
         .open(path)
         .map_err(|e| fsio::with_path(e, path))
 }
 
-/// Applies every intact record of `bytes` to `mem` and returns the length of the intact
-/// prefix. Reading stops at the first record that is short, empty or fails its checksum.
-fn replay(bytes: &[u8], path: &Path, mem: &mut Mem) -> usize {
+/// What [`replay`] found.
+struct Replayed {
+    /// Length of the intact prefix.
+    valid: usize,
+    /// Records in it (the position the next record gets).
+    records: u64,
+    /// Plain-text records among them.
+    plain: u64,
+}
+
+/// The associated data of the journal record at `position`: a record moved elsewhere
+/// does not decrypt.
+fn record_context(position: u64) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[..8].copy_from_slice(b"journal\0");
+    c[8..].copy_from_slice(&position.to_le_bytes());
+    c
+}
+
+/// Applies every intact record of `bytes` to `mem`. Reading stops at the first record
+/// that is short, empty or fails its checksum: the torn end of a crashed write. A whole
+/// record that does not decrypt, or a plain-text one after sealed ones, is an error.
+fn replay(bytes: &[u8], path: &Path, key: &DataKey, mem: &mut Mem) -> io::Result<Replayed> {
     let mut at = 0;
+    let mut records = 0u64;
+    let mut plain = 0u64;
+    let bad = |at: usize, n: u64, what: &dyn std::fmt::Display| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: record {n} at byte {at}: {what}", path.display()),
+        )
+    };
     while bytes.len() - at >= HEADER {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or_default()) as usize;
         let sum = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap_or_default());
@@ -297,20 +344,45 @@ fn replay(bytes: &[u8], path: &Path, mem: &mut Mem) -> usize {
         if crc32(payload) != sum {
             break;
         }
-        match serde_json::from_slice::<Record>(payload) {
-            Ok(r) => mem.apply(r),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), offset = at, error = %e, "unreadable raft journal record");
-                break;
+        let record = if at_rest::is_sealed(payload) {
+            let json = key
+                .open(payload, &record_context(records))
+                .map_err(|e| bad(at, records, &e))?;
+            serde_json::from_slice::<Record>(&json).map_err(|e| bad(at, records, &e))?
+        } else {
+            if plain < records {
+                return Err(bad(
+                    at,
+                    records,
+                    &"a plain-text record after encrypted ones; the journal was altered",
+                ));
             }
-        }
+            match serde_json::from_slice::<Record>(payload) {
+                Ok(r) => {
+                    plain += 1;
+                    r
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), offset = at, error = %e, "unreadable raft journal record");
+                    break;
+                }
+            }
+        };
+        mem.apply(record);
+        records += 1;
         at = start + len;
     }
-    at
+    Ok(Replayed {
+        valid: at,
+        records,
+        plain,
+    })
 }
 
-fn encode(record: &Record, out: &mut Vec<u8>) -> io::Result<()> {
-    let payload = serde_json::to_vec(record).map_err(io::Error::other)?;
+/// Appends `record`, sealed for `position`, to `out`.
+fn encode(record: &Record, key: &DataKey, position: u64, out: &mut Vec<u8>) -> io::Result<()> {
+    let json = serde_json::to_vec(record).map_err(io::Error::other)?;
+    let payload = key.seal(&json, &record_context(position))?;
     let len = u32::try_from(payload.len())
         .map_err(|_| io::Error::other("raft journal record larger than 4 GiB"))?;
     out.extend_from_slice(&len.to_le_bytes());
@@ -390,6 +462,9 @@ impl Reply {
 struct Writer {
     dir: PathBuf,
     journal: File,
+    key: Arc<DataKey>,
+    /// Records in the journal, pending ones included: the next record's position.
+    records: u64,
     /// Encoded records not yet written to the journal.
     pending: Vec<u8>,
     /// Once a write failed, the journal may hold a partial record: refuse everything after.
@@ -439,7 +514,7 @@ impl Writer {
                 continue;
             }
             let step = match op.kind {
-                OpKind::Journal(record) => encode(&record, &mut self.pending),
+                OpKind::Journal(record) => self.encode(&record),
                 OpKind::Compact {
                     last_purged,
                     entries,
@@ -491,18 +566,28 @@ impl Writer {
         Ok(())
     }
 
+    fn encode(&mut self, record: &Record) -> io::Result<()> {
+        encode(record, &self.key, self.records, &mut self.pending)?;
+        self.records += 1;
+        Ok(())
+    }
+
     fn compact(&mut self, last_purged: Option<LogId>, entries: Vec<Entry>) -> io::Result<()> {
         self.sync_journal()?;
         let mut buf = Vec::new();
+        let mut records = 0;
         if let Some(p) = last_purged {
-            encode(&Record::Purge(p), &mut buf)?;
+            encode(&Record::Purge(p), &self.key, records, &mut buf)?;
+            records += 1;
         }
         let n = entries.len();
         if !entries.is_empty() {
-            encode(&Record::Append(entries), &mut buf)?;
+            encode(&Record::Append(entries), &self.key, records, &mut buf)?;
+            records += 1;
         }
         fsio::write_atomic(&self.dir, JOURNAL, &buf)?;
         self.journal = open_journal(&self.journal_path())?;
+        self.records = records;
         tracing::debug!(dir = %self.dir.display(), entries = n, bytes = buf.len(), "compacted raft journal");
         Ok(())
     }
@@ -643,6 +728,36 @@ mod tests {
     use openraft::{CommittedLeaderId, EntryPayload};
 
     use super::*;
+    use crate::at_rest::tests::{assert_private, files_containing, key_in, secret_command};
+
+    const SECRET: &str = "SWMTKN-1-journal-secret";
+
+    fn secret_entry(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(secret_command(&index.to_string(), SECRET)),
+        }
+    }
+
+    /// The journal's records as (offset, length) of their payloads.
+    fn records_of(bytes: &[u8]) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at + HEADER <= bytes.len() {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            out.push((at + HEADER, len));
+            at += HEADER + len;
+        }
+        out
+    }
+
+    /// Writes a record as versions before encryption did: plain JSON.
+    fn plain_record(record: &Record, out: &mut Vec<u8>) {
+        let payload = serde_json::to_vec(record).unwrap();
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(&crc32(&payload).to_le_bytes());
+        out.extend_from_slice(&payload);
+    }
 
     fn entry(index: u64) -> Entry {
         Entry {
@@ -670,7 +785,9 @@ mod tests {
     async fn reopen_replays_appends_truncates_and_purges() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut s = LogStore::open(dir.path()).await.unwrap();
+            let mut s = LogStore::open(dir.path(), key_in(dir.path()))
+                .await
+                .unwrap();
             s.blocking_append((1..=10).map(entry)).await.unwrap();
             s.truncate(*entry(8).get_log_id()).await.unwrap();
             s.purge(*entry(3).get_log_id()).await.unwrap();
@@ -679,7 +796,9 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let mut s = LogStore::open(dir.path()).await.unwrap();
+        let mut s = LogStore::open(dir.path(), key_in(dir.path()))
+            .await
+            .unwrap();
         assert_eq!(indexes(&mut s).await, vec![4, 5, 6, 7]);
         let state = s.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(3));
@@ -692,7 +811,9 @@ mod tests {
     async fn a_torn_last_record_is_ignored_and_cut_off() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut s = LogStore::open(dir.path()).await.unwrap();
+            let mut s = LogStore::open(dir.path(), key_in(dir.path()))
+                .await
+                .unwrap();
             s.blocking_append((1..=3).map(entry)).await.unwrap();
             s.blocking_append((4..=5).map(entry)).await.unwrap();
         }
@@ -702,12 +823,16 @@ mod tests {
         f.set_len(len - 3).unwrap();
         drop(f);
 
-        let mut s = LogStore::open(dir.path()).await.unwrap();
+        let mut s = LogStore::open(dir.path(), key_in(dir.path()))
+            .await
+            .unwrap();
         assert_eq!(indexes(&mut s).await, vec![1, 2, 3]);
         // New records land after the cut, so they survive the next replay.
         s.blocking_append([entry(4)]).await.unwrap();
         drop(s);
-        let mut s = LogStore::open(dir.path()).await.unwrap();
+        let mut s = LogStore::open(dir.path(), key_in(dir.path()))
+            .await
+            .unwrap();
         assert_eq!(indexes(&mut s).await, vec![1, 2, 3, 4]);
     }
 
@@ -717,7 +842,9 @@ mod tests {
         let path = dir.path().join(JOURNAL);
         let n = 3 * COMPACT_SLACK;
         {
-            let mut s = LogStore::open(dir.path()).await.unwrap();
+            let mut s = LogStore::open(dir.path(), key_in(dir.path()))
+                .await
+                .unwrap();
             s.blocking_append((1..=n).map(entry)).await.unwrap();
             let before = std::fs::metadata(&path).unwrap().len();
             s.purge(*entry(n - 2).get_log_id()).await.unwrap();
@@ -726,16 +853,158 @@ mod tests {
             let after = std::fs::metadata(&path).unwrap().len();
             assert!(after < before / 100, "journal {before} -> {after} bytes");
         }
-        let mut s = LogStore::open(dir.path()).await.unwrap();
+        let mut s = LogStore::open(dir.path(), key_in(dir.path()))
+            .await
+            .unwrap();
         assert_eq!(indexes(&mut s).await, vec![n - 1, n]);
         let state = s.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(n - 2));
     }
 
     #[tokio::test]
+    async fn the_journal_holds_no_plain_text_and_only_private_files() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = LogStore::open(dir.path(), key_in(dir.path()))
+                .await
+                .unwrap();
+            s.blocking_append((1..=3).map(secret_entry)).await.unwrap();
+            s.save_vote(&Vote::new(1, 1)).await.unwrap();
+            s.save_committed(Some(*entry(3).get_log_id()))
+                .await
+                .unwrap();
+        }
+        assert!(files_containing(dir.path(), SECRET.as_bytes()).is_empty());
+        assert!(files_containing(dir.path(), b"CreateService").is_empty());
+        assert_private(dir.path());
+        let mut s = LogStore::open(dir.path(), key_in(dir.path()))
+            .await
+            .unwrap();
+        assert_eq!(indexes(&mut s).await, vec![1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn an_altered_record_is_an_error_not_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = LogStore::open(dir.path(), key_in(dir.path()))
+                .await
+                .unwrap();
+            s.blocking_append([entry(1)]).await.unwrap();
+            s.blocking_append([entry(2)]).await.unwrap();
+        }
+        let path = dir.path().join(JOURNAL);
+        let good = std::fs::read(&path).unwrap();
+        let recs = records_of(&good);
+        assert_eq!(recs.len(), 2);
+
+        // One flipped bit in the ciphertext, with the checksum fixed up to match.
+        let mut bad = good.clone();
+        let (at, len) = recs[0];
+        bad[at + len - 20] ^= 1;
+        let sum = crc32(&bad[at..at + len]);
+        bad[at - 4..at].copy_from_slice(&sum.to_le_bytes());
+        std::fs::write(&path, &bad).unwrap();
+        let err = LogStore::open(dir.path(), key_in(dir.path()))
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("raft.journal") && msg.contains("data.key"),
+            "{msg}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), bad, "nothing may be cut off");
+
+        // Two whole records swapped: each is intact, but not at its own position.
+        let ((a, alen), (b, blen)) = (recs[0], recs[1]);
+        assert_eq!(alen, blen);
+        let mut swapped = good.clone();
+        swapped[a - HEADER..a + alen].copy_from_slice(&good[b - HEADER..b + blen]);
+        swapped[b - HEADER..b + blen].copy_from_slice(&good[a - HEADER..a + alen]);
+        std::fs::write(&path, &swapped).unwrap();
+        assert!(LogStore::open(dir.path(), key_in(dir.path()))
+            .await
+            .is_err());
+
+        std::fs::write(&path, &good).unwrap();
+        let mut s = LogStore::open(dir.path(), key_in(dir.path()))
+            .await
+            .unwrap();
+        assert_eq!(indexes(&mut s).await, vec![1, 2]);
+    }
+
+    #[tokio::test]
+    async fn another_managers_key_is_refused_with_the_key_file_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        {
+            let mut s = LogStore::open(dir.path(), key_in(dir.path()))
+                .await
+                .unwrap();
+            s.blocking_append([entry(1)]).await.unwrap();
+        }
+        let wrong = key_in(other.path());
+        let msg = LogStore::open(dir.path(), wrong)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains(&other.path().join("data.key").display().to_string()),
+            "{msg}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_plain_text_journal_is_read_and_rewritten_encrypted_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = Vec::new();
+        plain_record(
+            &Record::Append((1..=3).map(secret_entry).collect()),
+            &mut old,
+        );
+        plain_record(&Record::Truncate(3), &mut old);
+        plain_record(&Record::Append(vec![secret_entry(3)]), &mut old);
+        std::fs::write(dir.path().join(JOURNAL), &old).unwrap();
+        {
+            // No key yet: the first start of a version with encryption makes one.
+            let mut s = LogStore::open(dir.path(), key_in(dir.path()))
+                .await
+                .unwrap();
+            assert_eq!(indexes(&mut s).await, vec![1, 2, 3]);
+            s.blocking_append([secret_entry(4)]).await.unwrap();
+        }
+        assert!(files_containing(dir.path(), SECRET.as_bytes()).is_empty());
+        let mut s = LogStore::open(dir.path(), key_in(dir.path()))
+            .await
+            .unwrap();
+        assert_eq!(indexes(&mut s).await, vec![1, 2, 3, 4]);
+    }
+
+    #[tokio::test]
+    async fn a_plain_text_record_after_encrypted_ones_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = LogStore::open(dir.path(), key_in(dir.path()))
+                .await
+                .unwrap();
+            s.blocking_append([entry(1)]).await.unwrap();
+        }
+        let mut bytes = std::fs::read(dir.path().join(JOURNAL)).unwrap();
+        plain_record(&Record::Append(vec![entry(2)]), &mut bytes);
+        std::fs::write(dir.path().join(JOURNAL), &bytes).unwrap();
+        let msg = LogStore::open(dir.path(), key_in(dir.path()))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("plain-text record after encrypted"), "{msg}");
+    }
+
+    #[tokio::test]
     async fn a_second_open_of_the_same_directory_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let _s = LogStore::open(dir.path()).await.unwrap();
+        let _s = LogStore::open(dir.path(), key_in(dir.path()))
+            .await
+            .unwrap();
         let f = OpenOptions::new()
             .write(true)
             .open(dir.path().join(LOCK))

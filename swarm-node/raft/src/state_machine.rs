@@ -2,8 +2,12 @@
 //!
 //! The state lives in memory behind an `Arc` and is changed copy-on-write, so readers
 //! hold a consistent version without locks while the next batch is applied. Only
-//! snapshots touch the disk (`snapshot.json`); a restart loads the snapshot and Raft
-//! replays the log that follows it.
+//! snapshots touch the disk (`snapshot.json`, sealed whole with the data key); a restart
+//! loads the snapshot and Raft replays the log that follows it.
+//!
+//! In memory, and on the wire to a follower (mutual TLS), a snapshot is plain JSON: each
+//! manager seals it with its own key when it writes it. A plain-text `snapshot.json` from
+//! an older version is read and rewritten sealed at open.
 
 use std::fmt::Debug;
 use std::io::{self, Cursor};
@@ -17,11 +21,15 @@ use serde::{Deserialize, Serialize};
 use swarm_state::{ClusterState, CommandResult};
 use tokio::sync::watch;
 
+use crate::at_rest::{self, DataKey};
 use crate::fsio;
 use crate::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
 use crate::TypeConfig;
 
-const SNAPSHOT: &str = "snapshot.json";
+pub(crate) const SNAPSHOT: &str = "snapshot.json";
+
+/// The associated data of the sealed snapshot.
+const SNAPSHOT_CONTEXT: &[u8] = b"snapshot";
 
 /// The snapshot file, and the bytes a leader sends to a follower that lags too far.
 #[derive(Serialize, Deserialize)]
@@ -55,6 +63,7 @@ pub(crate) struct StateMachineStore {
 
 struct Shared {
     dir: PathBuf,
+    key: Arc<DataKey>,
     applied: Mutex<Applied>,
     /// Held across the file write so that an older snapshot never replaces a newer one.
     snapshot: tokio::sync::Mutex<Option<StoredSnapshot>>,
@@ -79,19 +88,32 @@ fn snapshot_error(meta: Option<&SnapshotMeta>, verb: ErrorVerb, e: io::Error) ->
 }
 
 impl StateMachineStore {
-    /// Loads `dir/snapshot.json` if there is one.
-    pub(crate) async fn open(dir: &Path) -> Result<StateMachineStore, StorageError> {
+    /// Loads `dir/snapshot.json` if there is one, sealed with `key`.
+    pub(crate) async fn open(
+        dir: &Path,
+        key: Arc<DataKey>,
+    ) -> Result<StateMachineStore, StorageError> {
         let d = dir.to_path_buf();
+        let k = key.clone();
         let loaded = tokio::task::spawn_blocking(move || -> io::Result<_> {
-            let Some(data) = fsio::read_optional(&d, SNAPSHOT)? else {
+            let Some(stored) = fsio::read_optional(&d, SNAPSHOT)? else {
                 return Ok(None);
             };
-            let file: SnapshotFile = serde_json::from_slice(&data).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: {e}", d.join(SNAPSHOT).display()),
-                )
-            })?;
+            let path = d.join(SNAPSHOT);
+            let invalid = |e: &dyn std::fmt::Display| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))
+            };
+            let sealed = at_rest::is_sealed(&stored);
+            let data = if sealed {
+                k.open(&stored, SNAPSHOT_CONTEXT).map_err(|e| invalid(&e))?
+            } else {
+                stored
+            };
+            let file: SnapshotFile = serde_json::from_slice(&data).map_err(|e| invalid(&e))?;
+            if !sealed {
+                tracing::info!(path = %path.display(), "encrypting a plain-text raft snapshot written by an older version");
+                fsio::write_atomic(&d, SNAPSHOT, &k.seal(&data, SNAPSHOT_CONTEXT)?)?;
+            }
             Ok(Some((file, data)))
         })
         .await
@@ -123,6 +145,7 @@ impl StateMachineStore {
         Ok(StateMachineStore {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
+                key,
                 applied: Mutex::new(applied),
                 snapshot: tokio::sync::Mutex::new(snapshot),
                 snapshot_seq: AtomicU64::new(0),
@@ -158,8 +181,10 @@ impl StateMachineStore {
             }
         }
         let dir = self.shared.dir.clone();
+        let key = self.shared.key.clone();
         let (meta, data) = tokio::task::spawn_blocking(move || {
-            fsio::write_atomic(&dir, SNAPSHOT, &data).map(|_| (meta, data))
+            let sealed = key.seal(&data, SNAPSHOT_CONTEXT)?;
+            fsio::write_atomic(&dir, SNAPSHOT, &sealed).map(|_| (meta, data))
         })
         .await
         .map_err(|e| snapshot_error(None, ErrorVerb::Write, io::Error::other(e)))?
@@ -306,6 +331,7 @@ mod tests {
     use swarm_state::Command;
 
     use super::*;
+    use crate::at_rest::tests::{assert_private, files_containing, key_in, secret_command};
     use crate::MemberNode;
 
     fn log_id(index: u64) -> LogId {
@@ -328,7 +354,9 @@ mod tests {
     #[tokio::test]
     async fn apply_answers_every_entry_and_publishes_once_per_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sm = StateMachineStore::open(dir.path()).await.unwrap();
+        let mut sm = StateMachineStore::open(dir.path(), key_in(dir.path()))
+            .await
+            .unwrap();
         let mut rx = sm.subscribe();
         let membership = Membership::new(
             vec![[1u64].into()],
@@ -375,7 +403,9 @@ mod tests {
     async fn a_snapshot_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut sm = StateMachineStore::open(dir.path()).await.unwrap();
+            let mut sm = StateMachineStore::open(dir.path(), key_in(dir.path()))
+                .await
+                .unwrap();
             sm.apply([Entry {
                 log_id: log_id(1),
                 payload: EntryPayload::Normal(create_service("a")),
@@ -385,10 +415,109 @@ mod tests {
             let snap = sm.build_snapshot().await.unwrap();
             assert_eq!(snap.meta.last_log_id, Some(log_id(1)));
         }
-        let mut sm = StateMachineStore::open(dir.path()).await.unwrap();
+        let mut sm = StateMachineStore::open(dir.path(), key_in(dir.path()))
+            .await
+            .unwrap();
         assert_eq!(sm.state().services.len(), 1);
         assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1)));
         let current = sm.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta.last_log_id, Some(log_id(1)));
+    }
+
+    const SECRET: &str = "-----BEGIN PRIVATE KEY-----snapshot-secret";
+
+    #[tokio::test]
+    async fn the_snapshot_is_encrypted_on_disk_and_plain_for_followers() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut sm = StateMachineStore::open(dir.path(), key_in(dir.path()))
+                .await
+                .unwrap();
+            sm.apply([Entry {
+                log_id: log_id(1),
+                payload: EntryPayload::Normal(secret_command("a", SECRET)),
+            }])
+            .await
+            .unwrap();
+            let snap = sm.build_snapshot().await.unwrap();
+            // What a leader sends: the follower seals it with its own key.
+            let sent = snap.snapshot.into_inner();
+            assert!(sent.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()));
+
+            let other = tempfile::tempdir().unwrap();
+            let mut follower = StateMachineStore::open(other.path(), key_in(other.path()))
+                .await
+                .unwrap();
+            follower
+                .install_snapshot(&snap.meta, Box::new(Cursor::new(sent)))
+                .await
+                .unwrap();
+            assert!(files_containing(other.path(), SECRET.as_bytes()).is_empty());
+            assert_private(other.path());
+            let again = StateMachineStore::open(other.path(), key_in(other.path()))
+                .await
+                .unwrap();
+            assert_eq!(again.state().services.len(), 1);
+        }
+        assert!(files_containing(dir.path(), SECRET.as_bytes()).is_empty());
+        assert_private(dir.path());
+        let sm = StateMachineStore::open(dir.path(), key_in(dir.path()))
+            .await
+            .unwrap();
+        assert_eq!(sm.state().services.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_plain_text_snapshot_is_read_and_rewritten_encrypted_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = ClusterState::default();
+        state.apply(&secret_command("a", SECRET), 1);
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id(1)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "1-1-0".into(),
+        };
+        let plain = serde_json::to_vec(&SnapshotFileRef {
+            meta: &meta,
+            state: &state,
+        })
+        .unwrap();
+        std::fs::write(dir.path().join(SNAPSHOT), &plain).unwrap();
+
+        let mut sm = StateMachineStore::open(dir.path(), key_in(dir.path()))
+            .await
+            .unwrap();
+        assert_eq!(sm.state().services.len(), 1);
+        assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(1)));
+        assert!(files_containing(dir.path(), SECRET.as_bytes()).is_empty());
+        assert_private(dir.path());
+
+        let again = StateMachineStore::open(dir.path(), key_in(dir.path()))
+            .await
+            .unwrap();
+        assert_eq!(again.state().services.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_under_another_key_is_an_error_naming_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut sm = StateMachineStore::open(dir.path(), key_in(dir.path()))
+                .await
+                .unwrap();
+            sm.build_snapshot().await.unwrap();
+        }
+        let other = tempfile::tempdir().unwrap();
+        std::fs::copy(dir.path().join(SNAPSHOT), other.path().join(SNAPSHOT)).unwrap();
+        // A key of its own would not be made next to sealed data, so give one explicitly.
+        let third = tempfile::tempdir().unwrap();
+        let msg = StateMachineStore::open(other.path(), key_in(third.path()))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("snapshot.json") && msg.contains("data.key"),
+            "{msg}"
+        );
     }
 }

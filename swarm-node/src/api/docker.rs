@@ -16,8 +16,7 @@ use swarm_state::models::{
     ServiceServiceStatus, ServiceSpec, Swarm, SwarmInfo, SystemInfo, SystemVersion, TaskState,
 };
 use swarm_state::{
-    desired_of, ids::raft_id, node_hostname, node_role, node_state, state_of, version_of,
-    ClusterState, Command,
+    desired_of, ids::raft_id, node_hostname, node_role, node_state, state_of, ClusterState, Command,
 };
 
 use super::filters::Filters;
@@ -62,12 +61,39 @@ pub struct ListQuery {
 
 #[derive(Debug, Deserialize, Default)]
 pub struct VersionQuery {
-    version: Option<u64>,
+    version: Option<String>,
     force: Option<String>,
 }
 
-fn truthy(v: Option<&str>) -> bool {
-    matches!(v, Some("1") | Some("true") | Some("True"))
+/// The `version` an update must carry (the object's `Version.Index`, as `docker … update`
+/// sends it), so that two writers cannot silently overwrite each other.
+fn required_version(kind: &str, raw: Option<&str>) -> ApiResult<u64> {
+    let raw = raw.unwrap_or_default();
+    let why = if raw.is_empty() {
+        "the version parameter is required"
+    } else {
+        "not an unsigned number"
+    };
+    raw.parse::<u64>()
+        .map_err(|_| ApiError::BadRequest(format!("invalid {kind} version '{raw}': {why}")))
+}
+
+/// A strict boolean query parameter (Go's `strconv.ParseBool`, which dockerd uses): absent
+/// or empty is false, an unknown word is a 400 rather than a silent false.
+fn bool_param(name: &str, raw: Option<&str>) -> ApiResult<bool> {
+    match raw.unwrap_or_default() {
+        "" | "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        other => Err(ApiError::BadRequest(format!(
+            "invalid value for {name}: {other}: use true or false"
+        ))),
+    }
+}
+
+/// A lenient flag, as dockerd reads `force`: anything but empty, 0, no, false or none.
+fn flag_param(raw: Option<&str>) -> bool {
+    let v = raw.unwrap_or_default().trim().to_ascii_lowercase();
+    !matches!(v.as_str(), "" | "0" | "no" | "false" | "none")
 }
 
 async fn ping() -> Response {
@@ -239,6 +265,8 @@ async fn update_swarm(
     AdminManager(manager): AdminManager,
     Query(q): Query<SwarmUpdateQuery>,
 ) -> ApiResult<StatusCode> {
+    let rotate_worker = bool_param("rotateWorkerToken", q.rotate_worker_token.as_deref())?;
+    let rotate_manager = bool_param("rotateManagerToken", q.rotate_manager_token.as_deref())?;
     let state = manager.read();
     let info = state
         .cluster
@@ -247,10 +275,10 @@ async fn update_swarm(
     let ca = swarm_pki::RootCa::from_pem(&info.root_ca_cert_pem, &info.root_ca_key_pem)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut roles = Vec::new();
-    if truthy(q.rotate_worker_token.as_deref()) {
+    if rotate_worker {
         roles.push(NodeSpecRoleEnum::WORKER);
     }
-    if truthy(q.rotate_manager_token.as_deref()) {
+    if rotate_manager {
         roles.push(NodeSpecRoleEnum::MANAGER);
     }
     for role in roles {
@@ -304,6 +332,15 @@ async fn list_nodes(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<Node>>> {
     let filters = Filters::parse(q.filters.as_deref())?;
+    filters.accept(&[
+        "id",
+        "label",
+        "membership",
+        "name",
+        "node.label",
+        "role",
+        "is-leader",
+    ])?;
     let state = manager.read();
     Ok(Json(
         state
@@ -337,12 +374,10 @@ async fn update_node(
     body: axum::body::Bytes,
 ) -> ApiResult<StatusCode> {
     let spec: NodeSpec = parse_body(&body, "node spec")?;
+    let version = required_version("node", q.version.as_deref())?;
     let state = manager.read();
     let node = find_node(&state, &id)?;
     let node_id = node.id.clone().unwrap_or_default();
-    let version = q.version.ok_or_else(|| {
-        ApiError::BadRequest("invalid node version: the version query parameter is required".into())
-    })?;
     let new_role = spec.role.unwrap_or(NodeSpecRoleEnum::WORKER);
     if node_role(node) == NodeSpecRoleEnum::MANAGER && new_role == NodeSpecRoleEnum::WORKER {
         let managers = state
@@ -375,7 +410,7 @@ async fn remove_node(
     let state = manager.read();
     let node = find_node(&state, &id)?;
     let node_id = node.id.clone().unwrap_or_default();
-    let force = truthy(q.force.as_deref());
+    let force = flag_param(q.force.as_deref());
     if node_role(node) == NodeSpecRoleEnum::MANAGER {
         return Err(ApiError::BadRequest(format!(
             "rpc error: code = FailedPrecondition desc = node {node_id} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal"
@@ -459,6 +494,17 @@ pub fn validate_service_spec(spec: &ServiceSpec) -> ApiResult<()> {
             }
         }
     }
+    // SwarmKit parses the constraints when the spec is written, so a typo is refused
+    // here instead of leaving every task pending; Docker relays its words as they are.
+    if let Some(constraints) = spec
+        .task_template
+        .as_ref()
+        .and_then(|t| t.placement.as_ref())
+        .and_then(|p| p.constraints.as_ref())
+    {
+        scheduler::parse_constraints(constraints)
+            .map_err(|e| ApiError::BadRequest(format!("rpc error: code = Unknown desc = {e}")))?;
+    }
     if let Some(rp) = spec
         .task_template
         .as_ref()
@@ -534,7 +580,8 @@ async fn list_services(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<Service>>> {
     let filters = Filters::parse(q.filters.as_deref())?;
-    let with_status = truthy(q.status.as_deref());
+    filters.accept(&["id", "label", "mode", "name"])?;
+    let with_status = bool_param("status", q.status.as_deref())?;
     let state = manager.read();
     let services = state
         .services
@@ -631,6 +678,7 @@ async fn update_service(
     body: axum::body::Bytes,
 ) -> ApiResult<Json<serde_json::Value>> {
     let mut spec: ServiceSpec = parse_body(&body, "service spec")?;
+    let version = required_version("service", q.version.as_deref())?;
     validate_service_spec(&spec)?;
     validate_endpoint_spec(&spec)?;
     let state = manager.read();
@@ -645,7 +693,6 @@ async fn update_service(
             "rpc error: code = Unimplemented desc = renaming services is not supported".into(),
         ));
     }
-    let version = q.version.unwrap_or_else(|| version_of(&service.version));
     manager
         .propose(Command::UpdateService {
             id,
@@ -683,6 +730,15 @@ async fn list_tasks(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<serde_json::Value>>> {
     let filters = Filters::parse(q.filters.as_deref())?;
+    filters.accept(&[
+        "_up-to-date",
+        "desired-state",
+        "id",
+        "label",
+        "name",
+        "node",
+        "service",
+    ])?;
     let state = manager.read();
     let service_ids: Option<Vec<String>> = filters.get("service").map(|keys| {
         keys.iter()
@@ -791,5 +847,48 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("replicas"));
+    }
+
+    #[test]
+    fn constraints_are_checked_when_the_spec_is_written() {
+        let with = |c: &[&str]| {
+            let mut s = spec("web", "busybox");
+            s.task_template.as_mut().unwrap().placement = Some(models::TaskSpecPlacement {
+                constraints: Some(c.iter().map(|c| c.to_string()).collect()),
+                ..Default::default()
+            });
+            validate_service_spec(&s)
+        };
+        assert!(with(&["node.role==manager", "node.labels.zone != eu"]).is_ok());
+        let e = with(&["node.role==manager", "node.garbage"]).unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            e.to_string(),
+            "rpc error: code = Unknown desc = constraint expected one operator from ==, !="
+        );
+        assert_eq!(
+            with(&["node.role==ma<nager"]).unwrap_err().to_string(),
+            "rpc error: code = Unknown desc = value 'ma<nager' is invalid"
+        );
+    }
+
+    #[test]
+    fn query_values_are_read_as_dockerd_reads_them() {
+        assert_eq!(required_version("service", Some("12")).unwrap(), 12);
+        let e = required_version("service", None).unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert!(e.to_string().starts_with("invalid service version '':"));
+        assert!(required_version("node", Some("-1"))
+            .unwrap_err()
+            .to_string()
+            .starts_with("invalid node version '-1':"));
+        assert!(!bool_param("status", None).unwrap());
+        assert!(bool_param("status", Some("True")).unwrap());
+        assert!(!bool_param("status", Some("0")).unwrap());
+        let e = bool_param("status", Some("maybe")).unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        assert!(e.to_string().starts_with("invalid value for status: maybe"));
+        assert!(flag_param(Some("yes")) && flag_param(Some("1")));
+        assert!(!flag_param(Some("no")) && !flag_param(None) && !flag_param(Some("False")));
     }
 }

@@ -20,21 +20,37 @@ impl Filters {
             .as_object()
             .ok_or_else(|| ApiError::BadRequest(format!("invalid filters {raw}: not an object")))?;
         for (key, values) in object {
+            // Docker decodes the values as a map of booleans (or, from old clients, a list
+            // of strings): anything else is refused rather than half-read.
+            let bad = || ApiError::BadRequest(format!("invalid filter '{key}': {values}"));
             let list: Vec<String> = match values {
-                serde_json::Value::Object(m) => m
-                    .iter()
-                    .filter(|(_, v)| v.as_bool().unwrap_or(true))
-                    .map(|(k, _)| k.clone())
-                    .collect(),
+                serde_json::Value::Object(m) => {
+                    let mut list = Vec::new();
+                    for (k, v) in m {
+                        if v.as_bool().ok_or_else(bad)? {
+                            list.push(k.clone());
+                        }
+                    }
+                    list
+                }
                 serde_json::Value::Array(a) => a
                     .iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect(),
-                _ => return Err(ApiError::BadRequest(format!("invalid filter {key}"))),
+                    .map(|v| v.as_str().map(str::to_string).ok_or_else(bad))
+                    .collect::<Result<_, _>>()?,
+                _ => return Err(bad()),
             };
             out.insert(key.clone(), list);
         }
         Ok(Filters(out))
+    }
+
+    /// Refuses a filter the endpoint does not know, as Docker does (`invalid filter 'x'`),
+    /// rather than ignoring it and listing everything.
+    pub fn accept(&self, known: &[&str]) -> Result<(), ApiError> {
+        match self.0.keys().find(|k| !known.contains(&k.as_str())) {
+            Some(bad) => Err(ApiError::BadRequest(format!("invalid filter '{bad}'"))),
+            None => Ok(()),
+        }
     }
 
     pub fn get(&self, key: &str) -> Option<&[String]> {
@@ -82,6 +98,29 @@ mod tests {
         assert_eq!(f.get("role"), Some(&["manager".to_string()][..]));
         assert!(f.matches("id", |_| false));
         assert!(Filters::parse(Some("nope")).is_err());
+    }
+
+    #[test]
+    fn malformed_and_unknown_filters_are_refused() {
+        for raw in [
+            r#"{"name":1}"#,
+            r#"{"name":{"web":"yes"}}"#,
+            r#"{"name":[1]}"#,
+            "[]",
+        ] {
+            let e = Filters::parse(Some(raw)).unwrap_err();
+            assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST, "{raw}");
+        }
+        let f = Filters::parse(Some(r#"{"name":{"web":true},"colour":{"red":true}}"#)).unwrap();
+        assert_eq!(
+            f.accept(&["name"]).unwrap_err().to_string(),
+            "invalid filter 'colour'"
+        );
+        assert!(f.accept(&["name", "colour"]).is_ok());
+        // `false` values are kept out, the key stays known.
+        let f = Filters::parse(Some(r#"{"name":{"web":false}}"#)).unwrap();
+        assert_eq!(f.get("name"), None);
+        assert!(f.accept(&["id"]).is_err());
     }
 
     #[test]

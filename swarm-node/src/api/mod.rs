@@ -15,7 +15,7 @@ use axum::Router;
 use swarm_pki::{Peer, PeerIdentity, Role};
 use tower::ServiceExt;
 
-use crate::error::{ApiError, NOT_A_MANAGER};
+use crate::error::{docker_shaped, ApiError, MAX_BODY_BYTES, NOT_A_MANAGER, PAGE_NOT_FOUND};
 use crate::manager::Manager;
 
 pub mod docker;
@@ -99,10 +99,24 @@ pub fn require_node(peer: &Peer) -> Result<&PeerIdentity, ApiError> {
     }
 }
 
+/// Docker's answer to an unknown path, and (as dockerd does) to a known path asked with
+/// a method it does not take.
+async fn page_not_found() -> ApiError {
+    ApiError::NotFound(PAGE_NOT_FOUND.into())
+}
+
 /// The whole router. Docker clients put the API version in front of every path
 /// (`/v1.41/nodes`); it is stripped before routing, so one set of routes serves all.
+/// Every error leaves as Docker's `{"message": ...}`, including those axum makes itself
+/// (unknown routes, methods, oversized bodies, unreadable query strings and paths).
 pub fn router(ctx: Ctx) -> Router {
-    let inner = docker::routes().merge(internal::routes()).with_state(ctx);
+    let inner = docker::routes()
+        .merge(internal::routes())
+        .fallback(page_not_found)
+        .method_not_allowed_fallback(page_not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(docker_shaped))
+        .with_state(ctx);
     Router::new().fallback_service(tower::service_fn(move |request: Request<Body>| {
         let inner = inner.clone();
         async move { inner.oneshot(strip_version(request)).await }
@@ -131,6 +145,53 @@ fn strip_version(mut request: Request<Body>) -> Request<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ctx() -> Ctx {
+        Arc::new(NodeContext {
+            node_id: "n1".into(),
+            cluster_id: "c1".into(),
+            advertise_addr: "127.0.0.1:2377".into(),
+            hostname: "node1".into(),
+            ca_pem: String::new(),
+            manager: RwLock::new(None),
+            leave: tokio::sync::watch::channel(false).0,
+        })
+    }
+
+    async fn call(method: &str, uri: &str) -> (u16, String, String) {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap();
+        let response = router(ctx()).oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let ct = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, ct, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_and_methods_answer_as_dockerd() {
+        let not_found = (
+            404,
+            "application/json".to_string(),
+            r#"{"message":"page not found"}"#.to_string(),
+        );
+        assert_eq!(call("GET", "/v1.41/volumes").await, not_found);
+        assert_eq!(call("GET", "/nope").await, not_found);
+        assert_eq!(call("DELETE", "/v1.41/_ping").await, not_found);
+        assert_eq!(call("PUT", "/v1.41/services/create").await, not_found);
+        assert_eq!(call("GET", "/swarmup/v1/nope").await, not_found);
+        let (status, _, body) = call("GET", "/v1.41/_ping").await;
+        assert_eq!((status, body.as_str()), (200, "OK"));
+    }
 
     #[test]
     fn version_prefix_is_stripped() {

@@ -6,6 +6,7 @@
 //! create.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 
 use swarm_state::models::{Node, NodeSpecAvailabilityEnum, NodeState, Task, TaskSpec};
 use swarm_state::ports::{is_ingress, key_of, spec_ports, PortKey};
@@ -206,39 +207,178 @@ pub fn place(
     }
 }
 
+/// One parsed placement constraint: `KEY==VALUE` or `KEY!=VALUE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Constraint {
+    key: String,
+    equal: bool,
+    value: String,
+}
+
+/// Why a constraint was refused, in SwarmKit's words (Docker shows them as they are).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConstraintError {
+    #[error("constraint expected one operator from ==, !=")]
+    NoOperator,
+    #[error("key '{0}' is invalid")]
+    Key(String),
+    #[error("value '{0}' is invalid")]
+    Value(String),
+}
+
+/// A key starts with a letter or '_' and has at least two characters of letters, digits,
+/// '-', '_' and '.'.
+fn valid_key(key: &str) -> bool {
+    let mut chars = key.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && key.len() >= 2
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// A value may not be empty nor hold characters that are (or may become) operators, such
+/// as '<', '>', '~', '!' or '='.
+fn valid_value(value: &str) -> bool {
+    !value.is_empty()
+        && value.chars().all(|c| {
+            c.is_ascii_alphanumeric()
+                || matches!(
+                    c,
+                    ':' | '-'
+                        | '_'
+                        | '.'
+                        | '*'
+                        | '('
+                        | ')'
+                        | '?'
+                        | '+'
+                        | '['
+                        | ']'
+                        | '\\'
+                        | '^'
+                        | '$'
+                        | '|'
+                        | '/'
+                        | ' '
+                        | '\t'
+                        | '\n'
+                        | '\r'
+                        | '\x0c'
+                )
+        })
+}
+
+impl Constraint {
+    /// Parses one expression as SwarmKit does: `==` is looked for first, then `!=`; key and
+    /// value are trimmed.
+    pub fn parse(expr: &str) -> Result<Constraint, ConstraintError> {
+        let (key, value, equal) = if let Some((k, v)) = expr.split_once("==") {
+            (k, v, true)
+        } else if let Some((k, v)) = expr.split_once("!=") {
+            (k, v, false)
+        } else {
+            return Err(ConstraintError::NoOperator);
+        };
+        let (key, value) = (key.trim(), value.trim());
+        if !valid_key(key) {
+            return Err(ConstraintError::Key(key.into()));
+        }
+        if !valid_value(value) {
+            return Err(ConstraintError::Value(value.into()));
+        }
+        Ok(Constraint {
+            key: key.into(),
+            equal,
+            value: value.into(),
+        })
+    }
+
+    /// Whether the node satisfies the constraint. A key the scheduler does not know never
+    /// holds, as in SwarmKit, so such tasks stay pending with the reason shown.
+    pub fn holds(&self, node_id: &str, node: &Node) -> bool {
+        let key = self.key.to_ascii_lowercase();
+        let description = node.description.as_ref();
+        let platform = description.and_then(|d| d.platform.as_ref());
+        let have: String = match key.as_str() {
+            "node.id" => node_id.to_string(),
+            "node.hostname" => node_hostname(node).to_string(),
+            "node.role" => node_role(node).to_string(),
+            "node.platform.os" => platform.and_then(|p| p.os.clone()).unwrap_or_default(),
+            "node.platform.arch" => platform
+                .and_then(|p| p.architecture.clone())
+                .unwrap_or_default(),
+            "node.ip" => {
+                let addr = node.status.as_ref().and_then(|s| s.addr.as_deref());
+                return match ip_matches(&self.value, addr) {
+                    Some(within) => within == self.equal,
+                    None => false,
+                };
+            }
+            _ => {
+                // Label names keep their case; only the prefix is case-insensitive.
+                const NODE: &str = "node.labels.";
+                const ENGINE: &str = "engine.labels.";
+                let (labels, name) = if key.starts_with(NODE) && key.len() > NODE.len() {
+                    (
+                        node.spec.as_ref().and_then(|s| s.labels.as_ref()),
+                        &self.key[NODE.len()..],
+                    )
+                } else if key.starts_with(ENGINE) && key.len() > ENGINE.len() {
+                    (
+                        description
+                            .and_then(|d| d.engine.as_ref())
+                            .and_then(|e| e.labels.as_ref()),
+                        &self.key[ENGINE.len()..],
+                    )
+                } else {
+                    return false;
+                };
+                labels
+                    .and_then(|l| l.get(name).cloned())
+                    .unwrap_or_default()
+            }
+        };
+        have.eq_ignore_ascii_case(&self.value) == self.equal
+    }
+}
+
+/// For `node.ip`: whether the node's address equals an address or lies in a CIDR
+/// subnet; `None` when the value is neither (the constraint then never holds).
+fn ip_matches(value: &str, addr: Option<&str>) -> Option<bool> {
+    let node: Option<IpAddr> = addr.and_then(|a| a.parse().ok());
+    if let Ok(ip) = value.parse::<IpAddr>() {
+        return Some(node == Some(ip));
+    }
+    let (net, bits) = value.split_once('/')?;
+    let net: IpAddr = net.parse().ok()?;
+    let bits: u32 = bits.parse().ok()?;
+    let within = match (net, node) {
+        (IpAddr::V4(n), Some(IpAddr::V4(a))) if bits <= 32 => {
+            let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), Some(IpAddr::V6(a))) if bits <= 128 => {
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        (IpAddr::V4(_), _) if bits > 32 => return None,
+        (IpAddr::V6(_), _) if bits > 128 => return None,
+        _ => false,
+    };
+    Some(within)
+}
+
+/// Parses every constraint of a spec: what the API checks at create and update.
+pub fn parse_constraints(exprs: &[String]) -> Result<Vec<Constraint>, ConstraintError> {
+    exprs.iter().map(|e| Constraint::parse(e)).collect()
+}
+
 /// Evaluates one `--constraint` expression (`node.role==manager`, `node.labels.zone!=a`).
-/// An expression that cannot be parsed never holds, so a typo keeps tasks pending with a
-/// visible message instead of placing them anywhere.
+/// An expression that cannot be parsed never holds: the API refuses them, and one stored
+/// before it did keeps its tasks pending with a visible message.
 pub fn constraint_holds(expr: &str, node_id: &str, node: &Node) -> bool {
-    let (key, want, equal) = if let Some((k, v)) = expr.split_once("!=") {
-        (k.trim(), v.trim(), false)
-    } else if let Some((k, v)) = expr.split_once("==") {
-        (k.trim(), v.trim(), true)
-    } else {
-        return false;
-    };
-    let labels = node.spec.as_ref().and_then(|s| s.labels.as_ref());
-    let have: Option<String> = match key {
-        "node.id" => Some(node_id.to_string()),
-        "node.hostname" => Some(node_hostname(node).to_string()),
-        "node.role" => Some(node_role(node).to_string()),
-        "node.platform.os" => node
-            .description
-            .as_ref()
-            .and_then(|d| d.platform.as_ref())
-            .and_then(|p| p.os.clone()),
-        "node.platform.arch" => node
-            .description
-            .as_ref()
-            .and_then(|d| d.platform.as_ref())
-            .and_then(|p| p.architecture.clone()),
-        k => match k.strip_prefix("node.labels.") {
-            Some(label) => labels.and_then(|l| l.get(label).cloned()),
-            None => return false,
-        },
-    };
-    let matches = have.is_some_and(|h| h.eq_ignore_ascii_case(want));
-    matches == equal
+    Constraint::parse(expr).is_ok_and(|c| c.holds(node_id, node))
 }
 
 #[cfg(test)]
@@ -322,6 +462,78 @@ mod tests {
         ));
         assert!(!constraint_holds("node.labels.zone==x", "b", &s.nodes["b"]));
         assert!(!constraint_holds("garbage", "b", &s.nodes["b"]));
+    }
+
+    #[test]
+    fn constraints_parse_as_swarmkit_does() {
+        let c = Constraint::parse(" node.labels.zone == eu-1 ").unwrap();
+        assert_eq!(
+            (c.key.as_str(), c.equal, c.value.as_str()),
+            ("node.labels.zone", true, "eu-1")
+        );
+        assert!(!Constraint::parse("node.role!=manager").unwrap().equal);
+        let err = |e: &str| Constraint::parse(e).unwrap_err().to_string();
+        assert_eq!(
+            err("node.garbage"),
+            "constraint expected one operator from ==, !="
+        );
+        assert_eq!(
+            err("node.role=manager"),
+            "constraint expected one operator from ==, !="
+        );
+        assert_eq!(err("==manager"), "key '' is invalid");
+        assert_eq!(err("1node==x"), "key '1node' is invalid");
+        assert_eq!(err("node role==x"), "key 'node role' is invalid");
+        assert_eq!(err("node.role=="), "value '' is invalid");
+        assert_eq!(err("node.role==a<b"), "value 'a<b' is invalid");
+        // `==` is looked for first: what is left of it is the key.
+        assert_eq!(err("a!=b==c"), "key 'a!=b' is invalid");
+        assert_eq!(
+            err("a==b!=c"),
+            "key 'a' is invalid",
+            "two characters at least"
+        );
+        assert_eq!(err("ab==b!=c"), "value 'b!=c' is invalid");
+        // Unknown keys parse (and never hold), as in SwarmKit.
+        assert!(Constraint::parse("node.garbage==x").is_ok());
+        assert!(parse_constraints(&["node.role==worker".into(), "x".into()]).is_err());
+        assert_eq!(parse_constraints(&[]), Ok(vec![]));
+    }
+
+    #[test]
+    fn constraint_keys_labels_and_addresses() {
+        let mut n = node("a", NodeSpecRoleEnum::WORKER, true);
+        n.spec.as_mut().unwrap().labels = Some(
+            [("Zone".to_string(), "EU".to_string())]
+                .into_iter()
+                .collect(),
+        );
+        n.description.as_mut().unwrap().engine = Some(swarm_state::models::EngineDescription {
+            labels: Some(
+                [("disk".to_string(), "ssd".to_string())]
+                    .into_iter()
+                    .collect(),
+            ),
+            ..Default::default()
+        });
+        n.status.as_mut().unwrap().addr = Some("10.1.2.3".into());
+        let holds = |e: &str| Constraint::parse(e).unwrap().holds("a", &n);
+        assert!(holds("NODE.ROLE==Worker"));
+        assert!(holds("node.labels.Zone==eu"));
+        assert!(holds("NODE.LABELS.Zone==eu"));
+        assert!(
+            !holds("node.labels.zone==eu"),
+            "label names keep their case"
+        );
+        assert!(holds("node.labels.missing!=x"));
+        assert!(holds("engine.labels.disk==ssd"));
+        assert!(holds("node.ip==10.1.2.3"));
+        assert!(holds("node.ip==10.1.0.0/16"));
+        assert!(holds("node.ip!=10.2.0.0/16"));
+        assert!(!holds("node.ip==nonsense"));
+        assert!(!holds("node.ip!=nonsense"));
+        assert!(!holds("node.garbage==x"));
+        assert!(!holds("node.garbage!=x"));
     }
 
     fn host_service(id: &str, published: i64, proto: Proto) -> swarm_state::models::Service {

@@ -14,8 +14,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("create temp dir");
-        let log = LogStore::open(dir.path()).await?;
-        let sm = StateMachineStore::open(dir.path()).await?;
+        let key = crate::at_rest::tests::key_in(dir.path());
+        let log = LogStore::open(dir.path(), key.clone()).await?;
+        let sm = StateMachineStore::open(dir.path(), key).await?;
         Ok((dir, log, sm))
     }
 }
