@@ -272,7 +272,16 @@ pub async fn create(out: &Output, args: CreateArgs) -> Result<()> {
         provider_options: BTreeMap::new(),
     });
     record.machines = planned.clone();
+    // `swarmup firewall sync --publish-from` keeps its sources in the same map.
+    let publish_from = record
+        .provider_options
+        .remove(crate::firewall::OPT_PUBLISH_FROM);
     record.provider_options = choice.recorded();
+    if let Some(v) = publish_from {
+        record
+            .provider_options
+            .insert(crate::firewall::OPT_PUBLISH_FROM.to_string(), v);
+    }
     dir.save(&record)?;
 
     let progress = out.progress();
@@ -498,7 +507,7 @@ pub fn pick_cluster(name: Option<&str>) -> Result<(ClusterDir, ClusterRecord)> {
     }
 }
 
-async fn provider_of(record: &ClusterRecord) -> Result<Arc<dyn Provider>> {
+pub async fn provider_of(record: &ClusterRecord) -> Result<Arc<dyn Provider>> {
     providers::build(&ProviderChoice {
         name: record.provider.clone(),
         ..Default::default()

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 mod api;
 mod commands;
 mod digitalocean;
+mod firewall;
 mod output;
 mod providers;
 mod publish;
@@ -64,6 +65,11 @@ enum Command {
     Service {
         #[command(subcommand)]
         command: ServiceCommand,
+    },
+    /// The provider's cloud firewall and the services' published ports.
+    Firewall {
+        #[command(subcommand)]
+        command: FirewallCommand,
     },
     /// Images for clusters without a registry.
     Image {
@@ -196,6 +202,19 @@ pub enum ServiceCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum FirewallCommand {
+    /// Let exactly the services' published ports through the cloud firewall.
+    Sync {
+        name: String,
+        /// Who may reach the published ports (CIDR, repeatable; default anywhere).
+        /// Remembered for later syncs; `--publish-from 0.0.0.0/0 --publish-from ::/0`
+        /// opens them to anywhere again.
+        #[arg(long)]
+        publish_from: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ImageCommand {
     /// Load a `docker save` archive into every node's engine.
     Load {
@@ -251,7 +270,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stop { name, nodes } => commands::power(&out, &name, &nodes, false).await,
         Command::Start { name, nodes } => commands::power(&out, &name, &nodes, true).await,
         Command::Node { command } => api::node(&out, command).await,
-        Command::Service { command } => api::service(&out, command).await,
+        Command::Service { command } => {
+            // Creating or removing a service can change the published ports.
+            let changes_ports = match &command {
+                ServiceCommand::Create { sel, .. } | ServiceCommand::Rm { sel, .. } => {
+                    Some(sel.cluster.clone())
+                }
+                _ => None,
+            };
+            api::service(&out, command).await?;
+            match changes_ports {
+                Some(cluster) => firewall::after_service_change(&out, cluster.as_deref()).await,
+                None => Ok(()),
+            }
+        }
+        Command::Firewall { command } => match command {
+            FirewallCommand::Sync { name, publish_from } => {
+                firewall::sync(&out, &name, publish_from).await
+            }
+        },
         Command::Image { command } => match command {
             ImageCommand::Load { name, input } => commands::image_load(&out, &name, input).await,
         },

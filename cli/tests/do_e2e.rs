@@ -597,6 +597,8 @@ fn create_a_swarm_from_a_token_then_destroy_leaves_nothing() {
     assert!(out.ok(), "docker node ls through swarmup env failed: {out}");
     assert_eq!(out.stdout.matches("Ready").count(), 3, "{out}");
 
+    published_ports_open_and_close_the_cloud_firewall(&env, name);
+
     // Another machine with only the token: `ls` finds the cluster by its tags and
     // `destroy` removes it.
     env.other_home("home-elsewhere");
@@ -607,6 +609,111 @@ fn create_a_swarm_from_a_token_then_destroy_leaves_nothing() {
         assert!(destroyed.contains(what), "{destroyed}");
     }
     env.assert_nothing_left(name);
+}
+
+/// A service published on 9200 opens 9200/tcp in the cloud firewall from anywhere;
+/// `firewall sync --publish-from` narrows it and is remembered; removing the service
+/// closes it again, and swarmup's own rules never change.
+fn published_ports_open_and_close_the_cloud_firewall(env: &Env, name: &str) {
+    // The nodes have no registry: the service's image comes from this host.
+    support::ensure_test_image();
+    let mut save = support::host_docker();
+    save.args(["save", support::IMAGE]).stdout(Stdio::piped());
+    let mut save = save.spawn().expect("run docker save");
+    let mut load = env.swarmup(&["image", "load", name]);
+    load.stdin(Stdio::from(save.stdout.take().expect("docker save stdout")));
+    run_bounded(load, COMMAND_TIMEOUT).expect_ok();
+    assert!(
+        save.wait().expect("docker save").success(),
+        "docker save failed"
+    );
+
+    let own = env.fake().firewalls()[0].inbound_rules.clone();
+    let fw_path = format!("/v2/firewalls/{}", env.fake().firewalls()[0].id);
+    let rule_9200 = || {
+        let fw = env.fake().firewalls();
+        let rules: Vec<_> = fw[0]
+            .inbound_rules
+            .iter()
+            .filter(|r| r["ports"] == "9200")
+            .cloned()
+            .collect();
+        assert!(rules.len() <= 1, "{rules:?}");
+        rules.into_iter().next()
+    };
+    assert!(rule_9200().is_none());
+
+    let created = env.run(&[
+        "service",
+        "create",
+        "--cluster",
+        name,
+        "--name",
+        "es",
+        "-p",
+        "9200:9200",
+        support::IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    let stderr = created.stderr.clone();
+    created.expect_ok();
+    assert!(
+        stderr.contains("opened 9200/tcp from 0.0.0.0/0, ::/0"),
+        "{stderr}"
+    );
+    let rule = rule_9200().expect("a 9200 rule after service create");
+    assert_eq!(rule["protocol"], "tcp");
+    assert_eq!(
+        rule["sources"]["addresses"],
+        serde_json::json!(["0.0.0.0/0", "::/0"])
+    );
+    assert_eq!(
+        env.fake().firewalls()[0].inbound_rules[..own.len()],
+        own[..]
+    );
+
+    // In sync already: nothing is sent.
+    env.fake().clear_api_calls();
+    let out = env.run(&["firewall", "sync", name]).expect_ok();
+    assert!(
+        out.contains("already allows exactly the published ports"),
+        "{out}"
+    );
+    assert_eq!(count(&env.calls(), "PUT", &fw_path), 0);
+
+    let out = env
+        .run(&["firewall", "sync", name, "--publish-from", "192.0.2.0/24"])
+        .expect_ok();
+    assert!(out.contains("opened 9200/tcp from 192.0.2.0/24"), "{out}");
+    assert!(
+        out.contains("closed 9200/tcp from 0.0.0.0/0, ::/0"),
+        "{out}"
+    );
+    let rule = rule_9200().expect("the 9200 rule, narrowed");
+    assert_eq!(
+        rule["sources"]["addresses"],
+        serde_json::json!(["192.0.2.0/24"])
+    );
+    // Remembered: a plain sync keeps the narrow source.
+    let out = env.run(&["firewall", "sync", name]).expect_ok();
+    assert!(out.contains("already allows"), "{out}");
+
+    let bad = env.run(&["firewall", "sync", name, "--publish-from", "192.0.2.0/33"]);
+    assert!(!bad.ok(), "{bad}");
+    assert_eq!(bad.stderr.trim().lines().count(), 1, "{bad}");
+    assert!(bad.stderr.contains("invalid --publish-from"), "{bad}");
+    assert!(rule_9200().is_some());
+
+    let removed = env.run(&["service", "rm", "--cluster", name, "es"]);
+    let stderr = removed.stderr.clone();
+    removed.expect_ok();
+    assert!(
+        stderr.contains("closed 9200/tcp from 192.0.2.0/24"),
+        "{stderr}"
+    );
+    assert!(rule_9200().is_none());
+    assert_eq!(env.fake().firewalls()[0].inbound_rules, own);
 }
 
 /// A multi-create that makes one droplet of three fails; the same create run again

@@ -106,6 +106,58 @@ pub struct DestroyReport {
     pub removed: Vec<String>,
 }
 
+/// The transport protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortProtocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl fmt::Display for PortProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PortProtocol::Tcp => "tcp",
+            PortProtocol::Udp => "udp",
+            PortProtocol::Sctp => "sctp",
+        })
+    }
+}
+
+/// A port the cluster's services publish (ingress or host mode), as the cluster's cloud
+/// firewall must let it in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PublishedPort {
+    pub port: u16,
+    pub protocol: PortProtocol,
+}
+
+impl fmt::Display for PublishedPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.port, self.protocol)
+    }
+}
+
+/// What [`Provider::sync_published_ports`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "result")]
+pub enum FirewallSync {
+    /// The provider puts no cloud firewall in front of its machines; the message says
+    /// what that means for published ports.
+    NoCloudFirewall { message: String },
+    /// The firewall now allows exactly the published ports. `opened` and `closed` name
+    /// the rules that changed (`9200/tcp from 0.0.0.0/0, ::/0`); both are empty when the
+    /// firewall already was in sync and nothing was sent.
+    Synced {
+        firewall: String,
+        opened: Vec<String>,
+        closed: Vec<String>,
+        /// Published ports the firewall cannot express (e.g. sctp), with the reason.
+        skipped: Vec<String>,
+    },
+}
+
 /// Errors a provider returns. Messages are one line, name what was wrong and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
@@ -170,4 +222,57 @@ pub trait Provider: Send + Sync + fmt::Debug {
 
     /// Powers a machine back on.
     async fn power_on(&self, cluster: &str, machine: &str) -> Result<Machine, ProviderError>;
+
+    /// Whether the provider puts a cloud firewall in front of the machines, which
+    /// [`Provider::sync_published_ports`] must open for published ports.
+    fn has_cloud_firewall(&self) -> bool {
+        false
+    }
+
+    /// Makes the cluster's cloud firewall let in exactly `ports` (from `from`, or from
+    /// anywhere when empty), keeping the provider's own rules as they are. Providers
+    /// without a cloud firewall have nothing to open.
+    async fn sync_published_ports(
+        &self,
+        cluster: &str,
+        ports: &[PublishedPort],
+        from: &[String],
+    ) -> Result<FirewallSync, ProviderError> {
+        let _ = (cluster, ports, from);
+        Ok(FirewallSync::NoCloudFirewall {
+            message: format!(
+                "the {} provider has no cloud firewall, so there is nothing to open: \
+                 the nodes' own firewall rules do not block published ports",
+                self.name()
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_provider_without_a_cloud_firewall_says_there_is_nothing_to_open() {
+        let lab = lab::LabProvider::new(lab::LabConfig::default());
+        assert!(!lab.has_cloud_firewall());
+        let ports = [PublishedPort {
+            port: 9200,
+            protocol: PortProtocol::Tcp,
+        }];
+        let FirewallSync::NoCloudFirewall { message } =
+            lab.sync_published_ports("c1", &ports, &[]).await.unwrap()
+        else {
+            panic!("the lab has no cloud firewall");
+        };
+        assert!(
+            message.contains("lab provider has no cloud firewall"),
+            "{message}"
+        );
+        assert!(
+            message.contains("do not block published ports"),
+            "{message}"
+        );
+    }
 }

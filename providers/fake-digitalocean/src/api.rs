@@ -873,9 +873,31 @@ fn read_rules(v: &Value, key: &str, target: &str) -> Result<Vec<Value>, String> 
                 "every rule in {key} needs at least one of {target}"
             ));
         }
+        // DigitalOcean takes addresses as IPv4 or IPv6 addresses or CIDR blocks only.
+        if let Some(addresses) = t.get("addresses").and_then(Value::as_array) {
+            for a in addresses {
+                let text = a.as_str().unwrap_or_default();
+                if !is_address_or_cidr(text) {
+                    return Err(format!(
+                        "{text:?} in {key} is not a valid IP address or CIDR block"
+                    ));
+                }
+            }
+        }
         out.push(json!({"protocol": protocol, "ports": ports, target: t}));
     }
     Ok(out)
+}
+
+fn is_address_or_cidr(text: &str) -> bool {
+    let (addr, prefix) = match text.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (text, None),
+    };
+    addr.parse::<std::net::IpAddr>().is_ok_and(|ip| {
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        prefix.is_none_or(|p| p.parse::<u8>().is_ok_and(|p| p <= max))
+    })
 }
 
 struct FirewallBody {

@@ -346,3 +346,78 @@ async fn power_actions_turn_droplets_off_and_on() {
     assert_eq!(status, 422);
     fake.shutdown().await;
 }
+
+#[tokio::test]
+async fn put_replaces_a_whole_firewall_and_refuses_bad_rules_like_digitalocean() {
+    let fake = start(FakeOptions::default()).await;
+    let rule = |ports: &str, addresses: Value| json!({"protocol": "tcp", "ports": ports, "sources": {"addresses": addresses}});
+    let (status, _, v) = call(
+        &fake,
+        reqwest::Method::POST,
+        "/v2/firewalls",
+        Some(json!({
+            "name": "fw1",
+            "tags": ["t1"],
+            "inbound_rules": [rule("22", json!(["0.0.0.0/0"]))],
+        })),
+    )
+    .await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["firewall"]["id"].as_str().unwrap().to_string();
+    let path = format!("/v2/firewalls/{id}");
+
+    // Everything not sent is reset: the tags go, the rules are the new ones.
+    let (status, _, v) = call(
+        &fake,
+        reqwest::Method::PUT,
+        &path,
+        Some(json!({
+            "name": "fw1",
+            "inbound_rules": [
+                rule("22", json!(["0.0.0.0/0"])),
+                rule("9200", json!(["192.0.2.0/24", "2001:db8::/48"])),
+            ],
+        })),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let (_, _, got) = call(&fake, reqwest::Method::GET, &path, None).await;
+    assert_eq!(
+        got["firewall"]["inbound_rules"].as_array().unwrap().len(),
+        2
+    );
+    assert_eq!(got["firewall"]["tags"], json!([]));
+    assert_eq!(
+        got["firewall"]["inbound_rules"][1]["sources"]["addresses"],
+        json!(["192.0.2.0/24", "2001:db8::/48"])
+    );
+
+    // Refused with DigitalOcean's error shape, and the firewall stays as it was.
+    for bad in [
+        json!({"name": "fw1", "inbound_rules": [rule("9200", json!(["192.0.2.0/33"]))]}),
+        json!({"name": "fw1", "inbound_rules": [rule("9200", json!(["example.com"]))]}),
+        json!({"name": "fw1", "inbound_rules": [rule("70000", json!(["0.0.0.0/0"]))]}),
+        json!({"name": "fw1", "inbound_rules": [{"protocol": "gre", "sources": {"addresses": ["0.0.0.0/0"]}}]}),
+        json!({"inbound_rules": [rule("22", json!(["0.0.0.0/0"]))]}),
+    ] {
+        let (status, _, v) = call(&fake, reqwest::Method::PUT, &path, Some(bad.clone())).await;
+        assert_eq!(
+            (status, v["id"].as_str()),
+            (400, Some("bad_request")),
+            "{bad}"
+        );
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    }
+    let (_, _, after) = call(&fake, reqwest::Method::GET, &path, None).await;
+    assert_eq!(after, got);
+
+    let (status, _, v) = call(
+        &fake,
+        reqwest::Method::PUT,
+        "/v2/firewalls/bb4b2611-3d72-467b-8602-000000000999",
+        Some(json!({"name": "fw1", "inbound_rules": [rule("22", json!(["0.0.0.0/0"]))]})),
+    )
+    .await;
+    assert_eq!((status, v["id"].as_str()), (404, Some("not_found")));
+    fake.shutdown().await;
+}

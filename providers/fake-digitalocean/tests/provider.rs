@@ -680,3 +680,81 @@ async fn every_wait_has_a_deadline() {
     fake.shutdown().await;
     slow.shutdown().await;
 }
+
+#[tokio::test]
+async fn published_ports_are_synced_into_the_firewall_with_one_update_at_most() {
+    use swarmup_providers::{FirewallSync, PortProtocol, PublishedPort};
+    let fake = fake().await;
+    let p = provider_with(&fake, |o| o.ssh_from = vec!["198.51.100.7/32".into()]).0;
+    p.create(&plan("fw", 1, 1), &Lines::default())
+        .await
+        .unwrap();
+    let own = fake.firewalls()[0].inbound_rules.clone();
+    let fw_path = format!("/v2/firewalls/{}", fake.firewalls()[0].id);
+    let es = [PublishedPort {
+        port: 9200,
+        protocol: PortProtocol::Tcp,
+    }];
+    let rule_9200 = || {
+        fake.firewalls()[0]
+            .inbound_rules
+            .iter()
+            .find(|r| r["ports"] == "9200")
+            .cloned()
+    };
+
+    fake.clear_api_calls();
+    let sync = p.sync_published_ports("fw", &es, &[]).await.unwrap();
+    let FirewallSync::Synced { opened, closed, .. } = &sync else {
+        panic!("{sync:?}");
+    };
+    assert_eq!(opened, &["9200/tcp from 0.0.0.0/0, ::/0"]);
+    assert!(closed.is_empty());
+    assert_eq!(count(&fake.api_calls(), "PUT", &fw_path), 1);
+    let rule = rule_9200().expect("9200 rule");
+    assert_eq!(rule["protocol"], "tcp");
+    assert_eq!(rule["sources"]["addresses"], json!(["0.0.0.0/0", "::/0"]));
+    // swarmup's own rules are untouched.
+    assert_eq!(fake.firewalls()[0].inbound_rules[..own.len()], own[..]);
+
+    // Already in sync: nothing is sent.
+    fake.clear_api_calls();
+    let sync = p.sync_published_ports("fw", &es, &[]).await.unwrap();
+    assert!(
+        matches!(&sync, FirewallSync::Synced { opened, closed, .. } if opened.is_empty() && closed.is_empty()),
+        "{sync:?}"
+    );
+    assert_eq!(count(&fake.api_calls(), "PUT", &fw_path), 0);
+
+    // Narrowed, then the create run again must not close the port.
+    p.sync_published_ports("fw", &es, &["192.0.2.0/24".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        rule_9200().expect("9200 rule")["sources"]["addresses"],
+        json!(["192.0.2.0/24"])
+    );
+    p.create(&plan("fw", 1, 1), &Lines::default())
+        .await
+        .unwrap();
+    assert!(rule_9200().is_some());
+
+    // Nothing published any more: back to swarmup's own rules.
+    let sync = p.sync_published_ports("fw", &[], &[]).await.unwrap();
+    let FirewallSync::Synced { closed, .. } = &sync else {
+        panic!("{sync:?}");
+    };
+    assert_eq!(closed, &["9200/tcp from 192.0.2.0/24"]);
+    assert_eq!(fake.firewalls()[0].inbound_rules, own);
+
+    // A bad source is refused before any call; an unknown cluster has no firewall.
+    let e = p
+        .sync_published_ports("fw", &es, &["192.0.2.0/33".into()])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("--publish-from"), "{e}");
+    let e = p.sync_published_ports("nope", &es, &[]).await.unwrap_err();
+    assert!(e.to_string().contains("no firewall"), "{e}");
+    p.destroy("fw").await.unwrap();
+    fake.shutdown().await;
+}

@@ -19,7 +19,10 @@ mod types;
 pub use client::{md5_fingerprint, ApiCallCount, DoClient, RetryPolicy, DEFAULT_API_URL};
 pub use clock::{Clock, ScaledClock, SystemClock};
 pub use error::DoError;
-pub use firewall::{cluster_firewall, SSH_FROM_ANYWHERE};
+pub use firewall::{
+    cluster_firewall, is_published_port_rule, published_rules, with_published_rules, MAX_RULES,
+    SSH_FROM_ANYWHERE,
+};
 pub use provider::{
     cluster_tag, resource_name, role_tag, DigitalOceanOptions, DigitalOceanProvider, DoPlan,
     SshKeyChoice, UserData, MAX_NAMES_PER_CALL, MAX_USER_DATA, TAG_ALL,

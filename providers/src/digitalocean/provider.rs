@@ -9,11 +9,14 @@ use serde::Serialize;
 use super::client::{md5_fingerprint, ApiCallCount, DoClient, RetryPolicy, DEFAULT_API_URL};
 use super::clock::{lock, Clock, SystemClock};
 use super::error::DoError;
-use super::firewall::{cluster_firewall, firewall_matches, SSH_FROM_ANYWHERE};
+use super::firewall::{
+    cluster_firewall, firewall_matches, keeping_published_rules, published_changes,
+    published_rules, with_published_rules, MAX_RULES, SSH_FROM_ANYWHERE,
+};
 use super::types::{Droplet, DropletCreate, Size};
 use crate::{
-    ClusterPlan, DestroyReport, Machine, MachinePlan, PowerState, Progress, Provider,
-    ProviderError, Role, SshEndpoint,
+    ClusterPlan, DestroyReport, FirewallSync, Machine, MachinePlan, PowerState, Progress, Provider,
+    ProviderError, PublishedPort, Role, SshEndpoint,
 };
 
 /// Every droplet swarmup makes carries this tag.
@@ -287,9 +290,13 @@ fn check_droplet_name(name: &str) -> Result<(), ProviderError> {
 }
 
 fn check_cidr(cidr: &str) -> Result<(), ProviderError> {
+    check_source("ssh source", cidr)
+}
+
+fn check_source(what: &str, cidr: &str) -> Result<(), ProviderError> {
     let bad = || {
         invalid(format!(
-            "ssh source {cidr:?} is not an address or CIDR: use e.g. 203.0.113.7/32 or 2001:db8::/48"
+            "{what} {cidr:?} is not an address or CIDR: use e.g. 203.0.113.7/32 or 2001:db8::/48"
         ))
     };
     let (addr, prefix) = match cidr.split_once('/') {
@@ -747,8 +754,13 @@ impl DigitalOceanProvider {
         let want = cluster_firewall(&name, &cluster_tag(cluster), &self.options.ssh_from);
         let existing = self.client.firewalls().await?;
         match existing.iter().find(|f| f.name == name) {
-            Some(f) if firewall_matches(f, &want) => {}
             Some(f) => {
+                // Repairing swarmup's own rules must not close the services' ports.
+                let want = keeping_published_rules(want, f);
+                if firewall_matches(f, &want) {
+                    self.warn(cluster, &name, progress);
+                    return Ok(());
+                }
                 self.client.update_firewall(&f.id, &want).await?;
                 progress.machine(&name, &format!("firewall {} updated", f.id));
             }
@@ -757,11 +769,15 @@ impl DigitalOceanProvider {
                 progress.machine(&name, &format!("firewall {} created", f.id));
             }
         }
+        self.warn(cluster, &name, progress);
+        Ok(())
+    }
+
+    fn warn(&self, cluster: &str, name: &str, progress: &dyn Progress) {
         for w in self.warnings() {
             tracing::warn!(cluster, "{w}");
-            progress.machine(&name, &w);
+            progress.machine(name, &w);
         }
-        Ok(())
     }
 
     fn machine(&self, d: &Droplet) -> Machine {
@@ -1165,6 +1181,57 @@ impl Provider for DigitalOceanProvider {
     async fn power_on(&self, cluster: &str, machine: &str) -> Result<Machine, ProviderError> {
         let d = self.power(cluster, machine, true).await?;
         Ok(self.machine(&d))
+    }
+
+    fn has_cloud_firewall(&self) -> bool {
+        true
+    }
+
+    async fn sync_published_ports(
+        &self,
+        cluster: &str,
+        ports: &[PublishedPort],
+        from: &[String],
+    ) -> Result<FirewallSync, ProviderError> {
+        check_cluster_name(cluster)?;
+        for cidr in from {
+            check_source("--publish-from", cidr)?;
+        }
+        let name = resource_name(cluster);
+        let firewalls = self.client.firewalls().await?;
+        let Some(have) = firewalls.iter().find(|f| f.name == name) else {
+            return Err(invalid(format!(
+                "cluster {cluster} has no firewall {name} on DigitalOcean: run \
+                 `swarmup create --provider digitalocean --name {cluster}` again to restore it"
+            )));
+        };
+        let (rules, skipped) = published_rules(ports, from);
+        let want = with_published_rules(have, rules);
+        let total = want.inbound_rules.len() + want.outbound_rules.len();
+        if total > MAX_RULES {
+            return Err(invalid(format!(
+                "the published ports need {total} firewall rules and DigitalOcean takes at most \
+                 {MAX_RULES} per firewall: publish fewer ports, or consecutive ones (a run of \
+                 ports is one rule)"
+            )));
+        }
+        let (opened, closed) = published_changes(have, &want);
+        // Nothing is sent when the firewall already says the same: a sync after every
+        // service change costs one GET.
+        if !firewall_matches(have, &want) {
+            self.client
+                .update_firewall(&have.id, &want)
+                .await
+                .map_err(|e| {
+                    ProviderError::Api(format!("updating firewall {} ({name}): {e}", have.id))
+                })?;
+        }
+        Ok(FirewallSync::Synced {
+            firewall: format!("{} ({name})", have.id),
+            opened,
+            closed,
+            skipped,
+        })
     }
 }
 

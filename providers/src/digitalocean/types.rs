@@ -213,6 +213,20 @@ pub struct Targets {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub droplet_ids: Vec<u64>,
+    /// Kept so that a rule naming a load balancer or a Kubernetes cluster survives a
+    /// `PUT`, which replaces every rule.
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub load_balancer_uids: Vec<String>,
+    #[serde(
+        default,
+        deserialize_with = "null_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub kubernetes_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,6 +256,10 @@ pub struct FirewallCreate {
     pub inbound_rules: Vec<InboundRule>,
     pub outbound_rules: Vec<OutboundRule>,
     pub tags: Vec<String>,
+    /// `PUT` resets what it is not given, so droplets someone attached by hand are sent
+    /// back as they are.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub droplet_ids: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
