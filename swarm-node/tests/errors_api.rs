@@ -65,16 +65,6 @@ fn spec(name: &str, constraints: &[&str]) -> Vec<u8> {
     .into_bytes()
 }
 
-fn docker_err(n: &TestNode, args: &[&str]) -> String {
-    let out = n.docker(args);
-    assert!(
-        !out.status.success(),
-        "docker {args:?} should fail but printed {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 #[test]
 fn e1_every_error_is_docker_shaped() {
     if !e2e_enabled("e1_every_error_is_docker_shaped") {
@@ -208,26 +198,23 @@ fn e2_the_docker_cli_sees_docker_words() {
     sb.init("1s");
     let n = &sb.nodes[0];
 
-    let err = docker_err(
-        n,
-        &[
-            "service",
-            "create",
-            "-d",
-            "--name",
-            "web",
-            "--replicas",
-            "0",
-            "--constraint",
-            "node.garbage",
-            IMAGE,
-        ],
-    );
+    let err = n.docker_err(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "web",
+        "--replicas",
+        "0",
+        "--constraint",
+        "node.garbage",
+        IMAGE,
+    ]);
     assert!(
         err.contains("constraint expected one operator from ==, !="),
         "{err}"
     );
-    assert!(docker_err(n, &["service", "inspect", "web"]).contains("web"));
+    assert!(n.docker_err(&["service", "inspect", "web"]).contains("web"));
 
     n.docker_ok(&[
         "service",
@@ -258,17 +245,14 @@ fn e2_the_docker_cli_sees_docker_words() {
         "tier=front",
         "web",
     ]);
-    let err = docker_err(
-        n,
-        &[
-            "service",
-            "update",
-            "-d",
-            "--constraint-add",
-            "node.role=worker",
-            "web",
-        ],
-    );
+    let err = n.docker_err(&[
+        "service",
+        "update",
+        "-d",
+        "--constraint-add",
+        "node.role=worker",
+        "web",
+    ]);
     assert!(
         err.contains("constraint expected one operator from ==, !="),
         "{err}"
@@ -293,6 +277,6 @@ fn e2_the_docker_cli_sees_docker_words() {
     assert!(labels.contains("\"tier\":\"front\""), "{labels}");
 
     // A filter the CLI passes through unchecked is refused, not ignored.
-    let err = docker_err(n, &["service", "ls", "--filter", "colour=red"]);
+    let err = n.docker_err(&["service", "ls", "--filter", "colour=red"]);
     assert!(err.contains("invalid filter 'colour'"), "{err}");
 }

@@ -17,17 +17,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Runs a docker command expected to fail and returns what it printed.
-fn docker_err(n: &TestNode, args: &[&str]) -> String {
-    let out = n.docker(args);
-    assert!(
-        !out.status.success(),
-        "docker {args:?} should fail but printed {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 fn json_of(n: &TestNode, args: &[&str]) -> Value {
     let text = n.docker_ok(args);
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
@@ -142,40 +131,34 @@ fn n10_network_verbs_with_the_docker_cli() {
     assert_eq!(auto1["IPAM"]["Config"][0]["Subnet"], "10.0.1.0/24");
 
     // Refusals, with Docker's words where Docker has them.
-    let err = docker_err(n, &["network", "create", "-d", "overlay", "mynet"]);
+    let err = n.docker_err(&["network", "create", "-d", "overlay", "mynet"]);
     assert!(
         err.contains("network with name mynet already exists"),
         "{err}"
     );
-    let err = docker_err(
-        n,
-        &[
-            "network",
-            "create",
-            "-d",
-            "overlay",
-            "--subnet",
-            "10.10.0.128/25",
-            "other",
-        ],
-    );
+    let err = n.docker_err(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--subnet",
+        "10.10.0.128/25",
+        "other",
+    ]);
     assert!(err.contains("Pool overlaps"), "{err}");
-    let err = docker_err(
-        n,
-        &[
-            "network",
-            "create",
-            "-d",
-            "overlay",
-            "--subnet",
-            "10.300.0.0/16",
-            "bad",
-        ],
-    );
+    let err = n.docker_err(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--subnet",
+        "10.300.0.0/16",
+        "bad",
+    ]);
     assert!(err.to_lowercase().contains("invalid"), "{err}");
-    let err = docker_err(n, &["network", "create", "plain"]);
+    let err = n.docker_err(&["network", "create", "plain"]);
     assert!(err.contains("only swarm-scoped overlay networks"), "{err}");
-    let err = docker_err(n, &["network", "inspect", "nope"]);
+    let err = n.docker_err(&["network", "inspect", "nope"]);
     assert!(err.contains("nope"), "{err}");
 
     // Services on networks.
@@ -241,56 +224,47 @@ fn n10_network_verbs_with_the_docker_cli() {
         &["service", "inspect", "--format", "{{json .Endpoint}}", "rr"],
     );
     assert!(endpoint.get("VirtualIPs").is_none(), "{endpoint}");
-    let err = docker_err(
-        n,
-        &[
-            "service",
-            "create",
-            "-d",
-            "--name",
-            "x",
-            "--network",
-            "ingress",
-            IMAGE,
-        ],
-    );
+    let err = n.docker_err(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "x",
+        "--network",
+        "ingress",
+        IMAGE,
+    ]);
     assert!(
         err.contains("explicitly attached to the ingress network"),
         "{err}"
     );
-    let err = docker_err(
-        n,
-        &[
-            "service",
-            "create",
-            "-d",
-            "--name",
-            "x",
-            "--network",
-            "nope",
-            IMAGE,
-        ],
-    );
+    let err = n.docker_err(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "x",
+        "--network",
+        "nope",
+        IMAGE,
+    ]);
     assert!(err.contains("network nope not found"), "{err}");
-    let err = docker_err(
-        n,
-        &[
-            "service",
-            "create",
-            "-d",
-            "--name",
-            "x",
-            "--endpoint-mode",
-            "dnsrr",
-            "-p",
-            "8080:80",
-            IMAGE,
-        ],
-    );
+    let err = n.docker_err(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "x",
+        "--endpoint-mode",
+        "dnsrr",
+        "-p",
+        "8080:80",
+        IMAGE,
+    ]);
     assert!(err.contains("can't be used with dnsrr mode"), "{err}");
 
     // A network in use cannot be removed; once its services are gone it can.
-    let err = docker_err(n, &["network", "rm", "mynet"]);
+    let err = n.docker_err(&["network", "rm", "mynet"]);
     assert!(err.contains("is in use by service"), "{err}");
     n.docker_ok(&["service", "rm", "web", "rr"]);
     n.docker_ok(&["network", "rm", "mynet"]);

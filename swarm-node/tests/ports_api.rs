@@ -40,16 +40,6 @@ impl Drop for Swarm {
     }
 }
 
-fn docker_err(n: &TestNode, args: &[&str]) -> String {
-    let out = n.docker(args);
-    assert!(
-        !out.status.success(),
-        "docker {args:?} should fail but printed {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 fn endpoint(n: &TestNode, service: &str) -> Value {
     let text = n.docker_ok(&[
         "service",
@@ -142,12 +132,9 @@ fn p10_published_ports_with_the_docker_cli() {
     assert_eq!(networks.trim(), "null", "ingress is not in the user's spec");
 
     // Another service cannot take it, in SwarmKit's words; udp is another port.
-    let err = docker_err(
-        n,
-        &[
-            "service", "create", "-d", "--name", "other", "-p", "9200:80", IMAGE,
-        ],
-    );
+    let err = n.docker_err(&[
+        "service", "create", "-d", "--name", "other", "-p", "9200:80", IMAGE,
+    ]);
     assert!(
         err.contains(&format!(
             "port '9200' is already in use by service 'search' ({search}) as an ingress port"
@@ -191,45 +178,36 @@ fn p10_published_ports_with_the_docker_cli() {
     assert_eq!(ports_of(n, "search2")[0]["PublishedPort"], 9200);
 
     // Refusals: dnsrr with an ingress port (Docker's words), sctp, duplicates.
-    let err = docker_err(
-        n,
-        &[
-            "service",
-            "create",
-            "-d",
-            "--name",
-            "x",
-            "--endpoint-mode",
-            "dnsrr",
-            "-p",
-            "8080:80",
-            IMAGE,
-        ],
-    );
+    let err = n.docker_err(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "x",
+        "--endpoint-mode",
+        "dnsrr",
+        "-p",
+        "8080:80",
+        IMAGE,
+    ]);
     assert!(
         err.contains("port published with ingress mode can't be used with dnsrr mode"),
         "{err}"
     );
-    let err = docker_err(
-        n,
-        &[
-            "service",
-            "create",
-            "-d",
-            "--name",
-            "x",
-            "-p",
-            "7000:7000/sctp",
-            IMAGE,
-        ],
-    );
+    let err = n.docker_err(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "x",
+        "-p",
+        "7000:7000/sctp",
+        IMAGE,
+    ]);
     assert!(err.contains("tcp and udp ports only"), "{err}");
-    let err = docker_err(
-        n,
-        &[
-            "service", "create", "-d", "--name", "x", "-p", "7001:80", "-p", "7001:81", IMAGE,
-        ],
-    );
+    let err = n.docker_err(&[
+        "service", "create", "-d", "--name", "x", "-p", "7001:80", "-p", "7001:81", IMAGE,
+    ]);
     assert!(err.contains("duplicate published ports"), "{err}");
 
     // Host mode: shown with its mode, not in the mesh's PORTS column, next to dnsrr.
@@ -252,12 +230,9 @@ fn p10_published_ports_with_the_docker_cli() {
         "{}",
         ls_ports(n, "edge")
     );
-    let err = docker_err(
-        n,
-        &[
-            "service", "create", "-d", "--name", "x", "-p", "8080:80", IMAGE,
-        ],
-    );
+    let err = n.docker_err(&[
+        "service", "create", "-d", "--name", "x", "-p", "8080:80", IMAGE,
+    ]);
     assert!(
         err.contains("port '8080' is already in use by service 'edge'")
             && err.contains("as a host-published port"),

@@ -14,7 +14,8 @@
 //!
 //! Traffic stays inside the test's namespaces.
 
-use std::net::Ipv4Addr;
+mod common;
+
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
@@ -22,133 +23,17 @@ use std::time::{Duration, Instant as StdInstant};
 use swarm_net::{plan, Dataplane, LocalFacts, SystemKernel};
 use swarm_state::netmap::{IngressPort, NetMap, NetView, RemoteEndpoint};
 use swarm_state::network::{mac_text, Protocol};
-use tokio::process::Command;
-use tokio::time::{timeout, Instant};
+
+use common::*;
 
 const VNI: u32 = 4096;
 const PORT: u16 = 8080;
-const DEADLINE: Duration = Duration::from_secs(10);
 const NODE_A: &str = "192.168.212.1";
 const NODE_B: &str = "192.168.212.2";
 const CLIENT: &str = "192.168.212.9";
 const INGRESS_A: &str = "10.0.0.2";
 const INGRESS_B: &str = "10.0.0.3";
 const TASK: &str = "10.0.0.20";
-
-fn enabled() -> bool {
-    if std::env::var("SWARMUP_E2E").as_deref() != Ok("1") {
-        println!("skipped: set SWARMUP_E2E=1 (as root) to run the routing mesh between namespaces");
-        return false;
-    }
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
-    if !root {
-        println!("skipped: the namespace test needs root");
-        return false;
-    }
-    true
-}
-
-fn ip(s: &str) -> Ipv4Addr {
-    s.parse().unwrap()
-}
-
-/// Everything the test made, removed on drop even when the test fails.
-struct Lab {
-    namespaces: Vec<String>,
-    children: Vec<std::process::Child>,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // Deleting a namespace deletes its interfaces, and their veth peers with them.
-        for ns in &self.namespaces {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-async fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Runs a command in a namespace.
-async fn sh_in(ns: &str, args: &[&str]) {
-    let mut all = vec!["nsenter".to_string(), format!("--net=/run/netns/{ns}")];
-    all.extend(args.iter().map(|a| a.to_string()));
-    let all: Vec<&str> = all.iter().map(String::as_str).collect();
-    sh(&all).await;
-}
-
-/// How a command in a namespace ended.
-#[derive(Debug, PartialEq)]
-enum Outcome {
-    Ok(String),
-    Failed,
-    TimedOut,
-}
-
-async fn run_in(ns: &str, args: &[&str]) -> Outcome {
-    let Ok(child) = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{ns}"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-    else {
-        return Outcome::Failed;
-    };
-    match timeout(Duration::from_secs(3), child.wait_with_output()).await {
-        Err(_) => Outcome::TimedOut,
-        Ok(Ok(out)) if out.status.success() => {
-            Outcome::Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        }
-        Ok(_) => Outcome::Failed,
-    }
-}
-
-async fn until_ok(ns: &str, args: &[&str]) -> String {
-    let end = Instant::now() + DEADLINE;
-    loop {
-        if let Outcome::Ok(out) = run_in(ns, args).await {
-            return out;
-        }
-        assert!(Instant::now() < end, "{args:?} in {ns} kept failing");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The client address busybox httpd saw (`[::ffff:a.b.c.d]` for IPv4).
-fn client_addr(seen: &str) -> &str {
-    let s = seen.trim();
-    s.strip_prefix("[::ffff:")
-        .and_then(|s| s.strip_suffix(']'))
-        .unwrap_or(s)
-}
 
 fn url(addr: &str) -> String {
     format!("http://{addr}:{PORT}/cgi-bin/ip")
@@ -240,7 +125,7 @@ fn netmap(vtep: &str, own: &str, other: (&str, &str), backends: &[&str]) -> NetM
 
 #[tokio::test]
 async fn the_mesh_serves_every_node_and_keeps_the_client_address() {
-    if !enabled() {
+    if !enabled("the routing mesh") {
         return;
     }
     let pid = std::process::id();

@@ -7,130 +7,18 @@
 //! then container A reaches container B across the VXLAN by address, and through the
 //! service VIP with B seeing A's real address. Traffic stays inside the test's namespaces.
 
-use std::net::Ipv4Addr;
+mod common;
+
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Duration;
+
+use common::*;
 
 use swarm_net::{plan, Dataplane, Desired, LocalFacts, SystemKernel};
 use swarm_state::netmap::{NetMap, NetView, RemoteEndpoint, ServiceView};
 use swarm_state::network::{mac_text, EndpointMode};
-use tokio::process::Command;
-use tokio::time::{timeout, Instant};
 
 const VNI: u32 = 4097;
-const DEADLINE: Duration = Duration::from_secs(10);
-
-fn enabled() -> bool {
-    if std::env::var("SWARMUP_E2E").as_deref() != Ok("1") {
-        println!("skipped: set SWARMUP_E2E=1 (as root) to run the data plane between namespaces");
-        return false;
-    }
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
-    if !root {
-        println!("skipped: the namespace test needs root");
-        return false;
-    }
-    true
-}
-
-fn ip(s: &str) -> Ipv4Addr {
-    s.parse().unwrap()
-}
-
-/// Everything the test made, removed on drop even when the test fails.
-struct Lab {
-    namespaces: Vec<String>,
-    children: Vec<std::process::Child>,
-    _www: tempfile::TempDir,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // Deleting a namespace deletes its interfaces, and their veth peers with them.
-        for ns in &self.namespaces {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-async fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// How a command in a namespace ended.
-#[derive(Debug, PartialEq)]
-enum Outcome {
-    Ok(String),
-    Failed,
-    TimedOut,
-}
-
-/// Runs a command in a namespace with a time limit.
-async fn run_in(ns: &str, args: &[&str]) -> Outcome {
-    let netns = format!("--net=/run/netns/{ns}");
-    let Ok(child) = Command::new("nsenter")
-        .arg(&netns)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-    else {
-        return Outcome::Failed;
-    };
-    match timeout(Duration::from_secs(3), child.wait_with_output()).await {
-        Err(_) => Outcome::TimedOut,
-        Ok(Ok(out)) if out.status.success() => {
-            Outcome::Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        }
-        Ok(_) => Outcome::Failed,
-    }
-}
-
-/// Some(stdout) when the command succeeded in time.
-async fn try_in(ns: &str, args: &[&str]) -> Option<String> {
-    match run_in(ns, args).await {
-        Outcome::Ok(out) => Some(out),
-        _ => None,
-    }
-}
-
-/// Retries until the command succeeds or the deadline passes.
-async fn until_ok(ns: &str, args: &[&str]) -> String {
-    let end = Instant::now() + DEADLINE;
-    loop {
-        if let Some(out) = try_in(ns, args).await {
-            return out;
-        }
-        assert!(Instant::now() < end, "{args:?} in {ns} kept failing");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// A host namespace with its underlay address and the bridge Docker would make.
 async fn make_host(ns: &str, underlay_dev: &str, underlay: &str) {
@@ -176,14 +64,6 @@ async fn make_container(host: &str, ns: &str, veth: &str, addr: &str) {
     sh(&["ip", "-n", ns, "route", "add", "default", "via", "10.0.1.1"]).await;
 }
 
-/// busybox httpd shows IPv4 clients as `[::ffff:a.b.c.d]`.
-fn client_addr(seen: &str) -> &str {
-    let s = seen.trim();
-    s.strip_prefix("[::ffff:")
-        .and_then(|s| s.strip_suffix(']'))
-        .unwrap_or(s)
-}
-
 fn netmap(vtep: &str, own: &str, remote: &[(&str, &str)]) -> NetMap {
     NetMap {
         index: 1,
@@ -225,7 +105,7 @@ fn netmap(vtep: &str, own: &str, remote: &[(&str, &str)]) -> NetMap {
 
 #[tokio::test]
 async fn containers_reach_each_other_across_vxlan_and_through_a_vip() {
-    if !enabled() {
+    if !enabled("the data plane") {
         return;
     }
     let pid = std::process::id();
@@ -235,7 +115,6 @@ async fn containers_reach_each_other_across_vxlan_and_through_a_vip() {
     let mut lab = Lab {
         namespaces: vec![ca.clone(), cb.clone(), ha.clone(), hb.clone()],
         children: vec![],
-        _www: tempfile::tempdir().unwrap(),
     };
 
     sh(&["ip", "netns", "add", &ha]).await;

@@ -177,6 +177,17 @@ impl TestNode {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs a docker command expected to fail and returns what it printed on stderr.
+    pub fn docker_err(&self, args: &[&str]) -> String {
+        let out = self.docker(args);
+        assert!(
+            !out.status.success(),
+            "docker {args:?} should fail but printed {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("swarm-node.log")).unwrap_or_default()
     }
