@@ -24,7 +24,9 @@ pub use identity::{
     certificate_validity, Identity, PeerIdentity, Role, CA_CERT_FILE, CERTIFICATES_DIR,
     LOCAL_ADMIN_NAME, NODE_CERT_FILE, NODE_KEY_FILE, OU_ADMIN,
 };
-pub use serve::{serve_tls, serve_tls_with, serve_unix, serve_unix_with, Peer, ServeOptions};
+pub use serve::{
+    serve_tls, serve_tls_with, serve_unix, serve_unix_with, Origin, Peer, ServeOptions,
+};
 pub use tls::{
     bootstrap_client, ca_digest, client_config, crypto_provider, fetch_ca_pinned, http_client,
     server_config, TlsAcceptorHandle, CA_PATH,

@@ -20,12 +20,56 @@ use tracing::{debug, warn};
 
 use crate::{PeerIdentity, TlsAcceptorHandle};
 
-/// Who sent a request: the identity in the client certificate, or `None` for a client
-/// without one. Every request served by [`serve_tls`] or [`serve_unix`] carries it as an
-/// extension; handlers take it as an extractor (`peer: Peer`) or as
-/// `axum::Extension<Peer>`.
+/// Who sent a request: the identity in the client certificate (`None` for a client
+/// without one) and where the connection came from. Every request served by
+/// [`serve_tls`] or [`serve_unix`] carries it as an extension; handlers take it as an
+/// extractor (`peer: Peer`) or as `axum::Extension<Peer>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer(pub Option<PeerIdentity>);
+pub struct Peer {
+    pub identity: Option<PeerIdentity>,
+    pub origin: Origin,
+}
+
+/// Where a connection came from. Calls that only the machine's own administrator may
+/// make (`client-cert`, `leave`) check for [`Origin::LocalSocket`], never for a role: an
+/// admin certificate used from elsewhere is not the local socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The node's unix socket, whose file mode restricts it to root.
+    LocalSocket,
+    /// A TCP client at this address.
+    Remote(std::net::SocketAddr),
+    /// Served some other way (tests calling a router directly): trusted with nothing.
+    Unknown,
+}
+
+impl Peer {
+    /// A caller without a certificate, from nowhere known.
+    pub fn anonymous() -> Peer {
+        Peer {
+            identity: None,
+            origin: Origin::Unknown,
+        }
+    }
+
+    /// The caller's identity, if its certificate gave one.
+    pub fn identity(&self) -> Option<&PeerIdentity> {
+        self.identity.as_ref()
+    }
+
+    /// True for requests that came in on the node's unix socket.
+    pub fn is_local_socket(&self) -> bool {
+        self.origin == Origin::LocalSocket
+    }
+
+    /// The client's IP address, for a TCP caller.
+    pub fn remote_ip(&self) -> Option<std::net::IpAddr> {
+        match self.origin {
+            Origin::Remote(addr) => Some(addr.ip()),
+            _ => None,
+        }
+    }
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for Peer {
     type Rejection = Infallible;
@@ -36,7 +80,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
             .extensions
             .get::<Peer>()
             .cloned()
-            .unwrap_or(Peer(None)))
+            .unwrap_or_else(Peer::anonymous))
     }
 }
 
@@ -122,7 +166,17 @@ pub async fn serve_tls_with(
                         None
                     }
                 });
-            Some((tls_stream, Peer(peer)))
+            let origin = remote
+                .parse()
+                .map(Origin::Remote)
+                .unwrap_or(Origin::Unknown);
+            Some((
+                tls_stream,
+                Peer {
+                    identity: peer,
+                    origin,
+                },
+            ))
         }
     };
     serve_loop(TcpAccept(listener), app, shutdown, options, handshake).await
@@ -130,7 +184,7 @@ pub async fn serve_tls_with(
 
 /// Serves `app` on a unix socket until `shutdown` completes, with
 /// [`ServeOptions::default`]. Every request carries
-/// `Peer(Some(PeerIdentity::local_admin()))`: like `/var/run/docker.sock`, the socket's
+/// the identity [`PeerIdentity::local_admin`] and [`Origin::LocalSocket`]: like `/var/run/docker.sock`, the socket's
 /// file mode is what restricts it to root, so the caller must create it so.
 pub async fn serve_unix(
     listener: tokio::net::UnixListener,
@@ -148,7 +202,13 @@ pub async fn serve_unix_with(
     options: ServeOptions,
 ) -> io::Result<()> {
     let handshake = |stream: tokio::net::UnixStream, _remote: String| async move {
-        Some((stream, Peer(Some(PeerIdentity::local_admin()))))
+        Some((
+            stream,
+            Peer {
+                identity: Some(PeerIdentity::local_admin()),
+                origin: Origin::LocalSocket,
+            },
+        ))
     };
     serve_loop(UnixAccept(listener), app, shutdown, options, handshake).await
 }

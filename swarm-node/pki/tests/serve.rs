@@ -34,7 +34,7 @@ fn identity(ca: &RootCa, node_id: &str, role: Role) -> Identity {
 }
 
 async fn whoami(peer: Peer) -> String {
-    match peer.0 {
+    match peer.identity {
         Some(p) => format!("{} {} {}", p.role, p.node_id, p.cluster_id),
         None => "anonymous".into(),
     }
@@ -46,7 +46,7 @@ fn app(ca_pem: String) -> Router {
         .route(
             "/extension",
             get(|axum::Extension(peer): axum::Extension<Peer>| async move {
-                format!("{:?}", peer.0.map(|p| p.role))
+                format!("{:?}", peer.identity.map(|p| p.role))
             }),
         )
         .route(CA_PATH, get(move || async move { ca_pem }))
@@ -450,7 +450,7 @@ async fn docker_cli_talks_to_the_server_with_an_admin_certificate() {
         )
         .fallback(|peer: Peer, uri: http::Uri| async move {
             if uri.path().ends_with("/version") {
-                let role = peer.0.map(|p| format!("{}-{}", p.role, p.node_id));
+                let role = peer.identity.map(|p| format!("{}-{}", p.role, p.node_id));
                 let body = format!(
                     r#"{{"Version":"{}","ApiVersion":"1.41","MinAPIVersion":"1.12","Os":"linux","Arch":"amd64"}}"#,
                     role.unwrap_or_else(|| "anonymous".into())

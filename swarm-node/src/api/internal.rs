@@ -341,7 +341,7 @@ async fn propose(
     peer: Peer,
     Json(command): Json<Command>,
 ) -> ApiResult<Response> {
-    match &peer.0 {
+    match &peer.identity {
         Some(p) if p.role == Role::Manager => {}
         _ => return Err(ApiError::Forbidden("only managers may propose".into())),
     }
@@ -363,14 +363,13 @@ async fn client_cert(
     peer: Peer,
     Query(q): Query<ClientCertQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    match &peer.0 {
-        Some(p) if p.role == Role::Admin => {}
-        _ => {
-            require_admin(&peer)?;
-            return Err(ApiError::Forbidden(
-                "client certificates are issued only on a manager's local socket".into(),
-            ));
-        }
+    // An admin certificate is not enough: whoever holds one must not be able to mint
+    // more (or outlive its revocation) from elsewhere. Only root on a manager may.
+    if !peer.is_local_socket() {
+        require_admin(&peer)?;
+        return Err(ApiError::Forbidden(
+            "client certificates are issued only on a manager's local socket".into(),
+        ));
     }
     let manager = ctx.require_manager()?;
     let (ca_pem, cert_pem, key_pem) =
@@ -393,13 +392,10 @@ async fn leave(
     peer: Peer,
     Query(q): Query<LeaveQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    match &peer.0 {
-        Some(p) if p.role == Role::Admin => {}
-        _ => {
-            return Err(ApiError::Forbidden(
-                "leave is allowed only on the node's local socket".into(),
-            ))
-        }
+    if !peer.is_local_socket() {
+        return Err(ApiError::Forbidden(
+            "leave is allowed only on the node's local socket".into(),
+        ));
     }
     if let Some(manager) = ctx.manager() {
         if !q.force {
@@ -416,7 +412,7 @@ async fn leave(
 
 /// Raft's own RPCs, only between managers.
 async fn raft(State(ctx): State<Ctx>, peer: Peer, request: Request<Body>) -> ApiResult<Response> {
-    match &peer.0 {
+    match &peer.identity {
         Some(p) if p.role == Role::Manager => {}
         _ => {
             return Err(ApiError::Forbidden(

@@ -58,7 +58,7 @@ pub type Ctx = Arc<NodeContext>;
 
 /// Checks that the caller may use the Docker API (manager or administrator).
 pub fn require_admin(peer: &Peer) -> Result<&PeerIdentity, ApiError> {
-    match &peer.0 {
+    match &peer.identity {
         Some(p) if matches!(p.role, Role::Manager | Role::Admin) => Ok(p),
         Some(_) => Err(ApiError::Forbidden(NOT_A_MANAGER.into())),
         None => Err(ApiError::Forbidden(
@@ -83,7 +83,7 @@ impl axum::extract::FromRequestParts<Ctx> for AdminManager {
             .extensions
             .get::<Peer>()
             .cloned()
-            .unwrap_or(Peer(None));
+            .unwrap_or_else(Peer::anonymous);
         require_admin(&peer)?;
         Ok(AdminManager(ctx.require_manager()?))
     }
@@ -91,7 +91,7 @@ impl axum::extract::FromRequestParts<Ctx> for AdminManager {
 
 /// Checks that the caller is a node of this swarm and returns its identity.
 pub fn require_node(peer: &Peer) -> Result<&PeerIdentity, ApiError> {
-    match &peer.0 {
+    match &peer.identity {
         Some(p) if matches!(p.role, Role::Manager | Role::Worker) => Ok(p),
         _ => Err(ApiError::Forbidden(
             "only nodes of this swarm may call this".into(),
