@@ -3,7 +3,6 @@
 //! Docker's table layouts.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -15,7 +14,6 @@ use swarmup_providers::{PowerState, Role};
 
 use crate::commands::{machines_of, pick_cluster};
 use crate::output::{table, Output};
-use crate::records::ClusterDir;
 use crate::{NodeCommand, ServiceCommand};
 
 /// A Docker API client for one cluster, trying its managers in turn.
@@ -24,20 +22,12 @@ struct ClusterApi {
     managers: Vec<String>,
 }
 
-fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| {
-        format!(
-            "cannot read {}: finish the cluster with `swarmup create` first",
-            path.display()
-        )
-    })
-}
-
 impl ClusterApi {
     async fn open(cluster: Option<&str>) -> Result<ClusterApi> {
         let (dir, record) = pick_cluster(cluster)?;
-        let client = tls_client(&dir)?;
         let machines = machines_of(&record).await?;
+        crate::client_cert::refresh_and_tell(&dir, &machines).await?;
+        let client = crate::client_cert::tls_client(&dir, None)?;
         let mut managers: Vec<String> = machines
             .iter()
             .filter(|m| m.role == Role::Manager && m.power == PowerState::Running)
@@ -97,32 +87,6 @@ impl ClusterApi {
         let v = self.call(reqwest::Method::GET, path, None).await?;
         serde_json::from_value(v).context("unexpected answer from the manager")
     }
-}
-
-fn tls_client(dir: &ClusterDir) -> Result<reqwest::Client> {
-    let client_dir = dir.client_dir();
-    let ca = read(&client_dir.join("ca.pem"))?;
-    let mut identity = read(&client_dir.join("cert.pem"))?;
-    identity.extend_from_slice(&read(&client_dir.join("key.pem"))?);
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
-        roots.add(cert.context("invalid ca.pem")?)?;
-    }
-    let certs: Vec<_> = rustls_pemfile::certs(&mut identity.as_slice())
-        .collect::<Result<_, _>>()
-        .context("invalid cert.pem")?;
-    let key = rustls_pemfile::private_key(&mut identity.as_slice())
-        .context("invalid key.pem")?
-        .context("key.pem holds no key")?;
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(certs, key)?;
-    Ok(reqwest::Client::builder()
-        .use_preconfigured_tls(config)
-        .connect_timeout(Duration::from_secs(5))
-        .build()?)
 }
 
 fn short(id: &str, n: usize) -> String {

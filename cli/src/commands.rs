@@ -363,10 +363,12 @@ pub async fn create(out: &Output, args: CreateArgs) -> Result<()> {
         .find(|m| m.role == Role::Manager)
         .context("the cluster has no manager")?;
     let cert = swarmup_bootstrap::fetch_client_cert(first_manager, &ssh).await?;
-    let client = dir.client_dir();
-    records::write_private(&client.join("ca.pem"), cert.ca_pem.as_bytes())?;
-    records::write_private(&client.join("cert.pem"), cert.cert_pem.as_bytes())?;
-    records::write_private(&client.join("key.pem"), cert.key_pem.as_bytes())?;
+    crate::client_cert::write_bundle(
+        &dir.client_dir(),
+        &cert.ca_pem,
+        &cert.cert_pem,
+        &cert.key_pem,
+    )?;
     stages.time("client_cert", t);
     stages.0.push(("total", started.elapsed()));
 
@@ -665,6 +667,8 @@ pub async fn env(out: &Output, name: Option<&str>) -> Result<()> {
             record.name
         );
     }
+    // Renew the certificate the docker CLI is about to use if it is close to expiry.
+    crate::client_cert::refresh_and_tell(&dir, &machines).await?;
     let host = format!(
         "tcp://{}",
         // The address swarmup reaches the machine on, public where there is one; the

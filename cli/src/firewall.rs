@@ -6,7 +6,6 @@
 //! come from (`--publish-from`) is kept in the cluster record for the next sync.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -262,15 +261,6 @@ struct DockerApi {
     managers: Vec<SocketAddr>,
 }
 
-fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| {
-        format!(
-            "cannot read {}: finish the cluster with `swarmup create` first",
-            path.display()
-        )
-    })
-}
-
 impl DockerApi {
     async fn open(dir: &ClusterDir, record: &ClusterRecord) -> Result<DockerApi> {
         let machines = machines_of(record).await?;
@@ -287,30 +277,8 @@ impl DockerApi {
         if managers.is_empty() {
             bail!("cluster {} has no manager to ask", record.name);
         }
-        let client_dir = dir.client_dir();
-        let ca = read(&client_dir.join("ca.pem"))?;
-        let mut identity = read(&client_dir.join("cert.pem"))?;
-        identity.extend_from_slice(&read(&client_dir.join("key.pem"))?);
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
-            roots.add(cert.context("invalid ca.pem")?)?;
-        }
-        let certs: Vec<_> = rustls_pemfile::certs(&mut identity.as_slice())
-            .collect::<Result<_, _>>()
-            .context("invalid cert.pem")?;
-        let key = rustls_pemfile::private_key(&mut identity.as_slice())
-            .context("invalid key.pem")?
-            .context("key.pem holds no key")?;
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(certs, key)?;
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(config)
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .build()?;
+        crate::client_cert::refresh_and_tell(dir, &machines).await?;
+        let client = crate::client_cert::tls_client(dir, Some(Duration::from_secs(30)))?;
         Ok(DockerApi { client, managers })
     }
 

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 mod api;
+mod client_cert;
 mod commands;
 mod digitalocean;
 mod firewall;

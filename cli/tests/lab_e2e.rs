@@ -61,6 +61,14 @@ fn check_create_report(
 }
 
 /// The main scenario on a 3-node cluster with `managers` managers.
+/// A self-signed certificate that expires in `days` days.
+fn expiring_cert(days: i64) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["stale".to_string()]).unwrap();
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+    params.self_signed(&key).unwrap().pem()
+}
+
 fn main_scenario(prefix: &str, managers: Option<u32>) {
     let _serial = serial();
     ensure_swarm_node();
@@ -235,6 +243,22 @@ fn main_scenario(prefix: &str, managers: Option<u32>) {
         nodes_after.iter().map(|n| &n.id).collect::<Vec<_>>(),
         "a restarted node keeps its id"
     );
+
+    // An admin certificate within 30 days of expiry is renewed by the next cluster command
+    // (here one whose certificate is not even the cluster's: it is replaced whole), and the
+    // docker CLI keeps working with the new one.
+    let client = cluster.sb().record_dir(&name).join("client");
+    let stale = expiring_cert(10);
+    std::fs::write(client.join("cert.pem"), &stale).unwrap();
+    let run = cluster.sb().run(&["node", "ls", "--cluster", &name]);
+    assert!(run.ok(), "node ls with a stale certificate: {}", run.stderr);
+    assert!(
+        run.stderr.contains("renewed the cluster's client certificate"),
+        "node ls said: {}",
+        run.stderr
+    );
+    assert_ne!(std::fs::read_to_string(client.join("cert.pem")).unwrap(), stale);
+    cluster.docker_node_status().expect("docker node ls after the renewal");
 
     let took = cluster.destroy_and_check();
     figure(&format!("{name}: destroy"), took);
