@@ -253,12 +253,18 @@ fn main_scenario(prefix: &str, managers: Option<u32>) {
     let run = cluster.sb().run(&["node", "ls", "--cluster", &name]);
     assert!(run.ok(), "node ls with a stale certificate: {}", run.stderr);
     assert!(
-        run.stderr.contains("renewed the cluster's client certificate"),
+        run.stderr
+            .contains("renewed the cluster's client certificate"),
         "node ls said: {}",
         run.stderr
     );
-    assert_ne!(std::fs::read_to_string(client.join("cert.pem")).unwrap(), stale);
-    cluster.docker_node_status().expect("docker node ls after the renewal");
+    assert_ne!(
+        std::fs::read_to_string(client.join("cert.pem")).unwrap(),
+        stale
+    );
+    cluster
+        .docker_node_status()
+        .expect("docker node ls after the renewal");
 
     let took = cluster.destroy_and_check();
     figure(&format!("{name}: destroy"), took);

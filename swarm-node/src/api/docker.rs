@@ -634,12 +634,7 @@ async fn create_service(
         let id = Manager::new_id();
         spec.name = Some(format!("service-{}", &id[..8]));
     }
-    if spec.mode.is_none() {
-        spec.mode = Some(models::ServiceSpecMode {
-            replicated: Some(models::ServiceSpecModeReplicated { replicas: Some(1) }),
-            ..Default::default()
-        });
-    }
+    super::defaults::fill_service_defaults(&mut spec);
     validate_service_spec(&spec)?;
     validate_endpoint_spec(&spec)?;
     resolve_service_networks(&manager.read(), &mut spec)?;
@@ -679,6 +674,7 @@ async fn update_service(
 ) -> ApiResult<Json<serde_json::Value>> {
     let mut spec: ServiceSpec = parse_body(&body, "service spec")?;
     let version = required_version("service", q.version.as_deref())?;
+    super::defaults::fill_service_defaults(&mut spec);
     validate_service_spec(&spec)?;
     validate_endpoint_spec(&spec)?;
     let state = manager.read();

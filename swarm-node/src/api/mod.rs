@@ -18,6 +18,7 @@ use tower::ServiceExt;
 use crate::error::{docker_shaped, ApiError, MAX_BODY_BYTES, NOT_A_MANAGER, PAGE_NOT_FOUND};
 use crate::manager::Manager;
 
+pub mod defaults;
 pub mod docker;
 pub mod filters;
 pub mod internal;

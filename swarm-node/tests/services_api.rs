@@ -1,0 +1,73 @@
+//! End-to-end: services as Docker's, through the stock docker CLI on a real swarm-node
+//! manager (its tasks run on the host's Docker Engine). Runs with SWARMUP_E2E=1.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+/// Docker's own tutorial starts with `docker service create --name x IMAGE`: one replica,
+/// and `inspect` shows every section SwarmKit fills in (restart policy, update and rollback
+/// configs, the endpoint mode), which `--pretty` prints.
+#[test]
+fn a_service_without_flags_gets_docker_s_defaults() {
+    if !e2e_enabled("a_service_without_flags_gets_docker_s_defaults") {
+        return;
+    }
+    ensure_image();
+    let mut sandbox = Sandbox::new(&["m1"]);
+    sandbox.init("1s");
+    let m1 = &sandbox.nodes[0];
+    m1.docker_ok(&[
+        "service", "create", "-d", "--name", "plain", IMAGE, "sleep", "3600",
+    ]);
+    let spec: serde_json::Value = serde_json::from_str(&m1.docker_ok(&[
+        "service",
+        "inspect",
+        "--format",
+        "{{json .Spec}}",
+        "plain",
+    ]))
+    .unwrap();
+    assert_eq!(spec["Mode"]["Replicated"]["Replicas"], 1, "{spec}");
+    assert_eq!(spec["TaskTemplate"]["RestartPolicy"]["Condition"], "any");
+    assert_eq!(
+        spec["TaskTemplate"]["RestartPolicy"]["Delay"],
+        5_000_000_000i64
+    );
+    assert_eq!(
+        spec["TaskTemplate"]["ContainerSpec"]["StopGracePeriod"],
+        10_000_000_000i64
+    );
+    for section in ["UpdateConfig", "RollbackConfig"] {
+        assert_eq!(spec[section]["Parallelism"], 1, "{section}: {spec}");
+        assert_eq!(spec[section]["FailureAction"], "pause", "{section}");
+        assert_eq!(spec[section]["Order"], "stop-first", "{section}");
+    }
+    let pretty = m1.docker_ok(&["service", "inspect", "--pretty", "plain"]);
+    for line in [
+        "Replicas:",
+        "UpdateConfig:",
+        "RollbackConfig:",
+        "Endpoint Mode:",
+    ] {
+        assert!(pretty.contains(line), "no {line:?} in:\n{pretty}");
+    }
+    wait_for("plain 1/1", Duration::from_secs(60), || {
+        m1.docker_ok(&["service", "ls", "--format", "{{.Name}} {{.Replicas}}"])
+            .lines()
+            .any(|l| l.trim() == "plain 1/1")
+    });
+    // An update that re-sends what inspect showed keeps the defaults as they were.
+    m1.docker_ok(&["service", "update", "-d", "--env-add", "A=1", "plain"]);
+    let after: serde_json::Value = serde_json::from_str(&m1.docker_ok(&[
+        "service",
+        "inspect",
+        "--format",
+        "{{json .Spec.UpdateConfig}}",
+        "plain",
+    ]))
+    .unwrap();
+    assert_eq!(after, spec["UpdateConfig"]);
+}
