@@ -71,3 +71,20 @@ fn a_service_without_flags_gets_docker_s_defaults() {
     .unwrap();
     assert_eq!(after, spec["UpdateConfig"]);
 }
+
+/// `docker swarm ca` prints the cluster's root certificate (the one nodes trust).
+#[test]
+fn swarm_ca_prints_the_trust_root() {
+    if !e2e_enabled("swarm_ca_prints_the_trust_root") {
+        return;
+    }
+    let mut sandbox = Sandbox::new(&["m1"]);
+    sandbox.init("1s");
+    let m1 = &sandbox.nodes[0];
+    let printed = m1.docker_ok(&["swarm", "ca"]);
+    let stored =
+        std::fs::read_to_string(m1.dir.join("state/certificates/swarm-root-ca.crt")).unwrap();
+    assert_eq!(printed.trim(), stored.trim());
+    let err = m1.docker_err(&["swarm", "ca", "--cert-expiry", "48h"]);
+    assert!(err.contains("requires the `--rotate` flag"), "{err}");
+}

@@ -248,6 +248,11 @@ async fn swarm(AdminManager(manager): AdminManager) -> ApiResult<Json<Swarm>> {
             worker: Some(c.worker_token.clone()),
             manager: Some(c.manager_token.clone()),
         }),
+        // `docker swarm ca` prints the trust root.
+        tls_info: Some(models::TlsInfo {
+            trust_root: Some(c.root_ca_cert_pem.clone()),
+            ..Default::default()
+        }),
         ..Default::default()
     }))
 }
