@@ -110,6 +110,13 @@ pub async fn node(out: &Output, command: NodeCommand) -> Result<()> {
                 println!("{}", serde_json::to_string(&nodes)?);
                 return Ok(());
             }
+            if out.quiet {
+                // As `docker node ls -q`: the full ids, one per line.
+                for n in &nodes {
+                    println!("{}", n.id.as_deref().unwrap_or_default());
+                }
+                return Ok(());
+            }
             let mut rows: Vec<Vec<String>> = nodes
                 .iter()
                 .map(|n| {
@@ -278,6 +285,12 @@ pub async fn service(out: &Output, command: ServiceCommand) -> Result<()> {
                 println!("{}", serde_json::to_string(&services)?);
                 return Ok(());
             }
+            if out.quiet {
+                for s in &services {
+                    println!("{}", s.id.as_deref().unwrap_or_default());
+                }
+                return Ok(());
+            }
             let mut rows: Vec<Vec<String>> = services
                 .iter()
                 .map(|s| {
@@ -387,6 +400,10 @@ pub async fn service(out: &Output, command: ServiceCommand) -> Result<()> {
             }
             if out.json() {
                 println!("{}", serde_json::to_string(&all_tasks)?);
+            } else if out.quiet {
+                for t in &all_tasks {
+                    println!("{}", t.id.as_deref().unwrap_or_default());
+                }
             } else {
                 println!(
                     "{}",
@@ -416,6 +433,9 @@ pub async fn service(out: &Output, command: ServiceCommand) -> Result<()> {
                     .await?;
                 out.say(s);
             }
+            if out.json() {
+                println!("{}", serde_json::json!({ "removed": services }));
+            }
             Ok(())
         }
         ServiceCommand::Scale { sel, scales } => {
@@ -433,6 +453,7 @@ pub async fn service(out: &Output, command: ServiceCommand) -> Result<()> {
                 wanted.push((name.to_string(), n));
             }
             let api = ClusterApi::open(sel.cluster.as_deref()).await?;
+            let mut scaled = serde_json::Map::new();
             for (name, n) in wanted {
                 let service: Service = api.get(&format!("/services/{name}")).await?;
                 let mut spec = service.spec.clone().unwrap_or_default();
@@ -452,6 +473,10 @@ pub async fn service(out: &Output, command: ServiceCommand) -> Result<()> {
                 )
                 .await?;
                 out.say(&format!("{name} scaled to {n}"));
+                scaled.insert(name, n.into());
+            }
+            if out.json() {
+                println!("{}", serde_json::json!({ "scaled": scaled }));
             }
             Ok(())
         }

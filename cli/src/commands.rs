@@ -412,7 +412,10 @@ pub async fn create(out: &Output, args: CreateArgs) -> Result<()> {
             ]
         })
         .collect();
-    if !out.quiet {
+    if out.quiet {
+        // `create -q` prints the cluster's name, for `eval $(swarmup env $(swarmup create -q))`.
+        println!("{}", args.name);
+    } else {
         println!(
             "Cluster {} is ready ({} nodes, {} managers) in {:.1}s:\n",
             args.name,
@@ -558,6 +561,10 @@ pub async fn ls(out: &Output) -> Result<()> {
     }
     if out.json() {
         println!("{}", serde_json::Value::Array(json));
+    } else if out.quiet {
+        for r in &all {
+            println!("{}", r.name);
+        }
     } else {
         println!(
             "{}",
@@ -701,6 +708,7 @@ pub async fn power(out: &Output, name: &str, nodes: &[String], on: bool) -> Resu
     let (_, record) = pick_cluster(Some(name))?;
     let machines = machines_of(&record).await?;
     let provider = provider_of(&record).await?;
+    let mut done = Vec::new();
     for node in nodes {
         let machine = find_machine(&machines, name, node)?;
         if on {
@@ -710,6 +718,12 @@ pub async fn power(out: &Output, name: &str, nodes: &[String], on: bool) -> Resu
             provider.power_off(name, &machine.name).await?;
             out.say(&format!("{} stopped", machine.name));
         }
+        done.push(serde_json::json!({
+            "machine": machine.name, "power": if on { "on" } else { "off" },
+        }));
+    }
+    if out.json() {
+        println!("{}", serde_json::Value::Array(done));
     }
     Ok(())
 }
@@ -745,6 +759,13 @@ pub async fn image_load(out: &Output, name: &str, input: Option<PathBuf>) -> Res
     )
     .await?;
     drop(progress);
+    if out.json() {
+        let json: Vec<_> = loaded
+            .iter()
+            .map(|l| serde_json::json!({"machine": l.machine, "images": l.images}))
+            .collect();
+        println!("{}", serde_json::Value::Array(json));
+    }
     for l in loaded {
         out.say(&format!("{}: loaded {}", l.machine, l.images.join(", ")));
     }

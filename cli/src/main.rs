@@ -18,10 +18,12 @@ mod records;
 #[command(
     name = "swarmup",
     version,
-    about = "Create Docker-Swarm-compatible clusters: a lab on this host, DigitalOcean droplets, or your own machines"
+    about = "Create Docker-Swarm-compatible clusters: a lab on this host, DigitalOcean droplets, or your own machines",
+    after_help = EXIT_CODES
 )]
 pub struct Cli {
-    /// Print nothing but errors and the final result.
+    /// Only IDs from listings (as docker's -q), only the name from create, nothing but
+    /// errors from the rest.
     #[arg(long, short, global = true)]
     quiet: bool,
     /// `table` for people, `json` for scripts.
@@ -77,6 +79,13 @@ enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// Print a shell completion script: `swarmup completion bash > /etc/bash_completion.d/swarmup`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `swarmup man | man -l -`.
+    Man,
     /// The init of a lab node (started by the lab provider, not by people).
     #[command(hide = true, name = "lab-node")]
     LabNode {
@@ -84,6 +93,13 @@ enum Command {
         args: Vec<String>,
     },
 }
+
+/// What `swarmup --help` says about exit codes; `main` keeps to it.
+const EXIT_CODES: &str = "Exit codes:
+  0  success
+  1  the command failed (the message says what was wrong and what to do)
+  2  the command line is wrong (unknown flag, missing argument)
+  N  `swarmup ssh NAME NODE -- CMD` exits with CMD's own code (255: ssh could not connect)";
 
 #[derive(Debug, Args)]
 pub struct ClusterSel {
@@ -293,6 +309,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image { command } => match command {
             ImageCommand::Load { name, input } => commands::image_load(&out, &name, input).await,
         },
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "swarmup", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(())
+        }
         Command::LabNode { .. } => unreachable!("handled before the runtime starts"),
     }
 }
