@@ -310,7 +310,9 @@ pub async fn run_with_network(
         }
         Err(_) => None,
     };
-    let agent = agent.with_networks(netagent.ready());
+    let agent = agent
+        .with_networks(netagent.ready())
+        .with_node_hostname(ctx.hostname.clone());
     let netagent_task = tokio::spawn(netagent.run(agent.netmap_source(), stopped(stop_rx.clone())));
 
     let mut heartbeats = agent.heartbeats();

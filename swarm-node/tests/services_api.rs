@@ -88,3 +88,88 @@ fn swarm_ca_prints_the_trust_root() {
     let err = m1.docker_err(&["swarm", "ca", "--cert-expiry", "48h"]);
     assert!(err.contains("requires the `--rotate` flag"), "{err}");
 }
+
+/// `--hostname "{{.Node.Hostname}}-{{.Task.Slot}}"`, `-e` and `--mount` with Docker's
+/// templates are expanded on the node; a placeholder swarm-node does not know rejects the
+/// task with a message naming it (`docker service ps --no-trunc`).
+#[test]
+fn templates_expand_in_hostname_env_and_mounts() {
+    if !e2e_enabled("templates_expand_in_hostname_env_and_mounts") {
+        return;
+    }
+    ensure_image();
+    let mut sandbox = Sandbox::new(&["m1"]);
+    sandbox.init("1s");
+    let m1 = &sandbox.nodes[0];
+    m1.docker_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "tmpl",
+        "--hostname",
+        "{{.Node.Hostname}}-{{.Task.Slot}}",
+        "-e",
+        "WHO={{.Service.Name}}.{{.Task.Slot}} on {{.Node.ID}}",
+        "--mount",
+        "type=tmpfs,target=/data/{{.Task.Slot}}",
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    wait_for("tmpl 1/1", Duration::from_secs(60), || {
+        m1.docker_ok(&["service", "ls", "--format", "{{.Name}} {{.Replicas}}"])
+            .lines()
+            .any(|l| l.trim() == "tmpl 1/1")
+    });
+    let node_id = m1.docker_ok(&["node", "inspect", "self", "--format", "{{.ID}}"]);
+    let container = std::process::Command::new(docker_cli())
+        .args([
+            "ps",
+            "-q",
+            "--filter",
+            "label=com.docker.swarm.service.name=tmpl",
+        ])
+        .output()
+        .unwrap();
+    let id = String::from_utf8_lossy(&container.stdout)
+        .trim()
+        .to_string();
+    assert!(!id.is_empty(), "no tmpl container on the host engine");
+    let inspect = std::process::Command::new(docker_cli())
+        .args(["inspect", "--format", "{{json .}}", &id])
+        .output()
+        .unwrap();
+    let c: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(c["Config"]["Hostname"], "m1-1");
+    let env: Vec<String> = serde_json::from_value(c["Config"]["Env"].clone()).unwrap();
+    assert!(
+        env.contains(&format!("WHO=tmpl.1 on {}", node_id.trim())),
+        "{env:?}"
+    );
+    assert_eq!(c["HostConfig"]["Mounts"][0]["Target"], "/data/1", "{c}");
+
+    m1.docker_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "badtmpl",
+        "--hostname",
+        "{{.Service.Labels}}",
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    wait_for("badtmpl rejected", Duration::from_secs(60), || {
+        let ps = m1.docker_ok(&[
+            "service",
+            "ps",
+            "--no-trunc",
+            "--format",
+            "{{.CurrentState}} {{.Error}}",
+            "badtmpl",
+        ]);
+        ps.contains("Rejected") && ps.contains(".Service.Labels")
+    });
+}

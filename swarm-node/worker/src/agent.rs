@@ -131,6 +131,12 @@ impl Agent {
         self
     }
 
+    /// The node's name in the swarm, for `{{.Node.Hostname}}` in service templates.
+    pub fn with_node_hostname(mut self, hostname: impl Into<String>) -> Self {
+        self.executor = self.executor.with_node_hostname(hostname);
+        self
+    }
+
     /// The node's network map from the managers, for the network agent: the same
     /// managers, fail-over and client as the other loops.
     pub fn netmap_source(&self) -> Arc<dyn NetmapSource> {

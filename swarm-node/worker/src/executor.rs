@@ -66,6 +66,8 @@ pub struct Executor {
     /// The tasks whose overlay networks are in place; `None`: no network agent, so tasks
     /// with networks wait for ever and the others run on the default bridge.
     networks: Option<watch::Receiver<Arc<ReadyNetworks>>>,
+    /// The node's name in the swarm, for `{{.Node.Hostname}}` in service templates.
+    node_hostname: String,
 }
 
 type EventStream = BoxStream<'static, Result<RuntimeEvent, RuntimeError>>;
@@ -85,7 +87,14 @@ impl Executor {
             clock: Arc::new(SystemClock),
             resync: RESYNC_PERIOD,
             networks: None,
+            node_hostname: String::new(),
         }
+    }
+
+    /// The node's name in the swarm (what `docker node ls` shows), for templates.
+    pub fn with_node_hostname(mut self, hostname: impl Into<String>) -> Self {
+        self.node_hostname = hostname.into();
+        self
     }
 
     /// Follows the network agent's ready map: a task with networks is prepared only once
@@ -303,6 +312,19 @@ impl LoopState {
                         if let Action::Prepare { task_id, spec } = &mut step {
                             if let Some(ports) = self.host_ports.get(task_id) {
                                 crate::spec::publish(spec, ports);
+                            }
+                            // Docker's templates ({{.Node.Hostname}}, ...) in the
+                            // hostname, env and mounts; a bad one rejects the task.
+                            let ctx = self.desired.as_ref().and_then(|d| d.get(task_id)).map(|t| {
+                                crate::template::TemplateContext::of(t, &self.exec.node_hostname)
+                            });
+                            if let Some(ctx) = ctx {
+                                if let Err(e) = crate::template::expand_container(spec, &ctx) {
+                                    let change = StatusChange::new(TaskState::REJECTED, "rejected")
+                                        .with_err(e.to_string());
+                                    reported_any |= self.record(task_id, change);
+                                    continue;
+                                }
                             }
                         }
                         let unassigned = self

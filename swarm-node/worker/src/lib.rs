@@ -20,6 +20,7 @@ pub mod netagent;
 pub mod plan;
 pub mod runtime;
 pub mod spec;
+pub mod template;
 
 pub use agent::{run, Agent, AgentConfig, AgentError};
 pub use clock::{Clock, FixedClock, SystemClock};
