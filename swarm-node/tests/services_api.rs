@@ -173,3 +173,202 @@ fn templates_expand_in_hostname_env_and_mounts() {
         ps.contains("Rejected") && ps.contains(".Service.Labels")
     });
 }
+
+fn caps(v: &serde_json::Value) -> serde_json::Value {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| {
+                    c.as_str()
+                        .unwrap_or_default()
+                        .trim_start_matches("CAP_")
+                        .into()
+                })
+                .collect::<Vec<serde_json::Value>>()
+                .into()
+        })
+        .unwrap_or_default()
+}
+
+/// The container options `docker service create` takes end up on the task's container,
+/// checked on the real container with `docker inspect`: none is accepted and dropped.
+#[test]
+fn every_container_option_reaches_the_container() {
+    if !e2e_enabled("every_container_option_reaches_the_container") {
+        return;
+    }
+    ensure_image();
+    let mut sandbox = Sandbox::new(&["m1"]);
+    sandbox.init("1s");
+    let m1 = &sandbox.nodes[0];
+    m1.docker_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "opts",
+        "--cap-add",
+        "NET_ADMIN",
+        "--cap-drop",
+        "CHOWN",
+        "--dns",
+        "10.9.9.9",
+        "--dns-search",
+        "example.org",
+        "--dns-option",
+        "ndots:2",
+        "--host",
+        "db:10.1.2.3",
+        "--sysctl",
+        "net.core.somaxconn=1024",
+        "--ulimit",
+        "nofile=1024:2048",
+        "--log-driver",
+        "json-file",
+        "--log-opt",
+        "max-size=10m",
+        "--health-cmd",
+        "true",
+        "--health-interval",
+        "7s",
+        "--init",
+        "--read-only",
+        "--stop-signal",
+        "SIGUSR1",
+        "--stop-grace-period",
+        "3s",
+        "--user",
+        "1000",
+        "--workdir",
+        "/tmp",
+        "--group",
+        "123",
+        "--hostname",
+        "optshost",
+        "--limit-memory",
+        "64M",
+        "--limit-cpu",
+        "0.5",
+        "-e",
+        "A=1",
+        "--label",
+        "svc=label",
+        "--container-label",
+        "ctr=label",
+        "--mount",
+        "type=tmpfs,target=/scratch",
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    wait_for("opts 1/1", Duration::from_secs(60), || {
+        m1.docker_ok(&["service", "ls", "--format", "{{.Name}} {{.Replicas}}"])
+            .lines()
+            .any(|l| l.trim() == "opts 1/1")
+    });
+    let ps = std::process::Command::new(docker_cli())
+        .args([
+            "ps",
+            "-q",
+            "--filter",
+            "label=com.docker.swarm.service.name=opts",
+        ])
+        .output()
+        .unwrap();
+    let id = String::from_utf8_lossy(&ps.stdout).trim().to_string();
+    assert!(!id.is_empty(), "no opts container on the host engine");
+    let inspect = std::process::Command::new(docker_cli())
+        .args(["inspect", "--format", "{{json .}}", &id])
+        .output()
+        .unwrap();
+    let c: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let hc = &c["HostConfig"];
+    let cfg = &c["Config"];
+    let checks: Vec<(&str, serde_json::Value, serde_json::Value)> = vec![
+        (
+            "CapAdd",
+            // Newer docker CLIs send capabilities with CAP_, older ones without.
+            caps(&hc["CapAdd"]),
+            serde_json::json!(["NET_ADMIN"]),
+        ),
+        (
+            "CapDrop",
+            caps(&hc["CapDrop"]),
+            serde_json::json!(["CHOWN"]),
+        ),
+        ("Dns", hc["Dns"].clone(), serde_json::json!(["10.9.9.9"])),
+        (
+            "DnsSearch",
+            hc["DnsSearch"].clone(),
+            serde_json::json!(["example.org"]),
+        ),
+        (
+            "DnsOptions",
+            hc["DnsOptions"].clone(),
+            serde_json::json!(["ndots:2"]),
+        ),
+        (
+            "ExtraHosts",
+            hc["ExtraHosts"].clone(),
+            serde_json::json!(["db:10.1.2.3"]),
+        ),
+        (
+            "Sysctls",
+            hc["Sysctls"].clone(),
+            serde_json::json!({"net.core.somaxconn": "1024"}),
+        ),
+        (
+            "Ulimits",
+            hc["Ulimits"].clone(),
+            serde_json::json!([{"Name": "nofile", "Soft": 1024, "Hard": 2048}]),
+        ),
+        (
+            "LogConfig.Type",
+            hc["LogConfig"]["Type"].clone(),
+            "json-file".into(),
+        ),
+        (
+            "LogConfig.Config",
+            hc["LogConfig"]["Config"].clone(),
+            serde_json::json!({"max-size": "10m"}),
+        ),
+        (
+            "Healthcheck.Test",
+            cfg["Healthcheck"]["Test"].clone(),
+            serde_json::json!(["CMD-SHELL", "true"]),
+        ),
+        (
+            "Healthcheck.Interval",
+            cfg["Healthcheck"]["Interval"].clone(),
+            7_000_000_000i64.into(),
+        ),
+        ("Init", hc["Init"].clone(), true.into()),
+        ("ReadonlyRootfs", hc["ReadonlyRootfs"].clone(), true.into()),
+        ("StopSignal", cfg["StopSignal"].clone(), "SIGUSR1".into()),
+        ("StopTimeout", cfg["StopTimeout"].clone(), 3.into()),
+        ("User", cfg["User"].clone(), "1000".into()),
+        ("WorkingDir", cfg["WorkingDir"].clone(), "/tmp".into()),
+        (
+            "GroupAdd",
+            hc["GroupAdd"].clone(),
+            serde_json::json!(["123"]),
+        ),
+        ("Hostname", cfg["Hostname"].clone(), "optshost".into()),
+        ("Memory", hc["Memory"].clone(), (64i64 << 20).into()),
+        ("NanoCpus", hc["NanoCpus"].clone(), 500_000_000i64.into()),
+        ("Label ctr", cfg["Labels"]["ctr"].clone(), "label".into()),
+        (
+            "Mounts",
+            hc["Mounts"][0]["Target"].clone(),
+            "/scratch".into(),
+        ),
+    ];
+    let wrong: Vec<String> = checks
+        .iter()
+        .filter(|(_, got, want)| got != want)
+        .map(|(what, got, want)| format!("{what}: got {got}, want {want}"))
+        .collect();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    let env: Vec<String> = serde_json::from_value(cfg["Env"].clone()).unwrap();
+    assert!(env.contains(&"A=1".to_string()), "{env:?}");
+}

@@ -18,6 +18,24 @@ pub const STOP_GRACE_PERIOD_NS: i64 = 10 * SECOND_NS;
 /// Update and rollback: one task at a time, watched for 5 s, pause on failure.
 pub const UPDATE_MONITOR_NS: i64 = 5 * SECOND_NS;
 
+/// Parses a service spec as dockerd would. dockerd decodes JSON with Go's
+/// case-insensitive field matching, and the docker CLI writes `Healthcheck` where the API's
+/// schema (and so these models) says `HealthCheck`: a strict parse would drop the health
+/// check silently.
+pub fn parse_service_spec(body: &[u8]) -> Result<ServiceSpec, serde_json::Error> {
+    let mut value: serde_json::Value = serde_json::from_slice(body)?;
+    if let Some(container) = value
+        .get_mut("TaskTemplate")
+        .and_then(|t| t.get_mut("ContainerSpec"))
+        .and_then(|c| c.as_object_mut())
+    {
+        if let Some(health) = container.remove("Healthcheck") {
+            container.entry("HealthCheck").or_insert(health);
+        }
+    }
+    serde_json::from_value(value)
+}
+
 /// Fills what the client left out, in place.
 pub fn fill_service_defaults(spec: &mut ServiceSpec) {
     let mode = spec.mode.get_or_insert_with(Default::default);
@@ -132,6 +150,22 @@ mod tests {
             assert_eq!(c["MaxFailureRatio"], 0.0, "{section}");
         }
         assert_eq!(v["EndpointSpec"]["Mode"], "vip");
+    }
+
+    #[test]
+    fn the_cli_s_healthcheck_key_is_read() {
+        let spec = parse_service_spec(
+            br#"{"Name":"h","TaskTemplate":{"ContainerSpec":{"Image":"b","Healthcheck":{"Test":["CMD-SHELL","true"],"Interval":7000000000}}}}"#,
+        )
+        .unwrap();
+        let health = spec
+            .task_template
+            .unwrap()
+            .container_spec
+            .unwrap()
+            .health_check
+            .unwrap();
+        assert_eq!(health.interval, Some(7_000_000_000));
     }
 
     #[test]

@@ -634,7 +634,8 @@ async fn create_service(
     AdminManager(manager): AdminManager,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
-    let mut spec: ServiceSpec = parse_body(&body, "service spec")?;
+    let mut spec: ServiceSpec = super::defaults::parse_service_spec(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid service spec: {e}")))?;
     if spec.name.as_deref().unwrap_or_default().is_empty() {
         let id = Manager::new_id();
         spec.name = Some(format!("service-{}", &id[..8]));
@@ -677,7 +678,8 @@ async fn update_service(
     Query(q): Query<VersionQuery>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let mut spec: ServiceSpec = parse_body(&body, "service spec")?;
+    let mut spec: ServiceSpec = super::defaults::parse_service_spec(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid service spec: {e}")))?;
     let version = required_version("service", q.version.as_deref())?;
     super::defaults::fill_service_defaults(&mut spec);
     validate_service_spec(&spec)?;

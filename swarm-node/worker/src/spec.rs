@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use swarm_state::models::{
     ContainerCreateBody, EndpointIpamConfig, EndpointPortConfig, EndpointPortConfigProtocolEnum,
-    EndpointSettings, HostConfig, Mount, MountType, NetworkAttachmentConfig, NetworkingConfig,
-    PortBinding, Task,
+    EndpointSettings, HostConfig, HostConfigLogConfig, Mount, MountType, NetworkAttachmentConfig,
+    NetworkingConfig, PortBinding, Task, TaskSpecContainerSpecIsolationEnum,
+    TaskSpecContainerSpecPrivileges, TaskSpecContainerSpecPrivilegesAppArmorModeEnum,
+    TaskSpecContainerSpecPrivilegesSeccompModeEnum,
 };
 
 use crate::runtime::{labels, ContainerSpec, TaskNetwork};
@@ -26,6 +28,8 @@ pub enum SpecError {
     NoContainerSpec(String),
     #[error("task {0} has no image in its container spec")]
     NoImage(String),
+    #[error("task {task}: {what} is for Windows containers; this node runs Linux containers")]
+    WindowsOnly { task: String, what: String },
     #[error(
         "task {task}: unsupported mount type {kind} for target {target}: use bind, volume or tmpfs"
     )]
@@ -115,8 +119,8 @@ pub fn task_image(task: &Task) -> Option<&str> {
 ///
 /// Labels are layered as Docker does: the spec's labels, then the task's labels, then the
 /// swarm system labels, each overriding the previous. `Command` replaces the image's
-/// entrypoint and `Args` its command; `Args` alone keeps the entrypoint. Secrets, configs
-/// and templated fields are not handled. The container joins the engine's default
+/// entrypoint and `Args` its command; `Args` alone keeps the entrypoint. Secrets and
+/// configs are not handled; templates are expanded later, by the executor. The container joins the engine's default
 /// network; [`attach`] puts it on its overlays instead.
 pub fn container_spec(task: &Task) -> Result<ContainerSpec, SpecError> {
     let naming = task_naming(task);
@@ -167,6 +171,36 @@ pub fn container_spec(task: &Task) -> Result<ContainerSpec, SpecError> {
         .and_then(|r| r.limits.as_ref());
     let grace = stop_grace(task);
 
+    let windows_only = |what: &str| SpecError::WindowsOnly {
+        task: naming.task_id.clone(),
+        what: what.to_string(),
+    };
+    if matches!(
+        cs.isolation,
+        Some(TaskSpecContainerSpecIsolationEnum::PROCESS)
+            | Some(TaskSpecContainerSpecIsolationEnum::HYPERV)
+    ) {
+        return Err(windows_only("isolation process or hyperv"));
+    }
+    if cs
+        .privileges
+        .as_ref()
+        .and_then(|p| p.credential_spec.as_ref())
+        .is_some_and(|c| c != &Default::default())
+    {
+        return Err(windows_only("a credential spec"));
+    }
+    let dns = cs.dns_config.as_ref();
+    let log_config = spec.and_then(|s| s.log_driver.as_ref()).and_then(|d| {
+        d.name
+            .as_ref()
+            .filter(|n| !n.is_empty())
+            .map(|name| HostConfigLogConfig {
+                typ: Some(name.clone()),
+                config: d.options.clone(),
+            })
+    });
+
     let host_config = HostConfig {
         mounts,
         init: cs.init,
@@ -175,6 +209,26 @@ pub fn container_spec(task: &Task) -> Result<ContainerSpec, SpecError> {
         memory: limits.and_then(|l| l.memory_bytes).filter(|v| *v > 0),
         pids_limit: limits.and_then(|l| l.pids).filter(|v| *v > 0),
         group_add: non_empty(&cs.groups),
+        cap_add: non_empty(&cs.capability_add),
+        cap_drop: non_empty(&cs.capability_drop),
+        sysctls: cs.sysctls.clone().filter(|s| !s.is_empty()),
+        ulimits: cs.ulimits.clone().filter(|u| !u.is_empty()),
+        extra_hosts: cs
+            .hosts
+            .as_ref()
+            .map(|hosts| {
+                hosts
+                    .iter()
+                    .flat_map(|h| extra_hosts(h))
+                    .collect::<Vec<_>>()
+            })
+            .filter(|h| !h.is_empty()),
+        dns: dns.and_then(|d| non_empty(&d.nameservers)),
+        dns_search: dns.and_then(|d| non_empty(&d.search)),
+        dns_options: dns.and_then(|d| non_empty(&d.options)),
+        oom_score_adj: cs.oom_score_adj.filter(|v| *v != 0),
+        security_opt: Some(security_opts(cs.privileges.as_ref())).filter(|o| !o.is_empty()),
+        log_config,
         ..Default::default()
     };
 
@@ -193,6 +247,7 @@ pub fn container_spec(task: &Task) -> Result<ContainerSpec, SpecError> {
         // Whole seconds, as the engine takes them; a stop without an explicit timeout
         // (e.g. of a container whose task is gone) then still honours the spec.
         stop_timeout: Some(grace.as_secs() as i64),
+        healthcheck: cs.health_check.clone(),
         host_config: Some(host_config),
         ..Default::default()
     };
@@ -228,7 +283,11 @@ pub fn attach(spec: &mut ContainerSpec, networks: &[TaskNetwork]) {
     };
     let host_config = spec.body.host_config.get_or_insert_with(Default::default);
     host_config.network_mode = Some(first.docker_network.clone());
-    host_config.dns = Some(vec![first.gateway.to_string()]);
+    // The gateway comes first so that service names resolve; name servers the service
+    // asked for (`--dns`) follow it, used by Docker's resolver when the gateway fails.
+    let mut dns = vec![first.gateway.to_string()];
+    dns.extend(host_config.dns.take().unwrap_or_default());
+    host_config.dns = Some(dns);
     spec.body.networking_config = Some(NetworkingConfig {
         endpoints_config: Some(HashMap::from([(
             first.docker_network.clone(),
@@ -291,6 +350,63 @@ pub fn endpoint_settings(net: &TaskNetwork) -> EndpointSettings {
         }),
         ..Default::default()
     }
+}
+
+/// A service's `--host` entry as the engine takes it. The service spec keeps Docker's
+/// `IP NAME [NAME...]` (the CLI turns `NAME:IP` into it); a container wants `NAME:IP`.
+fn extra_hosts(entry: &str) -> Vec<String> {
+    let mut parts = entry.split_whitespace();
+    match (parts.next(), parts.clone().next()) {
+        (Some(ip), Some(_)) => parts.map(|name| format!("{name}:{ip}")).collect(),
+        (Some(single), None) => vec![single.to_string()],
+        _ => vec![],
+    }
+}
+
+/// The container's security options from the service's privileges, in the engine's
+/// words (`label=...`, `apparmor=...`, `seccomp=...`, `no-new-privileges`).
+fn security_opts(privileges: Option<&TaskSpecContainerSpecPrivileges>) -> Vec<String> {
+    let Some(p) = privileges else {
+        return vec![];
+    };
+    let mut opts = Vec::new();
+    if let Some(se) = &p.se_linux_context {
+        if se.disable == Some(true) {
+            opts.push("label=disable".to_string());
+        }
+        for (key, value) in [
+            ("user", &se.user),
+            ("role", &se.role),
+            ("type", &se.typ),
+            ("level", &se.level),
+        ] {
+            if let Some(v) = value.as_ref().filter(|v| !v.is_empty()) {
+                opts.push(format!("label={key}:{v}"));
+            }
+        }
+    }
+    if let Some(mode) = p.app_armor.as_ref().and_then(|a| a.mode) {
+        if mode == TaskSpecContainerSpecPrivilegesAppArmorModeEnum::DISABLED {
+            opts.push("apparmor=unconfined".to_string());
+        }
+    }
+    if let Some(seccomp) = &p.seccomp {
+        match seccomp.mode {
+            Some(TaskSpecContainerSpecPrivilegesSeccompModeEnum::UNCONFINED) => {
+                opts.push("seccomp=unconfined".to_string())
+            }
+            Some(TaskSpecContainerSpecPrivilegesSeccompModeEnum::CUSTOM) => {
+                if let Some(profile) = &seccomp.profile {
+                    opts.push(format!("seccomp={profile}"));
+                }
+            }
+            _ => {}
+        }
+    }
+    if p.no_new_privileges == Some(true) {
+        opts.push("no-new-privileges".to_string());
+    }
+    opts
 }
 
 fn non_empty(v: &Option<Vec<String>>) -> Option<Vec<String>> {
@@ -573,5 +689,68 @@ mod tests {
         assert_eq!(host("80/tcp"), "8080");
         // 0: the engine picks a free port, as Docker does for host mode.
         assert_eq!(host("53/udp"), "");
+    }
+
+    #[test]
+    fn hosts_and_privileges_take_the_engine_s_form() {
+        assert_eq!(
+            extra_hosts("10.1.2.3 db db.local"),
+            vec!["db:10.1.2.3".to_string(), "db.local:10.1.2.3".to_string()]
+        );
+        assert_eq!(extra_hosts("db:10.1.2.3"), vec!["db:10.1.2.3".to_string()]);
+        assert!(extra_hosts("  ").is_empty());
+        let p: TaskSpecContainerSpecPrivileges = serde_json::from_value(serde_json::json!({
+            "SELinuxContext": {"Disable": false, "User": "u", "Level": "s0"},
+            "AppArmor": {"Mode": "disabled"},
+            "Seccomp": {"Mode": "unconfined"},
+            "NoNewPrivileges": true
+        }))
+        .unwrap();
+        assert_eq!(
+            security_opts(Some(&p)),
+            vec![
+                "label=user:u",
+                "label=level:s0",
+                "apparmor=unconfined",
+                "seccomp=unconfined",
+                "no-new-privileges"
+            ]
+        );
+    }
+
+    #[test]
+    fn windows_only_options_reject_the_task() {
+        let mut t = task();
+        let cs = t.spec.as_mut().unwrap().container_spec.as_mut().unwrap();
+        cs.isolation = Some(TaskSpecContainerSpecIsolationEnum::HYPERV);
+        let err = container_spec(&t).unwrap_err();
+        assert!(err.to_string().contains("Windows"), "{err}");
+    }
+
+    #[test]
+    fn requested_name_servers_follow_the_gateway_on_overlays() {
+        let mut t = task();
+        let cs = t.spec.as_mut().unwrap().container_spec.as_mut().unwrap();
+        cs.dns_config = Some(swarm_state::models::TaskSpecContainerSpecDnsConfig {
+            nameservers: Some(vec!["10.9.9.9".into()]),
+            search: Some(vec!["example.org".into()]),
+            options: None,
+        });
+        let mut spec = container_spec(&t).unwrap();
+        let hc = spec.body.host_config.as_ref().unwrap();
+        assert_eq!(hc.dns, Some(vec!["10.9.9.9".to_string()]));
+        assert_eq!(hc.dns_search, Some(vec!["example.org".to_string()]));
+        let net = TaskNetwork {
+            docker_network: "swb4097".into(),
+            addr: "10.0.1.5".parse().unwrap(),
+            prefix_len: 24,
+            gateway: "10.0.1.1".parse().unwrap(),
+        };
+        attach(&mut spec, &[net]);
+        let hc = spec.body.host_config.as_ref().unwrap();
+        assert_eq!(
+            hc.dns,
+            Some(vec!["10.0.1.1".to_string(), "10.9.9.9".to_string()])
+        );
     }
 }
