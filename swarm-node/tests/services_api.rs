@@ -372,3 +372,83 @@ fn every_container_option_reaches_the_container() {
     let env: Vec<String> = serde_json::from_value(cfg["Env"].clone()).unwrap();
     assert!(env.contains(&"A=1".to_string()), "{env:?}");
 }
+
+/// A health check decides: the task shows Starting until the check passes, and a task
+/// whose check fails is failed with Docker's words and replaced.
+#[test]
+fn health_checks_gate_running_and_replace_unhealthy_tasks() {
+    if !e2e_enabled("health_checks_gate_running_and_replace_unhealthy_tasks") {
+        return;
+    }
+    ensure_image();
+    let mut sandbox = Sandbox::new(&["m1"]);
+    sandbox.init("1s");
+    let m1 = &sandbox.nodes[0];
+    m1.docker_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "slowstart",
+        "--health-cmd",
+        "test -f /tmp/ok",
+        "--health-interval",
+        "1s",
+        "--health-retries",
+        "1",
+        IMAGE,
+        "sh",
+        "-c",
+        "sleep 4; touch /tmp/ok; sleep 3600",
+    ]);
+    let states = |service: &str| {
+        m1.docker_ok(&[
+            "service",
+            "ps",
+            "--no-trunc",
+            "--format",
+            "{{.CurrentState}}|{{.Error}}",
+            service,
+        ])
+    };
+    wait_for("slowstart Starting", Duration::from_secs(30), || {
+        states("slowstart").starts_with("Starting")
+    });
+    assert!(m1
+        .docker_ok(&["service", "ls", "--format", "{{.Name}} {{.Replicas}}"])
+        .contains("slowstart 0/1"));
+    wait_for(
+        "slowstart healthy and Running",
+        Duration::from_secs(30),
+        || states("slowstart").starts_with("Running"),
+    );
+
+    m1.docker_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "sick",
+        "--restart-delay",
+        "1s",
+        "--health-cmd",
+        "false",
+        "--health-interval",
+        "1s",
+        "--health-retries",
+        "1",
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    wait_for(
+        "sick failed as unhealthy and replaced",
+        Duration::from_secs(60),
+        || {
+            let s = states("sick");
+            s.lines().count() >= 2
+                && s.lines()
+                    .any(|l| l.starts_with("Failed") && l.contains("unhealthy container"))
+        },
+    );
+}

@@ -22,8 +22,8 @@ use swarm_state::models::{EngineDescription, NodeDescription, Platform, Resource
 use swarm_state::network::{mac_text, MTU_OPTION};
 
 use crate::runtime::{
-    labels, ContainerRuntime, ContainerSpec, EventAction, LocalNetwork, RunState, RuntimeError,
-    RuntimeEvent, TaskContainer,
+    labels, ContainerRuntime, ContainerSpec, EventAction, Health, LocalNetwork, RunState,
+    RuntimeError, RuntimeEvent, TaskContainer,
 };
 use crate::spec::endpoint_settings;
 
@@ -284,6 +284,22 @@ fn network_matches(n: &NetworkInspect, spec: &BridgeSpec) -> bool {
             == Some(spec.network_id.as_str())
 }
 
+/// The health in a container's list entry. The list API (1.41) has it only in the
+/// `Status` text, which the engine writes as `Up 3 seconds (health: starting)`,
+/// `(healthy)` or `(unhealthy)`; inspecting every running container on every pass
+/// would cost a call each.
+fn health_of(status: &str) -> Health {
+    if status.ends_with("(health: starting)") {
+        Health::Starting
+    } else if status.ends_with("(unhealthy)") {
+        Health::Unhealthy
+    } else if status.ends_with("(healthy)") {
+        Health::Healthy
+    } else {
+        Health::None
+    }
+}
+
 fn node_filter(node_id: &str) -> String {
     format!("{}={node_id}", labels::NODE_ID)
 }
@@ -393,6 +409,7 @@ impl ContainerRuntime for DockerRuntime {
                 name,
                 task_id,
                 state,
+                health: health_of(s.status.as_deref().unwrap_or_default()),
                 labels,
             });
         }
@@ -557,6 +574,8 @@ impl ContainerRuntime for DockerRuntime {
                     "start".to_string(),
                     "die".to_string(),
                     "destroy".to_string(),
+                    // The engine matches `health_status: healthy` and the rest by prefix.
+                    "health_status".to_string(),
                 ],
             ),
             ("label", vec![node_filter(node_id)]),
@@ -678,6 +697,18 @@ impl ContainerRuntime for DockerRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_is_read_from_the_status_text() {
+        assert_eq!(
+            health_of("Up 3 seconds (health: starting)"),
+            Health::Starting
+        );
+        assert_eq!(health_of("Up 2 minutes (healthy)"), Health::Healthy);
+        assert_eq!(health_of("Up 2 minutes (unhealthy)"), Health::Unhealthy);
+        assert_eq!(health_of("Up 2 minutes"), Health::None);
+        assert_eq!(health_of(""), Health::None);
+    }
 
     #[test]
     fn pull_reference_defaults_to_latest_and_keeps_registry_ports() {

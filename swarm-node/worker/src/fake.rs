@@ -12,8 +12,8 @@ use swarm_state::models::{EngineDescription, NodeDescription, Platform, Resource
 use tokio::sync::broadcast;
 
 use crate::runtime::{
-    labels, ContainerRuntime, ContainerSpec, EventAction, LocalNetwork, RunState, RuntimeError,
-    RuntimeEvent, TaskContainer,
+    labels, ContainerRuntime, ContainerSpec, EventAction, Health, LocalNetwork, RunState,
+    RuntimeError, RuntimeEvent, TaskContainer,
 };
 
 /// One engine call, as recorded by [`FakeRuntime`].
@@ -46,6 +46,7 @@ pub struct FakeContainer {
     pub id: String,
     pub spec: ContainerSpec,
     pub state: RunState,
+    pub health: Health,
 }
 
 impl FakeContainer {
@@ -158,6 +159,24 @@ impl FakeRuntime {
         true
     }
 
+    /// The health check of the task's running container reports `health`. Returns false
+    /// if none runs.
+    pub fn set_health(&self, task_id: &str, health: Health) -> bool {
+        let mut st = self.lock();
+        let Some(c) = st
+            .containers
+            .values_mut()
+            .find(|c| c.label(labels::TASK_ID) == Some(task_id) && c.state == RunState::Running)
+        else {
+            return false;
+        };
+        c.health = health;
+        let event = event(c, EventAction::Other);
+        drop(st);
+        let _ = self.events.send(event);
+        true
+    }
+
     /// The networks, swarmup's and others.
     pub fn network_list(&self) -> Vec<FakeNetwork> {
         self.lock().networks.values().cloned().collect()
@@ -236,6 +255,7 @@ impl ContainerRuntime for FakeRuntime {
                     name: c.spec.name.clone(),
                     task_id: c.label(labels::TASK_ID)?.to_string(),
                     state: c.state.clone(),
+                    health: c.health,
                     labels: c.spec.body.labels.clone().unwrap_or_default(),
                 })
             })
@@ -283,6 +303,7 @@ impl ContainerRuntime for FakeRuntime {
                 id: id.clone(),
                 spec: spec.clone(),
                 state: RunState::Created,
+                health: Health::None,
             },
         );
         Ok(id)

@@ -23,7 +23,7 @@ use std::time::Duration;
 use swarm_state::models::{Task, TaskState};
 use swarm_state::{desired_of, is_terminal, state_of};
 
-use crate::runtime::{ContainerSpec, RunState, TaskContainer, TaskNetwork};
+use crate::runtime::{ContainerSpec, Health, RunState, TaskContainer, TaskNetwork};
 use crate::spec::{attach, container_spec, stop_grace, task_networks};
 
 /// The tasks whose overlay attachments are in place on this node, by task id, with the
@@ -240,6 +240,20 @@ fn plan_task(
 
     match container {
         Some(c) => match &c.state {
+            // A health check decides when a task counts as running, and ends it when it
+            // fails, as Docker's executor does; the terminal state then stops the container.
+            RunState::Running if c.health == Health::Unhealthy => report(
+                StatusChange::new(TaskState::FAILED, "failed")
+                    .with_err(UNHEALTHY)
+                    .with_container(cid),
+            ),
+            RunState::Running if c.health == Health::Starting => {
+                if observed < TaskState::STARTING {
+                    report(StatusChange::new(TaskState::STARTING, "starting").with_container(cid))
+                } else {
+                    None
+                }
+            }
             RunState::Running if observed < TaskState::RUNNING => {
                 report(StatusChange::new(TaskState::RUNNING, "started").with_container(cid))
             }
@@ -291,6 +305,9 @@ fn plan_task(
         ),
     }
 }
+
+/// The task error of a container whose health check failed, in Docker's words.
+pub const UNHEALTHY: &str = "dockerexec: unhealthy container";
 
 #[cfg(test)]
 mod tests;

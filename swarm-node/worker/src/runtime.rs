@@ -52,6 +52,18 @@ pub enum RunState {
     Removing,
 }
 
+/// What the engine's health check says of a running container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Health {
+    /// The container has no health check.
+    #[default]
+    None,
+    /// Checked, not yet healthy: Docker shows the task as Starting.
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
 /// A container that belongs to a task of this node (it carries the task labels).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskContainer {
@@ -61,6 +73,7 @@ pub struct TaskContainer {
     /// The value of the `com.docker.swarm.task.id` label.
     pub task_id: String,
     pub state: RunState,
+    pub health: Health,
     pub labels: HashMap<String, String>,
 }
 

@@ -43,6 +43,7 @@ fn container(task_id: &str, state: RunState) -> TaskContainer {
         name: format!("web.1.{task_id}"),
         task_id: task_id.into(),
         state,
+        health: Health::None,
         labels: HashMap::new(),
     }
 }
@@ -443,4 +444,37 @@ fn a_networked_task_that_cannot_run_is_rejected_without_waiting() {
         other => panic!("{other:?}"),
     };
     assert_eq!(c.state, REJECTED);
+}
+
+fn with_health(task_id: &str, health: Health) -> TaskContainer {
+    TaskContainer {
+        health,
+        ..container(task_id, RunState::Running)
+    }
+}
+
+#[test]
+fn a_health_checked_task_is_starting_until_healthy_and_fails_when_unhealthy() {
+    let plan_one = |observed, c: TaskContainer| {
+        let t = task("t1", observed, RUNNING);
+        plan_task("t1", &t, Some(&c), None)
+    };
+    // Started, health not yet known: Starting, and nothing more while it stays so.
+    assert!(plan_one(STARTING, with_health("t1", Health::Starting)).is_none());
+    let change = reported(plan_one(READY, with_health("t1", Health::Starting)));
+    assert_eq!(change.state, STARTING);
+    // Healthy: Running.
+    let change = reported(plan_one(STARTING, with_health("t1", Health::Healthy)));
+    assert_eq!(change.state, RUNNING);
+    // Unhealthy, before or after it ran: failed with Docker's words.
+    for observed in [STARTING, RUNNING] {
+        let change = reported(plan_one(observed, with_health("t1", Health::Unhealthy)));
+        assert_eq!(change.state, FAILED);
+        assert_eq!(change.err.as_deref(), Some(UNHEALTHY));
+    }
+    // A failed task's container that still runs is stopped.
+    assert!(matches!(
+        plan_one(FAILED, with_health("t1", Health::Unhealthy)),
+        Some(Action::Stop { .. })
+    ));
 }
