@@ -452,3 +452,67 @@ fn health_checks_gate_running_and_replace_unhealthy_tasks() {
         },
     );
 }
+
+/// `--reserve-memory` beyond what any node has, and `--replicas-max-per-node`, leave the
+/// extra tasks pending with Docker's reason instead of running them anyway.
+#[test]
+fn reservations_and_replicas_per_node_limit_placement() {
+    if !e2e_enabled("reservations_and_replicas_per_node_limit_placement") {
+        return;
+    }
+    ensure_image();
+    let mut sandbox = Sandbox::new(&["m1"]);
+    sandbox.init("1s");
+    let m1 = &sandbox.nodes[0];
+    m1.docker_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "huge",
+        "--reserve-memory",
+        "100g",
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    m1.docker_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "onepernode",
+        "--replicas",
+        "2",
+        "--replicas-max-per-node",
+        "1",
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    let ps = |service: &str| {
+        m1.docker_ok(&[
+            "service",
+            "ps",
+            "--no-trunc",
+            "--format",
+            "{{.CurrentState}}|{{.Error}}",
+            service,
+        ])
+    };
+    wait_for(
+        "huge pending for resources",
+        Duration::from_secs(30),
+        || ps("huge").contains("insufficient resources on 1 node"),
+    );
+    wait_for(
+        "onepernode: one running, one pending",
+        Duration::from_secs(60),
+        || {
+            let s = ps("onepernode");
+            s.lines().any(|l| l.starts_with("Running"))
+                && s.contains("max replicas per node limit exceed on 1 node")
+        },
+    );
+    assert!(ps("huge").starts_with("Pending"), "{}", ps("huge"));
+}

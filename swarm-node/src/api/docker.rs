@@ -510,6 +510,9 @@ pub fn validate_service_spec(spec: &ServiceSpec) -> ApiResult<()> {
         scheduler::parse_constraints(constraints)
             .map_err(|e| ApiError::BadRequest(format!("rpc error: code = Unknown desc = {e}")))?;
     }
+    if let Some(template) = spec.task_template.as_ref() {
+        scheduler::validate_preferences(template).map_err(ApiError::BadRequest)?;
+    }
     if let Some(rp) = spec
         .task_template
         .as_ref()

@@ -1,9 +1,15 @@
 //! Placement: which node a new task goes to.
 //!
-//! As SwarmKit does: filter the nodes (ready, active, constraints, free host-mode ports),
-//! then rank by the fewest active tasks of the same service, then the fewest active tasks
+//! As SwarmKit does: filter the nodes (ready, active, constraints, resources reserved,
+//! the service's replicas per node, free host-mode ports), then spread over the values of
+//! the placement preferences (`--placement-pref spread=node.labels.zone`: the branch with
+//! the fewest tasks of the service first, level by level, as SwarmKit's tree does), then
+//! rank by the fewest active tasks of the same service, then the fewest active tasks
 //! overall. Pure: the orchestrator calls it with the state and the tasks it is about to
 //! create.
+//!
+//! Not done: SwarmKit also ranks down a node where the service's tasks failed five times
+//! in the last five minutes; that needs a clock this pure function does not have.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -24,6 +30,64 @@ pub struct Load {
     service_host_ports: HashMap<String, Vec<PortKey>>,
     /// The host-mode ports bound (or about to be) on each node.
     node_host_ports: HashMap<String, HashSet<PortKey>>,
+    /// What each service's new tasks reserve (`--reserve-cpu`, `--reserve-memory`).
+    service_reservation: HashMap<String, Reservation>,
+    /// What the active tasks on each node reserve.
+    node_reserved: HashMap<String, Reservation>,
+}
+
+/// CPUs (nano) and memory (bytes) a task reserves, or a node offers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reservation {
+    pub nano_cpus: i64,
+    pub memory_bytes: i64,
+}
+
+impl Reservation {
+    fn of_spec(spec: &TaskSpec) -> Reservation {
+        let r = spec
+            .resources
+            .as_ref()
+            .and_then(|r| r.reservations.as_ref());
+        Reservation {
+            nano_cpus: r.and_then(|r| r.nano_cpus).unwrap_or(0).max(0),
+            memory_bytes: r.and_then(|r| r.memory_bytes).unwrap_or(0).max(0),
+        }
+    }
+
+    /// What the node's engine said it has (heartbeats carry it); nothing if unknown.
+    fn of_node(node: &Node) -> Reservation {
+        let r = node.description.as_ref().and_then(|d| d.resources.as_ref());
+        Reservation {
+            nano_cpus: r.and_then(|r| r.nano_cpus).unwrap_or(0),
+            memory_bytes: r.and_then(|r| r.memory_bytes).unwrap_or(0),
+        }
+    }
+
+    fn is_zero(&self) -> bool {
+        self.nano_cpus == 0 && self.memory_bytes == 0
+    }
+
+    fn plus(self, other: Reservation) -> Reservation {
+        Reservation {
+            nano_cpus: self.nano_cpus.saturating_add(other.nano_cpus),
+            memory_bytes: self.memory_bytes.saturating_add(other.memory_bytes),
+        }
+    }
+
+    fn minus(self, other: Reservation) -> Reservation {
+        Reservation {
+            nano_cpus: (self.nano_cpus - other.nano_cpus).max(0),
+            memory_bytes: (self.memory_bytes - other.memory_bytes).max(0),
+        }
+    }
+
+    /// True when `want` more fits next to what is reserved within `capacity`.
+    fn fits(capacity: Reservation, reserved: Reservation, want: Reservation) -> bool {
+        let used = reserved.plus(want);
+        (want.nano_cpus == 0 || used.nano_cpus <= capacity.nano_cpus)
+            && (want.memory_bytes == 0 || used.memory_bytes <= capacity.memory_bytes)
+    }
 }
 
 /// A service's host-mode ports with a number: two of them cannot share a node.
@@ -51,12 +115,31 @@ impl Load {
                 .map(|id| (id.clone(), host_port_keys(state, id)))
                 .filter(|(_, ports)| !ports.is_empty())
                 .collect(),
+            service_reservation: state
+                .services
+                .iter()
+                .filter_map(|(id, s)| {
+                    let template = s.spec.as_ref()?.task_template.as_ref()?;
+                    Some((id.clone(), Reservation::of_spec(template)))
+                })
+                .filter(|(_, r)| !r.is_zero())
+                .collect(),
             ..Default::default()
         };
         for task in state.tasks.values() {
             if is_active(task) {
                 if let (Some(node), Some(service)) = (&task.node_id, &task.service_id) {
-                    load.add(service, node);
+                    load.count(service, node);
+                    // A task reserves what its own spec asked for, whatever the service
+                    // asks now; one that has ended reserves nothing.
+                    if !is_terminal(state_of(task)) {
+                        let r = task
+                            .spec
+                            .as_ref()
+                            .map(Reservation::of_spec)
+                            .unwrap_or_default();
+                        load.reserve(node, r);
+                    }
                     // A task that has ended no longer holds its host ports.
                     if is_terminal(state_of(task)) {
                         load.release_host_ports(service, node);
@@ -67,7 +150,30 @@ impl Load {
         load
     }
 
+    /// Counts a task the orchestrator has just placed on `node`: its slot, its host ports
+    /// and what the service's tasks reserve.
     pub fn add(&mut self, service: &str, node: &str) {
+        self.count(service, node);
+        let r = self
+            .service_reservation
+            .get(service)
+            .copied()
+            .unwrap_or_default();
+        self.reserve(node, r);
+    }
+
+    fn reserve(&mut self, node: &str, r: Reservation) {
+        if !r.is_zero() {
+            let entry = self.node_reserved.entry(node.to_string()).or_default();
+            *entry = entry.plus(r);
+        }
+    }
+
+    fn reserved(&self, node: &str) -> Reservation {
+        self.node_reserved.get(node).copied().unwrap_or_default()
+    }
+
+    fn count(&mut self, service: &str, node: &str) {
         *self.per_node.entry(node.to_string()).or_default() += 1;
         *self
             .per_service_node
@@ -105,6 +211,11 @@ impl Load {
             *n = n.saturating_sub(1);
         }
         self.release_host_ports(service, node);
+        if let Some(r) = self.service_reservation.get(service).copied() {
+            if let Some(entry) = self.node_reserved.get_mut(node) {
+                *entry = entry.minus(r);
+            }
+        }
     }
 
     fn release_host_ports(&mut self, service: &str, node: &str) {
@@ -152,14 +263,20 @@ pub fn place(
     service_id: &str,
     spec: &TaskSpec,
 ) -> Result<String, String> {
-    let constraints = spec
-        .placement
-        .as_ref()
+    let placement = spec.placement.as_ref();
+    let constraints = placement
         .and_then(|p| p.constraints.clone())
         .unwrap_or_default();
-    let mut best: Option<((usize, usize), &String)> = None;
+    let max_replicas = placement
+        .and_then(|p| p.max_replicas)
+        .filter(|m| *m > 0)
+        .map(|m| m as usize);
+    let spread = spread_descriptors(spec);
+    let want = Reservation::of_spec(spec);
     // Nodes ruled out by each filter, in SwarmKit's order, for the explanation.
-    let (mut by_constraints, mut by_host_ports) = (0, 0);
+    let (mut by_constraints, mut by_resources, mut by_max_replicas, mut by_host_ports) =
+        (0, 0, 0, 0);
+    let mut candidates: Vec<(&String, &Node)> = Vec::new();
     for (id, node) in &state.nodes {
         if !is_eligible(node) {
             continue;
@@ -168,17 +285,43 @@ pub fn place(
             by_constraints += 1;
             continue;
         }
+        if !want.is_zero()
+            && !Reservation::fits(Reservation::of_node(node), load.reserved(id), want)
+        {
+            by_resources += 1;
+            continue;
+        }
+        if max_replicas.is_some_and(|max| load.of(service_id, id).0 >= max) {
+            by_max_replicas += 1;
+            continue;
+        }
         if !load.host_ports_free(service_id, id) {
             by_host_ports += 1;
             continue;
         }
-        let rank = load.of(service_id, id);
-        if best.as_ref().is_none_or(|(r, _)| rank < *r) {
-            best = Some((rank, id));
+        candidates.push((id, node));
+    }
+    // Spread: the fewest tasks of the service in the candidate's branch, level by level.
+    let branch = |node: &Node, level: usize| -> Vec<String> {
+        spread[..=level]
+            .iter()
+            .map(|d| descriptor_value(d, node))
+            .collect()
+    };
+    let mut per_branch: HashMap<Vec<String>, usize> = HashMap::new();
+    for level in 0..spread.len() {
+        for (id, node) in &candidates {
+            *per_branch.entry(branch(node, level)).or_default() += load.of(service_id, id).0;
         }
     }
-    if let Some((_, id)) = best {
-        return Ok(id.clone());
+    let best = candidates.iter().min_by_key(|(id, node)| {
+        let branches: Vec<usize> = (0..spread.len())
+            .map(|level| per_branch.get(&branch(node, level)).copied().unwrap_or(0))
+            .collect();
+        (branches, load.of(service_id, id), *id)
+    });
+    if let Some((id, _)) = best {
+        return Ok((*id).clone());
     }
     let nodes = |n: usize| {
         if n == 1 {
@@ -194,6 +337,15 @@ pub fn place(
             nodes(by_constraints)
         ));
     }
+    if by_resources > 0 {
+        why.push(format!("insufficient resources on {}", nodes(by_resources)));
+    }
+    if by_max_replicas > 0 {
+        why.push(format!(
+            "max replicas per node limit exceed on {}",
+            nodes(by_max_replicas)
+        ));
+    }
     if by_host_ports > 0 {
         why.push(format!(
             "host-mode port already in use on {}",
@@ -205,6 +357,61 @@ pub fn place(
     } else {
         Err(format!("no suitable node ({})", why.join("; ")))
     }
+}
+
+/// The spread descriptors of a spec's placement preferences, outermost first.
+fn spread_descriptors(spec: &TaskSpec) -> Vec<String> {
+    spec.placement
+        .as_ref()
+        .and_then(|p| p.preferences.as_ref())
+        .map(|prefs| {
+            prefs
+                .iter()
+                .filter_map(|p| p.spread.as_ref()?.spread_descriptor.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The value a node has for a spread descriptor (`node.labels.KEY` or
+/// `engine.labels.KEY`); nodes without the label form a branch of their own, as in
+/// SwarmKit.
+fn descriptor_value(descriptor: &str, node: &Node) -> String {
+    let label = |labels: Option<&HashMap<String, String>>, key: &str| {
+        labels.and_then(|l| l.get(key)).cloned().unwrap_or_default()
+    };
+    let lower = descriptor.to_ascii_lowercase();
+    if lower.starts_with("node.labels.") {
+        let key = &descriptor["node.labels.".len()..];
+        label(node.spec.as_ref().and_then(|s| s.labels.as_ref()), key)
+    } else if lower.starts_with("engine.labels.") {
+        let key = &descriptor["engine.labels.".len()..];
+        label(
+            node.description
+                .as_ref()
+                .and_then(|d| d.engine.as_ref())
+                .and_then(|e| e.labels.as_ref()),
+            key,
+        )
+    } else {
+        String::new()
+    }
+}
+
+/// Checks the placement preferences of a spec when it is written, with SwarmKit's words.
+pub fn validate_preferences(spec: &TaskSpec) -> Result<(), String> {
+    for d in spread_descriptors(spec) {
+        let lower = d.to_ascii_lowercase();
+        let key = lower
+            .strip_prefix("node.labels.")
+            .or_else(|| lower.strip_prefix("engine.labels."));
+        if key.is_none_or(str::is_empty) {
+            return Err(format!(
+                "invalid placement preference: spread descriptor {d:?} is not supported: use node.labels.KEY or engine.labels.KEY"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// One parsed placement constraint: `KEY==VALUE` or `KEY!=VALUE`.
@@ -650,5 +857,151 @@ mod tests {
             place(&s, &load, "svc", &TaskSpec::default()),
             Err("no suitable node".into())
         );
+    }
+
+    fn with_resources(mut n: Node, cpus: i64, memory: i64) -> Node {
+        n.description.get_or_insert_with(Default::default).resources =
+            Some(swarm_state::models::ResourceObject {
+                nano_cpus: Some(cpus * 1_000_000_000),
+                memory_bytes: Some(memory),
+                generic_resources: None,
+            });
+        n
+    }
+
+    fn with_label(mut n: Node, key: &str, value: &str) -> Node {
+        n.spec
+            .get_or_insert_with(Default::default)
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(key.into(), value.into());
+        n
+    }
+
+    fn service_with(id: &str, template: TaskSpec) -> swarm_state::models::Service {
+        swarm_state::models::Service {
+            id: Some(id.into()),
+            spec: Some(swarm_state::models::ServiceSpec {
+                name: Some(id.into()),
+                task_template: Some(template),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reservations_filter_nodes_and_add_up() {
+        const GB: i64 = 1 << 30;
+        let mut s = state(vec![
+            with_resources(node("a", NodeSpecRoleEnum::MANAGER, true), 2, 2 * GB),
+            with_resources(node("b", NodeSpecRoleEnum::WORKER, true), 2, GB),
+        ]);
+        let spec = TaskSpec {
+            resources: Some(swarm_state::models::TaskSpecResources {
+                reservations: Some(swarm_state::models::ResourceObject {
+                    memory_bytes: Some(GB),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        s.services
+            .insert("db".into(), service_with("db", spec.clone()));
+        let mut load = Load::from_state(&s);
+        let mut placed = Vec::new();
+        for _ in 0..3 {
+            let n = place(&s, &load, "db", &spec).unwrap();
+            load.add("db", &n);
+            placed.push(n);
+        }
+        placed.sort();
+        assert_eq!(placed, vec!["a", "a", "b"]);
+        assert_eq!(
+            place(&s, &load, "db", &spec),
+            Err("no suitable node (insufficient resources on 2 nodes)".into())
+        );
+        // A 100 GB reservation fits nowhere.
+        let mut huge = spec.clone();
+        huge.resources
+            .as_mut()
+            .unwrap()
+            .reservations
+            .as_mut()
+            .unwrap()
+            .memory_bytes = Some(100 * GB);
+        assert!(place(&s, &Load::from_state(&s), "db", &huge).is_err());
+    }
+
+    #[test]
+    fn max_replicas_per_node_holds() {
+        let s = state(vec![
+            node("a", NodeSpecRoleEnum::MANAGER, true),
+            node("b", NodeSpecRoleEnum::WORKER, true),
+        ]);
+        let spec = TaskSpec {
+            placement: Some(swarm_state::models::TaskSpecPlacement {
+                max_replicas: Some(1),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut load = Load::from_state(&s);
+        for _ in 0..2 {
+            let n = place(&s, &load, "web", &spec).unwrap();
+            load.add("web", &n);
+        }
+        assert_eq!(
+            place(&s, &load, "web", &spec),
+            Err("no suitable node (max replicas per node limit exceed on 2 nodes)".into())
+        );
+    }
+
+    #[test]
+    fn spread_preferences_balance_label_values_first() {
+        // Zone east has three nodes, west one: spreading over zones puts half the tasks
+        // on the single west node, as SwarmKit's tree does.
+        let s = state(vec![
+            with_label(node("a", NodeSpecRoleEnum::MANAGER, true), "zone", "east"),
+            with_label(node("b", NodeSpecRoleEnum::WORKER, true), "zone", "east"),
+            with_label(node("c", NodeSpecRoleEnum::WORKER, true), "zone", "east"),
+            with_label(node("d", NodeSpecRoleEnum::WORKER, true), "zone", "west"),
+        ]);
+        let spec = TaskSpec {
+            placement: Some(swarm_state::models::TaskSpecPlacement {
+                preferences: Some(vec![swarm_state::models::TaskSpecPlacementPreferences {
+                    spread: Some(swarm_state::models::TaskSpecPlacementSpread {
+                        spread_descriptor: Some("node.labels.zone".into()),
+                    }),
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut load = Load::from_state(&s);
+        let mut per_node: HashMap<String, usize> = HashMap::new();
+        for _ in 0..6 {
+            let n = place(&s, &load, "web", &spec).unwrap();
+            load.add("web", &n);
+            *per_node.entry(n).or_default() += 1;
+        }
+        assert_eq!(per_node.get("d"), Some(&3), "{per_node:?}");
+        assert_eq!(per_node.values().sum::<usize>(), 6);
+        assert!(validate_preferences(&spec).is_ok());
+        let mut bad = spec.clone();
+        bad.placement
+            .as_mut()
+            .unwrap()
+            .preferences
+            .as_mut()
+            .unwrap()[0]
+            .spread
+            .as_mut()
+            .unwrap()
+            .spread_descriptor = Some("node.hostname".into());
+        assert!(validate_preferences(&bad)
+            .unwrap_err()
+            .contains("node.hostname"));
     }
 }
