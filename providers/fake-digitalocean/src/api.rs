@@ -98,6 +98,14 @@ fn missing() -> Response {
     )
 }
 
+/// Parses a body and checks it against the specification's schema for the endpoint:
+/// DigitalOcean answers 422 to a body that lacks a required field or has a wrong type.
+fn parse_checked(body: &Bytes, schema: &crate::schema::Schema) -> Result<Value, Refused> {
+    let v = parse_json(body)?;
+    crate::schema::check(schema, &v, "").map_err(|e| refuse(&e))?;
+    Ok(v)
+}
+
 fn bad_body() -> Response {
     error(
         StatusCode::BAD_REQUEST,
@@ -392,7 +400,7 @@ async fn get_key(State(s): S, Path(ident): Path<String>) -> Response {
 }
 
 async fn create_key(State(s): S, body: Bytes) -> Response {
-    let v = match parse_json(&body) {
+    let v = match parse_checked(&body, &crate::schema::ssh_key_create()) {
         Ok(v) => v,
         Err(r) => return *r,
     };
@@ -547,7 +555,7 @@ fn read_create(v: &Value) -> Result<CreateRequest, Refused> {
 }
 
 async fn create_droplets(State(s): S, body: Bytes) -> Response {
-    let v = match parse_json(&body) {
+    let v = match parse_checked(&body, &crate::schema::droplet_create()) {
         Ok(v) => v,
         Err(r) => return *r,
     };
@@ -749,7 +757,7 @@ async fn delete_droplets_by_tag(State(s): S, Query(q): Q) -> Response {
 }
 
 async fn droplet_action(State(s): S, Path(id): Path<String>, body: Bytes) -> Response {
-    let v = match parse_json(&body) {
+    let v = match parse_checked(&body, &crate::schema::droplet_action()) {
         Ok(v) => v,
         Err(r) => return *r,
     };
@@ -967,7 +975,7 @@ async fn get_firewall(State(s): S, Path(id): Path<String>) -> Response {
 }
 
 async fn create_firewall(State(s): S, body: Bytes) -> Response {
-    let v = match parse_json(&body) {
+    let v = match parse_checked(&body, &crate::schema::firewall()) {
         Ok(v) => v,
         Err(r) => return *r,
     };
@@ -1000,7 +1008,7 @@ async fn create_firewall(State(s): S, body: Bytes) -> Response {
 }
 
 async fn update_firewall(State(s): S, Path(id): Path<String>, body: Bytes) -> Response {
-    let v = match parse_json(&body) {
+    let v = match parse_checked(&body, &crate::schema::firewall()) {
         Ok(v) => v,
         Err(r) => return *r,
     };

@@ -21,6 +21,7 @@ mod catalog;
 mod faults;
 #[cfg(target_os = "linux")]
 mod lab;
+mod schema;
 mod state;
 
 use std::convert::Infallible;

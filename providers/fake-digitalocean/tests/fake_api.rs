@@ -392,20 +392,39 @@ async fn put_replaces_a_whole_firewall_and_refuses_bad_rules_like_digitalocean()
         json!(["192.0.2.0/24", "2001:db8::/48"])
     );
 
-    // Refused with DigitalOcean's error shape, and the firewall stays as it was.
-    for bad in [
-        json!({"name": "fw1", "inbound_rules": [rule("9200", json!(["192.0.2.0/33"]))]}),
-        json!({"name": "fw1", "inbound_rules": [rule("9200", json!(["example.com"]))]}),
-        json!({"name": "fw1", "inbound_rules": [rule("70000", json!(["0.0.0.0/0"]))]}),
-        json!({"name": "fw1", "inbound_rules": [{"protocol": "gre", "sources": {"addresses": ["0.0.0.0/0"]}}]}),
-        json!({"inbound_rules": [rule("22", json!(["0.0.0.0/0"]))]}),
+    // Refused with DigitalOcean's error shape, and the firewall stays as it was: values the
+    // API cannot use get 400, bodies the specification does not allow (a missing required
+    // field such as an icmp rule's ports, a protocol outside the enum) get 422.
+    let bad_request = (400, Some("bad_request"));
+    let unprocessable = (422, Some("unprocessable_entity"));
+    for (bad, expected) in [
+        (
+            json!({"name": "fw1", "inbound_rules": [rule("9200", json!(["192.0.2.0/33"]))]}),
+            bad_request,
+        ),
+        (
+            json!({"name": "fw1", "inbound_rules": [rule("9200", json!(["example.com"]))]}),
+            bad_request,
+        ),
+        (
+            json!({"name": "fw1", "inbound_rules": [rule("70000", json!(["0.0.0.0/0"]))]}),
+            bad_request,
+        ),
+        (
+            json!({"name": "fw1", "inbound_rules": [{"protocol": "gre", "ports": "0", "sources": {"addresses": ["0.0.0.0/0"]}}]}),
+            unprocessable,
+        ),
+        (
+            json!({"name": "fw1", "inbound_rules": [{"protocol": "icmp", "sources": {"addresses": ["0.0.0.0/0"]}}]}),
+            unprocessable,
+        ),
+        (
+            json!({"inbound_rules": [rule("22", json!(["0.0.0.0/0"]))]}),
+            unprocessable,
+        ),
     ] {
         let (status, _, v) = call(&fake, reqwest::Method::PUT, &path, Some(bad.clone())).await;
-        assert_eq!(
-            (status, v["id"].as_str()),
-            (400, Some("bad_request")),
-            "{bad}"
-        );
+        assert_eq!((status, v["id"].as_str()), expected, "{bad}");
         assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
     }
     let (_, _, after) = call(&fake, reqwest::Method::GET, &path, None).await;

@@ -60,7 +60,7 @@ pub fn cluster_firewall(name: &str, cluster_tag: &str, ssh_from: &[String]) -> F
             },
             peer_rule("udp", Some("4789")),
             // Lets nodes ping each other when something is wrong.
-            peer_rule("icmp", None),
+            peer_rule("icmp", Some("0")),
         ],
         outbound_rules: vec![
             OutboundRule {
@@ -75,7 +75,7 @@ pub fn cluster_firewall(name: &str, cluster_tag: &str, ssh_from: &[String]) -> F
             },
             OutboundRule {
                 protocol: "icmp".into(),
-                ports: None,
+                ports: Some("0".into()),
                 destinations: anywhere(),
             },
         ],
@@ -302,7 +302,7 @@ mod tests {
             .iter()
             .map(|r| format!("{}/{}", r.ports.as_deref().unwrap_or("-"), r.protocol))
             .collect();
-        assert_eq!(ports, ["22/tcp", "2377/tcp", "4789/udp", "-/icmp"]);
+        assert_eq!(ports, ["22/tcp", "2377/tcp", "4789/udp", "0/icmp"]);
         assert_eq!(fw.tags, vec!["swarmup:c1"]);
         assert_eq!(fw.outbound_rules.len(), 3);
     }

@@ -13,6 +13,10 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
+fn ports_or_all<S: serde::Serializer>(ports: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(ports.as_deref().unwrap_or("0"))
+}
+
 /// `{"id": "...", "message": "..."}`, the body of every 4xx and 5xx answer.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ApiErrorBody {
@@ -233,8 +237,9 @@ pub struct Targets {
 pub struct InboundRule {
     /// `tcp`, `udp` or `icmp`.
     pub protocol: String,
-    /// `"22"`, `"8000-9000"` or `"0"` for all; left out for icmp.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `"22"`, `"8000-9000"` or `"0"` for all (icmp too). The specification requires it in
+    /// every rule sent; a rule read without it is sent back as `"0"`.
+    #[serde(default, serialize_with = "ports_or_all")]
     pub ports: Option<String>,
     #[serde(default, deserialize_with = "null_default")]
     pub sources: Targets,
@@ -243,7 +248,7 @@ pub struct InboundRule {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboundRule {
     pub protocol: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, serialize_with = "ports_or_all")]
     pub ports: Option<String>,
     #[serde(default, deserialize_with = "null_default")]
     pub destinations: Targets,
