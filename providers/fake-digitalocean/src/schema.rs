@@ -260,11 +260,6 @@ pub fn firewall() -> Schema {
     ])
 }
 
-/// `POST /v2/tags`.
-pub fn tag_create() -> Schema {
-    obj(&[], vec![("name", Str)])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
