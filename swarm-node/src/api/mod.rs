@@ -21,6 +21,7 @@ use crate::manager::Manager;
 pub mod docker;
 pub mod filters;
 pub mod internal;
+pub mod limits;
 pub mod networks;
 
 /// The Docker API version this node speaks (that of Docker Engine 20.10).
