@@ -157,6 +157,11 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Every connection to the control port is a descriptor: allow as many as the hard
+    // limit does, so a flood of connections meets the server's budgets, not EMFILE.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "cannot raise the open files limit");
+    }
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,24 +1,28 @@
 //! Serving an axum application over mutual TLS (the control port) or a unix socket (the
 //! local Docker API socket), with the caller's identity on every request.
 
+use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::Router;
 use http::request::Parts;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tower::Service;
 use tracing::{debug, warn};
 
-use crate::{PeerIdentity, TlsAcceptorHandle};
+use crate::{PeerIdentity, Role, TlsAcceptorHandle};
 
 /// Who sent a request: the identity in the client certificate (`None` for a client
 /// without one) and where the connection came from. Every request served by
@@ -85,27 +89,297 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
 }
 
 /// Limits of a server. The defaults suit the control port.
+///
+/// # Who may hold a connection
+///
+/// Anyone who can reach the control port can open connections, and a client without a
+/// certificate may legitimately send a request (fetching the CA, joining). So that such
+/// clients cannot hold every slot, a connection goes through three budgets, each with
+/// its own count ([`Admission`] makes the decisions):
+///
+/// - **Handshakes** ([`max_handshakes`](Self::max_handshakes)): a connection in the TLS
+///   handshake. When the budget is full, a new connection evicts the one that has waited
+///   longest, so clients that never finish the handshake delay a real client by at most
+///   the time it takes `max_handshakes` other connections to arrive; none lasts longer
+///   than [`handshake_timeout`](Self::handshake_timeout) anyway.
+/// - **Anonymous** ([`max_anonymous`](Self::max_anonymous), at most
+///   [`max_anonymous_per_ip`](Self::max_anonymous_per_ip) per client address): a
+///   connection without a client certificate. They may only fetch the CA and join, so a
+///   small budget is plenty, and their requests must be read within
+///   [`anonymous_read_timeout`](Self::anonymous_read_timeout).
+/// - **Certified** ([`max_connections`](Self::max_connections)): a connection with a
+///   certificate of this swarm's CA, at most [`max_per_worker`](Self::max_per_worker)
+///   per worker certificate and [`max_per_manager`](Self::max_per_manager) per manager
+///   certificate (managers relay and replicate, so they get more); administrators share
+///   the whole budget.
+///
+/// A connection that finishes its handshake without room in its budget is answered
+/// `503 Service Unavailable` with Docker's `{"message": ...}` body and closed; it never
+/// waits in the server. Until it is answered it keeps its place in the handshake budget
+/// (so under a flood it may be evicted, closed without an answer), which keeps the
+/// descriptors in use bounded by the sum of the budgets. Upgraded connections leave the
+/// budgets: what they do is up to the handler that upgraded them (an administrator's).
+///
+/// # How long a request may take to arrive
+///
+/// The request line and headers must arrive within the class's header timeout (which
+/// also bounds an idle keep-alive connection), and the body within the class's body
+/// timeout counted from the end of the headers; a body still incomplete then fails (the
+/// handler sees a body error and answers 400) and the connection is closed. Responses are
+/// not bounded: a long poll is a slow response to a quick request, and an upgraded
+/// connection (attach, exec) is no longer a request.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// A client that has not finished the TLS handshake by then is dropped.
     pub handshake_timeout: Duration,
-    /// Connections served at once; further clients wait in the listen backlog.
+    /// Connections in the TLS handshake at once; a new one evicts the oldest.
+    pub max_handshakes: usize,
+    /// Connections with a client certificate served at once.
     pub max_connections: usize,
+    /// Connections of one worker certificate served at once.
+    pub max_per_worker: usize,
+    /// Connections of one manager certificate served at once.
+    pub max_per_manager: usize,
+    /// Connections without a client certificate served at once.
+    pub max_anonymous: usize,
+    /// Connections without a client certificate from one IP address served at once.
+    pub max_anonymous_per_ip: usize,
     /// After shutdown, how long in-flight requests may take before their connections are
     /// cut.
     pub shutdown_grace: Duration,
-    /// How long a client may take to send request headers, which also bounds how long
-    /// an idle keep-alive connection stays open.
+    /// How long a client with a certificate may take to send request headers, which also
+    /// bounds how long its idle keep-alive connection stays open.
     pub header_read_timeout: Duration,
+    /// How long a client with a certificate may take to send a request body, from the
+    /// end of its headers.
+    pub body_read_timeout: Duration,
+    /// How long a client without a certificate may take to send request headers (or to
+    /// send the next request on a kept-alive connection), and then again its body.
+    pub anonymous_read_timeout: Duration,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
+            max_handshakes: 64,
             max_connections: 1024,
+            max_per_worker: 64,
+            max_per_manager: 512,
+            max_anonymous: 64,
+            max_anonymous_per_ip: 16,
             shutdown_grace: Duration::from_secs(20),
             header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(60),
+            anonymous_read_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Who holds a served connection, as far as the budgets are concerned.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Caller {
+    /// No client certificate (the address, when the connection has one).
+    Anonymous(Option<IpAddr>),
+    /// A certificate of this swarm's CA.
+    Certified { role: Role, name: String },
+}
+
+impl Caller {
+    fn of(peer: &Peer) -> Caller {
+        match &peer.identity {
+            Some(identity) => Caller::Certified {
+                role: identity.role,
+                name: identity.node_id.clone(),
+            },
+            None => Caller::Anonymous(peer.remote_ip()),
+        }
+    }
+}
+
+/// Why a connection got no slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// The budget of its class is full.
+    Full,
+    /// Its address (anonymous) or certificate (node) holds its share already.
+    OwnShare,
+}
+
+impl Refusal {
+    fn message(self) -> &'static str {
+        match self {
+            Refusal::Full => "the server has too many open connections: try again later",
+            Refusal::OwnShare => {
+                "too many open connections from this client: close some and try again"
+            }
+        }
+    }
+}
+
+/// The connection budgets of [`ServeOptions`] and what is using them: the decisions
+/// only, without sockets or clocks, so the policy is tested on its own.
+#[derive(Debug)]
+struct Admission {
+    limits: ServeOptions,
+    /// Connections in the handshake, by arrival order (ids grow).
+    handshakes: BTreeSet<u64>,
+    anonymous: usize,
+    anonymous_by_ip: HashMap<IpAddr, usize>,
+    certified: usize,
+    by_identity: HashMap<(Role, String), usize>,
+}
+
+impl Admission {
+    fn new(limits: ServeOptions) -> Admission {
+        Admission {
+            limits,
+            handshakes: BTreeSet::new(),
+            anonymous: 0,
+            anonymous_by_ip: HashMap::new(),
+            certified: 0,
+            by_identity: HashMap::new(),
+        }
+    }
+
+    /// Connection `id` starts its handshake; returns the one it evicts, if the budget was
+    /// full (the longest waiting).
+    fn start_handshake(&mut self, id: u64) -> Option<u64> {
+        let evicted = if self.handshakes.len() >= self.limits.max_handshakes.max(1) {
+            self.handshakes.pop_first()
+        } else {
+            None
+        };
+        self.handshakes.insert(id);
+        evicted
+    }
+
+    /// Connection `id` is out of the handshake (done, failed or evicted).
+    fn end_handshake(&mut self, id: u64) {
+        self.handshakes.remove(&id);
+    }
+
+    /// Takes a slot for `caller`, or says why there is none.
+    fn admit(&mut self, caller: &Caller) -> Result<(), Refusal> {
+        match caller {
+            Caller::Anonymous(ip) => {
+                if self.anonymous >= self.limits.max_anonymous {
+                    return Err(Refusal::Full);
+                }
+                if let Some(ip) = ip {
+                    let held = self.anonymous_by_ip.entry(*ip).or_default();
+                    if *held >= self.limits.max_anonymous_per_ip {
+                        return Err(Refusal::OwnShare);
+                    }
+                    *held += 1;
+                }
+                self.anonymous += 1;
+            }
+            Caller::Certified { role, name } => {
+                if self.certified >= self.limits.max_connections.max(1) {
+                    return Err(Refusal::Full);
+                }
+                let share = match role {
+                    Role::Worker => self.limits.max_per_worker,
+                    Role::Manager => self.limits.max_per_manager,
+                    Role::Admin => self.limits.max_connections,
+                };
+                let held = self.by_identity.entry((*role, name.clone())).or_default();
+                if *held >= share {
+                    return Err(Refusal::OwnShare);
+                }
+                *held += 1;
+                self.certified += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives back the slot [`admit`](Self::admit) gave `caller`.
+    fn release(&mut self, caller: &Caller) {
+        fn down<K: Eq + std::hash::Hash>(map: &mut HashMap<K, usize>, key: &K) {
+            if let Some(n) = map.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(key);
+                }
+            }
+        }
+        match caller {
+            Caller::Anonymous(ip) => {
+                self.anonymous -= 1;
+                if let Some(ip) = ip {
+                    down(&mut self.anonymous_by_ip, ip);
+                }
+            }
+            Caller::Certified { role, name } => {
+                self.certified -= 1;
+                down(&mut self.by_identity, &(*role, name.clone()));
+            }
+        }
+    }
+}
+
+/// The admission state shared by the accept loop and the connections, with the handles
+/// that evict a connection from the handshake budget (dropping one evicts).
+#[derive(Debug)]
+struct Gate {
+    admission: Admission,
+    evict: HashMap<u64, oneshot::Sender<()>>,
+}
+
+type SharedGate = Arc<Mutex<Gate>>;
+
+fn lock(gate: &SharedGate) -> std::sync::MutexGuard<'_, Gate> {
+    // The state is counts only, consistent after every call: a panic elsewhere
+    // does not make it unusable.
+    gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Holds a handshake slot; gives it back when dropped.
+struct HandshakeSlot {
+    gate: SharedGate,
+    id: u64,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut gate = lock(&self.gate);
+        gate.admission.end_handshake(self.id);
+        gate.evict.remove(&self.id);
+    }
+}
+
+/// Holds a connection slot; gives it back when dropped.
+struct ConnectionSlot {
+    gate: SharedGate,
+    caller: Caller,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        lock(&self.gate).admission.release(&self.caller);
+    }
+}
+
+/// How long a connection's requests may take to arrive (see [`ServeOptions`]).
+#[derive(Debug, Clone, Copy)]
+struct ReadTimeouts {
+    header: Duration,
+    body: Duration,
+}
+
+impl ReadTimeouts {
+    fn for_caller(caller: &Caller, options: &ServeOptions) -> ReadTimeouts {
+        match caller {
+            Caller::Anonymous(_) => ReadTimeouts {
+                header: options.anonymous_read_timeout,
+                body: options.anonymous_read_timeout,
+            },
+            Caller::Certified { .. } => ReadTimeouts {
+                header: options.header_read_timeout,
+                body: options.body_read_timeout,
+            },
         }
     }
 }
@@ -128,7 +402,8 @@ pub async fn serve_tls(
 /// When `shutdown` completes the listener stops accepting, open connections finish
 /// their in-flight requests within [`ServeOptions::shutdown_grace`], and the function
 /// returns. Accept errors (such as running out of file descriptors) are logged and
-/// retried with a growing pause; they never end the server.
+/// retried with a growing pause; they never end the server. Connections are admitted
+/// and their requests timed as [`ServeOptions`] describes.
 pub async fn serve_tls_with(
     listener: tokio::net::TcpListener,
     tls: TlsAcceptorHandle,
@@ -136,23 +411,18 @@ pub async fn serve_tls_with(
     shutdown: impl Future<Output = ()>,
     options: ServeOptions,
 ) -> io::Result<()> {
-    let handshake_timeout = options.handshake_timeout;
     let handshake = move |stream: tokio::net::TcpStream, remote: String| {
         let acceptor = tls.acceptor();
         async move {
             let _ = stream.set_nodelay(true);
-            let tls_stream =
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        debug!(%remote, error = %e, "tls handshake failed");
-                        return None;
-                    }
-                    Err(_) => {
-                        debug!(%remote, "tls handshake timed out");
-                        return None;
-                    }
-                };
+            // The serve loop bounds how long this may take.
+            let tls_stream = match acceptor.accept(stream).await {
+                Ok(s) => s,
+                Err(e) => {
+                    debug!(%remote, error = %e, "tls handshake failed");
+                    return None;
+                }
+            };
             let peer = tls_stream
                 .get_ref()
                 .1
@@ -255,20 +525,22 @@ where
     HF: Future<Output = Option<(IO, Peer)>> + Send + 'static,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let limit = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let gate: SharedGate = Arc::new(Mutex::new(Gate {
+        admission: Admission::new(options.clone()),
+        evict: HashMap::new(),
+    }));
+    let options = Arc::new(options);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut next_id = 0u64;
     tokio::pin!(shutdown);
 
     loop {
         while connections.try_join_next().is_some() {}
 
-        let permit = tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            permit = limit.clone().acquire_owned() => permit.expect("the connection semaphore is never closed"),
-        };
+        // Accepting never waits for a slot: every budget is enforced once the client is
+        // known, so the listen backlog cannot fill up with clients nobody looks at.
         let (stream, remote) = tokio::select! {
             biased;
             () = &mut shutdown => break,
@@ -290,18 +562,66 @@ where
             },
         };
 
+        let id = next_id;
+        next_id += 1;
+        let (evict_tx, mut evicted) = oneshot::channel::<()>();
+        {
+            let mut g = lock(&gate);
+            if let Some(oldest) = g.admission.start_handshake(id) {
+                // Dropping its sender wakes the evicted connection.
+                g.evict.remove(&oldest);
+            }
+            g.evict.insert(id, evict_tx);
+        }
+        let handshake_slot = HandshakeSlot {
+            gate: gate.clone(),
+            id,
+        };
+
         let handshake = handshake.clone();
         let app = app.clone();
         let mut stop = stop_rx.clone();
-        let header_read_timeout = options.header_read_timeout;
+        let options = options.clone();
+        let gate = gate.clone();
         connections.spawn(async move {
-            let _permit = permit;
             let ready = tokio::select! {
-                ready = handshake(stream, remote.clone()) => ready,
+                ready = tokio::time::timeout(options.handshake_timeout, handshake(stream, remote.clone())) => match ready {
+                    Ok(ready) => ready,
+                    Err(_) => {
+                        debug!(%remote, "handshake timed out");
+                        None
+                    }
+                },
+                _ = &mut evicted => {
+                    debug!(%remote, "handshake evicted by a newer connection");
+                    None
+                }
                 () = stopped(&mut stop) => None,
             };
             let Some((io, peer)) = ready else { return };
-            serve_connection(io, peer, app, stop, header_read_timeout, &remote).await;
+            let caller = Caller::of(&peer);
+            let admitted = lock(&gate).admission.admit(&caller);
+            match admitted {
+                Ok(()) => {
+                    drop(handshake_slot);
+                    let _slot = ConnectionSlot { gate, caller: caller.clone() };
+                    let timeouts = ReadTimeouts::for_caller(&caller, &options);
+                    serve_connection(io, peer, app, stop, timeouts, &remote).await;
+                }
+                Err(refusal) => {
+                    debug!(%remote, ?caller, ?refusal, "no connection slot: refusing");
+                    // Still in the handshake budget (evictable) and under its timeout,
+                    // so refusals hold no more than the handshakes may.
+                    let _ = tokio::time::timeout(options.handshake_timeout, async {
+                        tokio::select! {
+                            () = refuse(io, refusal) => {}
+                            _ = &mut evicted => {}
+                        }
+                    })
+                    .await;
+                    drop(handshake_slot);
+                }
+            }
         });
     }
 
@@ -326,12 +646,33 @@ where
     Ok(())
 }
 
+/// Answers the first request of a connection that got no slot with 503 and Docker's
+/// error body, then closes it.
+async fn refuse<IO>(io: IO, refusal: Refusal)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |_request: http::Request<Incoming>| {
+        let body = format!(r#"{{"message":"{}"}}"#, refusal.message());
+        let response = http::Response::builder()
+            .status(http::StatusCode::SERVICE_UNAVAILABLE)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::CONNECTION, "close")
+            .body(axum::body::Body::from(body));
+        std::future::ready(response)
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+}
+
 async fn serve_connection<IO>(
     io: IO,
     peer: Peer,
     app: Router,
     mut stop: watch::Receiver<bool>,
-    header_read_timeout: Duration,
+    timeouts: ReadTimeouts,
     remote: &str,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -344,13 +685,20 @@ async fn serve_connection<IO>(
                 <Router as Service<http::Request<axum::body::Body>>>::poll_ready(&mut router, cx)
             })
             .await?;
-            router.call(request.map(axum::body::Body::new)).await
+            let request = request.map(|body| {
+                if body.is_end_stream() {
+                    axum::body::Body::new(body)
+                } else {
+                    axum::body::Body::new(DeadlineBody::new(body, timeouts.body))
+                }
+            });
+            router.call(request).await
         }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
+        .header_read_timeout(timeouts.header)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(connection);
@@ -367,8 +715,182 @@ async fn serve_connection<IO>(
     }
 }
 
+/// A request body that fails once its deadline passes before it has all arrived. The
+/// handler then answers with an error and the server closes the connection, since the
+/// rest of the body was never read.
+struct DeadlineBody {
+    inner: Incoming,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl DeadlineBody {
+    fn new(inner: Incoming, limit: Duration) -> DeadlineBody {
+        DeadlineBody {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+}
+
+/// The error of a request body that did not arrive in time.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive in time")]
+struct BodyTimeout;
+
+impl hyper::body::Body for DeadlineBody {
+    type Data = hyper::body::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|r| r.map_err(Into::into)));
+        }
+        match this.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimeout.into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Resolves once shutdown has been signalled (or the signal is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     // The guard wait_for returns is not Send: drop it here, before any other await.
     let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ServeOptions {
+        ServeOptions {
+            max_handshakes: 2,
+            max_connections: 6,
+            max_per_worker: 2,
+            max_per_manager: 4,
+            max_anonymous: 3,
+            max_anonymous_per_ip: 2,
+            ..ServeOptions::default()
+        }
+    }
+
+    fn anonymous(last: u8) -> Caller {
+        Caller::Anonymous(Some(IpAddr::from([10, 0, 0, last])))
+    }
+
+    fn node(role: Role, name: &str) -> Caller {
+        Caller::Certified {
+            role,
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn a_new_handshake_evicts_the_longest_waiting_when_the_budget_is_full() {
+        let mut a = Admission::new(limits());
+        assert_eq!(a.start_handshake(1), None);
+        assert_eq!(a.start_handshake(2), None);
+        assert_eq!(a.start_handshake(3), Some(1));
+        assert_eq!(a.start_handshake(4), Some(2));
+        // A finished handshake makes room without evicting anyone.
+        a.end_handshake(3);
+        assert_eq!(a.start_handshake(5), None);
+        assert_eq!(a.start_handshake(6), Some(4));
+        // Ending an evicted handshake again changes nothing.
+        a.end_handshake(1);
+        assert_eq!(a.handshakes.iter().copied().collect::<Vec<_>>(), [5, 6]);
+    }
+
+    #[test]
+    fn anonymous_connections_have_a_small_budget_and_a_share_per_address() {
+        let mut a = Admission::new(limits());
+        assert_eq!(a.admit(&anonymous(1)), Ok(()));
+        assert_eq!(a.admit(&anonymous(1)), Ok(()));
+        assert_eq!(a.admit(&anonymous(1)), Err(Refusal::OwnShare));
+        assert_eq!(a.admit(&anonymous(2)), Ok(()));
+        assert_eq!(a.admit(&anonymous(3)), Err(Refusal::Full));
+        a.release(&anonymous(1));
+        assert_eq!(a.admit(&anonymous(3)), Ok(()));
+        assert_eq!(a.admit(&anonymous(1)), Err(Refusal::Full));
+        // Certified callers do not draw on the anonymous budget.
+        assert_eq!(a.admit(&node(Role::Admin, "operator")), Ok(()));
+    }
+
+    #[test]
+    fn an_anonymous_flood_leaves_the_certified_budget_whole() {
+        let mut a = Admission::new(limits());
+        let refused = (0..1000)
+            .filter(|i| a.admit(&anonymous((i % 200) as u8)).is_err())
+            .count();
+        assert_eq!(refused, 1000 - 3);
+        for _ in 0..6 {
+            assert_eq!(a.admit(&node(Role::Admin, "operator")), Ok(()));
+        }
+        assert_eq!(a.admit(&node(Role::Admin, "operator")), Err(Refusal::Full));
+    }
+
+    #[test]
+    fn one_node_certificate_holds_only_its_share() {
+        let mut a = Admission::new(limits());
+        assert_eq!(a.admit(&node(Role::Worker, "w1")), Ok(()));
+        assert_eq!(a.admit(&node(Role::Worker, "w1")), Ok(()));
+        assert_eq!(a.admit(&node(Role::Worker, "w1")), Err(Refusal::OwnShare));
+        assert_eq!(a.admit(&node(Role::Worker, "w2")), Ok(()));
+        // Managers get more; their share is counted apart from a worker of the same name.
+        for _ in 0..3 {
+            assert_eq!(a.admit(&node(Role::Manager, "w1")), Ok(()));
+        }
+        assert_eq!(a.admit(&node(Role::Admin, "operator")), Err(Refusal::Full));
+        a.release(&node(Role::Worker, "w1"));
+        assert_eq!(a.admit(&node(Role::Admin, "operator")), Ok(()));
+        assert_eq!(a.admit(&node(Role::Worker, "w1")), Err(Refusal::Full));
+    }
+
+    #[test]
+    fn released_slots_leave_no_trace() {
+        let mut a = Admission::new(limits());
+        let callers = [
+            anonymous(1),
+            node(Role::Worker, "w1"),
+            Caller::Anonymous(None),
+        ];
+        for c in &callers {
+            a.admit(c).unwrap();
+        }
+        for c in &callers {
+            a.release(c);
+        }
+        assert_eq!((a.anonymous, a.certified), (0, 0));
+        assert!(a.anonymous_by_ip.is_empty() && a.by_identity.is_empty());
+    }
+
+    #[test]
+    fn anonymous_callers_get_the_short_read_timeouts() {
+        let options = ServeOptions::default();
+        let t = ReadTimeouts::for_caller(&anonymous(1), &options);
+        assert_eq!(
+            (t.header, t.body),
+            (
+                options.anonymous_read_timeout,
+                options.anonymous_read_timeout
+            )
+        );
+        let t = ReadTimeouts::for_caller(&node(Role::Worker, "w1"), &options);
+        assert_eq!(
+            (t.header, t.body),
+            (options.header_read_timeout, options.body_read_timeout)
+        );
+    }
 }

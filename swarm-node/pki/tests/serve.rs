@@ -51,6 +51,11 @@ fn app(ca_pem: String) -> Router {
         )
         .route(CA_PATH, get(move || async move { ca_pem }))
         .route(
+            "/echo",
+            axum::routing::post(|body: String| async move { body }),
+        )
+        .route("/upgrade", axum::routing::post(upgrade_to_echo))
+        .route(
             "/slow/{ms}",
             get(
                 |axum::extract::Path(ms): axum::extract::Path<u64>| async move {
@@ -59,6 +64,29 @@ fn app(ca_pem: String) -> Router {
                 },
             ),
         )
+}
+
+/// Switches the connection to a raw stream that echoes what it receives, as Docker's
+/// attach and exec switch to a raw stream.
+async fn upgrade_to_echo(mut request: axum::extract::Request) -> axum::response::Response {
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        let upgraded = on_upgrade.await.unwrap();
+        let mut io = hyper_util::rt::TokioIo::new(upgraded);
+        let mut buf = [0u8; 1024];
+        loop {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => io.write_all(&buf[..n]).await.unwrap(),
+            }
+        }
+    });
+    http::Response::builder()
+        .status(http::StatusCode::SWITCHING_PROTOCOLS)
+        .header(http::header::CONNECTION, "Upgrade")
+        .header(http::header::UPGRADE, "tcp")
+        .body(axum::body::Body::empty())
+        .unwrap()
 }
 
 struct Server {
@@ -319,35 +347,6 @@ async fn a_silent_client_neither_blocks_others_nor_stays_forever() {
 }
 
 #[tokio::test]
-async fn connections_beyond_the_limit_wait_for_a_free_slot() {
-    let (ca, server_id) = fixture();
-    let options = ServeOptions {
-        max_connections: 1,
-        ..ServeOptions::default()
-    };
-    let server = Server::start(&ca, &server_id, options).await;
-    let holder = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-
-    let client = http_client(&identity(&ca, "w1", Role::Worker)).unwrap();
-    let url = server.url("/whoami");
-    let waiting = tokio::spawn(async move { get_text(&client, &url).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !waiting.is_finished(),
-        "the second client must wait for the slot"
-    );
-    drop(holder);
-    let text = tokio::time::timeout(Duration::from_secs(5), waiting)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(text, "worker w1 clusterxyz");
-    server.stop().await;
-}
-
-#[tokio::test]
 async fn requests_may_outlast_the_header_timeout() {
     let (ca, server_id) = fixture();
     let options = ServeOptions {
@@ -498,4 +497,304 @@ async fn docker_cli_talks_to_the_server_with_an_admin_certificate() {
 
     let _ = stop.send(());
     task.await.unwrap().unwrap();
+}
+
+/// A TLS connection without a client certificate, as a joining node makes.
+async fn anonymous_tls(
+    addr: SocketAddr,
+    ca: &RootCa,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca.cert_pem().as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(swarm_pki::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    connect_tls(addr, std::sync::Arc::new(config)).await
+}
+
+async fn certified_tls(
+    addr: SocketAddr,
+    identity: &Identity,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    connect_tls(addr, client_config(identity).unwrap()).await
+}
+
+async fn connect_tls(
+    addr: SocketAddr,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(Ipv4Addr::LOCALHOST.into());
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
+/// Reads until the server closes the connection (or `limit` passes: then panics), and
+/// returns what it sent.
+async fn read_until_closed(stream: &mut (impl AsyncReadExt + Unpin), limit: Duration) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the server closes the connection");
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// Reads until the response so far contains `needle`.
+async fn read_until(stream: &mut (impl AsyncReadExt + Unpin), needle: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !String::from_utf8_lossy(&seen).contains(needle) {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "closed before {needle:?}: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the answer arrives");
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+fn short_anonymous_deadline() -> ServeOptions {
+    ServeOptions {
+        anonymous_read_timeout: Duration::from_millis(500),
+        ..ServeOptions::default()
+    }
+}
+
+/// Slowloris without a certificate: request headers that never end.
+#[tokio::test]
+async fn anonymous_slow_headers_are_cut_after_the_deadline() {
+    let (ca, server_id) = fixture();
+    let server = Server::start(&ca, &server_id, short_anonymous_deadline()).await;
+    let mut tls = anonymous_tls(server.addr, &ca).await;
+    tls.write_all(b"POST /swarmup/v1/join HTTP/1.1\r\nHost: manager\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let answer = read_until_closed(&mut tls, Duration::from_secs(5)).await;
+    assert!(!answer.contains(" 200 "), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    server.stop().await;
+}
+
+/// A join whose headers arrive and whose body never does, without a certificate.
+#[tokio::test]
+async fn anonymous_slow_body_is_cut_after_the_deadline() {
+    let (ca, server_id) = fixture();
+    let server = Server::start(&ca, &server_id, short_anonymous_deadline()).await;
+    let mut tls = anonymous_tls(server.addr, &ca).await;
+    tls.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: manager\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"token\":",
+    )
+    .await
+    .unwrap();
+    let answer = read_until_closed(&mut tls, Duration::from_secs(5)).await;
+    // The handler sees a body error (400) or the connection is simply cut.
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
+    server.stop().await;
+}
+
+/// The counterpart: a node's certificate buys a longer deadline than the anonymous one.
+#[tokio::test]
+async fn certified_clients_may_send_slower_than_anonymous_ones() {
+    let (ca, server_id) = fixture();
+    let server = Server::start(&ca, &server_id, short_anonymous_deadline()).await;
+    let mut tls = certified_tls(server.addr, &identity(&ca, "w1", Role::Worker)).await;
+    tls.write_all(b"POST /echo HTTP/1.1\r\nHost: manager\r\nContent-Length: 5\r\n\r\nhel")
+        .await
+        .unwrap();
+    // Pace the body past the anonymous deadline: the slowness is what is tested.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    tls.write_all(b"lo").await.unwrap();
+    let answer = read_until(&mut tls, "hello").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    server.stop().await;
+}
+
+/// Connections that open TCP and never start TLS, more than the handshake budget: a new
+/// client evicts the oldest instead of waiting for the handshake timeout.
+#[tokio::test]
+async fn clients_stuck_in_the_handshake_do_not_lock_out_a_new_one() {
+    let (ca, server_id) = fixture();
+    let options = ServeOptions {
+        max_handshakes: 8,
+        handshake_timeout: Duration::from_secs(60),
+        ..ServeOptions::default()
+    };
+    let server = Server::start(&ca, &server_id, options).await;
+    let mut stuck = Vec::new();
+    for _ in 0..100 {
+        stuck.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    let client = http_client(&identity(&ca, "w1", Role::Worker)).unwrap();
+    let text = tokio::time::timeout(
+        Duration::from_secs(10),
+        get_text(&client, &server.url("/whoami")),
+    )
+    .await
+    .expect("a new client is served while the handshake budget is held")
+    .unwrap();
+    assert_eq!(text, "worker w1 clusterxyz");
+    // The oldest were evicted long before their handshake timeout.
+    read_until_closed(&mut stuck[0], Duration::from_secs(10)).await;
+    server.stop().await;
+}
+
+/// Many TLS clients without a certificate that hold their connections with unfinished
+/// requests: they fill the anonymous budget only, certified clients are served, further
+/// anonymous ones are told to come back.
+#[tokio::test]
+async fn an_anonymous_flood_does_not_stop_a_certified_client() {
+    let (ca, server_id) = fixture();
+    let options = ServeOptions {
+        max_anonymous: 8,
+        max_anonymous_per_ip: 8,
+        anonymous_read_timeout: Duration::from_secs(60),
+        ..ServeOptions::default()
+    };
+    let server = Server::start(&ca, &server_id, options).await;
+    let mut flood = Vec::new();
+    for _ in 0..100 {
+        let mut tls = anonymous_tls(server.addr, &ca).await;
+        // Refused connections may already be closed: the write may fail.
+        let _ = tls
+            .write_all(b"POST /echo HTTP/1.1\r\nHost: manager\r\nContent-Length: 100\r\n\r\n")
+            .await;
+        flood.push(tls);
+    }
+    let refused = async {
+        loop {
+            // A new client each time: a pooled connection would keep its slot.
+            let anonymous = bootstrap_client(ca.cert_pem()).unwrap();
+            let resp = anonymous.get(server.url("/whoami")).send().await;
+            if let Ok(resp) = resp {
+                if resp.status() == http::StatusCode::SERVICE_UNAVAILABLE {
+                    return resp.text().await.unwrap();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let body = tokio::time::timeout(Duration::from_secs(10), refused)
+        .await
+        .expect("a further anonymous client is refused once the budget is held");
+    let message: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        message["message"].as_str().unwrap().contains("too many"),
+        "{body}"
+    );
+
+    let (cert_pem, key_pem) = ca.issue_client("operator", CLUSTER).unwrap();
+    let admin = http_client(&Identity {
+        cert_pem,
+        key_pem,
+        ca_pem: ca.cert_pem().to_owned(),
+    })
+    .unwrap();
+    assert_eq!(
+        get_text(&admin, &server.url("/whoami")).await.unwrap(),
+        format!("admin operator {CLUSTER}")
+    );
+    drop(flood);
+    server.stop().await;
+}
+
+/// One worker certificate opening connection after connection: it holds its share, the
+/// next is refused with 503, other nodes are served.
+#[tokio::test]
+async fn one_worker_certificate_holds_only_its_share_of_connections() {
+    let (ca, server_id) = fixture();
+    let options = ServeOptions {
+        max_per_worker: 2,
+        ..ServeOptions::default()
+    };
+    let server = Server::start(&ca, &server_id, options).await;
+    let w1 = identity(&ca, "w1", Role::Worker);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut tls = certified_tls(server.addr, &w1).await;
+        tls.write_all(b"GET /whoami HTTP/1.1\r\nHost: manager\r\n\r\n")
+            .await
+            .unwrap();
+        // Answered: the connection holds its slot.
+        read_until(&mut tls, "worker w1").await;
+        held.push(tls);
+    }
+    let client = http_client(&w1).unwrap();
+    let resp = client.get(server.url("/whoami")).send().await.unwrap();
+    assert_eq!(resp.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["message"],
+        "too many open connections from this client: close some and try again"
+    );
+    let other = http_client(&identity(&ca, "w2", Role::Worker)).unwrap();
+    assert_eq!(
+        get_text(&other, &server.url("/whoami")).await.unwrap(),
+        "worker w2 clusterxyz"
+    );
+    // A released slot serves the first worker again.
+    drop(held.pop());
+    let again = async {
+        loop {
+            if let Ok(text) = get_text(&client, &server.url("/whoami")).await {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let text = tokio::time::timeout(Duration::from_secs(10), again)
+        .await
+        .expect("the worker is served once it closed a connection");
+    assert_eq!(text, "worker w1 clusterxyz");
+    server.stop().await;
+}
+
+/// The read deadlines end with the request: an upgraded connection (attach, exec) stays
+/// open and quiet for longer than any of them.
+#[tokio::test]
+async fn upgraded_connections_outlive_the_read_deadlines() {
+    let (ca, server_id) = fixture();
+    let options = ServeOptions {
+        header_read_timeout: Duration::from_millis(300),
+        body_read_timeout: Duration::from_millis(300),
+        anonymous_read_timeout: Duration::from_millis(300),
+        ..ServeOptions::default()
+    };
+    let server = Server::start(&ca, &server_id, options).await;
+    let mut tls = certified_tls(server.addr, &identity(&ca, "w1", Role::Worker)).await;
+    tls.write_all(
+        b"POST /upgrade HTTP/1.1\r\nHost: manager\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_until(&mut tls, "\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // Quiet past every deadline: the quiet is what is tested.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tls.write_all(b"still here").await.unwrap();
+    read_until(&mut tls, "still here").await;
+    server.stop().await;
 }

@@ -18,6 +18,7 @@ use swarm_state::proto::{
 use swarm_state::{node_role, node_state, ClusterState, Command};
 use tower::ServiceExt;
 
+use super::limits::{self, LongPollSlot, OfAssignments, OfNetmap};
 use super::{require_admin, require_node, Ctx};
 use crate::error::{ApiError, NO_LEADER};
 use crate::manager::ca;
@@ -28,7 +29,7 @@ const LONG_POLL: Duration = Duration::from_secs(10);
 pub fn routes() -> Router<Ctx> {
     Router::new()
         .route(&format!("{PREFIX}/ca"), get(root_ca))
-        .route(&format!("{PREFIX}/join"), post(join))
+        .route(&format!("{PREFIX}/join"), limits::small_body(post(join)))
         .route(&format!("{PREFIX}/renew"), post(renew))
         .route(&format!("{PREFIX}/heartbeat"), post(heartbeat))
         .route(&format!("{PREFIX}/assignments"), get(assignments))
@@ -198,6 +199,7 @@ fn assignments_of(state: &ClusterState, node_id: &str) -> Assignments {
 async fn assignments(
     State(ctx): State<Ctx>,
     peer: Peer,
+    _poll: LongPollSlot<OfAssignments>,
     Query(q): Query<AssignmentsQuery>,
 ) -> ApiResult<Json<Assignments>> {
     let me = require_node(&peer)?;
@@ -255,6 +257,7 @@ fn same_netmap(a: &NetMap, b: &NetMap) -> bool {
 async fn netmap(
     State(ctx): State<Ctx>,
     peer: Peer,
+    _poll: LongPollSlot<OfNetmap>,
     Query(q): Query<NetmapQuery>,
 ) -> ApiResult<Json<NetMap>> {
     let me = require_node(&peer)?;

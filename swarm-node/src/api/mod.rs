@@ -22,6 +22,7 @@ pub mod defaults;
 pub mod docker;
 pub mod filters;
 pub mod internal;
+pub mod limits;
 pub mod networks;
 
 /// The Docker API version this node speaks (that of Docker Engine 20.10).
