@@ -1,7 +1,7 @@
 //! Serving an axum application over mutual TLS (the control port) or a unix socket (the
 //! local Docker API socket), with the caller's identity on every request.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
 use axum::Router;
@@ -98,10 +98,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
 /// its own count ([`Admission`] makes the decisions):
 ///
 /// - **Handshakes** ([`max_handshakes`](Self::max_handshakes)): a connection in the TLS
-///   handshake. When the budget is full, a new connection evicts the one that has waited
-///   longest, so clients that never finish the handshake delay a real client by at most
-///   the time it takes `max_handshakes` other connections to arrive; none lasts longer
-///   than [`handshake_timeout`](Self::handshake_timeout) anyway.
+///   handshake. When the budget is full, a new connection evicts the longest-waiting one
+///   that has sent nothing for [`SILENT_GRACE`], and only when there is none, the longest
+///   waiting of all. A real client speaks at once, so connections opened and left silent
+///   cannot push it out; clients that stall in the middle of the handshake delay a real
+///   client by at most the time it takes `max_handshakes` other connections to arrive;
+///   none lasts longer than [`handshake_timeout`](Self::handshake_timeout).
 /// - **Anonymous** ([`max_anonymous`](Self::max_anonymous), at most
 ///   [`max_anonymous_per_ip`](Self::max_anonymous_per_ip) per client address): a
 ///   connection without a client certificate. They may only fetch the CA and join, so a
@@ -113,11 +115,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
 ///   certificate (managers relay and replicate, so they get more); administrators share
 ///   the whole budget.
 ///
-/// A connection that finishes its handshake without room in its budget is answered
-/// `503 Service Unavailable` with Docker's `{"message": ...}` body and closed; it never
-/// waits in the server. Until it is answered it keeps its place in the handshake budget
-/// (so under a flood it may be evicted, closed without an answer), which keeps the
-/// descriptors in use bounded by the sum of the budgets. Upgraded connections leave the
+/// A connection that finishes its handshake without room in its budget leaves the
+/// handshake budget at once (so refused clients never push real ones out of it) and is
+/// answered `503 Service Unavailable` with Docker's `{"message": ...}` body within
+/// [`REFUSAL_TIMEOUT`], then closed; it never waits in the server. At most
+/// [`MAX_REFUSING`] are being answered at a time; beyond that a refused connection is
+/// closed without an answer, which keeps the descriptors in use bounded by the sum of
+/// the budgets. Upgraded connections leave the
 /// budgets: what they do is up to the handler that upgraded them (an administrator's).
 ///
 /// # How long a request may take to arrive
@@ -162,7 +166,7 @@ impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             handshake_timeout: Duration::from_secs(5),
-            max_handshakes: 64,
+            max_handshakes: 256,
             max_connections: 1024,
             max_per_worker: 64,
             max_per_manager: 512,
@@ -222,7 +226,11 @@ impl Refusal {
 #[derive(Debug)]
 struct Admission {
     limits: ServeOptions,
-    /// Connections in the handshake, by arrival order (ids grow).
+    /// Connections in the handshake that have sent nothing yet, by arrival order (ids
+    /// grow), with their arrival: the first to go when the budget is full, once silent
+    /// for [`SILENT_GRACE`].
+    silent: BTreeMap<u64, Instant>,
+    /// Connections in the handshake that have sent their first bytes.
     handshakes: BTreeSet<u64>,
     anonymous: usize,
     anonymous_by_ip: HashMap<IpAddr, usize>,
@@ -234,6 +242,7 @@ impl Admission {
     fn new(limits: ServeOptions) -> Admission {
         Admission {
             limits,
+            silent: BTreeMap::new(),
             handshakes: BTreeSet::new(),
             anonymous: 0,
             anonymous_by_ip: HashMap::new(),
@@ -242,20 +251,44 @@ impl Admission {
         }
     }
 
-    /// Connection `id` starts its handshake; returns the one it evicts, if the budget was
-    /// full (the longest waiting).
-    fn start_handshake(&mut self, id: u64) -> Option<u64> {
-        let evicted = if self.handshakes.len() >= self.limits.max_handshakes.max(1) {
-            self.handshakes.pop_first()
+    /// Connection `id` arrives at `now`, silent so far; returns the one it evicts if the
+    /// budget was full: the longest-waiting one silent for [`SILENT_GRACE`], else the
+    /// longest waiting of all. (A connection just accepted is silent until its first
+    /// bytes arrive: the grace keeps a real client's first milliseconds safe.)
+    fn start_handshake(&mut self, id: u64, now: Instant) -> Option<u64> {
+        let full = self.silent.len() + self.handshakes.len() >= self.limits.max_handshakes.max(1);
+        let evicted = if full {
+            let stale_silent = self
+                .silent
+                .first_key_value()
+                .filter(|(_, since)| now.saturating_duration_since(**since) >= SILENT_GRACE)
+                .map(|(id, _)| *id);
+            let oldest = match (self.silent.keys().next(), self.handshakes.first()) {
+                (Some(a), Some(b)) => Some(*a.min(b)),
+                (a, b) => a.or(b).copied(),
+            };
+            let victim = stale_silent.or(oldest);
+            if let Some(v) = victim {
+                self.end_handshake(v);
+            }
+            victim
         } else {
             None
         };
-        self.handshakes.insert(id);
+        self.silent.insert(id, now);
         evicted
+    }
+
+    /// Connection `id` has sent its first bytes: it is no longer among the first to go.
+    fn heard_from(&mut self, id: u64) {
+        if self.silent.remove(&id).is_some() {
+            self.handshakes.insert(id);
+        }
     }
 
     /// Connection `id` is out of the handshake (done, failed or evicted).
     fn end_handshake(&mut self, id: u64) {
+        self.silent.remove(&id);
         self.handshakes.remove(&id);
     }
 
@@ -326,6 +359,8 @@ impl Admission {
 struct Gate {
     admission: Admission,
     evict: HashMap<u64, oneshot::Sender<()>>,
+    /// Refused connections being answered now.
+    refusing: usize,
 }
 
 type SharedGate = Arc<Mutex<Gate>>;
@@ -334,6 +369,24 @@ fn lock(gate: &SharedGate) -> std::sync::MutexGuard<'_, Gate> {
     // The state is counts only, consistent after every call: a panic elsewhere
     // does not make it unusable.
     gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// How long a connection may stay silent before it is the first to be evicted from a
+/// full handshake budget.
+pub const SILENT_GRACE: Duration = Duration::from_millis(250);
+
+/// Refused connections being answered at once; more are closed without an answer.
+pub const MAX_REFUSING: usize = 64;
+/// How long a refused client has to send its request and read the 503.
+pub const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Counts refusals being answered; gives the place back when dropped.
+struct RefusingSlot(SharedGate);
+
+impl Drop for RefusingSlot {
+    fn drop(&mut self) {
+        lock(&self.0).refusing -= 1;
+    }
 }
 
 /// Holds a handshake slot; gives it back when dropped.
@@ -487,6 +540,8 @@ pub async fn serve_unix_with(
 trait Accept {
     type Stream: Send + 'static;
     fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, String)>> + Send;
+    /// Resolves once the client has sent something (or the connection failed).
+    fn readable(stream: &Self::Stream) -> impl Future<Output = io::Result<()>> + Send;
 }
 
 struct TcpAccept(tokio::net::TcpListener);
@@ -497,6 +552,9 @@ impl Accept for TcpAccept {
         let (stream, addr) = self.0.accept().await?;
         Ok((stream, addr.to_string()))
     }
+    async fn readable(stream: &Self::Stream) -> io::Result<()> {
+        stream.readable().await
+    }
 }
 
 struct UnixAccept(tokio::net::UnixListener);
@@ -506,6 +564,9 @@ impl Accept for UnixAccept {
     async fn accept(&self) -> io::Result<(Self::Stream, String)> {
         let (stream, _) = self.0.accept().await?;
         Ok((stream, "unix socket".to_owned()))
+    }
+    async fn readable(stream: &Self::Stream) -> io::Result<()> {
+        stream.readable().await
     }
 }
 
@@ -528,6 +589,7 @@ where
     let gate: SharedGate = Arc::new(Mutex::new(Gate {
         admission: Admission::new(options.clone()),
         evict: HashMap::new(),
+        refusing: 0,
     }));
     let options = Arc::new(options);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -567,7 +629,7 @@ where
         let (evict_tx, mut evicted) = oneshot::channel::<()>();
         {
             let mut g = lock(&gate);
-            if let Some(oldest) = g.admission.start_handshake(id) {
+            if let Some(oldest) = g.admission.start_handshake(id, Instant::now()) {
                 // Dropping its sender wakes the evicted connection.
                 g.evict.remove(&oldest);
             }
@@ -583,9 +645,16 @@ where
         let mut stop = stop_rx.clone();
         let options = options.clone();
         let gate = gate.clone();
+        let heard = gate.clone();
         connections.spawn(async move {
+            let shaking = remote.clone();
+            let handshake = async move {
+                L::readable(&stream).await.ok()?;
+                lock(&heard).admission.heard_from(id);
+                handshake(stream, shaking).await
+            };
             let ready = tokio::select! {
-                ready = tokio::time::timeout(options.handshake_timeout, handshake(stream, remote.clone())) => match ready {
+                ready = tokio::time::timeout(options.handshake_timeout, handshake) => match ready {
                     Ok(ready) => ready,
                     Err(_) => {
                         debug!(%remote, "handshake timed out");
@@ -604,22 +673,26 @@ where
             match admitted {
                 Ok(()) => {
                     drop(handshake_slot);
-                    let _slot = ConnectionSlot { gate, caller: caller.clone() };
+                    let _slot = ConnectionSlot {
+                        gate,
+                        caller: caller.clone(),
+                    };
                     let timeouts = ReadTimeouts::for_caller(&caller, &options);
                     serve_connection(io, peer, app, stop, timeouts, &remote).await;
                 }
                 Err(refusal) => {
                     debug!(%remote, ?caller, ?refusal, "no connection slot: refusing");
-                    // Still in the handshake budget (evictable) and under its timeout,
-                    // so refusals hold no more than the handshakes may.
-                    let _ = tokio::time::timeout(options.handshake_timeout, async {
-                        tokio::select! {
-                            () = refuse(io, refusal) => {}
-                            _ = &mut evicted => {}
-                        }
-                    })
-                    .await;
                     drop(handshake_slot);
+                    let slot = {
+                        let mut g = lock(&gate);
+                        (g.refusing < MAX_REFUSING).then(|| {
+                            g.refusing += 1;
+                            RefusingSlot(gate.clone())
+                        })
+                    };
+                    if let Some(_slot) = slot {
+                        let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refuse(io, refusal)).await;
+                    }
                 }
             }
         });
@@ -799,18 +872,36 @@ mod tests {
 
     #[test]
     fn a_new_handshake_evicts_the_longest_waiting_when_the_budget_is_full() {
+        let t = Instant::now();
         let mut a = Admission::new(limits());
-        assert_eq!(a.start_handshake(1), None);
-        assert_eq!(a.start_handshake(2), None);
-        assert_eq!(a.start_handshake(3), Some(1));
-        assert_eq!(a.start_handshake(4), Some(2));
+        assert_eq!(a.start_handshake(1, t), None);
+        assert_eq!(a.start_handshake(2, t), None);
+        assert_eq!(a.start_handshake(3, t), Some(1));
+        assert_eq!(a.start_handshake(4, t), Some(2));
         // A finished handshake makes room without evicting anyone.
         a.end_handshake(3);
-        assert_eq!(a.start_handshake(5), None);
-        assert_eq!(a.start_handshake(6), Some(4));
+        assert_eq!(a.start_handshake(5, t), None);
+        assert_eq!(a.start_handshake(6, t), Some(4));
         // Ending an evicted handshake again changes nothing.
         a.end_handshake(1);
-        assert_eq!(a.handshakes.iter().copied().collect::<Vec<_>>(), [5, 6]);
+        assert_eq!(a.silent.keys().copied().collect::<Vec<_>>(), [5, 6]);
+    }
+
+    #[test]
+    fn long_silent_connections_are_evicted_before_ones_that_spoke() {
+        let t = Instant::now();
+        let later = t + SILENT_GRACE;
+        let mut a = Admission::new(limits());
+        assert_eq!(a.start_handshake(1, t), None);
+        a.heard_from(1);
+        assert_eq!(a.start_handshake(2, t), None);
+        // 1 spoke, 2 has been silent for the grace: a newcomer pushes out 2 although 1
+        // is older.
+        assert_eq!(a.start_handshake(3, later), Some(2));
+        // 3 has just arrived: still in its grace, so the oldest of all goes.
+        assert_eq!(a.start_handshake(4, later), Some(1));
+        a.heard_from(4);
+        assert_eq!(a.start_handshake(5, later + SILENT_GRACE), Some(3));
     }
 
     #[test]

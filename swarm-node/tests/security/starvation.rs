@@ -178,25 +178,27 @@ async fn half_sent_joins_and_worker_long_polls_do_not_starve_the_admin() {
     let worker = Identity::load(&w1.dir.join("state")).await.unwrap();
     let worker_id = worker.peer().unwrap().node_id;
 
-    let admin_call = |admin: Identity| async move {
-        // A new client each time: every call opens its own connection, as a fresh
-        // `docker` command does, so each one has to get through the connection budgets.
-        let client = swarm_pki::http_client(&admin).unwrap();
-        let started = Instant::now();
-        let resp = client
-            .get(format!("https://{addr}/v1.41/nodes"))
-            .timeout(ADMIN_CALL_LIMIT)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status());
-        let elapsed = started.elapsed();
-        let nodes: serde_json::Value = resp
-            .unwrap_or_else(|e| panic!("admin call failed after {elapsed:?}: {e}"))
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(nodes.as_array().map(Vec::len), Some(2), "{nodes}");
-        elapsed
+    let admin_call = |admin: Identity| {
+        async move {
+            // A new client each time: every call opens its own connection, as a fresh
+            // `docker` command does, so each one has to get through the connection budgets.
+            let client = swarm_pki::http_client(&admin).unwrap();
+            let started = Instant::now();
+            let resp = client
+                .get(format!("https://{addr}/v1.41/nodes"))
+                .timeout(ADMIN_CALL_LIMIT)
+                .send()
+                .await
+                .and_then(|r| r.error_for_status());
+            let elapsed = started.elapsed();
+            let nodes: serde_json::Value = resp
+                .unwrap_or_else(|e| panic!("admin call failed after {elapsed:?}: {e:?}"))
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(nodes.as_array().map(Vec::len), Some(2), "{nodes}");
+            elapsed
+        }
     };
     // Baseline, without the attack.
     let mut quiet = Vec::new();
