@@ -38,6 +38,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Cursor;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -135,6 +136,10 @@ pub struct RaftOptions {
     /// Take a snapshot every this many applied entries (default 10000, Docker's
     /// default); 0 disables snapshots.
     pub snapshot_logs: u64,
+    /// Also take a snapshot once the journal has been given this many bytes of entries
+    /// since the last one (default 64 MiB): a few large entries cost as much memory and
+    /// replay time as many small ones. 0 counts entries only.
+    pub snapshot_bytes: u64,
     /// `https` in production (the caller's client does mutual TLS), `http` in tests.
     pub scheme: String,
 }
@@ -149,6 +154,7 @@ impl RaftOptions {
             election_min_ms: 800,
             election_max_ms: 1600,
             snapshot_logs: 10_000,
+            snapshot_bytes: 64 * 1024 * 1024,
             scheme: "https".into(),
         }
     }
@@ -253,6 +259,75 @@ pub enum ProposeError {
     /// The node stopped (shut down, or a storage failure).
     #[error("raft node stopped: {0}")]
     Fatal(String),
+    /// The command is larger than [`MAX_PROPOSAL_BYTES`]: it was not appended.
+    #[error("refusing a raft log entry of {bytes} bytes: the limit is {max} bytes; split the change into smaller ones")]
+    TooLarge { bytes: usize, max: usize },
+}
+
+/// The largest command a proposal may carry, serialized. Every entry travels to every
+/// follower in one append request, whose body the transport caps at 64 MB, and is held
+/// in memory several times on the way; an entry over the cap could never be replicated
+/// and would stall the log behind it. Callers split large changes (the leader writes
+/// tasks in batches), so nothing legitimate comes near this.
+pub const MAX_PROPOSAL_BYTES: usize = 8 * 1024 * 1024;
+
+/// Checks a command against [`MAX_PROPOSAL_BYTES`].
+pub fn check_proposal_size(cmd: &Command) -> Result<(), ProposeError> {
+    let bytes = serde_json::to_vec(cmd)
+        .map(|b| b.len())
+        .unwrap_or(usize::MAX);
+    if bytes > MAX_PROPOSAL_BYTES {
+        return Err(ProposeError::TooLarge {
+            bytes,
+            max: MAX_PROPOSAL_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// True once `written - at_last_snapshot` bytes of entries reached `limit`.
+fn snapshot_due(written: u64, at_last_snapshot: u64, limit: u64) -> bool {
+    limit > 0 && written.saturating_sub(at_last_snapshot) >= limit
+}
+
+/// Triggers a snapshot whenever the journal has been given `limit` bytes of entries
+/// since the last snapshot (openraft's own policy counts entries only). Ends when Raft
+/// shuts down.
+async fn snapshot_by_size(raft: typ::Raft, written: Arc<AtomicU64>, limit: u64) {
+    let mut metrics = raft.metrics();
+    let mut last_snapshot = metrics.borrow().snapshot;
+    let mut baseline = written.load(Ordering::Relaxed);
+    loop {
+        let due = {
+            let m = metrics.borrow_and_update();
+            let now = written.load(Ordering::Relaxed);
+            if m.snapshot != last_snapshot {
+                // A snapshot was taken (by count, by size, or installed from the leader).
+                last_snapshot = m.snapshot;
+                baseline = now;
+                false
+            } else if snapshot_due(now, baseline, limit) {
+                // Counted from now on, so a snapshot still being built is not asked for
+                // again with every entry.
+                baseline = now;
+                true
+            } else {
+                false
+            }
+        };
+        if due {
+            tracing::info!(
+                bytes = limit,
+                "raft log grew past its size limit: taking a snapshot"
+            );
+            if raft.trigger().snapshot().await.is_err() {
+                return;
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 fn describe_leader(leader: &Option<(u64, MemberNode)>) -> String {
@@ -317,6 +392,7 @@ impl ClusterRaft {
         let log_store = LogStore::open(&opts.dir, key.clone())
             .await
             .map_err(|e| storage_err(&e))?;
+        let written = log_store.bytes_written();
         let sm = StateMachineStore::open(&opts.dir, key)
             .await
             .map_err(|e| storage_err(&e))?;
@@ -376,6 +452,10 @@ impl ClusterRaft {
                 }
             }
         });
+
+        if opts.snapshot_bytes > 0 && opts.snapshot_logs > 0 {
+            tokio::spawn(snapshot_by_size(raft.clone(), written, opts.snapshot_bytes));
+        }
 
         Ok(ClusterRaft {
             inner: Arc::new(Inner {
@@ -439,6 +519,7 @@ impl ClusterRaft {
     /// Replicates `cmd` and returns the outcome of applying it. Only the leader accepts
     /// proposals. Waits as long as it takes to commit: bound it with a timeout.
     pub async fn propose(&self, cmd: Command) -> Result<CommandResult, ProposeError> {
+        check_proposal_size(&cmd)?;
         match self.inner.raft.client_write(cmd).await {
             Ok(resp) => Ok(resp.data),
             Err(openraft::error::RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
@@ -582,6 +663,18 @@ impl ClusterRaft {
         m.state == ServerState::Leader && m.current_leader == Some(self.inner.id)
     }
 
+    /// True while this node is a voter of the current (effective) membership; false for
+    /// a learner being caught up, and for a node not yet added.
+    pub fn is_voter(&self) -> bool {
+        let m = self.inner.metrics.borrow();
+        let voter = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == self.inner.id);
+        voter
+    }
+
     /// The voters of the current (effective) membership.
     pub fn voters(&self) -> BTreeMap<u64, MemberNode> {
         let m = self.inner.metrics.borrow();
@@ -622,5 +715,39 @@ impl ClusterRaft {
             .shutdown()
             .await
             .map_err(|e| RaftError::Fatal(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_are_due_by_size() {
+        assert!(!snapshot_due(10, 0, 0), "0 disables");
+        assert!(!snapshot_due(99, 0, 100));
+        assert!(snapshot_due(100, 0, 100));
+        assert!(!snapshot_due(150, 100, 100));
+        assert!(snapshot_due(250, 100, 100));
+        // A counter behind its baseline (never in practice) is not due.
+        assert!(!snapshot_due(5, 10, 1));
+    }
+
+    #[test]
+    fn oversized_proposals_are_refused_before_the_log() {
+        let small = Command::RemoveTasks {
+            ids: vec!["t1".into()],
+        };
+        assert_eq!(check_proposal_size(&small), Ok(()));
+        let huge = Command::RemoveTasks {
+            ids: vec!["x".repeat(1024); MAX_PROPOSAL_BYTES / 1024 + 1],
+        };
+        match check_proposal_size(&huge) {
+            Err(ProposeError::TooLarge { bytes, max }) => {
+                assert!(bytes > max);
+                assert_eq!(max, MAX_PROPOSAL_BYTES);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -23,6 +23,7 @@ use std::io::{self, Write};
 use std::ops::RangeBounds;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -109,6 +110,9 @@ pub(crate) struct LogStore {
 
 struct Shared {
     dir: PathBuf,
+    /// Bytes of entries written to the journal since the store opened (see
+    /// [`LogStore::bytes_written`]).
+    written: Arc<AtomicU64>,
     mem: Mutex<Mem>,
     ops: Mutex<mpsc::Sender<Op>>,
 }
@@ -132,6 +136,7 @@ impl LogStore {
             .map_err(|e| store_error(ErrorVerb::Read, io::Error::other(e)))?
             .map_err(|e| store_error(ErrorVerb::Read, e))?;
         let (tx, rx) = mpsc::channel();
+        let written = writer.written.clone();
         std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn(move || writer.run(rx))
@@ -139,10 +144,18 @@ impl LogStore {
         Ok(LogStore {
             shared: Arc::new(Shared {
                 dir,
+                written,
                 mem: Mutex::new(mem),
                 ops: Mutex::new(tx),
             }),
         })
+    }
+
+    /// A counter of the bytes of entries the journal has been given since the store
+    /// opened (sealed records, headers included), shared with the writer thread: what
+    /// the log costs on disk, to trigger snapshots by size as well as by count.
+    pub(crate) fn bytes_written(&self) -> Arc<AtomicU64> {
+        self.shared.written.clone()
     }
 
     fn mem(&self) -> MutexGuard<'_, Mem> {
@@ -247,6 +260,7 @@ fn open_blocking(dir: &Path, key: Arc<DataKey>) -> io::Result<(Mem, Writer)> {
         records,
         pending: Vec::new(),
         failed: None,
+        written: Arc::default(),
         _lock: lock,
     };
     if plain > 0 {
@@ -469,6 +483,8 @@ struct Writer {
     pending: Vec<u8>,
     /// Once a write failed, the journal may hold a partial record: refuse everything after.
     failed: Option<String>,
+    /// Bytes of `Append` records encoded so far (see [`LogStore::bytes_written`]).
+    written: Arc<AtomicU64>,
     _lock: File,
 }
 
@@ -567,7 +583,12 @@ impl Writer {
     }
 
     fn encode(&mut self, record: &Record) -> io::Result<()> {
+        let before = self.pending.len();
         encode(record, &self.key, self.records, &mut self.pending)?;
+        if matches!(record, Record::Append(_)) {
+            let bytes = (self.pending.len() - before) as u64;
+            self.written.fetch_add(bytes, Ordering::Relaxed);
+        }
         self.records += 1;
         Ok(())
     }

@@ -6,7 +6,8 @@
 use std::fmt::Debug;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RemoteError, Timeout, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RemoteError, Timeout,
+    Unreachable,
 };
 use openraft::network::RPCOption;
 use openraft::raft::{
@@ -19,6 +20,19 @@ use serde::Serialize;
 
 use crate::typ;
 use crate::{MemberNode, TypeConfig, RAFT_PATH_PREFIX};
+
+/// The largest append request sent in one RPC, serialized: half the body limit of the
+/// receiving side (`server::MAX_RPC_BODY`, 64 MiB), for headroom. A batch above it is
+/// handed back to openraft as `PayloadTooLarge` with a smaller entry count, so several
+/// large entries queued together never make a request no follower accepts. A single
+/// entry always fits: proposals are capped at `MAX_PROPOSAL_BYTES`.
+pub(crate) const MAX_APPEND_BYTES: usize = 32 << 20;
+
+/// Whether an append of `entries` entries serialized to `bytes` must be split, and into
+/// how many entries at most per request.
+pub(crate) fn split_hint(entries: usize, bytes: usize) -> Option<u64> {
+    (entries > 1 && bytes > MAX_APPEND_BYTES).then(|| (entries / 2).max(1) as u64)
+}
 
 /// Builds one [`Connection`] per peer for openraft.
 pub(crate) struct Network {
@@ -80,6 +94,21 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let body = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.send(action, path, body, option).await
+    }
+
+    async fn send<Resp, E>(
+        &self,
+        action: RPCTypes,
+        path: &str,
+        body: Vec<u8>,
+        option: &RPCOption,
+    ) -> Result<Resp, typ::RPCError<E>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let url = format!("{}/{path}", self.base);
         let timeout = option.hard_ttl();
         let transport = |e: reqwest::Error| -> typ::RPCError<E> {
@@ -101,7 +130,8 @@ impl Connection {
             .client
             .post(&url)
             .timeout(timeout)
-            .json(req)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
             .send()
             .await
             .map_err(transport)?;
@@ -133,7 +163,14 @@ impl RaftNetwork<TypeConfig> for Connection {
         req: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, typ::RPCError> {
-        self.call(RPCTypes::AppendEntries, "append", &req, &option)
+        let body =
+            serde_json::to_vec(&req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if let Some(hint) = split_hint(req.entries.len(), body.len()) {
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
+        }
+        self.send(RPCTypes::AppendEntries, "append", body, &option)
             .await
     }
 
@@ -152,5 +189,22 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, typ::RPCError> {
         self.call(RPCTypes::Vote, "vote", &req, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_append_batches_are_split() {
+        assert_eq!(split_hint(300, 1024), None);
+        assert_eq!(
+            split_hint(1, MAX_APPEND_BYTES * 2),
+            None,
+            "one entry always goes"
+        );
+        assert_eq!(split_hint(10, MAX_APPEND_BYTES + 1), Some(5));
+        assert_eq!(split_hint(3, MAX_APPEND_BYTES + 1), Some(1));
     }
 }

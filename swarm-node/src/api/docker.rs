@@ -157,7 +157,7 @@ fn with_manager_status(manager: &Manager, mut node: Node) -> Node {
 }
 
 async fn info(State(ctx): State<Ctx>, peer: Peer) -> ApiResult<Json<SystemInfo>> {
-    require_admin(&peer)?;
+    require_admin(&ctx, &peer)?;
     let manager = ctx.manager();
     let mut swarm = SwarmInfo {
         node_id: Some(ctx.node_id.clone()),
@@ -379,6 +379,7 @@ async fn update_node(
     body: axum::body::Bytes,
 ) -> ApiResult<StatusCode> {
     let spec: NodeSpec = parse_body(&body, "node spec")?;
+    validate_node_labels(&spec)?;
     let version = required_version("node", q.version.as_deref())?;
     let state = manager.read();
     let node = find_node(&state, &id)?;
@@ -453,6 +454,36 @@ fn valid_service_name(name: &str) -> bool {
             .is_some_and(|c| c.is_ascii_alphanumeric())
 }
 
+/// The most replicas a service may have (see `validate_service_spec`).
+pub const MAX_REPLICAS: i64 = 100_000;
+/// The most labels a node may carry (`docker node update --label-add`), and the longest
+/// key and value: labels live in the replicated state and in every node listing.
+pub const MAX_NODE_LABELS: usize = 256;
+pub const MAX_NODE_LABEL_BYTES: usize = 4096;
+
+/// Refuses node labels beyond [`MAX_NODE_LABELS`] or [`MAX_NODE_LABEL_BYTES`] (Docker has
+/// no limit; each node update is a log entry replicated to every manager).
+pub fn validate_node_labels(spec: &NodeSpec) -> ApiResult<()> {
+    let Some(labels) = &spec.labels else {
+        return Ok(());
+    };
+    if labels.len() > MAX_NODE_LABELS {
+        return Err(ApiError::BadRequest(format!(
+            "invalid node spec: a node may have at most {MAX_NODE_LABELS} labels, not {}",
+            labels.len()
+        )));
+    }
+    for (key, value) in labels {
+        if key.len() > MAX_NODE_LABEL_BYTES || value.len() > MAX_NODE_LABEL_BYTES {
+            let shown: String = key.chars().take(40).collect();
+            return Err(ApiError::BadRequest(format!(
+                "invalid node spec: label {shown:?} is too long: keys and values are limited to {MAX_NODE_LABEL_BYTES} bytes each"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Checks a spec the way SwarmKit's control API does, with messages that say what to fix.
 pub fn validate_service_spec(spec: &ServiceSpec) -> ApiResult<()> {
     let name = spec.name.as_deref().unwrap_or_default();
@@ -495,6 +526,15 @@ pub fn validate_service_spec(spec: &ServiceSpec) -> ApiResult<()> {
             if r < 0 {
                 return Err(ApiError::BadRequest(format!(
                     "invalid service spec: replicas must be 0 or more, not {r}"
+                )));
+            }
+            // Docker sets no limit. Ours keeps one service's tasks within what the
+            // leader holds in memory and writes to the log (100,000 tasks is the scale
+            // the project is built and tested for; every task is an object in every
+            // manager's state and an entry's worth of writes when it changes).
+            if r > MAX_REPLICAS {
+                return Err(ApiError::BadRequest(format!(
+                    "invalid service spec: replicas must be at most {MAX_REPLICAS}, not {r}"
                 )));
             }
         }
@@ -722,8 +762,8 @@ async fn remove_service(
     Ok(StatusCode::OK)
 }
 
-async fn service_logs(peer: Peer) -> ApiResult<StatusCode> {
-    require_admin(&peer)?;
+async fn service_logs(State(ctx): State<Ctx>, peer: Peer) -> ApiResult<StatusCode> {
+    require_admin(&ctx, &peer)?;
     Err(ApiError::BadRequest(
         "service logs are not supported by swarm-node yet: use `docker logs` on the node (swarmup ssh CLUSTER NODE -- docker logs CONTAINER)".into(),
     ))
@@ -835,6 +875,30 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn replicas_and_node_labels_are_bounded() {
+        let mut s = spec("web", "nginx");
+        let mode = |r| models::ServiceSpecMode {
+            replicated: Some(models::ServiceSpecModeReplicated { replicas: Some(r) }),
+            ..Default::default()
+        };
+        s.mode = Some(mode(MAX_REPLICAS));
+        assert!(validate_service_spec(&s).is_ok());
+        s.mode = Some(mode(MAX_REPLICAS + 1));
+        let e = validate_service_spec(&s).unwrap_err();
+        assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST);
+        assert!(e.to_string().contains("at most 100000"), "{e}");
+
+        let labels = |n: usize, len: usize| NodeSpec {
+            labels: Some((0..n).map(|i| (format!("k{i}"), "v".repeat(len))).collect()),
+            ..Default::default()
+        };
+        assert!(validate_node_labels(&NodeSpec::default()).is_ok());
+        assert!(validate_node_labels(&labels(MAX_NODE_LABELS, MAX_NODE_LABEL_BYTES)).is_ok());
+        assert!(validate_node_labels(&labels(MAX_NODE_LABELS + 1, 1)).is_err());
+        assert!(validate_node_labels(&labels(1, MAX_NODE_LABEL_BYTES + 1)).is_err());
     }
 
     #[test]

@@ -8,23 +8,80 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use swarm_pki::PeerIdentity;
 use swarm_pki::{Peer, Role};
 use swarm_state::models::{NodeState, NodeStatus};
 use swarm_state::netmap::{netmap_for_node, NetMap};
 use swarm_state::proto::{
     Assignments, Heartbeat, HeartbeatResponse, JoinRequest, JoinResponse, RenewRequest,
-    TaskStatusReport, PREFIX,
+    TaskStatusReport, TaskStatusUpdate, PREFIX,
 };
-use swarm_state::{node_role, node_state, ClusterState, Command};
+use swarm_state::{node_role, node_state, state_of, ClusterState, Command, CommandResult};
 use tower::ServiceExt;
 
 use super::limits::{self, LongPollSlot, OfAssignments, OfNetmap};
-use super::{require_admin, require_node, Ctx};
+use super::{authority, require_admin, require_node, Ctx, Need, Refusal};
 use crate::error::{ApiError, NO_LEADER};
-use crate::manager::ca;
+use crate::manager::{ca, Manager};
 
 /// How long a worker's assignments request is held when nothing changes.
 const LONG_POLL: Duration = Duration::from_secs(10);
+
+/// How long a follower waits to apply a node it does not know yet before refusing it.
+/// A node that just joined is committed on the leader before it is told it joined, but a
+/// follower may apply its `AddNode` a heartbeat later; the leader, whose state is the
+/// reference, refuses at once.
+const CATCH_UP: Duration = Duration::from_secs(1);
+
+/// The largest node description a heartbeat may carry, serialized. Real ones (engine
+/// version, plugins, labels, resources) are a few kilobytes; every change to one is a
+/// log entry replicated to every manager.
+pub const MAX_DESCRIPTION_BYTES: usize = 64 * 1024;
+
+/// Checks node `node_id` against this manager's committed state (see
+/// [`super::authority`]). A follower that does not know the node yet waits up to
+/// [`CATCH_UP`] for its state to show it, so a node that just joined is not refused by
+/// a manager that is a moment behind.
+async fn check_node(manager: &Manager, node_id: &str, need: Need) -> ApiResult<()> {
+    match authority(&manager.read(), node_id, need) {
+        Err(Refusal::UnknownNode(_)) if !manager.raft.is_leader() => {
+            let mut rx = manager.raft.subscribe();
+            let _ = tokio::time::timeout(CATCH_UP, async {
+                loop {
+                    if rx.borrow_and_update().nodes.contains_key(node_id) {
+                        return;
+                    }
+                    if rx.changed().await.is_err() {
+                        return;
+                    }
+                }
+            })
+            .await;
+            Ok(authority(&manager.read(), node_id, need)?)
+        }
+        verdict => Ok(verdict?),
+    }
+}
+
+/// Checks a caller that speaks for node `subject`: a node speaks for itself (it must
+/// still belong to the swarm), and only a current manager speaks for others (relays).
+async fn check_speaker(
+    manager: &Manager,
+    me: &PeerIdentity,
+    subject: &str,
+    what: &str,
+) -> ApiResult<()> {
+    if me.node_id == subject {
+        return check_node(manager, subject, Need::Node).await;
+    }
+    if me.role != Role::Manager {
+        return Err(ApiError::Forbidden(format!(
+            "node {} cannot {what} of node {subject}",
+            me.node_id
+        )));
+    }
+    check_node(manager, &me.node_id, Need::Manager).await
+}
 
 pub fn routes() -> Router<Ctx> {
     Router::new()
@@ -62,6 +119,7 @@ async fn renew(
 ) -> ApiResult<Json<JoinResponse>> {
     let me = require_node(&peer)?;
     let manager = ctx.require_manager()?;
+    check_node(&manager, &me.node_id, Need::Node).await?;
     Ok(Json(ca::renew(&manager, &me.node_id, &request)?))
 }
 
@@ -71,27 +129,25 @@ async fn heartbeat(
     Json(beat): Json<Heartbeat>,
 ) -> ApiResult<Json<HeartbeatResponse>> {
     let me = require_node(&peer)?;
-    // Managers relay heartbeats to the leader on behalf of nodes.
-    if me.node_id != beat.node_id && me.role != Role::Manager {
-        return Err(ApiError::Forbidden(format!(
-            "node {} cannot send heartbeats for node {}",
-            me.node_id, beat.node_id
-        )));
-    }
+    check_description(&beat)?;
     let manager = ctx.require_manager()?;
+    // Managers relay heartbeats to the leader on behalf of nodes.
+    if me.node_id != beat.node_id {
+        check_speaker(&manager, me, &beat.node_id, "send heartbeats").await?;
+    }
     if !manager.raft.is_leader() {
+        // The leader checks the node against its state, the reference: a follower that
+        // has not applied a fresh join yet does not refuse it.
         return relay_heartbeat(&manager, &beat).await.map(Json);
     }
-    manager
-        .dispatcher
-        .seen(&beat.node_id, &beat.addr, tokio::time::Instant::now());
     let state = manager.read();
-    let node = state.nodes.get(&beat.node_id).ok_or_else(|| {
-        ApiError::NotFound(format!(
-            "node {} not found: it was removed from the swarm",
-            beat.node_id
-        ))
-    })?;
+    authority(&state, &beat.node_id, Need::Node)?;
+    let now = tokio::time::Instant::now();
+    manager.dispatcher.seen(&beat.node_id, &beat.addr, now);
+    let node = state
+        .nodes
+        .get(&beat.node_id)
+        .ok_or_else(|| ApiError::from(Refusal::UnknownNode(beat.node_id.clone())))?;
     let ip = beat
         .addr
         .parse::<std::net::SocketAddr>()
@@ -103,10 +159,13 @@ async fn heartbeat(
     if let Some(joined_as) = node.description.as_ref().and_then(|d| d.hostname.clone()) {
         description.hostname = Some(joined_as);
     }
-    let changed = node_state(node) != NodeState::READY
-        || node.status.as_ref().and_then(|s| s.addr.as_deref()) != Some(ip.as_str())
+    let ready = node_state(node) == NodeState::READY;
+    let changed = node.status.as_ref().and_then(|s| s.addr.as_deref()) != Some(ip.as_str())
         || node.description.as_ref() != Some(&description);
-    if changed {
+    if manager
+        .dispatcher
+        .may_propose_change(&beat.node_id, ready, changed, now)
+    {
         manager
             .propose(Command::SetNodeStatus {
                 id: beat.node_id.clone(),
@@ -133,6 +192,20 @@ async fn heartbeat(
     }))
 }
 
+/// Refuses a description over [`MAX_DESCRIPTION_BYTES`].
+fn check_description(beat: &Heartbeat) -> ApiResult<()> {
+    let size = serde_json::to_vec(&beat.description)
+        .map(|b| b.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_DESCRIPTION_BYTES {
+        return Err(ApiError::BadRequest(format!(
+            "node description of node {} is too large: {size} bytes, the limit is {MAX_DESCRIPTION_BYTES} bytes (engine labels and plugins included)",
+            beat.node_id
+        )));
+    }
+    Ok(())
+}
+
 async fn relay_heartbeat(
     manager: &crate::manager::Manager,
     beat: &Heartbeat,
@@ -151,12 +224,24 @@ async fn relay_heartbeat(
         .map_err(|e| {
             ApiError::Unavailable(format!("cannot reach the leader at {}: {e}", leader.addr))
         })?;
-    if !response.status().is_success() {
-        return Err(ApiError::Unavailable(format!(
-            "the leader at {} answered {}",
-            leader.addr,
-            response.status()
-        )));
+    let status = response.status();
+    if !status.is_success() {
+        // The leader's verdict on the node (removed, description too large) reaches the
+        // node as it was given; anything else means "try again".
+        let message = response
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("the leader at {} answered {status}", leader.addr));
+        return Err(match status.as_u16() {
+            400 => ApiError::BadRequest(message),
+            403 => ApiError::Forbidden(message),
+            _ => ApiError::Unavailable(format!(
+                "the leader at {} answered {status}: {message}",
+                leader.addr
+            )),
+        });
     }
     response
         .json()
@@ -203,13 +288,8 @@ async fn assignments(
     Query(q): Query<AssignmentsQuery>,
 ) -> ApiResult<Json<Assignments>> {
     let me = require_node(&peer)?;
-    if me.node_id != q.node && me.role != Role::Manager {
-        return Err(ApiError::Forbidden(format!(
-            "node {} cannot read the assignments of node {}",
-            me.node_id, q.node
-        )));
-    }
     let manager = ctx.require_manager()?;
+    check_speaker(&manager, me, &q.node, "read the assignments").await?;
     let mut rx = manager.raft.subscribe();
     let deadline = tokio::time::Instant::now() + LONG_POLL;
     loop {
@@ -261,13 +341,8 @@ async fn netmap(
     Query(q): Query<NetmapQuery>,
 ) -> ApiResult<Json<NetMap>> {
     let me = require_node(&peer)?;
-    if me.node_id != q.node && me.role != Role::Manager {
-        return Err(ApiError::Forbidden(format!(
-            "node {} cannot read the network map of node {}",
-            me.node_id, q.node
-        )));
-    }
     let manager = ctx.require_manager()?;
+    check_speaker(&manager, me, &q.node, "read the network map").await?;
     let mut rx = manager.raft.subscribe();
     let deadline = tokio::time::Instant::now() + LONG_POLL;
     // What the caller has, once this manager has reached the caller's version.
@@ -323,20 +398,69 @@ async fn task_status(
     Json(report): Json<TaskStatusReport>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let me = require_node(&peer)?;
-    if me.node_id != report.node_id && me.role != Role::Manager {
-        return Err(ApiError::Forbidden(format!(
-            "node {} cannot report tasks of node {}",
-            me.node_id, report.node_id
-        )));
-    }
     let manager = ctx.require_manager()?;
+    check_speaker(&manager, me, &report.node_id, "report tasks").await?;
+    if me.node_id != report.node_id {
+        check_node(&manager, &report.node_id, Need::Node).await?;
+    }
+    // The leader keeps only real changes (see `status_changes`); a follower forwards the
+    // report and the leader filters it against its own state in `propose`, since a
+    // follower's older state cannot tell a duplicate from news.
+    let updates = if manager.raft.is_leader() {
+        status_changes(&manager.read(), &report.node_id, report.updates)
+    } else {
+        report.updates
+    };
+    if updates.is_empty() {
+        return Ok(Json(serde_json::json!({})));
+    }
     manager
         .propose(Command::ReportTaskStatus {
             node_id: report.node_id,
-            updates: report.updates,
+            updates,
         })
         .await?;
     Ok(Json(serde_json::json!({})))
+}
+
+/// The updates of a status report that would change the state: for tasks that exist and
+/// are assigned to the reporting node, whose state moves forward in SwarmKit's order, or
+/// stays and says something new (message, error, container status). The timestamp alone
+/// is not news. A task reported twice keeps its last update. Whatever is left out would
+/// be a no-op in `apply` or a repeat, so a node that repeats itself writes nothing.
+pub fn status_changes(
+    state: &ClusterState,
+    node_id: &str,
+    updates: Vec<TaskStatusUpdate>,
+) -> Vec<TaskStatusUpdate> {
+    let mut last: std::collections::BTreeMap<String, TaskStatusUpdate> = Default::default();
+    for update in updates {
+        last.insert(update.task_id.clone(), update);
+    }
+    last.into_values()
+        .filter(|update| {
+            let Some(task) = state.tasks.get(&update.task_id) else {
+                return false;
+            };
+            if task.node_id.as_deref() != Some(node_id) {
+                return false;
+            }
+            let current = state_of(task);
+            let new = update
+                .status
+                .state
+                .unwrap_or(swarm_state::models::TaskState::NEW);
+            if new != current {
+                return new > current;
+            }
+            let Some(old) = task.status.as_ref() else {
+                return true;
+            };
+            old.message != update.status.message
+                || old.err != update.status.err
+                || old.container_status != update.status.container_status
+        })
+        .collect()
 }
 
 async fn propose(
@@ -344,15 +468,64 @@ async fn propose(
     peer: Peer,
     Json(command): Json<Command>,
 ) -> ApiResult<Response> {
-    match &peer.identity {
-        Some(p) if p.role == Role::Manager => {}
-        _ => return Err(ApiError::Forbidden("only managers may propose".into())),
-    }
     let manager = ctx.require_manager()?;
+    let state = manager.read();
+    may_propose(&state, peer.identity())?;
+    let command = match command {
+        // Reports forwarded by followers are filtered here, against the leader's state.
+        Command::ReportTaskStatus { node_id, updates } if manager.raft.is_leader() => {
+            let updates = status_changes(&state, &node_id, updates);
+            if updates.is_empty() {
+                return Ok(Json(CommandResult {
+                    index: state.last_index,
+                    error: None,
+                })
+                .into_response());
+            }
+            Command::ReportTaskStatus { node_id, updates }
+        }
+        command => command,
+    };
     // No further forwarding here: a stale caller retries against the leader it learns.
     match manager.raft.propose(command).await {
         Ok(result) => Ok(Json(result).into_response()),
+        Err(e @ swarm_raft::ProposeError::TooLarge { .. }) => {
+            Err(ApiError::PayloadTooLarge(e.to_string()))
+        }
         Err(e) => Err(ApiError::Unavailable(e.to_string())),
+    }
+}
+
+/// Who may commit commands through `propose`: a node whose certificate says manager and
+/// whom the committed state still knows as a manager. Administrators go through the
+/// Docker API, which checks what they ask for.
+pub fn may_propose(state: &ClusterState, caller: Option<&PeerIdentity>) -> Result<(), ApiError> {
+    match caller {
+        Some(p) if p.role == Role::Manager => Ok(authority(state, &p.node_id, Need::Manager)?),
+        _ => Err(ApiError::Forbidden("only managers may propose".into())),
+    }
+}
+
+/// Who may send Raft RPCs (votes, appends, snapshots) to this manager: a node whose
+/// certificate says manager and whom the committed state knows as a manager.
+///
+/// Exception: while this manager is not a voter itself (`voter == false`: it joined or
+/// was promoted and the leader is still feeding it the log as a learner), its state is
+/// behind by construction, possibly empty or older than the promotion of the very leader
+/// that feeds it, so it trusts any manager certificate. It has nothing to give away yet
+/// (it grants no vote that counts and holds no committed state of its own), and the
+/// leader makes it a voter only once it has caught up with the log.
+pub fn may_take_part_in_raft(
+    state: &ClusterState,
+    voter: bool,
+    caller: Option<&PeerIdentity>,
+) -> Result<(), ApiError> {
+    match caller {
+        Some(p) if p.role == Role::Manager && !voter => Ok(()),
+        Some(p) if p.role == Role::Manager => Ok(authority(state, &p.node_id, Need::Manager)?),
+        _ => Err(ApiError::Forbidden(
+            "only managers take part in Raft".into(),
+        )),
     }
 }
 
@@ -369,7 +542,7 @@ async fn client_cert(
     // An admin certificate is not enough: whoever holds one must not be able to mint
     // more (or outlive its revocation) from elsewhere. Only root on a manager may.
     if !peer.is_local_socket() {
-        require_admin(&peer)?;
+        require_admin(&ctx, &peer)?;
         return Err(ApiError::Forbidden(
             "client certificates are issued only on a manager's local socket".into(),
         ));
@@ -415,15 +588,8 @@ async fn leave(
 
 /// Raft's own RPCs, only between managers.
 async fn raft(State(ctx): State<Ctx>, peer: Peer, request: Request<Body>) -> ApiResult<Response> {
-    match &peer.identity {
-        Some(p) if p.role == Role::Manager => {}
-        _ => {
-            return Err(ApiError::Forbidden(
-                "only managers take part in Raft".into(),
-            ))
-        }
-    }
     let manager = ctx.require_manager()?;
+    may_take_part_in_raft(&manager.read(), manager.raft.is_voter(), peer.identity())?;
     let router = swarm_raft::server::router(manager.raft.clone());
     Ok(router.oneshot(request).await.unwrap_or_else(|e| match e {}))
 }
@@ -445,6 +611,161 @@ mod tests {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    use swarm_state::models::{Node, NodeSpec, NodeSpecRoleEnum, Task, TaskState};
+
+    fn node(id: &str, role: NodeSpecRoleEnum) -> Node {
+        Node {
+            id: Some(id.into()),
+            spec: Some(NodeSpec {
+                role: Some(role),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A swarm with manager m1, worker w1 (which was m2 before its demotion: same
+    /// thing), and a task t1 on w1 that is running.
+    fn swarm() -> ClusterState {
+        let mut state = ClusterState::default();
+        let mut index = 0;
+        let mut apply = |state: &mut ClusterState, c: Command| {
+            index += 1;
+            assert_eq!(state.apply(&c, index).error, None, "{c:?}");
+        };
+        for n in [
+            node("m1", NodeSpecRoleEnum::MANAGER),
+            node("w1", NodeSpecRoleEnum::WORKER),
+        ] {
+            apply(&mut state, Command::AddNode { node: Box::new(n) });
+        }
+        let task = Task {
+            id: Some("t1".into()),
+            node_id: Some("w1".into()),
+            status: Some(swarm_state::status(TaskState::RUNNING, "started", "t0")),
+            ..Default::default()
+        };
+        apply(&mut state, Command::PutTasks { tasks: vec![task] });
+        state
+    }
+
+    fn identity(id: &str, role: Role) -> PeerIdentity {
+        PeerIdentity {
+            node_id: id.into(),
+            role,
+            cluster_id: "c".into(),
+        }
+    }
+
+    #[test]
+    fn only_current_managers_may_propose() {
+        let state = swarm();
+        assert!(may_propose(&state, Some(&identity("m1", Role::Manager))).is_ok());
+        // A demoted manager's old certificate, a removed node's, a worker's, none.
+        for caller in [
+            Some(identity("w1", Role::Manager)),
+            Some(identity("gone", Role::Manager)),
+            Some(identity("w1", Role::Worker)),
+            Some(identity("admin", Role::Admin)),
+            None,
+        ] {
+            let e = may_propose(&state, caller.as_ref()).unwrap_err();
+            assert_eq!(e.status(), axum::http::StatusCode::FORBIDDEN, "{caller:?}");
+        }
+        let e = may_propose(&state, Some(&identity("w1", Role::Manager))).unwrap_err();
+        assert!(e.to_string().contains("demoted"), "{e}");
+        let e = may_propose(&state, Some(&identity("gone", Role::Manager))).unwrap_err();
+        assert!(e.to_string().contains("removed"), "{e}");
+    }
+
+    #[test]
+    fn raft_trusts_manager_certificates_only_while_catching_up() {
+        let state = swarm();
+        let demoted = identity("w1", Role::Manager);
+        // A voter checks its state.
+        assert!(may_take_part_in_raft(&state, true, Some(&identity("m1", Role::Manager))).is_ok());
+        assert!(may_take_part_in_raft(&state, true, Some(&demoted)).is_err());
+        assert!(
+            may_take_part_in_raft(&state, true, Some(&identity("gone", Role::Manager))).is_err()
+        );
+        // A learner (or a manager with an empty state) trusts manager certificates...
+        assert!(may_take_part_in_raft(&ClusterState::default(), false, Some(&demoted)).is_ok());
+        // ...and nothing else.
+        assert!(may_take_part_in_raft(&state, false, Some(&identity("w1", Role::Worker))).is_err());
+        assert!(may_take_part_in_raft(&state, false, None).is_err());
+    }
+
+    #[test]
+    fn authority_comes_from_the_state() {
+        let state = swarm();
+        assert_eq!(authority(&state, "m1", Need::Manager), Ok(()));
+        assert_eq!(authority(&state, "w1", Need::Node), Ok(()));
+        assert_eq!(authority(&state, "m1", Need::Node), Ok(()));
+        assert_eq!(
+            authority(&state, "w1", Need::Manager),
+            Err(Refusal::NotAManager("w1".into()))
+        );
+        assert_eq!(
+            authority(&state, "gone", Need::Node),
+            Err(Refusal::UnknownNode("gone".into()))
+        );
+    }
+
+    fn update(task: &str, state: TaskState, message: &str, at: &str) -> TaskStatusUpdate {
+        TaskStatusUpdate {
+            task_id: task.into(),
+            status: swarm_state::status(state, message, at),
+        }
+    }
+
+    #[test]
+    fn only_task_status_news_is_written() {
+        let state = swarm();
+        let changes = |updates| status_changes(&state, "w1", updates);
+        // The same status again, with a new timestamp: nothing.
+        assert!(changes(vec![update("t1", TaskState::RUNNING, "started", "t9")]).is_empty());
+        // Backwards, an unknown task, another node's task: nothing.
+        assert!(changes(vec![update("t1", TaskState::STARTING, "x", "t9")]).is_empty());
+        assert!(changes(vec![update("nope", TaskState::FAILED, "x", "t9")]).is_empty());
+        assert!(status_changes(
+            &state,
+            "m1",
+            vec![update("t1", TaskState::FAILED, "x", "t9")]
+        )
+        .is_empty());
+        // Forward, or the same state saying something new: kept.
+        let forward = update("t1", TaskState::COMPLETE, "finished", "t9");
+        assert_eq!(changes(vec![forward.clone()]), vec![forward]);
+        let news = update("t1", TaskState::RUNNING, "healthy", "t9");
+        assert_eq!(changes(vec![news.clone()]), vec![news]);
+        let mut err = update("t1", TaskState::RUNNING, "started", "t9");
+        err.status.err = Some("oom".into());
+        assert_eq!(changes(vec![err.clone()]), vec![err]);
+        // A task reported twice keeps its last update.
+        let last = update("t1", TaskState::FAILED, "exit 1", "t9");
+        assert_eq!(
+            changes(vec![
+                update("t1", TaskState::COMPLETE, "", "t8"),
+                last.clone()
+            ]),
+            vec![last]
+        );
+    }
+
+    #[test]
+    fn oversized_descriptions_are_refused() {
+        let mut beat = Heartbeat {
+            node_id: "w1".into(),
+            addr: "127.0.0.1:2377".into(),
+            description: Default::default(),
+        };
+        assert!(check_description(&beat).is_ok());
+        beat.description.hostname = Some("h".repeat(MAX_DESCRIPTION_BYTES));
+        let e = check_description(&beat).unwrap_err();
+        assert_eq!(e.status(), axum::http::StatusCode::BAD_REQUEST);
+        assert!(e.to_string().contains("too large"), "{e}");
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //! unix socket: the Docker Engine API's swarm part ([`docker`]) and the internal cluster
 //! API between nodes ([`internal`], under `/swarmup/v1`).
 //!
-//! Who may call what is decided here from the caller's certificate (`swarm_pki::Peer`):
-//! the Docker API needs a manager or administrator certificate (workers get 403, as their
-//! certificate says they are workers), the internal API checks that a node speaks only
-//! for itself.
+//! Who may call what is decided here from the caller's certificate (`swarm_pki::Peer`)
+//! and the committed state: the Docker API needs an administrator certificate or the
+//! certificate of a node that the state knows as a manager (workers get 403); the
+//! internal API checks that a node still belongs to the swarm (and is a manager for
+//! manager-only calls) and speaks only for itself. See [`authority`].
 
 use std::sync::{Arc, RwLock};
 
@@ -13,6 +14,8 @@ use axum::body::Body;
 use axum::http::{Request, Uri};
 use axum::Router;
 use swarm_pki::{Peer, PeerIdentity, Role};
+use swarm_state::models::NodeSpecRoleEnum;
+use swarm_state::{node_role, ClusterState};
 use tower::ServiceExt;
 
 use crate::error::{docker_shaped, ApiError, MAX_BODY_BYTES, NOT_A_MANAGER, PAGE_NOT_FOUND};
@@ -58,10 +61,23 @@ impl NodeContext {
 
 pub type Ctx = Arc<NodeContext>;
 
-/// Checks that the caller may use the Docker API (manager or administrator).
-pub fn require_admin(peer: &Peer) -> Result<&PeerIdentity, ApiError> {
+/// Checks that the caller may use the Docker API: an administrator certificate, or the
+/// certificate of a node that the committed state still knows as a manager.
+///
+/// The certificate's role alone is not enough: a demoted manager keeps its old
+/// certificate (it stays valid until it expires), and so does a removed node.
+pub fn require_admin<'a>(ctx: &NodeContext, peer: &'a Peer) -> Result<&'a PeerIdentity, ApiError> {
     match &peer.identity {
-        Some(p) if matches!(p.role, Role::Manager | Role::Admin) => Ok(p),
+        Some(p) if p.role == Role::Admin => Ok(p),
+        Some(p) if p.role == Role::Manager => {
+            // A node that is not a manager has no replica to check against; its own
+            // certificate says manager, which the state would have to confirm.
+            let Some(manager) = ctx.manager() else {
+                return Err(ApiError::Forbidden(NOT_A_MANAGER.into()));
+            };
+            authority(&manager.read(), &p.node_id, Need::Manager).map_err(ApiError::from)?;
+            Ok(p)
+        }
         Some(_) => Err(ApiError::Forbidden(NOT_A_MANAGER.into())),
         None => Err(ApiError::Forbidden(
             "a client certificate from this swarm's CA is required: use `swarmup env` or the node's unix socket".into(),
@@ -86,12 +102,14 @@ impl axum::extract::FromRequestParts<Ctx> for AdminManager {
             .get::<Peer>()
             .cloned()
             .unwrap_or_else(Peer::anonymous);
-        require_admin(&peer)?;
+        require_admin(ctx, &peer)?;
         Ok(AdminManager(ctx.require_manager()?))
     }
 }
 
-/// Checks that the caller is a node of this swarm and returns its identity.
+/// Checks that the caller holds a node certificate of this swarm and returns its
+/// identity. Whether the node still belongs to the swarm is checked against the state
+/// by [`authority`] (see `internal.rs`).
 pub fn require_node(peer: &Peer) -> Result<&PeerIdentity, ApiError> {
     match &peer.identity {
         Some(p) if matches!(p.role, Role::Manager | Role::Worker) => Ok(p),
@@ -99,6 +117,45 @@ pub fn require_node(peer: &Peer) -> Result<&PeerIdentity, ApiError> {
             "only nodes of this swarm may call this".into(),
         )),
     }
+}
+
+/// What a call needs of the calling node in the committed state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// The node exists (it joined and was not removed): worker calls.
+    Node,
+    /// The node exists and its role is manager: manager-only calls.
+    Manager,
+}
+
+/// Why the committed state refuses a node certificate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("node {0} is not part of this swarm: it was removed (docker node rm) or never joined, so its certificate is no longer accepted")]
+    UnknownNode(String),
+    #[error("node {0} is not a swarm manager: it was demoted (docker node demote), so its manager certificate no longer grants manager rights")]
+    NotAManager(String),
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        ApiError::Forbidden(r.to_string())
+    }
+}
+
+/// Decides whether node `node_id` may make a call that needs `need`, from the committed
+/// state of this manager. Authority comes from the state, never from the certificate's
+/// role alone: a demotion or a removal takes effect as soon as it is applied here. A map
+/// lookup, cheap enough for every request.
+pub fn authority(state: &ClusterState, node_id: &str, need: Need) -> Result<(), Refusal> {
+    let node = state
+        .nodes
+        .get(node_id)
+        .ok_or_else(|| Refusal::UnknownNode(node_id.to_string()))?;
+    if need == Need::Manager && node_role(node) != NodeSpecRoleEnum::MANAGER {
+        return Err(Refusal::NotAManager(node_id.to_string()));
+    }
+    Ok(())
 }
 
 /// Docker's answer to an unknown path, and (as dockerd does) to a known path asked with

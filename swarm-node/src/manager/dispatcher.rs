@@ -15,12 +15,31 @@ use tokio::time::Instant;
 /// A node that misses this many periods is Down, as in Docker.
 pub const GRACE_MULTIPLIER: u32 = 3;
 
+/// The least time between two description or address changes proposed for one node from
+/// its heartbeats. Each is a log entry replicated to every manager, and a node decides
+/// what its description says: without a floor, one node could write an entry per
+/// heartbeat it sends. A Ready transition is never held back.
+pub const MIN_CHANGE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Whether a heartbeat's news is proposed now. `ready`: the node is Ready in the state;
+/// `changed`: its address or description differ from the state's; `last`: when a change
+/// was last proposed for it. A change held back is not lost: the state still differs at
+/// the next heartbeat after the interval, which proposes it.
+pub fn propose_now(ready: bool, changed: bool, last: Option<Instant>, now: Instant) -> bool {
+    if !ready {
+        return true;
+    }
+    changed && last.is_none_or(|at| now.duration_since(at) >= MIN_CHANGE_INTERVAL)
+}
+
 #[derive(Debug)]
 pub struct Dispatcher {
     period: Duration,
     last_seen: Mutex<HashMap<String, Instant>>,
     /// The control address (`IP:PORT`) each node last reported.
     addrs: Mutex<HashMap<String, String>>,
+    /// When a change from each node's heartbeats was last proposed (see [`propose_now`]).
+    proposed: Mutex<HashMap<String, Instant>>,
     /// When this manager last became leader: nodes it has not heard from yet get twice
     /// the grace, so a leader change does not mark healthy nodes Down (swarmkit#921).
     leader_since: Mutex<Instant>,
@@ -32,6 +51,7 @@ impl Dispatcher {
             period: Duration::from_millis(period_ms.max(100)),
             last_seen: Mutex::new(HashMap::new()),
             addrs: Mutex::new(HashMap::new()),
+            proposed: Mutex::new(HashMap::new()),
             leader_since: Mutex::new(Instant::now()),
         }
     }
@@ -43,6 +63,8 @@ impl Dispatcher {
     pub fn became_leader(&self, now: Instant) {
         *self.leader_since.lock().expect("dispatcher lock") = now;
         self.last_seen.lock().expect("dispatcher lock").clear();
+        // Also forgets removed nodes, so the map does not grow with every node ever seen.
+        self.proposed.lock().expect("dispatcher lock").clear();
     }
 
     pub fn seen(&self, node_id: &str, addr: &str, now: Instant) {
@@ -54,6 +76,23 @@ impl Dispatcher {
             .lock()
             .expect("dispatcher lock")
             .insert(node_id.to_string(), addr.to_string());
+    }
+
+    /// Decides with [`propose_now`] whether a heartbeat's news is proposed now, and if so
+    /// remembers when.
+    pub fn may_propose_change(
+        &self,
+        node_id: &str,
+        ready: bool,
+        changed: bool,
+        now: Instant,
+    ) -> bool {
+        let mut proposed = self.proposed.lock().expect("dispatcher lock");
+        let yes = propose_now(ready, changed, proposed.get(node_id).copied(), now);
+        if yes {
+            proposed.insert(node_id.to_string(), now);
+        }
+        yes
     }
 
     pub fn control_addr(&self, node_id: &str) -> Option<String> {
@@ -97,6 +136,21 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn heartbeat_changes_are_rate_limited_but_ready_is_not() {
+        let t0 = Instant::now();
+        let later = |ms| t0 + Duration::from_millis(ms);
+        // A node that is not Ready becomes Ready at once, however recent the last change.
+        assert!(propose_now(false, false, Some(t0), t0));
+        assert!(propose_now(false, true, Some(t0), later(1)));
+        // Nothing new: nothing proposed.
+        assert!(!propose_now(true, false, None, t0));
+        // The first change goes at once; the next waits out the interval.
+        assert!(propose_now(true, true, None, t0));
+        assert!(!propose_now(true, true, Some(t0), later(4_999)));
+        assert!(propose_now(true, true, Some(t0), later(5_000)));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use swarm_raft::MemberNode;
 use swarm_state::models::{NodeSpecRoleEnum, NodeState, NodeStatus};
+use swarm_state::network::Allocation;
 use swarm_state::{ids::raft_id, node_role, node_state, ClusterState, Command};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -89,16 +90,42 @@ async fn pass(manager: &Arc<Manager>, promotions: &Arc<Mutex<HashSet<u64>>>) -> 
 
     // Addresses for what the orchestrator just created, before workers may start it.
     if let Some(allocation) = allocator::allocate(&manager.read()) {
-        let command = Command::Allocate {
-            allocation: Box::new(allocation),
-        };
-        if let Err(e) = manager.propose(command).await {
-            tracing::warn!(error = %e, "address allocation refused");
+        for allocation in split_allocation(allocation) {
+            let command = Command::Allocate {
+                allocation: Box::new(allocation),
+            };
+            if let Err(e) = manager.propose(command).await {
+                tracing::warn!(error = %e, "address allocation refused");
+            }
         }
     }
 
     reconcile_membership(manager, &manager.read(), promotions).await;
     wake
+}
+
+/// Splits an allocation into entries of at most [`orchestrator::MAX_BATCH_TASKS`] task
+/// addresses and as many failures, as task writes are: the addresses of a service scaled
+/// to 100,000 tasks would otherwise make one entry of megabytes. The first entry carries
+/// the VIPs, node addresses and ports; each task keeps all its networks in one entry.
+/// Addresses were chosen together, so each entry's are still free when it applies; an
+/// entry refused anyway leaves its tasks to the next pass.
+pub fn split_allocation(mut all: Allocation) -> Vec<Allocation> {
+    let max = orchestrator::MAX_BATCH_TASKS;
+    let mut tasks = std::mem::take(&mut all.tasks).into_iter();
+    let mut failures = std::mem::take(&mut all.failures).into_iter();
+    let mut out = Vec::new();
+    let mut first = Some(all);
+    loop {
+        let mut next = first.take().unwrap_or_default();
+        next.tasks = tasks.by_ref().take(max).collect();
+        next.failures = failures.by_ref().take(max).collect();
+        if next.is_empty() {
+            break;
+        }
+        out.push(next);
+    }
+    out
 }
 
 /// Makes Raft voters of Ready nodes whose role is manager, and removes voters whose role
@@ -195,4 +222,47 @@ async fn reconcile_membership(
 fn control_addr(manager: &Manager, node: &swarm_state::models::Node) -> Option<String> {
     let id = node.id.as_deref()?;
     manager.dispatcher.control_addr(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+    use swarm_state::network::Attachment;
+
+    fn attachment(i: u32) -> Vec<Attachment> {
+        vec![Attachment {
+            network_id: "net".into(),
+            addr: Ipv4Addr::from(0x0a00_0000 + i),
+        }]
+    }
+
+    #[test]
+    fn allocations_are_split_like_task_writes() {
+        assert!(split_allocation(Allocation::default()).is_empty());
+        let all = Allocation {
+            vips: vec![("s".into(), "net".into(), Ipv4Addr::new(10, 0, 0, 2))],
+            nodes: vec![("n1".into(), "net".into(), Ipv4Addr::new(10, 0, 0, 3))],
+            tasks: (0..2_500)
+                .map(|i| (format!("t{i}"), attachment(i)))
+                .collect(),
+            failures: vec![("tx".into(), "no address left".into())],
+            ..Default::default()
+        };
+        let parts = split_allocation(all.clone());
+        let sizes: Vec<usize> = parts.iter().map(|p| p.tasks.len()).collect();
+        assert_eq!(sizes, vec![1_000, 1_000, 500]);
+        assert_eq!(parts[0].vips, all.vips);
+        assert_eq!(parts[0].nodes, all.nodes);
+        assert_eq!(parts[0].failures, all.failures);
+        assert!(parts[1].vips.is_empty() && parts[1].nodes.is_empty());
+        let tasks: Vec<_> = parts.into_iter().flat_map(|p| p.tasks).collect();
+        assert_eq!(tasks, all.tasks);
+        // A small allocation stays one entry.
+        let one = Allocation {
+            vips: all.vips.clone(),
+            ..Default::default()
+        };
+        assert_eq!(split_allocation(one.clone()), vec![one]);
+    }
 }

@@ -94,6 +94,9 @@ impl Manager {
                     }
                 }
                 Err(ProposeError::ForwardToLeader { .. }) => {}
+                Err(e @ ProposeError::TooLarge { .. }) => {
+                    return Err(ApiError::PayloadTooLarge(e.to_string()))
+                }
                 Err(e) => return Err(ApiError::Internal(e.to_string())),
             }
             if tokio::time::Instant::now() >= deadline {

@@ -95,15 +95,46 @@ pub fn reconcile(
         );
     }
 
-    if !put.is_empty() {
-        plan.commands.push(Command::PutTasks {
-            tasks: put.into_values().collect(),
-        });
+    for tasks in task_batches(put.into_values().collect()) {
+        plan.commands.push(Command::PutTasks { tasks });
     }
-    if !remove.is_empty() {
-        plan.commands.push(Command::RemoveTasks { ids: remove });
+    for ids in remove.chunks(MAX_BATCH_TASKS) {
+        plan.commands
+            .push(Command::RemoveTasks { ids: ids.to_vec() });
     }
     plan
+}
+
+/// The most tasks one `PutTasks` or `RemoveTasks` entry carries.
+pub const MAX_BATCH_TASKS: usize = 1_000;
+/// The most bytes (serialized) of tasks one `PutTasks` entry carries, give or take one
+/// task. Scaling a service to 100,000 replicas is then about a hundred entries of a
+/// megabyte rather than one of 50 MB: each is replicated, applied and acknowledged on
+/// its own, well under the Raft proposal cap (`swarm_raft::MAX_PROPOSAL_BYTES`).
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+
+/// Splits tasks into batches of at most [`MAX_BATCH_TASKS`] tasks and about
+/// [`MAX_BATCH_BYTES`] bytes, in order. A single task larger than the byte budget gets a
+/// batch of its own.
+pub fn task_batches(tasks: Vec<Task>) -> Vec<Vec<Task>> {
+    let mut batches = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0usize;
+    for task in tasks {
+        let size = serde_json::to_vec(&task).map(|b| b.len()).unwrap_or(0);
+        if !current.is_empty()
+            && (current.len() >= MAX_BATCH_TASKS || bytes + size > MAX_BATCH_BYTES)
+        {
+            batches.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(task);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
 }
 
 /// Sets desired state REMOVE, and deletes the task once nothing runs it any more.

@@ -310,3 +310,42 @@ fn a_replacement_goes_back_to_the_node_that_lost_its_task() {
     nodes.sort();
     assert_eq!(nodes, vec!["a", "b"], "still spread");
 }
+
+#[test]
+fn task_writes_are_split_into_bounded_batches() {
+    let task = |i: usize, pad: usize| Task {
+        id: Some(format!("t{i}")),
+        labels: Some([("pad".to_string(), "x".repeat(pad))].into_iter().collect()),
+        ..Default::default()
+    };
+    assert!(task_batches(vec![]).is_empty());
+    // By count: 2,500 small tasks make batches of 1,000, 1,000 and 500, in order.
+    let batches = task_batches((0..2_500).map(|i| task(i, 0)).collect());
+    let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+    assert_eq!(sizes, vec![1_000, 1_000, 500]);
+    assert_eq!(batches[1][0].id.as_deref(), Some("t1000"));
+    // By bytes: 100 KB tasks, about ten per megabyte; a task over the budget goes alone.
+    let batches = task_batches((0..25).map(|i| task(i, 100_000)).collect());
+    assert!(batches.len() >= 3, "{}", batches.len());
+    for b in &batches {
+        let bytes = serde_json::to_vec(b).unwrap().len();
+        assert!(bytes <= MAX_BATCH_BYTES + 1024, "{bytes}");
+    }
+    let batches = task_batches(vec![task(0, 10), task(1, 2 * MAX_BATCH_BYTES), task(2, 10)]);
+    assert_eq!(batches.len(), 3);
+}
+
+#[test]
+fn scaling_to_many_replicas_writes_many_entries() {
+    let mut t = World::new(&["n1"], service(2_500, 0));
+    let mut next = 0;
+    let plan = reconcile(&t.state, t.now, &mut || {
+        next += 1;
+        format!("t{next}")
+    });
+    assert_eq!(plan.commands.len(), 3, "2,500 tasks in 3 entries");
+    for c in plan.commands {
+        t.apply(c);
+    }
+    assert_eq!(t.state.tasks.len(), 2_500);
+}
