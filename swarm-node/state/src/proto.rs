@@ -13,6 +13,11 @@
 //! | `POST /swarmup/v1/task-status` | any node            | [`TaskStatusReport`] → `{}`            |
 //! | `POST /swarmup/v1/raft/{vote,append,snapshot}` | managers | openraft requests → results       |
 //! | `POST /swarmup/v1/propose` | managers                | [`crate::Command`] → [`crate::CommandResult`] |
+//! | `POST /swarmup/v1/client-cert`, `/leave` | the node's unix socket only | → admin bundle / `{}` |
+//!
+//! "Node" and "manager" are checked against the committed state, not only the
+//! certificate: a removed node is refused everywhere, a demoted manager's certificate
+//! is worth a worker's (swarm-node's `api::authority`).
 
 use serde::{Deserialize, Serialize};
 
