@@ -253,6 +253,29 @@ fn t20_leader_failover_and_restart_from_disk() {
     wait_for("3 running after failover", Duration::from_secs(40), || {
         running_tasks(&sb.nodes[1], "app").len() == 3
     });
+
+    // Quorum lost: with node1 down, stop the new leader too. The last manager cannot know
+    // the state is current, so it answers as Docker does instead of showing stale data.
+    let leader = node_table(&sb.nodes[1])
+        .into_iter()
+        .find(|r| r.last().is_some_and(|s| s == "Leader"))
+        .map(|r| r[0].clone())
+        .expect("a leader");
+    let (gone, last) = if leader == "node2" { (1, 2) } else { (2, 1) };
+    sb.nodes[gone].kill();
+    wait_for(
+        "no leader on the last manager",
+        Duration::from_secs(30),
+        || {
+            let out = sb.nodes[last].docker(&["node", "ls"]);
+            !out.status.success()
+                && String::from_utf8_lossy(&out.stderr).contains("The swarm does not have a leader")
+        },
+    );
+    sb.nodes[gone].start();
+    wait_for("a leader again", Duration::from_secs(30), || {
+        sb.nodes[last].docker(&["node", "ls"]).status.success()
+    });
     sb.nodes[0].start();
     wait_for("node1 catches up", Duration::from_secs(30), || {
         let out = sb.nodes[0].docker(&[

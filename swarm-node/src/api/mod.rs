@@ -103,7 +103,11 @@ impl axum::extract::FromRequestParts<Ctx> for AdminManager {
             .cloned()
             .unwrap_or_else(Peer::anonymous);
         require_admin(ctx, &peer)?;
-        Ok(AdminManager(ctx.require_manager()?))
+        let manager = ctx.require_manager()?;
+        // As SwarmKit, which serves every control call through the leader: without one,
+        // the state here may be stale (dead managers still shown Ready), so say so.
+        manager.require_leader().await?;
+        Ok(AdminManager(manager))
     }
 }
 

@@ -23,6 +23,8 @@ pub mod orchestrator;
 pub mod scheduler;
 
 /// How long a write waits for a leader to appear before the caller is told there is none.
+/// How long a read waits for a leader before answering that there is none.
+const READ_LEADER_WAIT: Duration = Duration::from_secs(3);
 const LEADER_WAIT: Duration = Duration::from_secs(5);
 /// How long one commit may take before the caller is told the swarm has no quorum.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,6 +65,19 @@ impl Manager {
     /// The local replica of the state.
     pub fn read(&self) -> Arc<ClusterState> {
         self.raft.read()
+    }
+
+    /// Waits briefly for a known leader (an election in progress settles in well under
+    /// [`READ_LEADER_WAIT`]), then gives Docker's answer for a swarm without one.
+    pub async fn require_leader(&self) -> Result<(), ApiError> {
+        let deadline = tokio::time::Instant::now() + READ_LEADER_WAIT;
+        while self.raft.leader().is_none() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::Unavailable(NO_LEADER.into()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
     }
 
     /// Commits a command through Raft, forwarding to the leader when needed, and waits
