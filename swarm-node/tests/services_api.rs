@@ -516,3 +516,131 @@ fn reservations_and_replicas_per_node_limit_placement() {
     );
     assert!(ps("huge").starts_with("Pending"), "{}", ps("huge"));
 }
+
+/// A bad `service update` pauses after the first failed task and keeps the other
+/// replicas up, `service rollback` restores the previous spec, and
+/// `--update-failure-action rollback` rolls back by itself.
+#[test]
+fn failed_updates_pause_or_roll_back_and_rollback_restores() {
+    if !e2e_enabled("failed_updates_pause_or_roll_back_and_rollback_restores") {
+        return;
+    }
+    ensure_image();
+    let mut sandbox = Sandbox::new(&["m1"]);
+    sandbox.init("1s");
+    let m1 = &sandbox.nodes[0];
+    let field = |service: &str, template: &str| {
+        m1.docker_ok(&["service", "inspect", "--format", template, service])
+            .trim()
+            .to_string()
+    };
+    let replicas = |service: &str| {
+        m1.docker_ok(&[
+            "service",
+            "ls",
+            "--filter",
+            &format!("name={service}"),
+            "--format",
+            "{{.Replicas}}",
+        ])
+        .trim()
+        .to_string()
+    };
+    m1.docker_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "upd",
+        "--replicas",
+        "4",
+        "--restart-delay",
+        "1s",
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    wait_for("upd 4/4", Duration::from_secs(60), || {
+        replicas("upd") == "4/4"
+    });
+
+    // An update whose tasks exit at once.
+    m1.docker_ok(&["service", "update", "-d", "--args", "false", "upd"]);
+    wait_for("the update paused", Duration::from_secs(60), || {
+        field("upd", "{{.UpdateStatus.State}}") == "paused"
+    });
+    let message = field("upd", "{{.UpdateStatus.Message}}");
+    assert!(
+        message.starts_with("update paused due to failure or early termination of task"),
+        "{message}"
+    );
+    let running_old = m1.docker_ok(&[
+        "service",
+        "ps",
+        "upd",
+        "--filter",
+        "desired-state=running",
+        "--format",
+        "{{.CurrentState}}",
+    ]);
+    assert!(
+        running_old
+            .lines()
+            .filter(|l| l.starts_with("Running"))
+            .count()
+            >= 3,
+        "three replicas keep running: {running_old}"
+    );
+    assert_eq!(
+        field(
+            "upd",
+            "{{json .PreviousSpec.TaskTemplate.ContainerSpec.Args}}"
+        ),
+        r#"["sleep","3600"]"#
+    );
+
+    // docker service rollback: the previous spec again, rolled out, completed.
+    m1.docker_ok(&["service", "rollback", "-d", "upd"]);
+    assert_eq!(
+        field("upd", "{{json .Spec.TaskTemplate.ContainerSpec.Args}}"),
+        r#"["sleep","3600"]"#
+    );
+    wait_for("the rollback completed", Duration::from_secs(90), || {
+        field("upd", "{{.UpdateStatus.State}}") == "rollback_completed"
+    });
+    wait_for("upd 4/4 again", Duration::from_secs(30), || {
+        replicas("upd") == "4/4"
+    });
+
+    // --update-failure-action rollback needs no one.
+    m1.docker_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "auto",
+        "--replicas",
+        "2",
+        "--restart-delay",
+        "1s",
+        "--update-failure-action",
+        "rollback",
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    wait_for("auto 2/2", Duration::from_secs(60), || {
+        replicas("auto") == "2/2"
+    });
+    m1.docker_ok(&["service", "update", "-d", "--args", "false", "auto"]);
+    wait_for("auto rolled back", Duration::from_secs(90), || {
+        field("auto", "{{.UpdateStatus.State}}") == "rollback_completed"
+    });
+    assert_eq!(
+        field("auto", "{{json .Spec.TaskTemplate.ContainerSpec.Args}}"),
+        r#"["sleep","3600"]"#
+    );
+    wait_for("auto 2/2 again", Duration::from_secs(30), || {
+        replicas("auto") == "2/2"
+    });
+}

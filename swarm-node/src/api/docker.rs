@@ -63,6 +63,13 @@ pub struct ListQuery {
 pub struct VersionQuery {
     version: Option<String>,
     force: Option<String>,
+    /// `previous` on a service update: `docker service rollback`.
+    rollback: Option<String>,
+    /// Where the client found its registry credentials (`spec` or `previous-spec`):
+    /// accepted and not needed, swarm-node pulls without credentials.
+    #[serde(rename = "registryAuthFrom")]
+    #[allow(dead_code)]
+    registry_auth_from: Option<String>,
 }
 
 /// The `version` an update must carry (the object's `Version.Index`, as `docker … update`
@@ -626,7 +633,7 @@ fn with_endpoint(state: &ClusterState, mut service: Service) -> Service {
 async fn list_services(
     AdminManager(manager): AdminManager,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Vec<Service>>> {
+) -> ApiResult<Json<Vec<ServiceView>>> {
     let filters = Filters::parse(q.filters.as_deref())?;
     filters.accept(&["id", "label", "mode", "name"])?;
     let with_status = bool_param("status", q.status.as_deref())?;
@@ -646,11 +653,11 @@ async fn list_services(
                 && filters.labels_match("label", spec.and_then(|s| s.labels.as_ref()))
         })
         .map(|(_, s)| {
-            let mut s = with_endpoint(&state, s.clone());
+            let mut view = service_view(&state, s.clone());
             if with_status {
-                s.service_status = Some(service_status(&state, &s));
+                view.service.service_status = Some(service_status(&state, &view.service));
             }
-            s
+            view
         })
         .collect();
     Ok(Json(services))
@@ -662,12 +669,34 @@ fn find_service<'a>(state: &'a ClusterState, key: &str) -> ApiResult<&'a Service
         .ok_or_else(|| ApiError::NotFound(format!("service {key} not found")))
 }
 
+/// A service as Docker shows it: the model plus `PreviousSpec`, which the API's schema
+/// (and so the models) leaves out although dockerd sends it.
+#[derive(Debug, serde::Serialize)]
+struct ServiceView {
+    #[serde(flatten)]
+    service: Service,
+    #[serde(rename = "PreviousSpec", skip_serializing_if = "Option::is_none")]
+    previous_spec: Option<ServiceSpec>,
+}
+
+fn service_view(state: &ClusterState, service: Service) -> ServiceView {
+    let previous_spec = service
+        .id
+        .as_ref()
+        .and_then(|id| state.previous_specs.get(id))
+        .cloned();
+    ServiceView {
+        service: with_endpoint(state, service),
+        previous_spec,
+    }
+}
+
 async fn inspect_service(
     AdminManager(manager): AdminManager,
     Path(id): Path<String>,
-) -> ApiResult<Json<Service>> {
+) -> ApiResult<Json<ServiceView>> {
     let state = manager.read();
-    Ok(Json(with_endpoint(
+    Ok(Json(service_view(
         &state,
         find_service(&state, &id)?.clone(),
     )))
@@ -721,9 +750,37 @@ async fn update_service(
     Query(q): Query<VersionQuery>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<serde_json::Value>> {
+    let version = required_version("service", q.version.as_deref())?;
+    match q.rollback.as_deref() {
+        None | Some("") => {}
+        // The CLI sends the current spec along; the previous one is what counts.
+        Some("previous") => {
+            let id = find_service(&manager.read(), &key)?
+                .id
+                .clone()
+                .unwrap_or_default();
+            if !manager.read().previous_specs.contains_key(&id) {
+                return Err(ApiError::BadRequest(
+                    "service does not have a previous spec".into(),
+                ));
+            }
+            manager
+                .propose(Command::RollbackService {
+                    id,
+                    version,
+                    at: manager.now(),
+                })
+                .await?;
+            return Ok(Json(serde_json::json!({ "Warnings": null })));
+        }
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "unrecognized rollback option {other}: use previous"
+            )))
+        }
+    }
     let mut spec: ServiceSpec = super::defaults::parse_service_spec(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid service spec: {e}")))?;
-    let version = required_version("service", q.version.as_deref())?;
     super::defaults::fill_service_defaults(&mut spec);
     validate_service_spec(&spec)?;
     validate_endpoint_spec(&spec)?;

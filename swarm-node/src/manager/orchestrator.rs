@@ -14,13 +14,22 @@
 //!   at once;
 //! - extra tasks (scale down, removed service) get desired state REMOVE and are deleted
 //!   once they have stopped;
-//! - old tasks beyond the history limit (5 per slot) are deleted.
+//! - old tasks beyond the history limit (5 per slot) are deleted;
+//! - a rolling update (the task template changed) replaces `parallelism` slots at a
+//!   time, stop-first or start-first, waits `delay` after each task runs, counts a new
+//!   task that fails within its monitor window as a failure, and past
+//!   `max_failure_ratio` pauses, rolls back (with the rollback config) or continues, as
+//!   `UpdateStatus` then says; `completed` once every slot runs the template for a
+//!   monitor window. The decisions are [`Command::SetUpdateStatus`], through Raft.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use swarm_state::models::{
-    NodeSpecAvailabilityEnum, NodeState, Service, Task, TaskSpec,
+    NodeSpecAvailabilityEnum, NodeState, Service, ServiceSpec,
+    ServiceSpecRollbackConfigFailureActionEnum, ServiceSpecRollbackConfigOrderEnum,
+    ServiceSpecUpdateConfigFailureActionEnum, ServiceSpecUpdateConfigOrderEnum,
+    ServiceUpdateStatusStateEnum as UpdateState, Task, TaskSpec,
     TaskSpecRestartPolicyConditionEnum, TaskState,
 };
 use swarm_state::{desired_of, is_terminal, node_state, state_of, status, ClusterState, Command};
@@ -46,6 +55,231 @@ pub struct Plan {
     pub wake_after: Option<Duration>,
 }
 
+/// A new task that fails this long after it was created counts as a failure of the
+/// update even when its monitor window is shorter: it may have spent that long pulling
+/// its image and starting (the state keeps when a task was created and when it ended,
+/// not when it started running).
+const START_ALLOWANCE: Duration = Duration::from_secs(60);
+
+/// What to do when an update fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailureAction {
+    Pause,
+    Continue,
+    Rollback,
+}
+
+/// The rolling-update settings in force: the update config, or the rollback config
+/// while rolling back. Docker's defaults where unset.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Policy {
+    parallelism: usize,
+    delay: Duration,
+    monitor: Duration,
+    failure_action: FailureAction,
+    max_failure_ratio: f64,
+    start_first: bool,
+}
+
+fn nanos(ns: Option<i64>, default: Duration) -> Duration {
+    ns.map(|n| Duration::from_nanos(n.max(0) as u64))
+        .unwrap_or(default)
+}
+
+/// The least time a new task must have run before the next slot is updated, when
+/// `delay` is shorter: a task that exits at once is then seen failing before the update
+/// moves on, so a broken image costs one replica, not all of them.
+const MIN_SETTLE: Duration = Duration::from_secs(1);
+
+impl Policy {
+    /// How long a new task must have run before its slot stops counting as in flight.
+    fn settle(&self) -> Duration {
+        self.delay.max(MIN_SETTLE.min(self.monitor))
+    }
+
+    fn of(spec: &ServiceSpec, rolling_back: bool) -> Policy {
+        let parallelism = |p: Option<i64>| match p.unwrap_or(1) {
+            p if p <= 0 => usize::MAX,
+            p => p as usize,
+        };
+        let monitor = Duration::from_secs(5);
+        if rolling_back {
+            let c = spec.rollback_config.clone().unwrap_or_default();
+            Policy {
+                parallelism: parallelism(c.parallelism),
+                delay: nanos(c.delay, Duration::ZERO),
+                monitor: nanos(c.monitor, monitor),
+                failure_action: match c.failure_action {
+                    Some(ServiceSpecRollbackConfigFailureActionEnum::CONTINUE) => {
+                        FailureAction::Continue
+                    }
+                    _ => FailureAction::Pause,
+                },
+                max_failure_ratio: c.max_failure_ratio.unwrap_or(0.0),
+                start_first: c.order == Some(ServiceSpecRollbackConfigOrderEnum::START_FIRST),
+            }
+        } else {
+            let c = spec.update_config.clone().unwrap_or_default();
+            Policy {
+                parallelism: parallelism(c.parallelism),
+                delay: nanos(c.delay, Duration::ZERO),
+                monitor: nanos(c.monitor, monitor),
+                failure_action: match c.failure_action {
+                    Some(ServiceSpecUpdateConfigFailureActionEnum::CONTINUE) => {
+                        FailureAction::Continue
+                    }
+                    Some(ServiceSpecUpdateConfigFailureActionEnum::ROLLBACK) => {
+                        FailureAction::Rollback
+                    }
+                    _ => FailureAction::Pause,
+                },
+                max_failure_ratio: c.max_failure_ratio.unwrap_or(0.0),
+                start_first: c.order == Some(ServiceSpecUpdateConfigOrderEnum::START_FIRST),
+            }
+        }
+    }
+}
+
+/// When a task reached its current state (its status timestamp).
+fn state_since(task: &Task) -> Option<OffsetDateTime> {
+    task_time(task)
+}
+
+/// True for a task that runs the template but has not proven itself yet: not running,
+/// or running for less than `wait`.
+fn settling(task: &Task, now: OffsetDateTime, wait: Duration) -> bool {
+    match state_of(task) {
+        s if s < TaskState::RUNNING => true,
+        TaskState::RUNNING => state_since(task).is_some_and(|t| now < t + wait),
+        _ => false,
+    }
+}
+
+/// The updater's view of one service in this pass, and what it decided.
+struct Update {
+    policy: Policy,
+    /// The update or rollback is under way (not paused, not finished).
+    active: bool,
+    /// No more outdated tasks are to be replaced in this pass.
+    held: bool,
+    rolling_back: bool,
+    in_flight: usize,
+}
+
+/// The service's update state, and the failure decision if new tasks failed: a pure
+/// function of the service, its tasks and the time.
+fn update_decision(
+    state: &ClusterState,
+    service_id: &str,
+    service: &Service,
+    template: &TaskSpec,
+    slots: usize,
+    now: OffsetDateTime,
+    at: &str,
+) -> (Update, Option<Command>) {
+    let spec = service.spec.clone().unwrap_or_default();
+    let status = service.update_status.as_ref();
+    let current = status.and_then(|s| s.state);
+    let rolling_back = matches!(
+        current,
+        Some(UpdateState::ROLLBACK_STARTED)
+            | Some(UpdateState::ROLLBACK_PAUSED)
+            | Some(UpdateState::ROLLBACK_COMPLETED)
+    );
+    let policy = Policy::of(&spec, rolling_back);
+    let active = matches!(
+        current,
+        Some(UpdateState::UPDATING) | Some(UpdateState::ROLLBACK_STARTED)
+    );
+    let paused = matches!(
+        current,
+        Some(UpdateState::PAUSED) | Some(UpdateState::ROLLBACK_PAUSED)
+    );
+    let started = status
+        .and_then(|s| s.started_at.as_deref())
+        .and_then(parse_rfc3339);
+    let in_flight = state
+        .tasks_of_service(service_id)
+        .filter(|t| {
+            scheduler::is_active(t)
+                && t.spec.as_ref() == Some(template)
+                && settling(t, now, policy.settle())
+        })
+        .count();
+    let mut update = Update {
+        policy,
+        active,
+        held: paused,
+        rolling_back,
+        in_flight,
+    };
+    if !active {
+        return (update, None);
+    }
+    // New tasks that failed within their monitor window since the update started.
+    let window = policy.monitor + START_ALLOWANCE;
+    let failed: Vec<&Task> = state
+        .tasks_of_service(service_id)
+        .filter(|t| t.spec.as_ref() == Some(template))
+        .filter(|t| matches!(state_of(t), TaskState::FAILED | TaskState::REJECTED))
+        .filter(|t| {
+            let created = t.created_at.as_deref().and_then(parse_rfc3339);
+            let ended = task_time(t);
+            match (created, ended, started) {
+                (Some(c), Some(e), Some(s)) => c >= s && e <= c + window,
+                _ => false,
+            }
+        })
+        .collect();
+    let ratio = failed.len() as f64 / slots.max(1) as f64;
+    if let Some(first) = failed.first().filter(|_| ratio > policy.max_failure_ratio) {
+        let task_id = first.id.clone().unwrap_or_default();
+        let status = |state, message: String| {
+            let mut s = swarm_state::update_status(state, &message, at);
+            s.started_at = status.and_then(|s| s.started_at.clone());
+            s
+        };
+        let decided = match (policy.failure_action, rolling_back) {
+            (FailureAction::Continue, _) => None,
+            (FailureAction::Rollback, false) if state.previous_specs.contains_key(service_id) => {
+                Some(Command::SetUpdateStatus {
+                    id: service_id.to_string(),
+                    status: status(
+                        UpdateState::ROLLBACK_STARTED,
+                        format!("update rolled back due to failure or early termination of task {task_id}"),
+                    ),
+                    roll_back: true,
+                    at: at.to_string(),
+                })
+            }
+            (_, true) => Some(Command::SetUpdateStatus {
+                id: service_id.to_string(),
+                status: status(
+                    UpdateState::ROLLBACK_PAUSED,
+                    format!("rollback paused due to failure or early termination of task {task_id}"),
+                ),
+                roll_back: false,
+                at: at.to_string(),
+            }),
+            (_, false) => Some(Command::SetUpdateStatus {
+                id: service_id.to_string(),
+                status: status(
+                    UpdateState::PAUSED,
+                    format!("update paused due to failure or early termination of task {task_id}"),
+                ),
+                roll_back: false,
+                at: at.to_string(),
+            }),
+        };
+        if decided.is_some() {
+            update.held = true;
+            update.active = false;
+        }
+        return (update, decided);
+    }
+    (update, None)
+}
+
 /// How a slot's newest task ended, which decides whether and when it is replaced.
 enum Ending {
     /// Still wanted: nothing to do.
@@ -66,6 +300,7 @@ pub fn reconcile(
     let mut plan = Plan::default();
     let mut put: BTreeMap<String, Task> = BTreeMap::new();
     let mut remove: Vec<String> = Vec::new();
+    let mut status_out: Vec<Command> = Vec::new();
     let mut load = Load::from_state(state);
     let at = rfc3339(now);
 
@@ -92,8 +327,11 @@ pub fn reconcile(
             &mut put,
             &mut remove,
             &mut plan.wake_after,
+            &mut status_out,
         );
     }
+    // Update decisions first: a rollback changes the template the tasks follow.
+    plan.commands.extend(status_out);
 
     for tasks in task_batches(put.into_values().collect()) {
         plan.commands.push(Command::PutTasks { tasks });
@@ -216,6 +454,7 @@ fn reconcile_service(
     put: &mut BTreeMap<String, Task>,
     remove: &mut Vec<String>,
     wake_after: &mut Option<Duration>,
+    status_out: &mut Vec<Command>,
 ) {
     let spec = service.spec.clone().unwrap_or_default();
     // The template with the ingress network added when the service publishes ports.
@@ -268,26 +507,12 @@ fn reconcile_service(
     let wanted_set: HashSet<&String> = wanted.iter().collect();
 
     // Rolling updates: tasks whose spec is not the service's current template are
-    // replaced, `parallelism` slots at a time (Docker's default: 1; 0 means all). A slot
-    // counts as in flight while its up-to-date task has not reached RUNNING yet.
-    let parallelism = spec
-        .update_config
-        .as_ref()
-        .and_then(|u| u.parallelism)
-        .unwrap_or(1);
-    let update_limit = if parallelism <= 0 {
-        usize::MAX
-    } else {
-        parallelism as usize
-    };
-    let mut updates_in_flight = state
-        .tasks_of_service(service_id)
-        .filter(|t| {
-            scheduler::is_active(t)
-                && t.spec.as_ref() == Some(&template)
-                && state_of(t) < TaskState::RUNNING
-        })
-        .count();
+    // replaced `parallelism` slots at a time (0 means all); a slot is in flight while its
+    // new task has not run for `delay` yet. Failures decide pause or rollback.
+    let (mut update, decision) =
+        update_decision(state, service_id, service, &template, wanted.len(), now, at);
+    let mut outdated_left = 0usize;
+    let mut settling_left = false;
 
     // Groups no longer wanted: retire every task in them.
     for (key, tasks) in &groups {
@@ -302,6 +527,9 @@ fn reconcile_service(
         let tasks = groups.get(key).cloned().unwrap_or_default();
         let mut ending = Ending::Missing;
         let mut outdated: Option<&Task> = None;
+        // The slot's active task that already runs the template (start-first keeps the
+        // old one running next to it until it runs).
+        let mut fresh: Option<&Task> = None;
         for task in &tasks {
             let id = task.id.clone().unwrap_or_default();
             if desired_of(task) > TaskState::RUNNING {
@@ -349,24 +577,46 @@ fn reconcile_service(
                 ending = Ending::Active;
                 if task.spec.as_ref() != Some(&template) {
                     outdated = Some(task);
+                } else {
+                    fresh = Some(task);
                 }
             }
         }
+        if let Some(f) = fresh {
+            settling_left |= settling(f, now, update.policy.monitor);
+        }
+        let mut start_first_new = false;
         if let (Ending::Active, Some(old)) = (&ending, outdated) {
-            if updates_in_flight < update_limit {
+            outdated_left += 1;
+            let shut_old = |put: &mut BTreeMap<String, Task>, load: &mut Load| {
                 let mut t = old.clone();
                 t.desired_state = Some(TaskState::SHUTDOWN);
                 put.insert(old.id.clone().unwrap_or_default(), t);
                 if let Some(node) = &old.node_id {
                     load.remove(service_id, node);
                 }
-                ending = Ending::Moved;
-                updates_in_flight += 1;
+            };
+            match fresh {
+                // Start-first: the new task runs, so the old one can go.
+                Some(f) if state_of(f) == TaskState::RUNNING => {
+                    shut_old(put, load);
+                }
+                Some(_) => {}
+                None if update.held || update.in_flight >= update.policy.parallelism => {}
+                None if update.policy.start_first => {
+                    start_first_new = true;
+                    update.in_flight += 1;
+                }
+                None => {
+                    shut_old(put, load);
+                    ending = Ending::Moved;
+                    update.in_flight += 1;
+                }
             }
         }
 
         let replace = match ending {
-            Ending::Active => false,
+            Ending::Active => start_first_new,
             Ending::Missing | Ending::Moved => true,
             Ending::Exited(ended, when) => {
                 let attempts = tasks.len() as u64;
@@ -414,6 +664,37 @@ fn reconcile_service(
                 }
             }
         }
+    }
+
+    match decision {
+        Some(command) => status_out.push(command),
+        // Every slot runs the template and has for a monitor window: done.
+        None if update.active && outdated_left == 0 && !settling_left => {
+            let (state_done, message) = if update.rolling_back {
+                (UpdateState::ROLLBACK_COMPLETED, "rollback completed")
+            } else {
+                (UpdateState::COMPLETED, "update completed")
+            };
+            let mut s = swarm_state::update_status(state_done, message, at);
+            s.started_at = service
+                .update_status
+                .as_ref()
+                .and_then(|u| u.started_at.clone());
+            s.completed_at = Some(at.to_string());
+            status_out.push(Command::SetUpdateStatus {
+                id: service_id.to_string(),
+                status: s,
+                roll_back: false,
+                at: at.to_string(),
+            });
+        }
+        None if update.active => {
+            // Check again when the slot in flight has settled (and, slot by slot, until
+            // the monitor windows have run out).
+            let wait = update.policy.settle().max(Duration::from_millis(100));
+            *wake_after = Some(wake_after.map_or(wait, |w| w.min(wait)));
+        }
+        None => {}
     }
 }
 

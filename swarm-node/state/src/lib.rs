@@ -63,6 +63,10 @@ pub struct ClusterState {
     /// Overlay networks by id.
     #[serde(default)]
     pub networks: BTreeMap<String, NetworkRecord>,
+    /// Each service's spec before its last update (Docker's `PreviousSpec`, what
+    /// `docker service rollback` goes back to).
+    #[serde(default)]
+    pub previous_specs: BTreeMap<String, ServiceSpec>,
     /// Each service's virtual IP per network: service id → network id → VIP.
     #[serde(default)]
     pub service_vips: BTreeMap<String, BTreeMap<String, Ipv4Addr>>,
@@ -129,6 +133,22 @@ pub enum Command {
     },
     RemoveService {
         id: String,
+    },
+    /// `docker service rollback`: the previous spec becomes the spec again (and the
+    /// current one the previous), rolled out with the rollback config.
+    RollbackService {
+        id: String,
+        version: u64,
+        at: String,
+    },
+    /// The updater's decision about a service's rolling update (paused, completed, rolled
+    /// back on failure). With `roll_back`, the previous spec is restored as for
+    /// [`Command::RollbackService`].
+    SetUpdateStatus {
+        id: String,
+        status: models::ServiceUpdateStatus,
+        roll_back: bool,
+        at: String,
     },
     /// Creates tasks or replaces the manager-owned fields (node, desired state) of
     /// existing ones. Observed status reported by workers is kept when it is further on.
@@ -198,6 +218,20 @@ impl CommandResult {
     }
 }
 
+/// A service's update status as Docker shows it.
+pub fn update_status(
+    state: models::ServiceUpdateStatusStateEnum,
+    message: &str,
+    at: &str,
+) -> models::ServiceUpdateStatus {
+    models::ServiceUpdateStatus {
+        state: Some(state),
+        started_at: Some(at.to_string()),
+        completed_at: None,
+        message: Some(message.to_string()),
+    }
+}
+
 fn version(index: u64) -> Option<ObjectVersion> {
     Some(ObjectVersion { index: Some(index) })
 }
@@ -228,6 +262,37 @@ fn check_version(kind: &str, id: &str, current: u64, given: u64) -> Result<(), A
 }
 
 impl ClusterState {
+    /// Swaps a service's spec with its previous one and marks the rollback started.
+    fn roll_back(
+        &mut self,
+        id: &str,
+        index: u64,
+        at: &str,
+        message: &str,
+    ) -> Result<(), ApplyError> {
+        let previous =
+            self.previous_specs.get(id).cloned().ok_or_else(|| {
+                ApplyError::Invalid("service does not have a previous spec".into())
+            })?;
+        if let Some(why) = self.port_conflict(Some(id), &previous) {
+            return Err(ApplyError::Invalid(why));
+        }
+        let service = self
+            .services
+            .get_mut(id)
+            .ok_or_else(|| not_found("service", id))?;
+        let current = service.spec.replace(previous).unwrap_or_default();
+        service.version = version(index);
+        service.updated_at = Some(at.to_string());
+        service.update_status = Some(update_status(
+            models::ServiceUpdateStatusStateEnum::ROLLBACK_STARTED,
+            message,
+            at,
+        ));
+        self.previous_specs.insert(id.to_string(), current);
+        Ok(())
+    }
+
     /// Applies one command at log `index`. Deterministic: see the crate docs.
     pub fn apply(&mut self, command: &Command, index: u64) -> CommandResult {
         self.last_index = index;
@@ -345,6 +410,9 @@ impl ClusterState {
                 if let Some(why) = self.port_conflict(Some(id), spec) {
                     return Err(ApplyError::Invalid(why));
                 }
+                let old = service.spec.clone().unwrap_or_default();
+                // Tasks are rolled out again only when what they run changes.
+                let rolls = self.task_spec_of(&old) != self.task_spec_of(spec);
                 let service = self
                     .services
                     .get_mut(id)
@@ -352,9 +420,47 @@ impl ClusterState {
                 service.spec = Some((**spec).clone());
                 service.version = version(index);
                 service.updated_at = Some(at.clone());
+                if rolls {
+                    service.update_status = Some(update_status(
+                        models::ServiceUpdateStatusStateEnum::UPDATING,
+                        "update in progress",
+                        at,
+                    ));
+                }
+                self.previous_specs.insert(id.clone(), old);
+                Ok(())
+            }
+            Command::RollbackService {
+                id,
+                version: given,
+                at,
+            } => {
+                let service = self
+                    .services
+                    .get(id)
+                    .ok_or_else(|| not_found("service", id))?;
+                check_version("service", id, version_of(&service.version), *given)?;
+                self.roll_back(id, index, at, "manually requested rollback")
+            }
+            Command::SetUpdateStatus {
+                id,
+                status,
+                roll_back,
+                at,
+            } => {
+                if *roll_back {
+                    let message = status.message.clone().unwrap_or_default();
+                    self.roll_back(id, index, at, &message)?;
+                }
+                let service = self
+                    .services
+                    .get_mut(id)
+                    .ok_or_else(|| not_found("service", id))?;
+                service.update_status = Some(status.clone());
                 Ok(())
             }
             Command::RemoveService { id } => {
+                self.previous_specs.remove(id);
                 self.services
                     .remove(id)
                     .ok_or_else(|| not_found("service", id))?;

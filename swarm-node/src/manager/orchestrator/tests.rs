@@ -281,6 +281,13 @@ fn a_new_template_rolls_out_one_slot_at_a_time() {
     assert_eq!(w.active().len(), 2);
     w.report(&fresh[0], TaskState::RUNNING);
     w.settle();
+    assert_eq!(
+        running_with(&w, &template).len(),
+        1,
+        "not before the new task has run for a second"
+    );
+    w.now += Duration::from_secs(1);
+    w.settle();
     let fresh = w
         .active()
         .iter()
@@ -348,4 +355,204 @@ fn scaling_to_many_replicas_writes_many_entries() {
         t.apply(c);
     }
     assert_eq!(t.state.tasks.len(), 2_500);
+}
+
+/// Updates the service's image (with the given update config), as `docker service
+/// update --image` would, at the world's time.
+fn update_image(
+    w: &mut World,
+    image: &str,
+    config: Option<swarm_state::models::ServiceSpecUpdateConfig>,
+) -> TaskSpec {
+    let mut spec = w.state.services["svc"].spec.clone().unwrap();
+    let mut template = spec.task_template.clone().unwrap();
+    template.container_spec = Some(swarm_state::models::TaskSpecContainerSpec {
+        image: Some(image.into()),
+        ..Default::default()
+    });
+    spec.task_template = Some(template.clone());
+    if config.is_some() {
+        spec.update_config = config;
+    }
+    let version = swarm_state::version_of(&w.state.services["svc"].version);
+    w.apply(Command::UpdateService {
+        id: "svc".into(),
+        version,
+        spec: Box::new(spec),
+        at: rfc3339(w.now),
+    });
+    template
+}
+
+fn running_with(w: &World, template: &TaskSpec) -> Vec<String> {
+    w.active()
+        .iter()
+        .filter(|t| t.spec.as_ref() == Some(template))
+        .map(|t| t.id.clone().unwrap())
+        .collect()
+}
+
+fn update_state(w: &World) -> (Option<UpdateState>, String) {
+    let s = w.state.services["svc"]
+        .update_status
+        .clone()
+        .unwrap_or_default();
+    (s.state, s.message.unwrap_or_default())
+}
+
+fn all_running(w: &mut World) {
+    let ids: Vec<String> = w
+        .active()
+        .iter()
+        .filter(|t| state_of(t) < TaskState::RUNNING)
+        .map(|t| t.id.clone().unwrap())
+        .collect();
+    for id in ids {
+        w.report(&id, TaskState::RUNNING);
+    }
+}
+
+#[test]
+fn a_failing_update_pauses_after_the_first_failure_and_keeps_the_rest_up() {
+    let mut w = World::new(&["a", "b"], service(4, 0));
+    w.settle();
+    all_running(&mut w);
+    let old = w.state.services["svc"]
+        .spec
+        .clone()
+        .unwrap()
+        .task_template
+        .unwrap();
+    let new = update_image(&mut w, "broken:2", None);
+    assert_eq!(update_state(&w).0, Some(UpdateState::UPDATING));
+    w.settle();
+    let fresh = running_with(&w, &new);
+    assert_eq!(fresh.len(), 1);
+    w.now += Duration::from_secs(1);
+    w.report(&fresh[0], TaskState::FAILED);
+    for _ in 0..3 {
+        w.settle();
+        w.now += Duration::from_secs(1);
+    }
+    let (state, message) = update_state(&w);
+    assert_eq!(state, Some(UpdateState::PAUSED));
+    assert_eq!(
+        message,
+        format!(
+            "update paused due to failure or early termination of task {}",
+            fresh[0]
+        )
+    );
+    assert_eq!(
+        running_with(&w, &old).len(),
+        3,
+        "three replicas stay on the old spec"
+    );
+}
+
+#[test]
+fn failure_action_rollback_restores_the_previous_spec_and_completes() {
+    let mut w = World::new(&["a", "b"], service(2, 0));
+    w.settle();
+    all_running(&mut w);
+    let old_spec = w.state.services["svc"].spec.clone().unwrap();
+    let old = old_spec.task_template.clone().unwrap();
+    let new = update_image(
+        &mut w,
+        "broken:2",
+        Some(swarm_state::models::ServiceSpecUpdateConfig {
+            failure_action: Some(ServiceSpecUpdateConfigFailureActionEnum::ROLLBACK),
+            ..Default::default()
+        }),
+    );
+    w.settle();
+    let fresh = running_with(&w, &new);
+    w.now += Duration::from_secs(1);
+    w.report(&fresh[0], TaskState::FAILED);
+    w.settle();
+    let (state, message) = update_state(&w);
+    assert_eq!(state, Some(UpdateState::ROLLBACK_STARTED), "{message}");
+    assert!(
+        message.starts_with("update rolled back due to failure"),
+        "{message}"
+    );
+    assert_eq!(
+        w.state.services["svc"].spec.as_ref().unwrap().task_template,
+        old_spec.task_template
+    );
+    // The rollback rolls out the old template and completes after a monitor window.
+    for _ in 0..4 {
+        all_running(&mut w);
+        w.settle();
+        w.now += Duration::from_secs(1);
+    }
+    assert_eq!(running_with(&w, &old).len(), 2);
+    w.now += Duration::from_secs(6);
+    w.settle();
+    assert_eq!(
+        update_state(&w),
+        (
+            Some(UpdateState::ROLLBACK_COMPLETED),
+            "rollback completed".into()
+        )
+    );
+    // And the spec it replaced is the previous one now.
+    assert_eq!(
+        w.state.previous_specs["svc"].task_template.as_ref(),
+        Some(&new)
+    );
+}
+
+#[test]
+fn an_update_completes_once_every_slot_has_run_for_the_monitor_window() {
+    let mut w = World::new(&["a", "b"], service(2, 0));
+    w.settle();
+    all_running(&mut w);
+    let new = update_image(&mut w, "good:2", None);
+    for _ in 0..4 {
+        w.settle();
+        all_running(&mut w);
+        w.now += Duration::from_secs(1);
+    }
+    assert_eq!(running_with(&w, &new).len(), 2);
+    assert_eq!(
+        update_state(&w).0,
+        Some(UpdateState::UPDATING),
+        "not before the monitor window"
+    );
+    w.now += Duration::from_secs(5);
+    w.settle();
+    assert_eq!(
+        update_state(&w),
+        (Some(UpdateState::COMPLETED), "update completed".into())
+    );
+}
+
+#[test]
+fn start_first_keeps_the_old_task_until_the_new_one_runs() {
+    let mut w = World::new(&["a", "b"], service(1, 0));
+    w.settle();
+    all_running(&mut w);
+    let old_task = w.active()[0].id.clone().unwrap();
+    let new = update_image(
+        &mut w,
+        "good:2",
+        Some(swarm_state::models::ServiceSpecUpdateConfig {
+            order: Some(ServiceSpecUpdateConfigOrderEnum::START_FIRST),
+            ..Default::default()
+        }),
+    );
+    w.settle();
+    let fresh = running_with(&w, &new);
+    assert_eq!(fresh.len(), 1);
+    assert_eq!(
+        desired_of(&w.state.tasks[&old_task]),
+        TaskState::RUNNING,
+        "old one still wanted"
+    );
+    assert_eq!(w.active().len(), 2);
+    w.report(&fresh[0], TaskState::RUNNING);
+    w.settle();
+    assert_eq!(desired_of(&w.state.tasks[&old_task]), TaskState::SHUTDOWN);
+    assert_eq!(w.active().len(), 1);
 }
