@@ -644,3 +644,70 @@ fn failed_updates_pause_or_roll_back_and_rollback_restores() {
         replicas("auto") == "2/2"
     });
 }
+
+/// `--mode replicated-job` runs its completions once, `--max-concurrent` at a time, and
+/// `--mode global-job` once per node; `service ls` shows the completions as Docker does.
+#[test]
+fn jobs_run_to_completion_once() {
+    if !e2e_enabled("jobs_run_to_completion_once") {
+        return;
+    }
+    ensure_image();
+    let mut sandbox = Sandbox::new(&["m1"]);
+    sandbox.init("1s");
+    let m1 = &sandbox.nodes[0];
+    m1.docker_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "batch",
+        "--mode",
+        "replicated-job",
+        "--replicas",
+        "3",
+        "--max-concurrent",
+        "2",
+        IMAGE,
+        "true",
+    ]);
+    m1.docker_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "everywhere",
+        "--mode",
+        "global-job",
+        IMAGE,
+        "true",
+    ]);
+    let complete = |service: &str| {
+        m1.docker_ok(&["service", "ps", service, "--format", "{{.CurrentState}}"])
+            .lines()
+            .filter(|l| l.starts_with("Complete"))
+            .count()
+    };
+    wait_for("batch 3 completions", Duration::from_secs(60), || {
+        complete("batch") == 3
+    });
+    wait_for("everywhere 1 completion", Duration::from_secs(60), || {
+        complete("everywhere") == 1
+    });
+    let ls = m1.docker_ok(&[
+        "service",
+        "ls",
+        "--format",
+        "{{.Name}} {{.Mode}} {{.Replicas}}",
+    ]);
+    assert!(
+        ls.contains("batch replicated job 0/0 (3/3 completed)"),
+        "{ls}"
+    );
+    assert!(ls.contains("everywhere global job"), "{ls}");
+    // Nothing runs again.
+    let tasks = m1.docker_ok(&["service", "ps", "batch", "-q"]);
+    assert_eq!(tasks.lines().count(), 3, "{tasks}");
+    let err = m1.docker_err(&["service", "update", "-d", "--env-add", "A=1", "batch"]);
+    assert!(err.contains("updating a job is not supported"), "{err}");
+}

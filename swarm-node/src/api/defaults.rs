@@ -50,6 +50,10 @@ pub fn fill_service_defaults(spec: &mut ServiceSpec) {
         // `docker service create` without --replicas sends `"Replicated": {}`.
         replicated.replicas.get_or_insert(1);
     }
+    if let Some(job) = mode.replicated_job.as_mut() {
+        let total = *job.total_completions.get_or_insert(1);
+        job.max_concurrent.get_or_insert(total);
+    }
 
     let task = spec.task_template.get_or_insert_with(Default::default);
     let restart = task.restart_policy.get_or_insert_with(Default::default);

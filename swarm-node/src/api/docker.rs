@@ -521,13 +521,17 @@ pub fn validate_service_spec(spec: &ServiceSpec) -> ApiResult<()> {
         ];
         if kinds.iter().filter(|k| **k).count() > 1 {
             return Err(ApiError::BadRequest(
-                "invalid service spec: choose one mode: replicated or global".into(),
+                "invalid service spec: choose one mode: replicated, global, replicated-job or global-job".into(),
             ));
         }
-        if mode.replicated_job.is_some() || mode.global_job.is_some() {
-            return Err(ApiError::BadRequest(
-                "invalid service spec: job modes (replicated-job, global-job) are not supported by swarm-node yet: use replicated or global".into(),
-            ));
+        if let Some(job) = &mode.replicated_job {
+            if job.total_completions.is_some_and(|n| n < 0)
+                || job.max_concurrent.is_some_and(|n| n < 0)
+            {
+                return Err(ApiError::BadRequest(
+                    "invalid service spec: a replicated job's completions and concurrency must be 0 or more".into(),
+                ));
+            }
         }
         if let Some(r) = mode.replicated.as_ref().and_then(|r| r.replicas) {
             if r < 0 {
@@ -600,8 +604,13 @@ fn service_status(state: &ClusterState, service: &Service) -> ServiceServiceStat
             completed += 1;
         }
     }
-    let desired = if mode.global.is_some() {
+    let desired = if mode.global.is_some() || mode.global_job.is_some() {
         active
+    } else if let Some(job) = &mode.replicated_job {
+        // What should run now: the concurrency, or what is left to complete.
+        let total = job.total_completions.unwrap_or(1).max(0) as u64;
+        let concurrent = job.max_concurrent.unwrap_or(total as i64).max(0) as u64;
+        concurrent.min(total.saturating_sub(completed))
     } else {
         mode.replicated.and_then(|r| r.replicas).unwrap_or(1).max(0) as u64
     };
@@ -794,6 +803,16 @@ async fn update_service(
     if spec.name != current_name {
         return Err(ApiError::BadRequest(
             "rpc error: code = Unimplemented desc = renaming services is not supported".into(),
+        ));
+    }
+    let is_job = |s: Option<&ServiceSpec>| {
+        s.and_then(|s| s.mode.as_ref())
+            .is_some_and(|m| m.replicated_job.is_some() || m.global_job.is_some())
+    };
+    if is_job(service.spec.as_ref()) || is_job(Some(&spec)) {
+        // Docker runs a job again on update; swarm-node runs each job once.
+        return Err(ApiError::BadRequest(
+            "updating a job is not supported by swarm-node: remove it (docker service rm) and create it again".into(),
         ));
     }
     manager

@@ -461,9 +461,14 @@ fn reconcile_service(
     let template = state.task_spec_of(&spec);
     let name = spec.name.clone().unwrap_or_default();
     let mode = spec.mode.clone().unwrap_or_default();
-    let global = mode.global.is_some();
+    // Jobs run their tasks to completion once: a completed slot is never run again, and
+    // a replicated job runs at most `MaxConcurrent` tasks at a time.
+    let job = mode.replicated_job.is_some() || mode.global_job.is_some();
+    let global = mode.global.is_some() || mode.global_job.is_some();
     let replicas = if global {
         0
+    } else if let Some(j) = &mode.replicated_job {
+        j.total_completions.unwrap_or(1).max(0) as u64
     } else {
         mode.replicated
             .as_ref()
@@ -471,6 +476,17 @@ fn reconcile_service(
             .unwrap_or(1)
             .max(0) as u64
     };
+    let max_concurrent = mode
+        .replicated_job
+        .as_ref()
+        .and_then(|j| j.max_concurrent)
+        .filter(|m| *m > 0)
+        .map(|m| m as usize)
+        .unwrap_or(usize::MAX);
+    let mut job_running = state
+        .tasks_of_service(service_id)
+        .filter(|t| scheduler::is_active(t) && !is_terminal(state_of(t)))
+        .count();
 
     // Group the service's tasks: by slot (replicated) or by node (global).
     let mut groups: BTreeMap<String, Vec<&Task>> = BTreeMap::new();
@@ -511,6 +527,10 @@ fn reconcile_service(
     // new task has not run for `delay` yet. Failures decide pause or rollback.
     let (mut update, decision) =
         update_decision(state, service_id, service, &template, wanted.len(), now, at);
+    if job {
+        // A job runs the spec it was created with to the end.
+        update.held = true;
+    }
     let mut outdated_left = 0usize;
     let mut settling_left = false;
 
@@ -525,6 +545,10 @@ fn reconcile_service(
 
     for key in &wanted {
         let tasks = groups.get(key).cloned().unwrap_or_default();
+        if job && tasks.iter().any(|t| state_of(t) == TaskState::COMPLETE) {
+            // This part of the job is done.
+            continue;
+        }
         let mut ending = Ending::Missing;
         let mut outdated: Option<&Task> = None;
         // The slot's active task that already runs the template (start-first keeps the
@@ -636,6 +660,11 @@ fn reconcile_service(
                 }
             }
         };
+        // A job starts no more tasks than it may run at once.
+        let replace = replace && (!job || job_running < max_concurrent);
+        if replace && job {
+            job_running += 1;
+        }
         if replace {
             let task = new_task(
                 state, service_id, &name, &template, key, global, now, new_id, load,

@@ -556,3 +556,48 @@ fn start_first_keeps_the_old_task_until_the_new_one_runs() {
     assert_eq!(desired_of(&w.state.tasks[&old_task]), TaskState::SHUTDOWN);
     assert_eq!(w.active().len(), 1);
 }
+
+#[test]
+fn a_replicated_job_runs_each_completion_once_and_at_most_max_concurrent_at_a_time() {
+    let mut svc = service(0, 0);
+    svc.spec.as_mut().unwrap().mode = Some(ServiceSpecMode {
+        replicated_job: Some(swarm_state::models::ServiceSpecModeReplicatedJob {
+            max_concurrent: Some(2),
+            total_completions: Some(3),
+        }),
+        ..Default::default()
+    });
+    let mut w = World::new(&["a", "b"], svc);
+    w.settle();
+    assert_eq!(w.active().len(), 2, "two at a time");
+    let first: Vec<String> = w.active().iter().map(|t| t.id.clone().unwrap()).collect();
+    for id in &first {
+        w.report(id, TaskState::RUNNING);
+        w.report(id, TaskState::COMPLETE);
+    }
+    w.settle();
+    let running: Vec<_> = w
+        .state
+        .tasks
+        .values()
+        .filter(|t| !is_terminal(state_of(t)))
+        .collect();
+    assert_eq!(running.len(), 1, "the third completion, once");
+    let last = running[0].id.clone().unwrap();
+    w.report(&last, TaskState::RUNNING);
+    w.report(&last, TaskState::COMPLETE);
+    w.now += Duration::from_secs(60);
+    w.settle();
+    let complete = w
+        .state
+        .tasks
+        .values()
+        .filter(|t| state_of(t) == TaskState::COMPLETE)
+        .count();
+    assert_eq!(complete, 3);
+    assert_eq!(
+        w.state.tasks.len(),
+        3,
+        "completed tasks are never restarted"
+    );
+}
