@@ -248,7 +248,17 @@ fn t20_leader_failover_and_restart_from_disk() {
     println!(
         "figure: leader failover with 3 managers (kill to new leader seen by the API): {took:?}"
     );
-    let _ = killed_at;
+    // The new leader knows the old one was lost: it is Down about three heartbeat
+    // periods after the kill, not six after the election.
+    wait_for("node1 Down", Duration::from_secs(20), || {
+        node_table(&sb.nodes[1]).iter().any(|r| {
+            r.first().is_some_and(|h| h == "node1") && r.get(1).is_some_and(|s| s == "Down")
+        })
+    });
+    println!(
+        "figure: lost leader seen Down (heartbeat 1 s, so 3 s is three periods): {:?} after the kill",
+        killed_at.elapsed()
+    );
     sb.nodes[1].docker_ok(&["service", "scale", "app=3"]);
     wait_for("3 running after failover", Duration::from_secs(40), || {
         running_tasks(&sb.nodes[1], "app").len() == 3

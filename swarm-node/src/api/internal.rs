@@ -181,7 +181,7 @@ async fn heartbeat(
     }
     let state = manager.read();
     Ok(Json(HeartbeatResponse {
-        period_ms: manager.dispatcher.period().as_millis() as u64,
+        period_ms: manager.dispatcher.period_in(&state).as_millis() as u64,
         managers: ca::manager_addrs(&manager, &state),
         desired_role: state
             .nodes

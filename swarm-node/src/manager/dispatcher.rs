@@ -56,13 +56,29 @@ impl Dispatcher {
         }
     }
 
-    pub fn period(&self) -> Duration {
-        self.period
+    /// The heartbeat period: the cluster's setting once this manager has it (a manager
+    /// that joined started before its state held it), else the one it started with.
+    pub fn period_in(&self, state: &ClusterState) -> Duration {
+        state
+            .cluster
+            .as_ref()
+            .map(|c| Duration::from_millis(c.heartbeat_period_ms.max(100)))
+            .unwrap_or(self.period)
     }
 
-    pub fn became_leader(&self, now: Instant) {
+    /// This manager has just become the leader. `lost_leader`: the node that led before,
+    /// whose silence caused the election: it is counted as last seen when that silence
+    /// began (`silence` before now), so it goes Down three periods after it was lost
+    /// rather than after the double grace other nodes get (Docker's failover is about
+    /// 20 s; this brings it near 15 s at the default period). If it was only slow, its
+    /// heartbeats reach this leader within a period and nothing happens.
+    pub fn became_leader(&self, now: Instant, lost_leader: Option<&str>, silence: Duration) {
         *self.leader_since.lock().expect("dispatcher lock") = now;
-        self.last_seen.lock().expect("dispatcher lock").clear();
+        let mut seen = self.last_seen.lock().expect("dispatcher lock");
+        seen.clear();
+        if let Some(lost) = lost_leader {
+            seen.insert(lost.to_string(), now.checked_sub(silence).unwrap_or(now));
+        }
         // Also forgets removed nodes, so the map does not grow with every node ever seen.
         self.proposed.lock().expect("dispatcher lock").clear();
     }
@@ -105,7 +121,7 @@ impl Dispatcher {
 
     /// Ready nodes whose heartbeats stopped.
     pub fn expired(&self, state: &ClusterState, now: Instant) -> Vec<String> {
-        let grace = self.period * GRACE_MULTIPLIER;
+        let grace = self.period_in(state) * GRACE_MULTIPLIER;
         let leader_since = *self.leader_since.lock().expect("dispatcher lock");
         let seen = self.last_seen.lock().expect("dispatcher lock");
         state
@@ -170,7 +186,7 @@ mod tests {
         );
         let d = Dispatcher::new(1_000);
         let start = Instant::now();
-        d.became_leader(start);
+        d.became_leader(start, None, Duration::ZERO);
         d.seen("a", "127.0.0.1:1", start);
         assert!(d
             .expired(&state, start + Duration::from_millis(2_900))
@@ -182,5 +198,34 @@ mod tests {
         // A node never heard from since the leader change gets double grace.
         let later = d.expired(&state, start + Duration::from_millis(6_100));
         assert_eq!(later, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn the_lost_leader_goes_down_three_periods_after_it_was_lost() {
+        let mut state = ClusterState::default();
+        for (i, id) in ["old", "w"].iter().enumerate() {
+            state.apply(
+                &Command::AddNode {
+                    node: Box::new(ready(id)),
+                },
+                i as u64 + 1,
+            );
+        }
+        let d = Dispatcher::new(1_000);
+        let start = Instant::now() + Duration::from_secs(10);
+        d.became_leader(start, Some("old"), Duration::from_millis(800));
+        assert!(d
+            .expired(&state, start + Duration::from_millis(2_100))
+            .is_empty());
+        assert_eq!(
+            d.expired(&state, start + Duration::from_millis(2_300)),
+            vec!["old"],
+            "3 periods after the loss, not 6 after the election"
+        );
+        // If it was merely slow, its heartbeat keeps it up.
+        d.seen("old", "127.0.0.1:1", start + Duration::from_millis(1_000));
+        assert!(d
+            .expired(&state, start + Duration::from_millis(2_300))
+            .is_empty());
     }
 }

@@ -17,23 +17,35 @@ use super::{allocator, orchestrator, Manager};
 /// The longest a pass waits when nothing happens, so timers (liveness, restart delays)
 /// are looked at regularly.
 const TICK: Duration = Duration::from_millis(250);
+/// The least silence from a leader before the others elect a new one (swarm-raft's
+/// default `election_min_ms`): how long before an election the old leader was lost.
+const ELECTION_SILENCE: Duration = Duration::from_millis(800);
 
 /// Runs until `shutdown` fires; acts only while this manager is the leader.
 pub async fn run(manager: Arc<Manager>, mut shutdown: watch::Receiver<bool>) {
     let mut leader_rx = manager.raft.leader_watch();
     let promotions: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    // The leader this manager followed last: if this manager takes over, that one's
+    // silence is what the election was about.
+    let mut followed: Option<String> = None;
     loop {
         if *shutdown.borrow() {
             return;
         }
         if !manager.raft.is_leader() {
+            if let Some((_, leader)) = manager.raft.leader() {
+                followed = Some(leader.node_id);
+            }
             tokio::select! {
                 _ = leader_rx.changed() => continue,
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(TICK) => continue,
             }
         }
-        manager.dispatcher.became_leader(Instant::now());
+        let lost = followed.take().filter(|id| *id != manager.node_id);
+        manager
+            .dispatcher
+            .became_leader(Instant::now(), lost.as_deref(), ELECTION_SILENCE);
         tracing::info!(node_id = %manager.node_id, "became the leader");
         let mut state_rx = manager.raft.subscribe();
         while manager.raft.is_leader() && !*shutdown.borrow() {
