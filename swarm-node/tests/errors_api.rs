@@ -215,6 +215,8 @@ fn e2_the_docker_cli_sees_docker_words() {
         "{err}"
     );
     assert!(n.docker_err(&["service", "inspect", "web"]).contains("web"));
+    let err = n.docker_err(&["node", "update", "--availability", "bogus", "node1"]);
+    assert!(err.contains(r#"invalid Availability: "bogus""#), "{err}");
 
     n.docker_ok(&[
         "service",

@@ -379,12 +379,33 @@ async fn inspect_node(
     Ok(Json(with_manager_status(&manager, node)))
 }
 
+/// dockerd's words for a role or availability it does not know (`docker node update
+/// --availability bogus`), checked before the spec is parsed so the answer is not
+/// serde's.
+fn check_node_enums(body: &[u8]) -> ApiResult<()> {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Ok(());
+    };
+    for (field, allowed) in [
+        ("Role", &["worker", "manager"][..]),
+        ("Availability", &["active", "pause", "drain"][..]),
+    ] {
+        if let Some(v) = value.get(field).and_then(|v| v.as_str()) {
+            if !allowed.contains(&v) {
+                return Err(ApiError::BadRequest(format!("invalid {field}: {v:?}")));
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn update_node(
     AdminManager(manager): AdminManager,
     Path(id): Path<String>,
     Query(q): Query<VersionQuery>,
     body: axum::body::Bytes,
 ) -> ApiResult<StatusCode> {
+    check_node_enums(&body)?;
     let spec: NodeSpec = parse_body(&body, "node spec")?;
     validate_node_labels(&spec)?;
     let version = required_version("node", q.version.as_deref())?;
