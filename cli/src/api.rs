@@ -12,7 +12,7 @@ use bollard_stubs::models::{
 };
 use swarmup_providers::{PowerState, Role};
 
-use crate::commands::{machines_of, pick_cluster};
+use crate::commands::pick_cluster;
 use crate::output::{table, Output};
 use crate::{NodeCommand, ServiceCommand};
 
@@ -25,7 +25,7 @@ struct ClusterApi {
 impl ClusterApi {
     async fn open(cluster: Option<&str>) -> Result<ClusterApi> {
         let (dir, record) = pick_cluster(cluster)?;
-        let machines = machines_of(&record).await?;
+        let machines = crate::commands::cluster_machines(&record).await?;
         crate::client_cert::refresh_and_tell(&dir, &machines).await?;
         let client = crate::client_cert::tls_client(&dir, None)?;
         let mut managers: Vec<String> = machines

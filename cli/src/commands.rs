@@ -519,6 +519,17 @@ pub async fn provider_of(record: &ClusterRecord) -> Result<Arc<dyn Provider>> {
     })
 }
 
+/// The machines a cluster verb (`env`, `node`, `service`, `firewall` reads) talks to:
+/// the addresses recorded at create, so these verbs need no provider credentials (a
+/// DigitalOcean token) and no cloud call; only lifecycle verbs ask the provider. A record
+/// from before addresses were kept falls back to the provider.
+pub async fn cluster_machines(record: &ClusterRecord) -> Result<Vec<Machine>> {
+    if record.last_seen.is_empty() {
+        return machines_of(record).await;
+    }
+    Ok(record.last_seen.clone())
+}
+
 /// The cluster's machines as the provider sees them now, falling back to the last known
 /// ones when the provider cannot say.
 pub async fn machines_of(record: &ClusterRecord) -> Result<Vec<Machine>> {
@@ -660,7 +671,7 @@ pub async fn ssh(name: &str, node: &str, command: &[String]) -> Result<()> {
 
 pub async fn env(out: &Output, name: Option<&str>) -> Result<()> {
     let (dir, record) = pick_cluster(name)?;
-    let machines = machines_of(&record).await?;
+    let machines = cluster_machines(&record).await?;
     let manager = machines
         .iter()
         .find(|m| m.role == Role::Manager && m.power == PowerState::Running)
@@ -705,7 +716,7 @@ pub async fn power(out: &Output, name: &str, nodes: &[String], on: bool) -> Resu
             if on { "start" } else { "stop" }
         );
     }
-    let (_, record) = pick_cluster(Some(name))?;
+    let (dir, mut record) = pick_cluster(Some(name))?;
     let machines = machines_of(&record).await?;
     let provider = provider_of(&record).await?;
     let mut done = Vec::new();
@@ -721,7 +732,21 @@ pub async fn power(out: &Output, name: &str, nodes: &[String], on: bool) -> Resu
         done.push(serde_json::json!({
             "machine": machine.name, "power": if on { "on" } else { "off" },
         }));
+        // Cluster verbs read the record: keep its power states true.
+        let power = if on {
+            PowerState::Running
+        } else {
+            PowerState::Off
+        };
+        for m in record
+            .last_seen
+            .iter_mut()
+            .filter(|m| m.name == machine.name)
+        {
+            m.power = power;
+        }
     }
+    dir.save(&record)?;
     if out.json() {
         println!("{}", serde_json::Value::Array(done));
     }

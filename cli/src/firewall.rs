@@ -15,7 +15,7 @@ use bollard_stubs::models::{
 };
 use swarmup_providers::{FirewallSync, PortProtocol, PowerState, PublishedPort, Role};
 
-use crate::commands::{machines_of, pick_cluster, provider_of};
+use crate::commands::{cluster_machines, pick_cluster, provider_of};
 use crate::output::Output;
 use crate::records::{ClusterDir, ClusterRecord};
 
@@ -263,7 +263,7 @@ struct DockerApi {
 
 impl DockerApi {
     async fn open(dir: &ClusterDir, record: &ClusterRecord) -> Result<DockerApi> {
-        let machines = machines_of(record).await?;
+        let machines = cluster_machines(record).await?;
         let mut managers: Vec<_> = machines
             .iter()
             .filter(|m| m.role == Role::Manager)

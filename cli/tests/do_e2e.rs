@@ -597,6 +597,15 @@ fn create_a_swarm_from_a_token_then_destroy_leaves_nothing() {
     assert!(out.ok(), "docker node ls through swarmup env failed: {out}");
     assert_eq!(out.stdout.matches("Ready").count(), 3, "{out}");
 
+    // Cluster verbs need no token: the record has the addresses.
+    for args in [vec!["env", name], vec!["node", "ls", "--cluster", name]] {
+        let mut cmd = env.swarmup(&args);
+        cmd.env_remove("DIGITALOCEAN_TOKEN")
+            .env("DIGITALOCEAN_API_URL", "http://127.0.0.1:9");
+        let out = run_bounded(cmd, COMMAND_TIMEOUT);
+        assert!(out.ok(), "swarmup {args:?} without a token: {out}");
+    }
+
     published_ports_open_and_close_the_cloud_firewall(&env, name);
 
     // Another machine with only the token: `ls` finds the cluster by its tags and
