@@ -223,6 +223,7 @@ pub async fn run_with_network(
         hostname: crate::config::hostname(),
         ca_pem: identity.ca_pem.clone(),
         manager: RwLock::new(None),
+        docker_socket: Some(config.docker_socket.clone()),
     });
     let daemon = Arc::new(Daemon {
         config: config.clone(),

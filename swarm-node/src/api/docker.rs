@@ -163,8 +163,28 @@ fn with_manager_status(manager: &Manager, mut node: Node) -> Node {
     node
 }
 
-async fn info(State(ctx): State<Ctx>, peer: Peer) -> ApiResult<Json<SystemInfo>> {
-    require_admin(&ctx, &peer)?;
+/// `docker info`: the engine's own answer (containers, images, memory, plugins) with
+/// the Swarm section swarm-node keeps; swarm-node's own summary when there is no engine
+/// to ask.
+async fn info(State(ctx): State<Ctx>, peer: Peer) -> ApiResult<Json<serde_json::Value>> {
+    let ours = own_info(&ctx, &peer)?;
+    let Some(socket) = ctx.docker_socket.as_ref() else {
+        return Ok(Json(serde_json::to_value(ours).unwrap_or_default()));
+    };
+    match super::proxy::engine_json(socket, "/v1.41/info").await {
+        Ok(mut engine) => {
+            engine["Swarm"] = serde_json::to_value(&ours.swarm).unwrap_or_default();
+            Ok(Json(engine))
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "engine info unavailable");
+            Ok(Json(serde_json::to_value(ours).unwrap_or_default()))
+        }
+    }
+}
+
+fn own_info(ctx: &Ctx, peer: &Peer) -> ApiResult<SystemInfo> {
+    require_admin(ctx, peer)?;
     let manager = ctx.manager();
     let mut swarm = SwarmInfo {
         node_id: Some(ctx.node_id.clone()),
@@ -216,7 +236,7 @@ async fn info(State(ctx): State<Ctx>, peer: Peer) -> ApiResult<Json<SystemInfo>>
             });
         }
     }
-    Ok(Json(SystemInfo {
+    Ok(SystemInfo {
         id: Some(ctx.node_id.clone()),
         name: Some(ctx.hostname.clone()),
         server_version: Some(env!("CARGO_PKG_VERSION").into()),
@@ -228,7 +248,7 @@ async fn info(State(ctx): State<Ctx>, peer: Peer) -> ApiResult<Json<SystemInfo>>
             .map(|n| n.get() as i64),
         swarm: Some(swarm),
         ..Default::default()
-    }))
+    })
 }
 
 fn host_of(addr: &str) -> String {

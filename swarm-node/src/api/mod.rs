@@ -27,6 +27,7 @@ pub mod filters;
 pub mod internal;
 pub mod limits;
 pub mod networks;
+pub mod proxy;
 
 /// The Docker API version this node speaks (that of Docker Engine 20.10).
 pub const API_VERSION: &str = "1.41";
@@ -45,6 +46,9 @@ pub struct NodeContext {
     /// Set by `swarm-node leave`: the daemon stops, removes its task containers and
     /// forgets the swarm.
     pub leave: tokio::sync::watch::Sender<bool>,
+    /// The node's own Docker Engine, where every other Docker API call goes
+    /// ([`proxy`]); `None` answers them 404, as before there was one.
+    pub docker_socket: Option<std::path::PathBuf>,
 }
 
 impl NodeContext {
@@ -175,7 +179,7 @@ async fn page_not_found() -> ApiError {
 pub fn router(ctx: Ctx) -> Router {
     let inner = docker::routes()
         .merge(internal::routes())
-        .fallback(page_not_found)
+        .fallback(proxy::to_engine)
         .method_not_allowed_fallback(page_not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::map_response(docker_shaped))
@@ -187,6 +191,8 @@ pub fn router(ctx: Ctx) -> Router {
 }
 
 fn strip_version(mut request: Request<Body>) -> Request<Body> {
+    let original = proxy::OriginalUri(request.uri().clone());
+    request.extensions_mut().insert(original);
     let path = request.uri().path();
     if let Some(rest) = path.strip_prefix("/v") {
         if let Some((version, tail)) = rest.split_once('/') {
@@ -218,6 +224,7 @@ mod tests {
             ca_pem: String::new(),
             manager: RwLock::new(None),
             leave: tokio::sync::watch::channel(false).0,
+            docker_socket: None,
         })
     }
 
