@@ -224,6 +224,7 @@ pub async fn run_with_network(
         ca_pem: identity.ca_pem.clone(),
         manager: RwLock::new(None),
         docker_socket: Some(config.docker_socket.clone()),
+        known_managers: RwLock::default(),
     });
     let daemon = Arc::new(Daemon {
         config: config.clone(),
@@ -333,6 +334,11 @@ pub async fn run_with_network(
             }
             let answer = heartbeats.borrow_and_update().clone();
             if let Some(answer) = answer {
+                *role_daemon
+                    .ctx
+                    .known_managers
+                    .write()
+                    .expect("managers lock") = answer.manager_ids.iter().cloned().collect();
                 role_daemon.remember_managers(&answer.managers).await;
                 if let Err(e) = role_daemon.change_role(&answer.desired_role).await {
                     tracing::warn!(error = %e, "role change failed; retrying at the next heartbeat");

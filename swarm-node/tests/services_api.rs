@@ -711,3 +711,119 @@ fn jobs_run_to_completion_once() {
     let err = m1.docker_err(&["service", "update", "-d", "--env-add", "A=1", "batch"]);
     assert!(err.contains("updating a job is not supported"), "{err}");
 }
+
+/// `docker service logs` gathers every task's output from the nodes that run it, named as
+/// Docker names them; `--follow` picks up tasks that start later; a task's own log
+/// works too.
+#[test]
+fn service_logs_come_from_every_node_and_follow_new_tasks() {
+    if !e2e_enabled("service_logs_come_from_every_node_and_follow_new_tasks") {
+        return;
+    }
+    ensure_image();
+    let mut sandbox = Sandbox::new(&["m1", "w1"]);
+    sandbox.init("1s");
+    sandbox.join(1, "worker");
+    let m1 = &sandbox.nodes[0];
+    wait_for("two nodes", Duration::from_secs(30), || {
+        m1.docker_ok(&["node", "ls", "-q"]).lines().count() == 2
+    });
+    m1.docker_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "talk",
+        "--replicas",
+        "2",
+        "--replicas-max-per-node",
+        "1",
+        "-e",
+        "SLOT={{.Task.Slot}}",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo line-$SLOT; sleep 3600",
+    ]);
+    // The CLI adds "(max 1 per node)".
+    wait_for("talk 2/2", Duration::from_secs(60), || {
+        m1.docker_ok(&["service", "ls", "--format", "{{.Replicas}}"])
+            .starts_with("2/2")
+    });
+    let mut logs = String::new();
+    wait_for("both lines", Duration::from_secs(30), || {
+        logs = m1.docker_ok(&["service", "logs", "talk"]);
+        logs.contains("line-1") && logs.contains("line-2")
+    });
+    assert!(
+        logs.lines()
+            .any(|l| l.starts_with("talk.1.") && l.contains("line-1")),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("@m1") && logs.contains("@w1"),
+        "both nodes named: {logs}"
+    );
+    let raw = m1.docker_ok(&["service", "logs", "--raw", "--timestamps", "talk"]);
+    assert!(raw.lines().all(|l| l.contains(" line-")), "{raw}");
+
+    // Follow, then scale: the new task's output arrives on the open stream.
+    let mut follow = std::process::Command::new(docker_cli())
+        .arg("-H")
+        .arg(format!("unix://{}", m1.socket().display()))
+        .args(["service", "logs", "--follow", "talk"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    m1.docker_ok(&[
+        "service",
+        "update",
+        "-d",
+        "--replicas-max-per-node",
+        "0",
+        "--replicas",
+        "3",
+        "talk",
+    ]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("line-3")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(
+        seen.iter().any(|l| l.contains("line-3")),
+        "followed: {seen:?}"
+    );
+
+    // One task's log.
+    let task = m1.docker_ok(&[
+        "service",
+        "ps",
+        "-q",
+        "--filter",
+        "desired-state=running",
+        "talk",
+    ]);
+    let first = task.lines().next().unwrap();
+    let one = m1.docker_ok(&["service", "logs", first]);
+    assert_eq!(one.lines().count(), 1, "{one}");
+}

@@ -45,9 +45,10 @@ pub fn routes() -> Router<Ctx> {
             get(inspect_service).delete(remove_service),
         )
         .route("/services/{id}/update", post(update_service))
-        .route("/services/{id}/logs", get(service_logs))
+        .route("/services/{id}/logs", get(super::logs::service_logs))
         .route("/tasks", get(list_tasks))
         .route("/tasks/{id}", get(inspect_task))
+        .route("/tasks/{id}/logs", get(super::logs::task_logs))
         .merge(super::networks::routes())
 }
 
@@ -877,13 +878,6 @@ async fn remove_service(
         .unwrap_or_default();
     manager.propose(Command::RemoveService { id }).await?;
     Ok(StatusCode::OK)
-}
-
-async fn service_logs(State(ctx): State<Ctx>, peer: Peer) -> ApiResult<StatusCode> {
-    require_admin(&ctx, &peer)?;
-    Err(ApiError::BadRequest(
-        "service logs are not supported by swarm-node yet: use `docker logs` on the node (swarmup ssh CLUSTER NODE -- docker logs CONTAINER)".into(),
-    ))
 }
 
 // === tasks ===

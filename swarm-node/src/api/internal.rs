@@ -189,6 +189,7 @@ async fn heartbeat(
             .map(|n| ca::role_name(node_role(n)))
             .unwrap_or("worker")
             .into(),
+        manager_ids: state.managers().into_iter().map(|(id, _)| id).collect(),
     }))
 }
 

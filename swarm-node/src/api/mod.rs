@@ -26,6 +26,7 @@ pub mod docker;
 pub mod filters;
 pub mod internal;
 pub mod limits;
+pub mod logs;
 pub mod networks;
 pub mod proxy;
 
@@ -49,6 +50,10 @@ pub struct NodeContext {
     /// The node's own Docker Engine, where every other Docker API call goes
     /// ([`proxy`]); `None` answers them 404, as before there was one.
     pub docker_socket: Option<std::path::PathBuf>,
+    /// The managers this node last heard of (its heartbeat answers): on a node without
+    /// the manager part, the only way to tell a current manager's certificate from a
+    /// demoted one's.
+    pub known_managers: RwLock<std::collections::HashSet<String>>,
 }
 
 impl NodeContext {
@@ -225,6 +230,7 @@ mod tests {
             manager: RwLock::new(None),
             leave: tokio::sync::watch::channel(false).0,
             docker_socket: None,
+            known_managers: RwLock::default(),
         })
     }
 

@@ -27,6 +27,21 @@ use crate::error::{ApiError, PAGE_NOT_FOUND};
 #[derive(Debug, Clone)]
 pub struct OriginalUri(pub Uri);
 
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for OriginalUri {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<OriginalUri>()
+            .cloned()
+            .unwrap_or_else(|| OriginalUri(parts.uri.clone())))
+    }
+}
+
 /// Swarm-mode calls of a Docker Engine that make no sense here, with what to do instead.
 fn swarm_mode_call(path: &str) -> Option<&'static str> {
     let tail = path.trim_start_matches('/');
@@ -47,6 +62,32 @@ fn swarm_mode_call(path: &str) -> Option<&'static str> {
     }
 }
 
+/// A current manager reading a task container's log on a node without the manager part
+/// (`docker service logs` gathers them): the one engine call such a node allows a
+/// manager certificate, checked against the managers its heartbeats named.
+fn manager_reads_logs(ctx: &Ctx, peer: &Peer, method: &http::Method, path: &str) -> bool {
+    let Some(identity) = peer.identity() else {
+        return false;
+    };
+    let tail = path.trim_start_matches('/');
+    let tail = tail
+        .split_once('/')
+        .filter(|(v, _)| v.starts_with('v'))
+        .map_or(tail, |(_, rest)| rest);
+    let is_logs = tail
+        .strip_prefix("containers/")
+        .and_then(|rest| rest.strip_suffix("/logs"))
+        .is_some_and(|id| !id.is_empty() && !id.contains('/'));
+    *method == http::Method::GET
+        && is_logs
+        && identity.role == swarm_pki::Role::Manager
+        && ctx
+            .known_managers
+            .read()
+            .expect("managers lock")
+            .contains(&identity.node_id)
+}
+
 /// The fallback of the router: unknown swarm-node paths go to the engine.
 pub async fn to_engine(State(ctx): State<Ctx>, peer: Peer, request: Request) -> Response {
     let original = request
@@ -63,7 +104,9 @@ pub async fn to_engine(State(ctx): State<Ctx>, peer: Peer, request: Request) -> 
         return ApiError::NotFound(PAGE_NOT_FOUND.into()).into_response();
     };
     if let Err(e) = require_admin(&ctx, &peer) {
-        return e.into_response();
+        if !manager_reads_logs(&ctx, &peer, request.method(), &path) {
+            return e.into_response();
+        }
     }
     if let Some(message) = swarm_mode_call(&path) {
         return ApiError::Unavailable(message.into()).into_response();

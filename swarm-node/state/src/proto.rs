@@ -86,6 +86,11 @@ pub struct HeartbeatResponse {
     /// differs from the role in the node's certificate, the node renews its certificate
     /// and starts or stops its manager part.
     pub desired_role: String,
+    /// The node ids of the current managers: a worker lets only these read its task
+    /// containers' logs (for `docker service logs`), since it has no state to check a
+    /// manager certificate against.
+    #[serde(default)]
+    pub manager_ids: Vec<String>,
 }
 
 /// The tasks a node must run or stop, as of log index `index`.
