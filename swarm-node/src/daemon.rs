@@ -318,6 +318,7 @@ pub async fn run_with_network(
     let netagent_task = tokio::spawn(netagent.run(agent.netmap_source(), stopped(stop_rx.clone())));
 
     let mut heartbeats = agent.heartbeats();
+    let mut removed = agent.removed();
     let agent_task = tokio::spawn(agent.run(stopped(stop_rx.clone())));
 
     let role_daemon = daemon.clone();
@@ -350,6 +351,12 @@ pub async fn run_with_network(
     let leaving = tokio::select! {
         _ = shutdown => false,
         _ = leave_rx.wait_for(|l| *l) => true,
+        // `docker node rm`: the node stops its tasks and forgets the swarm, as if it had
+        // left, so it can join again (`swarmup create` does).
+        _ = removed.wait_for(|r| *r) => {
+            tracing::warn!("this node was removed from the swarm: leaving");
+            true
+        }
     };
     tracing::info!(leaving, "shutting down");
     let _ = stop_tx.send(true);

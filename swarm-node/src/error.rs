@@ -17,6 +17,10 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 410: the caller's node is no longer part of the swarm (`docker node rm`). A
+    /// heartbeat answered so tells the node to leave.
+    #[error("{0}")]
+    Removed(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -43,6 +47,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Removed(_) => StatusCode::GONE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -654,3 +654,76 @@ fn t50_drain_remove_and_concurrent_updates() {
     sb.nodes[0].docker_ok(&["node", "rm", "node2"]);
     assert_eq!(node_table(&sb.nodes[0]).len(), 1);
 }
+
+/// `docker node rm --force` on a live node: the node hears it was removed, stops its
+/// tasks and forgets the swarm (as `swarm-node leave` does), so it can join again.
+#[test]
+fn t60_a_removed_node_leaves_and_can_join_again() {
+    if !e2e_enabled("t60_a_removed_node_leaves_and_can_join_again") {
+        return;
+    }
+    let _serial = serial();
+    ensure_image();
+    let mut sb = Sandbox::new(&["node1", "node2"]);
+    sb.init("1s");
+    sb.join(1, "worker");
+    wait_for("two nodes ready", Duration::from_secs(30), || {
+        node_table(&sb.nodes[0])
+            .iter()
+            .filter(|r| r.get(1).is_some_and(|s| s == "Ready"))
+            .count()
+            == 2
+    });
+    sb.nodes[0].docker_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "both",
+        "--replicas",
+        "2",
+        "--replicas-max-per-node",
+        "1",
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    wait_for("a task on node2", Duration::from_secs(60), || {
+        running_tasks(&sb.nodes[0], "both")
+            .iter()
+            .any(|(n, _)| n == "node2")
+    });
+    let node2_id = {
+        let text = std::fs::read_to_string(sb.nodes[1].dir.join("state/node.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["node_id"].as_str().unwrap().to_string()
+    };
+    sb.nodes[0].docker_ok(&["node", "rm", "--force", "node2"]);
+    wait_for("node2 forgot the swarm", Duration::from_secs(30), || {
+        !sb.nodes[1].dir.join("state/node.json").exists()
+    });
+    let containers = std::process::Command::new(docker_cli())
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=com.docker.swarm.node.id={node2_id}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&containers.stdout)
+            .trim()
+            .is_empty(),
+        "node2's task containers are gone"
+    );
+    assert!(sb.nodes[1].log().contains("removed from the swarm"));
+    // It joins again as a new node.
+    sb.nodes[1].kill();
+    sb.join(1, "worker");
+    wait_for("node2 back", Duration::from_secs(30), || {
+        node_table(&sb.nodes[0])
+            .iter()
+            .any(|r| r[0] == "node2" && r[1] == "Ready")
+    });
+}

@@ -141,7 +141,11 @@ async fn heartbeat(
         return relay_heartbeat(&manager, &beat).await.map(Json);
     }
     let state = manager.read();
-    authority(&state, &beat.node_id, Need::Node)?;
+    // The leader's word that the node was removed: it leaves when it hears this.
+    authority(&state, &beat.node_id, Need::Node).map_err(|r| match r {
+        Refusal::UnknownNode(_) => ApiError::Removed(r.to_string()),
+        other => other.into(),
+    })?;
     let now = tokio::time::Instant::now();
     manager.dispatcher.seen(&beat.node_id, &beat.addr, now);
     let node = state
@@ -238,6 +242,7 @@ async fn relay_heartbeat(
         return Err(match status.as_u16() {
             400 => ApiError::BadRequest(message),
             403 => ApiError::Forbidden(message),
+            410 => ApiError::Removed(message),
             _ => ApiError::Unavailable(format!(
                 "the leader at {} answered {status}: {message}",
                 leader.addr

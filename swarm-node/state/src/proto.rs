@@ -69,6 +69,10 @@ pub struct RenewRequest {
     pub cert_sans: Vec<String>,
 }
 
+/// The status of a heartbeat answer that tells a node it was removed from the swarm
+/// (`docker node rm`): the node stops its tasks and forgets the swarm.
+pub const REMOVED_STATUS: u16 = 410;
+
 /// Sent by every node every heartbeat period.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {

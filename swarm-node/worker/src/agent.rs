@@ -26,6 +26,7 @@ use swarm_state::models::{NodeDescription, TaskStatus};
 use swarm_state::netmap::NetMap;
 use swarm_state::proto::{
     Assignments, Heartbeat, HeartbeatResponse, TaskStatusReport, TaskStatusUpdate, PREFIX,
+    REMOVED_STATUS,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -82,6 +83,9 @@ struct Shared {
     cfg: AgentConfig,
     managers: Managers,
     heartbeat: watch::Sender<Option<HeartbeatResponse>>,
+    /// Set once the managers said, several heartbeats in a row, that this node was
+    /// removed from the swarm.
+    removed: watch::Sender<bool>,
 }
 
 impl Agent {
@@ -106,6 +110,7 @@ impl Agent {
             shared: Arc::new(Shared {
                 managers: Managers::new(managers),
                 heartbeat: watch::channel(None).0,
+                removed: watch::channel(false).0,
                 cfg,
             }),
             executor,
@@ -147,6 +152,12 @@ impl Agent {
     /// `desired_role`.
     pub fn heartbeats(&self) -> watch::Receiver<Option<HeartbeatResponse>> {
         self.shared.heartbeat.subscribe()
+    }
+
+    /// Becomes true when the managers have said, [`REMOVED_AFTER`] heartbeats in a row,
+    /// that this node is no longer part of the swarm (`docker node rm`).
+    pub fn removed(&self) -> watch::Receiver<bool> {
+        self.shared.removed.subscribe()
     }
 
     /// Runs all loops until `shutdown` completes. Containers keep running afterwards.
@@ -267,10 +278,15 @@ fn jittered(period: Duration) -> Duration {
     period.mul_f64(rand::thread_rng().gen_range(0.9..=1.1))
 }
 
+/// Heartbeats answered "removed" in a row before the node believes it: one answer could
+/// come from a manager restored from an old backup, three from the leader cannot.
+pub const REMOVED_AFTER: u32 = 3;
+
 async fn heartbeat_loop(shared: &Shared) {
     let mut period = DEFAULT_HEARTBEAT_PERIOD;
     let mut description = NodeDescription::default();
     let mut failures = 0u32;
+    let mut removed = 0u32;
     loop {
         match shared.cfg.runtime.describe().await {
             Ok(d) => description = d,
@@ -299,11 +315,20 @@ async fn heartbeat_loop(shared: &Shared) {
         match sent {
             Ok(resp) => {
                 failures = 0;
+                removed = 0;
                 if resp.period_ms > 0 {
                     period = Duration::from_millis(resp.period_ms);
                 }
                 shared.managers.update(&resp.managers);
                 shared.heartbeat.send_replace(Some(resp));
+                tokio::time::sleep(jittered(period)).await;
+            }
+            Err(CallError::Status { status, body }) if status == REMOVED_STATUS => {
+                removed += 1;
+                tracing::warn!(manager = %manager, times = removed, "the managers say this node was removed from the swarm: {body}");
+                if removed >= REMOVED_AFTER {
+                    shared.removed.send_replace(true);
+                }
                 tokio::time::sleep(jittered(period)).await;
             }
             Err(e) => {

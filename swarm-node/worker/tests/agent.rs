@@ -98,6 +98,7 @@ async fn heartbeat(State(m): State<Shared>, Json(hb): Json<Heartbeat>) -> Json<H
         period_ms: 100,
         managers: g.managers.clone(),
         desired_role: "worker".into(),
+        manager_ids: vec![],
     })
 }
 
