@@ -101,6 +101,22 @@ fn title(s: &str) -> String {
     }
 }
 
+/// What the cluster itself says of its nodes: (nodes, managers, ready), for `swarmup ls`.
+pub async fn node_counts(cluster: &str) -> Result<(usize, usize, usize)> {
+    let api = ClusterApi::open(Some(cluster)).await?;
+    let nodes: Vec<Node> = tokio::time::timeout(Duration::from_secs(5), api.get("/nodes"))
+        .await
+        .context("the cluster did not answer in time")??;
+    let managers = nodes.iter().filter(|n| n.manager_status.is_some()).count();
+    let ready = nodes
+        .iter()
+        .filter(|n| {
+            n.status.as_ref().and_then(|s| s.state) == Some(bollard_stubs::models::NodeState::READY)
+        })
+        .count();
+    Ok((nodes.len(), managers, ready))
+}
+
 pub async fn node(out: &Output, command: NodeCommand) -> Result<()> {
     match command {
         NodeCommand::Ls { sel } => {

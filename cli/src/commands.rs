@@ -558,16 +558,26 @@ pub async fn ls(out: &Output) -> Result<()> {
             .iter()
             .filter(|m| m.power == PowerState::Running)
             .count();
+        // The swarm's own count when it answers (a node removed with `docker node rm`
+        // is not one any more); the record's when it does not.
+        let (nodes, managers, ready) = match crate::api::node_counts(&r.name).await {
+            Ok((n, m, ready)) => (n, m, Some(ready)),
+            Err(e) => {
+                tracing::debug!(cluster = %r.name, error = %e, "cluster not answering; counting from the record");
+                (r.machines.len(), r.managers(), None)
+            }
+        };
         rows.push(vec![
             r.name.clone(),
             r.provider.clone(),
-            r.machines.len().to_string(),
-            r.managers().to_string(),
+            nodes.to_string(),
+            managers.to_string(),
             format!("{running}/{}", r.machines.len()),
+            ready.map_or_else(|| "-".to_string(), |n| format!("{n}/{nodes}")),
         ]);
         json.push(serde_json::json!({
-            "name": r.name, "provider": r.provider, "nodes": r.machines.len(),
-            "managers": r.managers(), "running": running,
+            "name": r.name, "provider": r.provider, "nodes": nodes,
+            "managers": managers, "running": running, "ready": ready,
         }));
     }
     if out.json() {
@@ -579,7 +589,10 @@ pub async fn ls(out: &Output) -> Result<()> {
     } else {
         println!(
             "{}",
-            table(&["NAME", "PROVIDER", "NODES", "MANAGERS", "RUNNING"], &rows)
+            table(
+                &["NAME", "PROVIDER", "NODES", "MANAGERS", "RUNNING", "READY"],
+                &rows
+            )
         );
     }
     Ok(())

@@ -98,6 +98,15 @@ fn main_scenario(prefix: &str, managers: Option<u32>) {
     assert_eq!(nodes.iter().filter(|n| n.leader).count(), 1, "{nodes:?}");
     let status = cluster.docker_node_status().expect("docker node ls");
     assert_eq!(status.len(), 3, "{status:?}");
+    // swarmup ls counts from the swarm itself.
+    let ls: serde_json::Value =
+        serde_json::from_str(&cluster.sb().ok(&["ls", "--output", "json"])).expect("ls json");
+    let entry = ls
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name.as_str()))
+        .unwrap_or_else(|| panic!("{name} in ls: {ls}"));
+    assert_eq!(entry["ready"], 3, "{entry}");
+    assert_eq!(entry["managers"], expected_managers, "{entry}");
     assert!(status.values().all(|s| s == "Ready"), "{status:?}");
 
     // docker save | swarmup image load: the nodes have no registry.

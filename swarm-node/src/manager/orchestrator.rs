@@ -639,6 +639,29 @@ fn reconcile_service(
             }
         }
 
+        // A replacement waiting out its restart delay exists already, desired READY
+        // (prepared, not started), as Docker shows it: it starts once the delay is over.
+        if let Some((i, held)) = tasks
+            .iter()
+            .enumerate()
+            .find(|(_, t)| desired_of(t) == TaskState::READY && !is_terminal(state_of(t)))
+        {
+            let ended = i
+                .checked_sub(1)
+                .and_then(|p| tasks.get(p))
+                .and_then(|p| task_time(p));
+            let due = ended.map(|e| e + restart_delay(&template)).unwrap_or(now);
+            if due <= now {
+                let id = held.id.clone().unwrap_or_default();
+                let mut t = put.get(&id).cloned().unwrap_or_else(|| (*held).clone());
+                t.desired_state = Some(TaskState::RUNNING);
+                put.insert(id, t);
+            } else {
+                let left: Duration = (due - now).try_into().unwrap_or_default();
+                *wake_after = Some(wake_after.map_or(left, |w| w.min(left)));
+            }
+        }
+        let mut held_back = false;
         let replace = match ending {
             Ending::Active => start_first_new,
             Ending::Missing | Ending::Moved => true,
@@ -650,13 +673,12 @@ fn reconcile_service(
                 } else {
                     let delay = restart_delay(&template);
                     let due = when.map(|w| w + delay).unwrap_or(now);
-                    if due <= now {
-                        true
-                    } else {
+                    if due > now {
                         let left: Duration = (due - now).try_into().unwrap_or(delay);
                         *wake_after = Some(wake_after.map_or(left, |w| w.min(left)));
-                        false
+                        held_back = true;
                     }
+                    true
                 }
             }
         };
@@ -666,9 +688,12 @@ fn reconcile_service(
             job_running += 1;
         }
         if replace {
-            let task = new_task(
+            let mut task = new_task(
                 state, service_id, &name, &template, key, global, now, new_id, load,
             );
+            if held_back {
+                task.desired_state = Some(TaskState::READY);
+            }
             put.insert(task.id.clone().unwrap_or_default(), task);
         }
 

@@ -137,13 +137,18 @@ fn a_failed_task_is_replaced_after_the_restart_delay() {
     w.report("t1", TaskState::FAILED);
     let wake = w.settle();
     assert_eq!(desired_of(&w.state.tasks["t1"]), TaskState::SHUTDOWN);
-    assert!(w.active().is_empty(), "no replacement before the delay");
+    // The replacement exists at once, held prepared (Docker's "Ready" row) until the
+    // delay is over.
+    let active = w.active();
+    assert_eq!(active.len(), 1);
+    assert_eq!(desired_of(active[0]), TaskState::READY, "not started before the delay");
     assert!(wake.is_some_and(|d| d <= Duration::from_secs(2)));
     w.now += Duration::from_secs(2);
     w.settle();
     let active = w.active();
     assert_eq!(active.len(), 1);
     assert_eq!(active[0].slot, Some(1));
+    assert_eq!(desired_of(active[0]), TaskState::RUNNING);
     assert_ne!(active[0].id.as_deref(), Some("t1"));
 }
 
