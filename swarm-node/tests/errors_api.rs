@@ -74,9 +74,10 @@ fn e1_every_error_is_docker_shaped() {
     sb.init("1s");
     let n = &sb.nodes[0];
 
-    // Unknown routes and methods: dockerd's 404 for both.
+    // Unknown routes and methods: dockerd's 404 for both (paths swarm-node does not
+    // serve go to the engine, which answers so too).
     for (method, path) in [
-        ("GET", "/v1.41/volumes"),
+        ("GET", "/v1.41/no-such-thing"),
         ("GET", "/nope"),
         ("DELETE", "/v1.41/_ping"),
         ("PUT", "/v1.41/services/create"),
