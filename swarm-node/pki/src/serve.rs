@@ -371,6 +371,40 @@ fn lock(gate: &SharedGate) -> std::sync::MutexGuard<'_, Gate> {
     gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// What a Docker Engine that runs `docker swarm join` against a swarm-node manager is
+/// told (as a gRPC status, which the engine prints).
+pub const GRPC_REFUSAL: &str = "this is a swarmup cluster (swarm-node), which a Docker Engine cannot join with `docker swarm join`: grow it with `swarmup create --nodes N`, or run `swarm-node join` on the new machine";
+/// How long a refused gRPC client is served.
+const GRPC_REFUSAL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Answers every gRPC call on an HTTP/2 connection with FAILED_PRECONDITION and
+/// [`GRPC_REFUSAL`] (a trailers-only response, as gRPC allows).
+async fn refuse_grpc<IO>(io: IO)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(|_request: http::Request<Incoming>| {
+        let message: String = GRPC_REFUSAL
+            .bytes()
+            .map(|b| match b {
+                b' '..=b'~' if b != b'%' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let response = http::Response::builder()
+            .status(http::StatusCode::OK)
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            // 9: FAILED_PRECONDITION.
+            .header("grpc-status", "9")
+            .header("grpc-message", message)
+            .body(axum::body::Body::empty());
+        std::future::ready(response)
+    });
+    let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+}
+
 /// How long a connection may stay silent before it is the first to be evicted from a
 /// full handshake budget.
 pub const SILENT_GRACE: Duration = Duration::from_millis(250);
@@ -476,6 +510,14 @@ pub async fn serve_tls_with(
                     return None;
                 }
             };
+            // Only a gRPC client offers nothing but HTTP/2: a Docker Engine running the
+            // `docker swarm join` a user copied. It gets a status it prints, saying what
+            // to do instead.
+            if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice()) {
+                debug!(%remote, "a gRPC client (a Docker Engine joining?): refusing");
+                let _ = tokio::time::timeout(GRPC_REFUSAL_TIMEOUT, refuse_grpc(tls_stream)).await;
+                return None;
+            }
             let peer = tls_stream
                 .get_ref()
                 .1

@@ -87,7 +87,11 @@ pub fn server_config(identity: &Identity) -> Result<Arc<ServerConfig>, PkiError>
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(tls_error)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/1.1 first: rustls picks the server's first choice the client offers, so HTTP
+    // clients keep HTTP/1.1 (upgrades for attach and exec need it), and only a client
+    // offering nothing else, a gRPC client such as a Docker Engine running `docker swarm
+    // join`, gets HTTP/2 and is told that this is not a Docker swarm it can join.
+    config.alpn_protocols = vec![b"http/1.1".to_vec(), b"h2".to_vec()];
     Ok(Arc::new(config))
 }
 

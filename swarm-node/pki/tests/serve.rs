@@ -798,3 +798,44 @@ async fn upgraded_connections_outlive_the_read_deadlines() {
     read_until(&mut tls, "still here").await;
     server.stop().await;
 }
+
+/// A Docker Engine running `docker swarm join` against the control port speaks gRPC
+/// (HTTP/2 only): it gets a gRPC status that says what to do instead, while HTTP clients
+/// (which offer HTTP/1.1) keep HTTP/1.1.
+#[tokio::test]
+async fn a_grpc_client_is_told_this_is_a_swarmup_cluster() {
+    let (ca, server_id) = fixture();
+    let server = Server::start(&ca, &server_id, ServeOptions::default()).await;
+    let mut config = (*client_config(&server_id).unwrap()).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(Ipv4Addr::LOCALHOST.into());
+    let tls = connector.connect(name, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "https://{}/docker.swarmkit.v1.NodeCA/GetRootCACertificate",
+            server.addr
+        ))
+        .header("content-type", "application/grpc")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.headers()["grpc-status"], "9");
+    let message = response.headers()["grpc-message"].to_str().unwrap();
+    assert!(message.contains("swarmup create --nodes N"), "{message}");
+
+    // The docker CLI and reqwest offer HTTP/1.1 too and get it.
+    let client = http_client(&identity(&ca, "w", Role::Worker)).unwrap();
+    assert!(get_text(&client, &server.url("/whoami")).await.is_ok());
+    server.stop().await;
+}

@@ -141,7 +141,11 @@ fn a_failed_task_is_replaced_after_the_restart_delay() {
     // delay is over.
     let active = w.active();
     assert_eq!(active.len(), 1);
-    assert_eq!(desired_of(active[0]), TaskState::READY, "not started before the delay");
+    assert_eq!(
+        desired_of(active[0]),
+        TaskState::READY,
+        "not started before the delay"
+    );
     assert!(wake.is_some_and(|d| d <= Duration::from_secs(2)));
     w.now += Duration::from_secs(2);
     w.settle();
