@@ -15,11 +15,14 @@ use crate::error::{BootstrapError, Step};
 use crate::shell::RemoteShell;
 use crate::ssh::{Connector, SshConnector, SshOptions};
 use crate::steps::{
-    self, apply_firewall, ensure_docker, firewall_path, install_service, join_tokens, probe_host,
-    push_binary, swarm_init, swarm_join, swarm_status, wait_for_ssh, wait_ready, Attempt,
-    BinaryOutcome, ClientCert, ExpectedNode, HostFacts, InitOutcome, JoinOutcome, NodeStatus,
-    SwarmNodeBinary,
+    self, apply_firewall, ensure_docker, ensure_docker_context, firewall_path, install_service,
+    join_tokens, probe_host, push_binary, swarm_init, swarm_join, swarm_status, wait_for_ssh,
+    wait_ready, Attempt, BinaryOutcome, ClientCert, ExpectedNode, HostFacts, InitOutcome,
+    JoinOutcome, NodeStatus, SwarmNodeBinary,
 };
+
+/// `docker load` into the node's engine itself, whatever root's current docker context.
+pub const LOAD_SCRIPT: &str = "docker -H unix:///var/run/docker.sock load";
 
 /// Where the swarm-node executable comes from.
 #[derive(Clone)]
@@ -314,6 +317,7 @@ async fn prepare(
         }
         let unit = service_unit(&facts, options, binary)?;
         install_service(&*shell, machine, &facts, &unit, progress).await?;
+        ensure_docker_context(&*shell, machine, progress).await?;
         Ok((pushed == BinaryOutcome::Installed, changes))
     }
     .await;
@@ -672,7 +676,8 @@ pub async fn load_image_with(
                 archive.len() as f64 / (1024.0 * 1024.0)
             ),
         );
-        let out = shell.run_with_stdin("docker load", archive, timeout).await;
+        // dockerd directly: root's docker CLI context points at swarm-node.
+        let out = shell.run_with_stdin(LOAD_SCRIPT, archive, timeout).await;
         shell.close().await;
         let out = out.map_err(|e| BootstrapError::step(&m.name, Step::ImageLoad, e.to_string()))?;
         if !out.success() {

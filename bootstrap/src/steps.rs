@@ -25,6 +25,10 @@ pub const FIREWALL_PATH: &str = "/etc/swarmup/nftables.conf";
 /// A lab node shares `/etc` with its host, so its firewall file lives next to the binary.
 pub const LAB_FIREWALL_PATH: &str = "/var/lib/swarmup/nftables.conf";
 pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+/// swarm-node's own API socket (swarm-node's `DEFAULT_SOCKET`), root only.
+pub const SWARM_NODE_SOCKET: &str = "/run/swarm-node/swarm-node.sock";
+/// The docker CLI context that points at [`SWARM_NODE_SOCKET`].
+pub const DOCKER_CONTEXT: &str = "swarmup";
 
 /// How long to wait between attempts of a step that waits: short at first, since most
 /// waits (a daemon starting, a node reporting Ready) end within a second, then backing
@@ -582,6 +586,62 @@ pub async fn install_service(
             "swarm-node service running"
         },
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// the docker CLI on the machine
+
+/// The script behind [`ensure_docker_context`]. Root's docker CLI config whoever logs in,
+/// since only root may use the socket. An existing context is pointed at the socket again
+/// but not made current again: a root who chose `docker context use default` keeps it.
+pub fn docker_context_script() -> String {
+    let description = "swarm-node: the swarm, and the local engine through it";
+    let host = format!("host=unix://{SWARM_NODE_SOCKET}");
+    format!(
+        "export DOCKER_CONFIG=~root/.docker; \
+         if docker context inspect {ctx} >/dev/null 2>&1; then \
+         docker context update --description {d} --docker {h} {ctx} >/dev/null && echo context=kept; \
+         else docker context create --description {d} --docker {h} {ctx} >/dev/null && \
+         docker context use {ctx} >/dev/null && echo context=created; fi",
+        ctx = DOCKER_CONTEXT,
+        d = quote(description),
+        h = quote(&host),
+    )
+}
+
+/// Makes root's docker CLI on the machine talk to swarm-node instead of dockerd, so that
+/// `ssh NODE` then `docker node ls`, `docker service ps` and `docker ps` behave as on a
+/// Docker Swarm node: swarm-node serves the swarm and passes everything else to the
+/// node's dockerd.
+///
+/// A docker context, made current for root, rather than `DOCKER_HOST` in /etc/profile.d:
+/// a context reaches every way root runs the CLI (login shells, `ssh NODE docker ps`
+/// without a login shell, `sudo -i`, cron), while a profile only reaches login shells; it
+/// changes only the docker CLI, while `DOCKER_HOST` would also move every other program
+/// that reads it; and it is Docker's own switch, visible in `docker context ls` and undone
+/// with `docker context use default`. dockerd's own socket stays where it is, so tools
+/// that use /var/run/docker.sock directly, swarm-node included, are unaffected.
+pub async fn ensure_docker_context(
+    shell: &dyn RemoteShell,
+    machine: &Machine,
+    progress: &dyn Progress,
+) -> Result<(), BootstrapError> {
+    let out = run_ok(
+        shell,
+        machine,
+        Step::DockerCli,
+        "pointing root's docker CLI at swarm-node",
+        &docker_context_script(),
+        QUICK,
+    )
+    .await?;
+    if out.stdout.contains("context=created") {
+        progress.machine(
+            &machine.name,
+            &format!("docker CLI uses context {DOCKER_CONTEXT} (swarm-node)"),
+        );
+    }
     Ok(())
 }
 

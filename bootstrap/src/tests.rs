@@ -713,7 +713,7 @@ async fn images_are_loaded_everywhere() {
     ];
     for m in &machines {
         connector.shell(&m.name).on(
-            "docker load",
+            "docker.sock load",
             CommandOutput::ok("Loaded image: busybox:latest\n"),
         );
     }
@@ -729,11 +729,12 @@ async fn images_are_loaded_everywhere() {
     assert_eq!(loads.len(), 2);
     assert_eq!(loads[1].images, vec!["busybox:latest"]);
     let call = &connector.shell("c1-node2").calls()[0];
-    assert_eq!(call.script, "docker load");
+    // The engine itself, not swarm-node through root's docker context.
+    assert_eq!(call.script, "docker -H unix:///var/run/docker.sock load");
     assert_eq!(call.stdin.as_deref(), Some(&b"TARBYTES"[..]));
 
     connector.shell("c1-node2").on(
-        "docker load",
+        "docker.sock load",
         CommandOutput::failed(1, "no space left on device"),
     );
     let err = load_image_with(
@@ -1242,4 +1243,42 @@ async fn a_machine_left_half_done_is_waited_for_then_joined() {
     let waited = started.elapsed();
     assert!(waited >= Deadlines::default().daemon, "{waited:?}");
     assert!(waited < Deadlines::default().daemon * 2, "{waited:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn roots_docker_cli_is_pointed_at_swarm_node_once() {
+    let shell = FakeShell::new("n1");
+    let m = machine("c1-node1", Role::Manager, "10.0.0.2");
+    shell.on("docker context", CommandOutput::ok("context=created\n"));
+    steps::ensure_docker_context(&shell, &m, &NoProgress)
+        .await
+        .unwrap();
+    let script = &shell.scripts()[0];
+    assert!(
+        script.starts_with("export DOCKER_CONFIG=~root/.docker; "),
+        "{script}"
+    );
+    assert!(
+        script.contains("--docker host=unix:///run/swarm-node/swarm-node.sock swarmup"),
+        "{script}"
+    );
+    // Made current only when it is created: a later `docker context use default` stays.
+    let (update, create) = script.split_once("; else ").unwrap();
+    assert!(update.contains("docker context update") && !update.contains("context use"));
+    assert!(
+        create.contains("docker context create") && create.contains("docker context use swarmup")
+    );
+
+    shell.on(
+        "docker context",
+        CommandOutput::failed(1, "docker: command not found"),
+    );
+    let err = steps::ensure_docker_context(&shell, &m, &NoProgress)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("c1-node1: docker CLI context: pointing root's docker CLI at swarm-node failed: docker: command not found"),
+        "{err}"
+    );
 }

@@ -371,6 +371,7 @@ pub async fn create(out: &Output, args: CreateArgs) -> Result<()> {
     )?;
     stages.time("client_cert", t);
     stages.0.push(("total", started.elapsed()));
+    let registry = provider.registry(&args.name).await?;
 
     if out.json() {
         let nodes: Vec<_> = report
@@ -388,7 +389,7 @@ pub async fn create(out: &Output, args: CreateArgs) -> Result<()> {
             "{}",
             serde_json::json!({
                 "cluster": args.name, "provider": args.provider, "cluster_id": report.cluster_id,
-                "nodes": nodes, "timings": stages.json(),
+                "nodes": nodes, "timings": stages.json(), "registry": registry,
                 "api_calls": built.digitalocean.as_ref().map(|d| d.api_calls()),
             })
         );
@@ -430,13 +431,22 @@ pub async fn create(out: &Output, args: CreateArgs) -> Result<()> {
                 &rows
             )
         );
+        if let Some(registry) = &registry {
+            println!("Lab registry: {registry} (every node trusts it)\n");
+        }
         println!("Next:");
         println!(
             "  eval $(swarmup env {})     # point the docker CLI at the cluster",
             args.name
         );
         println!("  docker node ls");
-        println!("  docker service create --name web --replicas 3 nginx");
+        match &registry {
+            Some(r) => {
+                println!("  docker build -t {r}/app:1 . && docker push {r}/app:1");
+                println!("  docker service create --name web --replicas 3 {r}/app:1");
+            }
+            None => println!("  docker service create --name web --replicas 3 nginx"),
+        }
         println!(
             "  ssh {}-node1               # plain ssh works: ~/.ssh/config has the cluster",
             args.name

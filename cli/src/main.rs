@@ -153,6 +153,13 @@ pub struct CreateArgs {
     /// The swarm-node binary to install (default: the one next to swarmup).
     #[arg(long, env = "SWARMUP_SWARM_NODE_BINARY")]
     swarm_node_binary: Option<std::path::PathBuf>,
+    /// Lab: run a registry for the cluster on its bridge (ADDRESS:5000), trusted by
+    /// every node, for `docker push ADDRESS:5000/app:1` (needs Debian's docker-registry).
+    #[arg(long)]
+    registry: bool,
+    /// Lab: drop everything the nodes send outside the cluster's own subnet.
+    #[arg(long)]
+    offline: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -28,6 +28,10 @@ pub struct ProviderChoice {
     /// A public key file already on the DigitalOcean account, used instead of a
     /// per-cluster key.
     pub ssh_key: Option<PathBuf>,
+    /// Lab only: a registry on the cluster's bridge (`create --registry`).
+    pub lab_registry: bool,
+    /// Lab only: nothing leaves the cluster's subnet (`create --offline`).
+    pub lab_offline: bool,
 }
 
 /// `provider_options` keys of a cluster record.
@@ -67,6 +71,8 @@ impl ProviderChoice {
                 .ssh_key
                 .clone()
                 .or_else(|| recorded(OPT_SSH_KEY).map(PathBuf::from)),
+            lab_registry: args.registry,
+            lab_offline: args.offline,
         }
     }
 
@@ -98,10 +104,13 @@ pub fn check_name(name: &str) -> Result<()> {
 }
 
 #[cfg(target_os = "linux")]
-fn lab() -> Result<Arc<dyn Provider>> {
+fn lab(choice: &ProviderChoice) -> Result<Arc<dyn Provider>> {
     use swarmup_providers::lab::{LabConfig, LabProvider, NodeInit};
+    // Both are kept in the lab's own record: later commands need not repeat them.
     let mut config = LabConfig {
         init: NodeInit::current_exe(&["lab-node"])?,
+        registry: choice.lab_registry,
+        offline: choice.lab_offline,
         ..LabConfig::default()
     };
     if let Ok(root) = std::env::var("SWARMUP_LAB_ROOT") {
@@ -111,7 +120,7 @@ fn lab() -> Result<Arc<dyn Provider>> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn lab() -> Result<Arc<dyn Provider>> {
+fn lab(_choice: &ProviderChoice) -> Result<Arc<dyn Provider>> {
     bail!("the lab provider runs on Linux only: use --provider digitalocean, or run swarmup on a Linux host")
 }
 
@@ -221,9 +230,22 @@ impl Built {
 
 pub fn build_for_create(choice: &ProviderChoice) -> Result<Built> {
     check_name(&choice.name)?;
+    if choice.name != "lab" {
+        for (set, flag) in [
+            (choice.lab_registry, "--registry"),
+            (choice.lab_offline, "--offline"),
+        ] {
+            if set {
+                bail!(
+                    "{flag} is for lab clusters only: the {} provider's machines reach registries over their own network",
+                    choice.name
+                );
+            }
+        }
+    }
     match choice.name.as_str() {
         "lab" => Ok(Built {
-            provider: lab()?,
+            provider: lab(choice)?,
             digitalocean: None,
         }),
         _ => {

@@ -107,11 +107,16 @@ impl Env {
         let (machines, backend): (Machines, Arc<dyn DropletBackend>) = if lab {
             #[cfg(target_os = "linux")]
             {
-                let b = Arc::new(fake_digitalocean::LabBackend::with_root(
-                    dir.path().join("droplets"),
-                    swarmup_providers::lab::NodeInit {
-                        program: swarmup_bin().into(),
-                        args: vec!["lab-node".into()],
+                // Offline: nothing the droplets send can leave the lab.
+                let b = Arc::new(fake_digitalocean::LabBackend::new(
+                    swarmup_providers::lab::LabConfig {
+                        root: dir.path().join("droplets"),
+                        init: swarmup_providers::lab::NodeInit {
+                            program: swarmup_bin().into(),
+                            args: vec!["lab-node".into()],
+                        },
+                        offline: true,
+                        ..swarmup_providers::lab::LabConfig::default()
                     },
                 ));
                 (Machines::Lab(b.clone()), b)

@@ -247,6 +247,12 @@ pub trait Provider: Send + Sync + fmt::Debug {
             ),
         })
     }
+    /// The registry the provider runs for the cluster, which every node trusts
+    /// (`HOST:PORT`, for `docker push HOST:PORT/app:1`); `None` when there is none.
+    async fn registry(&self, cluster: &str) -> Result<Option<String>, ProviderError> {
+        let _ = cluster;
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

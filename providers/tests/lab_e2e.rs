@@ -194,6 +194,8 @@ async fn lab_end_to_end() {
             args: Vec::new(),
         },
         boot_timeout: Duration::from_secs(60),
+        // Nothing the nodes send can leave the lab.
+        offline: true,
         ..LabConfig::default()
     };
     let lab = LabProvider::new(config);
@@ -460,6 +462,16 @@ async fn lab_end_to_end() {
     )
     .await;
     assert!(!rule.ok, "iptables rule left");
+    let offline = report
+        .removed
+        .iter()
+        .find(|r| r.starts_with("nftables table inet swarmup_lab_"))
+        .expect("the offline table is removed");
+    let table = offline.rsplit(' ').next().unwrap_or_default();
+    assert!(
+        !sh("nft", &["list", "table", "inet", table]).await.ok,
+        "{table} left"
+    );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let root_text = root.path().to_string_lossy().to_string();
     assert!(

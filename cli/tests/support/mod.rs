@@ -384,10 +384,17 @@ impl Cluster {
         &self.sandbox
     }
 
-    /// `swarmup create --name NAME --output json EXTRA…`, which must succeed; returns its
-    /// JSON report.
+    /// `swarmup create --name NAME --output json --offline EXTRA…`, which must succeed;
+    /// returns its JSON report. Offline: nothing the nodes send can leave the lab.
     pub fn create(&mut self, extra: &[&str]) -> serde_json::Value {
-        let mut args = vec!["create", "--name", &self.name, "--output", "json"];
+        let mut args = vec![
+            "create",
+            "--name",
+            &self.name,
+            "--output",
+            "json",
+            "--offline",
+        ];
         args.extend_from_slice(extra);
         let out = self.sandbox.ok(&args);
         self.docker_env = None;
@@ -824,6 +831,14 @@ impl Footprint {
             .map(str::to_string)
             .collect();
         assert!(left.is_empty(), "namespace mounts left: {left:?}");
+
+        let table = format!("swarmup_lab_{}", self.tag);
+        if let Ok(out) = Command::new("nft")
+            .args(["list", "table", "inet", &table])
+            .output()
+        {
+            assert!(!out.status.success(), "nftables table inet {table} left");
+        }
 
         if let Ok(out) = Command::new("iptables").args(["-S"]).output() {
             let rules = String::from_utf8_lossy(&out.stdout);

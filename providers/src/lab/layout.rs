@@ -58,7 +58,32 @@ impl ClusterLayout {
             dir: self.dir.join(machine),
         }
     }
+
+    /// The lab registry's files; not a valid machine name, so never a node's directory.
+    pub fn registry_dir(&self) -> PathBuf {
+        self.dir.join(REGISTRY_DIR)
+    }
+    pub fn registry_data(&self) -> PathBuf {
+        self.registry_dir().join("data")
+    }
+    pub fn registry_config(&self) -> PathBuf {
+        self.registry_dir().join("config.yml")
+    }
+    /// `PID STARTTIME` of the running registry.
+    pub fn registry_pid(&self) -> PathBuf {
+        self.registry_dir().join("registry.pid")
+    }
+    pub fn registry_log(&self) -> PathBuf {
+        self.registry_dir().join("registry.log")
+    }
+    /// The `nft -f` script of an offline cluster.
+    pub fn offline_rules(&self) -> PathBuf {
+        self.dir.join("offline.nft")
+    }
 }
+
+/// The directory of the lab registry under a cluster's directory.
+pub const REGISTRY_DIR: &str = "_registry";
 
 /// Host-side paths of one node. The node's private directories are bound over the
 /// matching paths inside the node.
@@ -148,6 +173,12 @@ pub struct ClusterRecord {
     /// The cluster's /24; the bridge is `.1`, nodes are `.11` upwards.
     pub subnet: Ipv4Addr,
     pub nodes: Vec<NodeRecord>,
+    /// The cluster runs a lab registry (see [`super::registry`]).
+    #[serde(default)]
+    pub registry: bool,
+    /// Nothing leaves the cluster's subnet (see [`super::offline`]).
+    #[serde(default)]
+    pub offline: bool,
 }
 
 impl ClusterRecord {
@@ -281,6 +312,8 @@ mod tests {
             bridge: "c-abcdef".into(),
             subnet: Ipv4Addr::new(10, 247, 3, 0),
             nodes: vec![],
+            registry: false,
+            offline: false,
         };
         assert_eq!(rec.next_octet(), Some(11));
         for (i, octet) in [11u8, 13].into_iter().enumerate() {

@@ -25,6 +25,8 @@
 pub mod layout;
 pub mod naming;
 pub mod node;
+pub mod offline;
+pub mod registry;
 pub mod subnet;
 pub mod supervisor;
 pub mod system;
@@ -104,6 +106,11 @@ pub struct LabConfig {
     pub init: NodeInit,
     /// How long `create` and `power_on` wait for sshd and dockerd to answer.
     pub boot_timeout: Duration,
+    /// `create` gives the cluster a lab registry ([`registry`]); kept in the cluster's
+    /// record, so later runs need not repeat it.
+    pub registry: bool,
+    /// `create` makes the cluster offline ([`offline`]); kept like `registry`.
+    pub offline: bool,
 }
 
 impl Default for LabConfig {
@@ -114,6 +121,8 @@ impl Default for LabConfig {
             pool: DEFAULT_POOL,
             init: NodeInit::standalone(),
             boot_timeout: Duration::from_secs(90),
+            registry: false,
+            offline: false,
         }
     }
 }
@@ -335,7 +344,119 @@ impl LabProvider {
             .await?;
         self.must("ip", &["link", "set", &record.bridge, "up"])
             .await?;
-        self.ensure_forward_rule(&record.bridge).await
+        self.ensure_forward_rule(&record.bridge).await?;
+        if record.offline {
+            // Before any node starts, so not one packet gets out.
+            let layout = ClusterLayout::new(&self.config.root, &record.cluster);
+            let rules = offline::ruleset(&record.tag, &record.bridge, record.subnet);
+            write_file(&layout.offline_rules(), rules.as_bytes(), 0o644).await?;
+            let path = layout.offline_rules().to_string_lossy().into_owned();
+            self.must("nft", &["-f", &path]).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the cluster's registry unless it runs; returns it when it was started.
+    async fn ensure_registry(
+        &self,
+        layout: &ClusterLayout,
+        record: &ClusterRecord,
+    ) -> Result<Option<ProcessRef>, ProviderError> {
+        if self.alive_at(&layout.registry_pid()).await.is_some() {
+            return Ok(None);
+        }
+        let program = self
+            .system
+            .find_program(Path::new(registry::PROGRAM))
+            .await
+            .ok_or_else(|| {
+                ProviderError::Prerequisite(format!(
+                    "the lab registry of {} needs {}: {}",
+                    record.cluster,
+                    registry::PROGRAM,
+                    registry::PACKAGE_HINT
+                ))
+            })?;
+        let data = layout.registry_data();
+        tokio::fs::create_dir_all(&data)
+            .await
+            .map_err(io_err(format!("cannot create {}", data.display())))?;
+        let addr = registry::address(record.gateway());
+        write_file(
+            &layout.registry_config(),
+            registry::config_yaml(&data, addr).as_bytes(),
+            0o644,
+        )
+        .await?;
+        let argv = vec![
+            program.to_string_lossy().into_owned(),
+            "serve".to_string(),
+            layout.registry_config().to_string_lossy().into_owned(),
+        ];
+        let started = self
+            .system
+            .spawn_daemon(&argv, &layout.registry_log())
+            .await
+            .map_err(|e| {
+                ProviderError::Api(format!(
+                    "cannot start the lab registry of {}: {e}; see {}",
+                    record.cluster,
+                    layout.registry_log().display()
+                ))
+            })?;
+        write_file(&layout.registry_pid(), started.to_file().as_bytes(), 0o644).await?;
+        Ok(Some(started))
+    }
+
+    /// Waits until a just started registry answers on the bridge.
+    async fn wait_registry(
+        &self,
+        layout: &ClusterLayout,
+        record: &ClusterRecord,
+        started: ProcessRef,
+    ) -> Result<(), ProviderError> {
+        let addr = registry::address(record.gateway());
+        let deadline = Instant::now() + self.config.boot_timeout;
+        loop {
+            if self.system.registry_answers(addr).await {
+                return Ok(());
+            }
+            let running = self
+                .system
+                .process(started.pid)
+                .await
+                .is_some_and(|s| s.start_time == started.start_time && !s.zombie);
+            if !running || Instant::now() >= deadline {
+                return Err(ProviderError::Api(format!(
+                    "the lab registry of {} {} on {addr}; see {}",
+                    record.cluster,
+                    if running {
+                        format!(
+                            "did not answer within {} s",
+                            self.config.boot_timeout.as_secs()
+                        )
+                    } else {
+                        "stopped before it answered".to_string()
+                    },
+                    layout.registry_log().display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The lab registry of a cluster: where it listens, if the cluster has one.
+    pub async fn registry_address(
+        &self,
+        cluster: &str,
+    ) -> Result<Option<SocketAddr>, ProviderError> {
+        naming::validate_cluster(cluster)?;
+        let layout = ClusterLayout::new(&self.config.root, cluster);
+        Ok(self
+            .read_record(&layout)
+            .await?
+            .filter(|r| r.registry)
+            .map(|r| registry::address(r.gateway())))
     }
 
     /// Lets traffic between the bridge's ports through the host's FORWARD chain. Added
@@ -411,6 +532,7 @@ impl LabProvider {
         layout: &NodeLayout,
         plan: &MachinePlan,
         login_key: &str,
+        registry: Option<SocketAddr>,
     ) -> Result<(), ProviderError> {
         use std::os::unix::fs::PermissionsExt;
         let mkdir = |path: PathBuf, mode: u32| async move {
@@ -462,6 +584,22 @@ impl LabProvider {
             0o644,
         )
         .await?;
+        if let Some(registry) = registry {
+            let path = layout.etc_docker().join("daemon.json");
+            let current = tokio::fs::read_to_string(&path)
+                .await
+                .map_err(io_err(format!("cannot read {}", path.display())))?;
+            let trusted =
+                registry::trust_in_daemon_json(&current, &registry.to_string()).map_err(|e| {
+                    ProviderError::Api(format!(
+                        "cannot add the lab registry to {}: {e}",
+                        path.display()
+                    ))
+                })?;
+            if trusted != current {
+                write_file(&path, trusted.as_bytes(), 0o644).await?;
+            }
+        }
 
         let keys_path = layout.authorized_keys();
         let current = tokio::fs::read_to_string(&keys_path)
@@ -482,7 +620,13 @@ impl LabProvider {
 
     /// The node's init if it runs: the recorded PID with the recorded start time.
     async fn alive(&self, layout: &NodeLayout) -> Option<ProcessRef> {
-        let text = tokio::fs::read_to_string(layout.init_pid()).await.ok()?;
+        self.alive_at(&layout.init_pid()).await
+    }
+
+    /// The process a PID file names if it runs: the recorded PID with the recorded start
+    /// time.
+    async fn alive_at(&self, pid_file: &Path) -> Option<ProcessRef> {
+        let text = tokio::fs::read_to_string(pid_file).await.ok()?;
         let recorded = ProcessRef::parse(&text)?;
         let state = self.system.process(recorded.pid).await?;
         (state.start_time == recorded.start_time && !state.zombie).then_some(recorded)
@@ -809,6 +953,24 @@ impl Provider for LabProvider {
                 missing.join(", ")
             )));
         }
+        if self.config.registry
+            && self
+                .system
+                .find_program(Path::new(registry::PROGRAM))
+                .await
+                .is_none()
+        {
+            return Err(ProviderError::Prerequisite(format!(
+                "--registry runs Debian's registry server, {} was not found: {}",
+                registry::PROGRAM,
+                registry::PACKAGE_HINT
+            )));
+        }
+        if self.config.offline && self.system.find_program(Path::new("nft")).await.is_none() {
+            return Err(ProviderError::Prerequisite(
+                "--offline needs nftables on this host: apt-get install -y nftables".into(),
+            ));
+        }
         if self
             .system
             .find_program(&self.config.init.program)
@@ -846,12 +1008,28 @@ impl Provider for LabProvider {
                     bridge: names.bridge.clone(),
                     subnet,
                     nodes: Vec::new(),
+                    registry: false,
+                    offline: false,
                 };
                 // Written before anything else exists, so the subnet stays reserved.
                 self.write_record(&cluster, &record).await?;
                 record
             }
         };
+        if self.config.registry && !record.registry {
+            // A running engine reads daemon.json only when it starts.
+            for n in &record.nodes {
+                if self.alive(&cluster.node(&n.name)).await.is_some() {
+                    return Err(ProviderError::InvalidRequest(format!(
+                        "lab cluster {} runs without a registry and its nodes would not trust one added now: destroy it and create it again with --registry",
+                        plan.cluster
+                    )));
+                }
+            }
+        }
+        record.registry |= self.config.registry;
+        record.offline |= self.config.offline;
+        let registry = record.registry.then(|| registry::address(record.gateway()));
         for m in &plan.machines {
             match record.nodes.iter_mut().find(|n| n.name == m.name) {
                 Some(existing) => existing.role = m.role,
@@ -872,13 +1050,18 @@ impl Provider for LabProvider {
                     });
                 }
             }
-            self.prepare_node_dir(&cluster.node(&m.name), m, &plan.login_public_key)
+            self.prepare_node_dir(&cluster.node(&m.name), m, &plan.login_public_key, registry)
                 .await?;
         }
         self.write_record(&cluster, &record).await?;
         write_file(&cluster.hosts(), record.hosts_file().as_bytes(), 0o644).await?;
 
         self.ensure_bridge(&record).await?;
+        let registry_started = if record.registry {
+            self.ensure_registry(&cluster, &record).await?
+        } else {
+            None
+        };
         try_join_all(record.nodes.iter().map(|n| async {
             self.ensure_node_net(&record, n).await?;
             progress.machine(&n.name, "network ready");
@@ -906,6 +1089,9 @@ impl Provider for LabProvider {
                 .map(|(n, init)| self.wait_ready(&cluster, n, init, progress)),
         )
         .await?;
+        if let Some(started) = registry_started {
+            self.wait_registry(&cluster, &record, started).await?;
+        }
         self.list(&plan.cluster).await
     }
 
@@ -991,7 +1177,14 @@ impl Provider for LabProvider {
                 }
             }
         }
+        node_dirs.retain(|d| d != layout::REGISTRY_DIR);
         node_dirs.sort();
+        if let Some(registry) = self.alive_at(&layout.registry_pid()).await {
+            self.kill_and_wait(&[registry]).await;
+            report
+                .removed
+                .push(format!("lab registry process {}", registry.pid));
+        }
         let (names_ref, layout_ref) = (&names, &layout);
         let stopped = join_all(node_dirs.iter().map(|name| async move {
             let ns = names_ref.netns(name);
@@ -1055,6 +1248,17 @@ impl Provider for LabProvider {
                 }
             }
         }
+        if self.system.find_program(Path::new("nft")).await.is_some() {
+            // Named by the tag alone, so found without a record too.
+            let table = offline::table_name(&names.tag);
+            if self
+                .cmd("nft", &["delete", "table", "inet", &table])
+                .await?
+                .success
+            {
+                report.removed.push(format!("nftables table inet {table}"));
+            }
+        }
         for bridge in &bridges {
             if self.link_exists(bridge).await? {
                 self.must("ip", &["link", "del", bridge]).await?;
@@ -1093,6 +1297,10 @@ impl Provider for LabProvider {
         Ok(report)
     }
 
+    async fn registry(&self, cluster: &str) -> Result<Option<String>, ProviderError> {
+        Ok(self.registry_address(cluster).await?.map(|a| a.to_string()))
+    }
+
     async fn power_off(&self, cluster: &str, machine: &str) -> Result<(), ProviderError> {
         naming::validate_cluster(cluster)?;
         let layout = ClusterLayout::new(&self.config.root, cluster);
@@ -1123,6 +1331,11 @@ impl Provider for LabProvider {
             .ok_or_else(|| unknown(cluster, machine))?;
         self.ensure_bridge(&record).await?;
         self.ensure_node_net(&record, node).await?;
+        let registry_started = if record.registry {
+            self.ensure_registry(&layout, &record).await?
+        } else {
+            None
+        };
         let init = match self.alive(&layout.node(machine)).await {
             Some(_) => None,
             None => Some(self.start_node(&layout, node).await?),
@@ -1131,6 +1344,9 @@ impl Provider for LabProvider {
         if let Some(init) = init {
             self.wait_ready(&layout, node, init, &crate::NoProgress)
                 .await?;
+        }
+        if let Some(started) = registry_started {
+            self.wait_registry(&layout, &record, started).await?;
         }
         Ok(self.machine(node, PowerState::Running))
     }

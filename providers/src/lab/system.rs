@@ -54,6 +54,9 @@ pub trait LabSystem: Send + Sync + fmt::Debug {
     /// Starts `argv` detached (stdout and stderr appended to `log`), which forks the node
     /// init, and returns the init as the host sees it.
     async fn spawn_init(&self, argv: &[String], log: &Path) -> io::Result<ProcessRef>;
+    /// Starts a host daemon (the lab registry) detached from the caller, in a process
+    /// group of its own, stdout and stderr appended to `log`.
+    async fn spawn_daemon(&self, argv: &[String], log: &Path) -> io::Result<ProcessRef>;
     async fn process(&self, pid: u32) -> Option<ProcState>;
     /// SIGKILL.
     fn kill(&self, pid: u32) -> io::Result<()>;
@@ -61,6 +64,8 @@ pub trait LabSystem: Send + Sync + fmt::Debug {
     async fn ssh_answers(&self, addr: SocketAddr) -> bool;
     /// Whether a Docker Engine answers `/_ping` on the Unix socket.
     async fn docker_answers(&self, socket: &Path) -> bool;
+    /// Whether a registry answers `GET /v2/` on `addr`.
+    async fn registry_answers(&self, addr: SocketAddr) -> bool;
     /// Names in /run/netns.
     async fn netns_names(&self) -> io::Result<Vec<String>>;
     /// Mount points in the host's mount namespace.
@@ -203,6 +208,43 @@ impl LabSystem for RealSystem {
         }
     }
 
+    async fn spawn_daemon(&self, argv: &[String], log: &Path) -> io::Result<ProcessRef> {
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
+        let log = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .await?
+            .into_std()
+            .await;
+        let child = tokio::process::Command::new(program)
+            .args(args)
+            .env_clear()
+            .env("PATH", lab_path())
+            .env("LANG", "C.UTF-8")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Outlives `swarmup`, and a Ctrl-C on it does not reach the daemon.
+            .process_group(0)
+            .kill_on_drop(false)
+            .spawn()?;
+        let pid = child
+            .id()
+            .ok_or_else(|| io::Error::other(format!("{program} exited at once")))?;
+        let state = self
+            .process(pid)
+            .await
+            .ok_or_else(|| io::Error::other(format!("{program} exited at once")))?;
+        // Dropping the handle leaves the daemon to tokio's background reaper.
+        Ok(ProcessRef {
+            pid,
+            start_time: state.start_time,
+        })
+    }
+
     async fn process(&self, pid: u32) -> Option<ProcState> {
         let stat = tokio::fs::read_to_string(format!("/proc/{pid}/stat"))
             .await
@@ -244,6 +286,23 @@ impl LabSystem for RealSystem {
             stream.read_to_end(&mut reply).await.ok()?;
             let reply = String::from_utf8_lossy(&reply);
             Some(reply.starts_with("HTTP/1.") && reply.contains(" 200 ") && reply.ends_with("OK"))
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), probe).await,
+            Ok(Some(true))
+        )
+    }
+
+    async fn registry_answers(&self, addr: SocketAddr) -> bool {
+        let probe = async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+            let request = format!("GET /v2/ HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.ok()?;
+            let mut reply = Vec::new();
+            stream.read_to_end(&mut reply).await.ok()?;
+            Some(super::registry::is_v2_answer(&String::from_utf8_lossy(
+                &reply,
+            )))
         };
         matches!(
             tokio::time::timeout(Duration::from_secs(2), probe).await,
@@ -390,6 +449,9 @@ pub(crate) mod fake {
         pub missing: BTreeSet<String>,
         pub not_root: bool,
         pub spawned: Vec<Vec<String>>,
+        pub daemons: Vec<Vec<String>>,
+        /// nftables tables (`inet NAME`) loaded with `nft -f`.
+        pub nft_tables: BTreeSet<String>,
     }
 
     #[derive(Debug, Default)]
@@ -538,6 +600,25 @@ pub(crate) mod fake {
                         _ => fail("Bad rule"),
                     }
                 }
+                "nft" => match args.as_slice() {
+                    ["-f", path] => {
+                        let text = std::fs::read_to_string(path)?;
+                        for line in text.lines() {
+                            if let Some(name) = line.trim().strip_prefix("delete table inet ") {
+                                st.nft_tables.insert(name.trim().to_string());
+                            }
+                        }
+                        ok("")
+                    }
+                    ["delete", "table", "inet", name] => {
+                        if st.nft_tables.remove(*name) {
+                            ok("")
+                        } else {
+                            fail("No such file or directory")
+                        }
+                    }
+                    _ => fail("fake nft does not know this"),
+                },
                 _ => ok(""),
             }
         }
@@ -548,6 +629,18 @@ pub(crate) mod fake {
             let pid = 1000 + st.next_pid;
             st.procs.insert(pid, u64::from(pid) * 7);
             st.spawned.push(argv.to_vec());
+            Ok(ProcessRef {
+                pid,
+                start_time: u64::from(pid) * 7,
+            })
+        }
+
+        async fn spawn_daemon(&self, argv: &[String], _log: &Path) -> io::Result<ProcessRef> {
+            let mut st = self.state();
+            st.next_pid += 1;
+            let pid = 1000 + st.next_pid;
+            st.procs.insert(pid, u64::from(pid) * 7);
+            st.daemons.push(argv.to_vec());
             Ok(ProcessRef {
                 pid,
                 start_time: u64::from(pid) * 7,
@@ -571,6 +664,10 @@ pub(crate) mod fake {
         }
 
         async fn docker_answers(&self, _socket: &Path) -> bool {
+            true
+        }
+
+        async fn registry_answers(&self, _addr: SocketAddr) -> bool {
             true
         }
 

@@ -24,6 +24,10 @@ fn plan(cluster: &str, n: usize) -> ClusterPlan {
 }
 
 fn provider(root: &Path) -> (LabProvider, Arc<FakeSystem>) {
+    provider_with(root, false, false)
+}
+
+fn provider_with(root: &Path, registry: bool, offline: bool) -> (LabProvider, Arc<FakeSystem>) {
     let fake = Arc::new(FakeSystem::default());
     let config = LabConfig {
         root: root.to_path_buf(),
@@ -34,6 +38,8 @@ fn provider(root: &Path) -> (LabProvider, Arc<FakeSystem>) {
             args: vec!["lab-node".into()],
         },
         boot_timeout: Duration::from_secs(5),
+        registry,
+        offline,
     };
     (LabProvider::with_system(config, fake.clone()), fake)
 }
@@ -275,4 +281,127 @@ async fn bad_plans_are_refused_before_anything_is_made() {
     assert!(lab.create(&plan("../x", 1), &NoProgress).await.is_err());
     assert!(fake.state().calls.is_empty());
     assert!(lab.list("nothing-here").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_registry_runs_on_the_bridge_trusted_by_every_node_and_goes_with_the_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lab, fake) = provider_with(dir.path(), true, false);
+    lab.create(&plan("reg", 2), &NoProgress).await.unwrap();
+    let addr = lab.registry("reg").await.unwrap().expect("a registry");
+    assert!(
+        addr.starts_with("10.247.") && addr.ends_with(".1:5000"),
+        "{addr}"
+    );
+    {
+        let st = fake.state();
+        assert_eq!(st.daemons.len(), 1, "{:?}", st.daemons);
+        let argv = &st.daemons[0];
+        assert!(
+            argv[0].ends_with("docker-registry") && argv[1] == "serve",
+            "{argv:?}"
+        );
+        let config = std::fs::read_to_string(&argv[2]).unwrap();
+        assert!(config.contains(&format!("addr: {addr}\n")), "{config}");
+    }
+    for node in ["reg-node1", "reg-node2"] {
+        let path = dir
+            .path()
+            .join("reg")
+            .join(node)
+            .join("etc-docker/daemon.json");
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(json["insecure-registries"], serde_json::json!([addr]));
+    }
+    // Running again, or powering a node on, starts no second registry.
+    lab.create(&plan("reg", 2), &NoProgress).await.unwrap();
+    lab.power_off("reg", "reg-node2").await.unwrap();
+    lab.power_on("reg", "reg-node2").await.unwrap();
+    assert_eq!(fake.state().daemons.len(), 1);
+
+    let report = lab.destroy("reg").await.unwrap().removed.join("\n");
+    assert!(report.contains("lab registry process"), "{report}");
+    assert!(fake.state().procs.is_empty());
+    assert_eq!(lab.registry("reg").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_registry_is_not_added_under_running_engines() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lab, fake) = provider(dir.path());
+    lab.create(&plan("late", 1), &NoProgress).await.unwrap();
+    let config = LabConfig {
+        registry: true,
+        ..lab.config().clone()
+    };
+    let again = LabProvider::with_system(config, fake);
+    let err = again
+        .create(&plan("late", 1), &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("create it again with --registry"),
+        "{err}"
+    );
+    assert_eq!(again.registry("late").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn an_offline_cluster_has_its_drop_table_from_create_to_destroy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lab, fake) = provider_with(dir.path(), false, true);
+    lab.create(&plan("off", 1), &NoProgress).await.unwrap();
+    let names = ClusterNames::new(dir.path(), "off");
+    let table = offline::table_name(&names.tag);
+    {
+        let st = fake.state();
+        assert!(st.nft_tables.contains(&table), "{:?}", st.nft_tables);
+        // The rules are in place before the node is wired to the bridge.
+        let nft = st
+            .calls
+            .iter()
+            .position(|c| c.starts_with("nft -f"))
+            .unwrap();
+        let wired = st
+            .calls
+            .iter()
+            .position(|c| c.contains(" master "))
+            .unwrap();
+        assert!(nft < wired, "{:?}", st.calls);
+    }
+    let rules = std::fs::read_to_string(dir.path().join("off/offline.nft")).unwrap();
+    assert!(rules.contains(&format!("iifname \"{}\" ip daddr != ", names.bridge)));
+    // A later run without the flag keeps the cluster offline.
+    let plain = LabProvider::with_system(
+        LabConfig {
+            offline: false,
+            ..lab.config().clone()
+        },
+        fake.clone(),
+    );
+    lab.power_off("off", "off-node1").await.unwrap();
+    fake.state().nft_tables.clear();
+    plain.power_on("off", "off-node1").await.unwrap();
+    assert!(fake.state().nft_tables.contains(&table));
+
+    let report = lab.destroy("off").await.unwrap().removed.join("\n");
+    assert!(
+        report.contains(&format!("nftables table inet {table}")),
+        "{report}"
+    );
+    assert!(fake.state().nft_tables.is_empty());
+}
+
+#[tokio::test]
+async fn preflight_names_the_packages_of_registry_and_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lab, fake) = provider_with(dir.path(), true, true);
+    fake.state().missing.insert("docker-registry".into());
+    let err = lab.preflight(&plan("p", 1)).await.unwrap_err().to_string();
+    assert!(err.contains("apt-get install -y docker-registry"), "{err}");
+    fake.state().missing.clear();
+    fake.state().missing.insert("nft".into());
+    let err = lab.preflight(&plan("p", 1)).await.unwrap_err().to_string();
+    assert!(err.contains("apt-get install -y nftables"), "{err}");
 }

@@ -451,7 +451,17 @@ impl ContainerRuntime for DockerRuntime {
             },
             Err(e) => {
                 tracing::info!(image, error = %e, "image is not present and could not be pulled");
-                Err(RuntimeError::NoSuchImage(image.to_string()))
+                Err(match e {
+                    // The engine's own reason, as `docker pull` would print it.
+                    BollardError::DockerResponseServerError { message, .. }
+                    | BollardError::DockerStreamError { error: message } => {
+                        RuntimeError::PullFailed {
+                            image: image.to_string(),
+                            pull_error: message.trim().to_string(),
+                        }
+                    }
+                    other => self.error("pull", image, other),
+                })
             }
         }
     }

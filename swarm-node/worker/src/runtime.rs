@@ -129,6 +129,11 @@ pub enum RuntimeError {
     /// Docker's own wording, which `docker service ps` users know.
     #[error("No such image: {0}")]
     NoSuchImage(String),
+    /// The image is not on the node and the engine could not pull it: Docker's own
+    /// wording first, then the engine's reason, then where a swarmup cluster gets images
+    /// from (a lab reaches no public registry).
+    #[error("No such image: {image}: pull failed: {pull_error}; {IMAGE_HINT}")]
+    PullFailed { image: String, pull_error: String },
     #[error("no such container: {0}")]
     NoSuchContainer(String),
     /// The engine refused the request; retrying the same request will not help.
@@ -139,6 +144,9 @@ pub enum RuntimeError {
         message: String,
     },
 }
+
+/// What to do about an image the nodes cannot pull.
+pub const IMAGE_HINT: &str = "copy it into every node with `docker save IMAGE | swarmup image load CLUSTER`, or push it to a registry the nodes can reach (a lab cluster runs one with `swarmup create --registry`)";
 
 impl RuntimeError {
     /// True when the failure says nothing about the task itself.
@@ -158,7 +166,8 @@ pub trait ContainerRuntime: Send + Sync + std::fmt::Debug {
     async fn list(&self, node_id: &str) -> Result<Vec<TaskContainer>, RuntimeError>;
 
     /// Makes sure `image` is present locally: a local image wins, a pull is only tried
-    /// when it is absent. Fails with [`RuntimeError::NoSuchImage`] when neither works.
+    /// when it is absent. Fails with [`RuntimeError::PullFailed`] (or
+    /// [`RuntimeError::NoSuchImage`]) when neither works.
     async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError>;
 
     /// Creates the container and returns its id. Does not start it.
@@ -199,4 +208,27 @@ pub trait ContainerRuntime: Send + Sync + std::fmt::Debug {
     /// Removes a network by name or id. Gone already is fine; the engine refuses while a
     /// container is connected.
     async fn remove_network(&self, name_or_id: &str) -> Result<(), RuntimeError>;
+}
+
+#[cfg(test)]
+mod pull_tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_pull_says_dockers_words_then_what_to_do() {
+        let e = RuntimeError::PullFailed {
+            image: "10.247.3.1:5000/app:1".into(),
+            pull_error: "manifest unknown".into(),
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with(
+                "No such image: 10.247.3.1:5000/app:1: pull failed: manifest unknown; "
+            ),
+            "{text}"
+        );
+        assert!(text.contains("swarmup image load"), "{text}");
+        assert!(text.contains("swarmup create --registry"), "{text}");
+        assert!(!e.is_temporary());
+    }
 }

@@ -406,10 +406,14 @@ async fn exit_zero_completes_and_a_missing_image_is_rejected() {
         let rejected = ex
             .wait_for("missing", TaskState::REJECTED, Duration::from_secs(60))
             .await;
-        assert_eq!(
-            rejected.err.as_deref(),
-            Some(format!("No such image: {missing_image}").as_str())
+        // Docker's wording, the engine's reason, then what to do in a swarmup cluster.
+        let err = rejected.err.unwrap_or_default();
+        assert!(
+            err.starts_with(&format!("No such image: {missing_image}: pull failed: ")),
+            "{err}"
         );
+        assert!(err.contains("127.0.0.1:9"), "the engine's reason: {err}");
+        assert!(err.ends_with(swarm_worker::runtime::IMAGE_HINT), "{err}");
         ex.stop().await;
     })
     .await;
