@@ -499,3 +499,49 @@ async fn docker_cli_talks_to_the_server_with_an_admin_certificate() {
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
+
+/// Attack: a worker's certificate (valid, signed by the cluster CA, naming the address)
+/// serving as if it were a manager. Node clients require the manager role of the server.
+#[tokio::test]
+async fn node_clients_refuse_a_server_with_a_worker_certificate() {
+    let (ca, _) = fixture();
+    let impostor = identity(&ca, "worker9", Role::Worker);
+    let server = Server::start(&ca, &impostor, ServeOptions::default()).await;
+    let me = identity(&ca, "worker1", Role::Worker);
+    let err = get_text(&http_client(&me).unwrap(), &server.url("/whoami"))
+        .await
+        .unwrap_err();
+    let chain = format!("{err:?}");
+    assert!(chain.contains("not a manager"), "{chain}");
+    assert!(
+        get_text(&bootstrap_client(&ca.cert_pem()).unwrap(), &server.url("/whoami"))
+            .await
+            .is_err(),
+        "a joining node talks only to managers"
+    );
+    server.stop().await;
+}
+
+/// Renewal: clients built once from a [`swarm_pki::ClientIdentityHandle`] present the
+/// new certificate after `replace`, without being rebuilt.
+#[tokio::test]
+async fn clients_follow_a_replaced_client_certificate() {
+    let (ca, server_id) = fixture();
+    let server = Server::start(&ca, &server_id, ServeOptions::default()).await;
+    let first = identity(&ca, "worker1", Role::Worker);
+    let handle = swarm_pki::ClientIdentityHandle::new(&first).unwrap();
+    let client = handle.http_client().unwrap();
+    let text = get_text(&client, &server.url("/whoami")).await.unwrap();
+    assert_eq!(text, format!("worker worker1 {CLUSTER}"));
+    let promoted = identity(&ca, "worker1", Role::Manager);
+    handle.replace(&promoted).unwrap();
+    // A fresh connection (the pooled one keeps the certificate it was opened with).
+    let fresh = handle.http_client().unwrap();
+    let text = get_text(&fresh, &server.url("/whoami")).await.unwrap();
+    assert_eq!(text, format!("manager worker1 {CLUSTER}"));
+    server.stop().await;
+    let server = Server::start(&ca, &server_id, ServeOptions::default()).await;
+    let text = get_text(&client, &server.url("/whoami")).await.unwrap();
+    assert_eq!(text, format!("manager worker1 {CLUSTER}"), "the old client follows too");
+    server.stop().await;
+}
