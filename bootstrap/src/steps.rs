@@ -764,11 +764,12 @@ pub enum InitOutcome {
     AlreadyInitialized,
 }
 
-/// When swarmup reaches a machine on another address than the one the swarm advertises
-/// (a droplet's public address), the node's certificate must name it too, so the docker
-/// CLI can verify the manager it talks to from outside the private network.
+/// When swarmup reaches a manager on another address than the one the swarm advertises
+/// (a droplet's public address), the manager's certificate must name it too, so the
+/// docker CLI can verify the manager it talks to from outside the private network. Only
+/// managers may ask for it: the CA refuses extra addresses to workers, which serve no one.
 fn cert_san_flag(machine: &Machine, advertise: IpAddr) -> String {
-    if machine.ssh.host == advertise {
+    if machine.role != swarmup_providers::Role::Manager || machine.ssh.host == advertise {
         String::new()
     } else {
         format!(" --cert-san {}", machine.ssh.host)
@@ -1054,6 +1055,36 @@ pub async fn client_cert(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_managers_ask_for_their_public_address_in_the_certificate() {
+        let machine = |role, host: &str| Machine {
+            name: "n".into(),
+            role,
+            provider_id: "n".into(),
+            private_addr: "10.0.0.2".parse().unwrap(),
+            ssh: swarmup_providers::SshEndpoint {
+                host: host.parse().unwrap(),
+                port: 22,
+                user: "root".into(),
+            },
+            power: swarmup_providers::PowerState::Running,
+        };
+        let private: IpAddr = "10.0.0.2".parse().unwrap();
+        use swarmup_providers::Role;
+        assert_eq!(
+            cert_san_flag(&machine(Role::Manager, "203.0.113.5"), private),
+            " --cert-san 203.0.113.5"
+        );
+        assert_eq!(
+            cert_san_flag(&machine(Role::Manager, "10.0.0.2"), private),
+            ""
+        );
+        assert_eq!(
+            cert_san_flag(&machine(Role::Worker, "203.0.113.5"), private),
+            ""
+        );
+    }
 
     #[test]
     fn elf_header_machine() {

@@ -54,6 +54,9 @@ enum Command {
         /// The UDP port of overlay (VXLAN) traffic between nodes (1024-49151).
         #[arg(long, default_value_t = 4789)]
         data_path_port: u32,
+        /// Validity period for node certificates (ns|us|ms|s|m|h).
+        #[arg(long, default_value = "2160h0m0s", value_parser = swarm_node::config::parse_go_duration)]
+        cert_expiry: std::time::Duration,
     },
     /// Join a swarm as a worker or a manager, depending on the token.
     Join {
@@ -125,6 +128,9 @@ enum Command {
     },
 }
 
+/// Set (to anything) in tests only: `init --cert-expiry` then accepts lifetimes down to 1s.
+const SHORT_CERTS_ENV: &str = "SWARM_NODE_TEST_SHORT_CERT_EXPIRY";
+
 fn parse_duration_ms(s: &str) -> Result<u64, String> {
     let err =
         || format!("invalid duration {s:?}: use a number with a unit, for example 5s or 500ms");
@@ -191,7 +197,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             default_addr_pool,
             default_addr_pool_mask_length,
             data_path_port,
+            cert_expiry,
         } => {
+            // Tests of renewal need certificates that last seconds; this variable, never
+            // shown in --help, lifts Docker's one-hour minimum.
+            let minimum = if std::env::var_os(SHORT_CERTS_ENV).is_some() {
+                std::time::Duration::from_secs(1)
+            } else {
+                setup::MIN_CERT_EXPIRY
+            };
+            setup::check_cert_expiry(cert_expiry, minimum)?;
             let outcome = setup::init(&InitOptions {
                 state_dir: cli.state_dir,
                 cert_sans,
@@ -202,6 +217,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 default_addr_pool,
                 subnet_size: default_addr_pool_mask_length,
                 data_path_port,
+                cert_expiry,
             })
             .await?;
             println!(
@@ -303,7 +319,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 } else {
                     "rotateManagerToken=true"
                 };
-                local::call(&cli.socket, "POST", &format!("/swarm/update?{query}"), None).await?;
+                // As the docker CLI does: the spec it read, with the version it read.
+                let current = local::get_json(&cli.socket, "/swarm").await?;
+                let version = current["Version"]["Index"].as_u64().unwrap_or_default();
+                local::call(
+                    &cli.socket,
+                    "POST",
+                    &format!("/swarm/update?version={version}&{query}"),
+                    Some(current["Spec"].clone()),
+                )
+                .await?;
             }
             let swarm = local::get_json(&cli.socket, "/swarm").await?;
             let token = swarm["JoinTokens"][key].as_str().unwrap_or_default();
