@@ -452,7 +452,10 @@ impl Daemon {
             node.node_id.clone(),
             node.advertise_addr.clone(),
             raft,
-            peers,
+            crate::manager::NodeClients {
+                peers,
+                nodes: self.client_identity.any_node_http_client()?,
+            },
             self.config.scheme.clone(),
             self.clock.clone(),
             heartbeat_ms,

@@ -264,6 +264,23 @@ impl ClientIdentityHandle {
             .build()
             .map_err(|e| PkiError::HttpClient(e.to_string()))
     }
+
+    /// A client for the one call a manager makes to a node that may be a worker (a
+    /// task's log on the node that runs it): the server's certificate must come from the
+    /// root CA and name the address dialled, but may carry either role. What the manager
+    /// asks for is checked by the worker, which serves it only to known managers.
+    pub fn any_node_http_client(&self) -> Result<reqwest::Client, PkiError> {
+        let mut config = ClientConfig::builder_with_provider(crypto_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(tls_error)?
+            .dangerous()
+            .with_custom_certificate_verifier(self.verifier.inner.clone())
+            .with_client_cert_resolver(self.resolver.clone());
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        client_builder(config)
+            .build()
+            .map_err(|e| PkiError::HttpClient(e.to_string()))
+    }
 }
 
 /// A client configuration that trusts only the root CA, accepts only managers as

@@ -74,16 +74,11 @@ fn expiring_certificates_renew_without_stopping_the_cluster() {
     let mut sandbox = Sandbox::new(&["renew-m1", "renew-m2", "renew-w1"]);
     init_with_cert_expiry(&mut sandbox, "30s");
     let inspect = sandbox.nodes[0].docker_ok(&[
-        "swarm",
-        "inspect",
+        "info",
         "--format",
-        "{{.Spec.CAConfig.NodeCertExpiry}}",
+        "{{.Swarm.Cluster.Spec.CAConfig.NodeCertExpiry}}",
     ]);
-    assert_eq!(
-        inspect.trim(),
-        "30s",
-        "docker swarm inspect shows NodeCertExpiry"
-    );
+    assert_eq!(inspect.trim(), "30s", "the swarm's CAConfig.NodeCertExpiry");
     sandbox.join(1, "manager");
     sandbox.join(2, "worker");
     wait_for("three Ready nodes", Duration::from_secs(30), || {
