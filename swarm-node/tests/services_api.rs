@@ -89,6 +89,43 @@ fn swarm_ca_prints_the_trust_root() {
     assert!(err.contains("requires the `--rotate` flag"), "{err}");
 }
 
+/// `docker swarm update` applies what it accepts and refuses what swarm-node cannot
+/// change, naming it: it never prints "Swarm updated." for nothing.
+#[test]
+fn swarm_update_applies_or_refuses_each_flag() {
+    if !e2e_enabled("swarm_update_applies_or_refuses_each_flag") {
+        return;
+    }
+    let mut sandbox = Sandbox::new(&["m1"]);
+    sandbox.init("1s");
+    let m1 = &sandbox.nodes[0];
+    m1.docker_ok(&[
+        "swarm",
+        "update",
+        "--task-history-limit",
+        "2",
+        "--dispatcher-heartbeat",
+        "2s",
+        "--cert-expiry",
+        "48h",
+    ]);
+    let spec = m1.docker_ok(&[
+        "info",
+        "--format",
+        "{{.Swarm.Cluster.Spec.Orchestration.TaskHistoryRetentionLimit}} {{.Swarm.Cluster.Spec.Dispatcher.HeartbeatPeriod}} {{.Swarm.Cluster.Spec.CAConfig.NodeCertExpiry}}",
+    ]);
+    assert_eq!(spec.trim(), "2 2s 48h0m0s");
+    let err = m1.docker_err(&["swarm", "update", "--snapshot-interval", "500"]);
+    assert!(err.contains("Raft.SnapshotInterval"), "{err}");
+    let err = m1.docker_err(&["swarm", "update", "--autolock"]);
+    assert!(err.contains("autolock is not supported yet"), "{err}");
+    let err = m1.docker_err(&["swarm", "update", "--cert-expiry", "10m"]);
+    assert!(
+        err.contains("minimum certificate expiry time is: 1h0m0s"),
+        "{err}"
+    );
+}
+
 /// `--hostname "{{.Node.Hostname}}-{{.Task.Slot}}"`, `-e` and `--mount` with Docker's
 /// templates are expanded on the node; a placeholder swarm-node does not know rejects the
 /// task with a message naming it (`docker service ps --no-trunc`).

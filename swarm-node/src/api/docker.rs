@@ -296,6 +296,8 @@ pub struct SwarmUpdateQuery {
 
 /// Docker's shortest `CAConfig.NodeCertExpiry`: one hour.
 const MIN_NODE_CERT_EXPIRY_NS: i64 = 3_600_000_000_000;
+/// The shortest dispatcher heartbeat swarm-node runs with (its dispatcher clamps there).
+const MIN_HEARTBEAT_PERIOD_NS: i64 = 100_000_000;
 
 /// A JSON value without what Go leaves out or zeroes (null, false, 0, "", empty lists
 /// and objects), so that a spec the docker CLI sends back compares equal to the one it
@@ -355,9 +357,10 @@ fn first_difference(a: &serde_json::Value, b: &serde_json::Value, path: &str) ->
     }
 }
 
-/// The spec `docker swarm update` asks for, applied to the current one: labels and
-/// `CAConfig.NodeCertExpiry` change; any other field must stay as it is, or the update
-/// is refused naming it (never silently ignored).
+/// The spec `docker swarm update` asks for, applied to the current one: labels,
+/// `CAConfig.NodeCertExpiry`, the dispatcher heartbeat and the task history limit change;
+/// any other field must stay as it is, or the update is refused naming it (never
+/// silently ignored). Raft's snapshot settings are fixed when a manager opens its log.
 fn updated_swarm_spec(
     current: &swarm_state::models::SwarmSpec,
     wanted: &swarm_state::models::SwarmSpec,
@@ -387,6 +390,31 @@ fn updated_swarm_spec(
             .get_or_insert_with(Default::default)
             .node_cert_expiry = Some(expiry);
     }
+    if let Some(period) = wanted
+        .dispatcher
+        .as_ref()
+        .and_then(|d| d.heartbeat_period)
+        .filter(|n| *n != 0)
+    {
+        if period < MIN_HEARTBEAT_PERIOD_NS {
+            return Err(ApiError::BadRequest(format!(
+                "heartbeat period {}ms is too short: the dispatcher heartbeat must be at least 100ms",
+                period / 1_000_000
+            )));
+        }
+        next.dispatcher
+            .get_or_insert_with(Default::default)
+            .heartbeat_period = Some(period);
+    }
+    if let Some(limit) = wanted
+        .orchestration
+        .as_ref()
+        .and_then(|o| o.task_history_retention_limit)
+    {
+        next.orchestration
+            .get_or_insert_with(Default::default)
+            .task_history_retention_limit = Some(limit);
+    }
     let to_json = |spec: &swarm_state::models::SwarmSpec| {
         serde_json::to_value(spec)
             .map(normalized)
@@ -410,7 +438,7 @@ fn updated_swarm_spec(
     };
     if let Some(field) = first_difference(&have, &want, "") {
         return Err(ApiError::BadRequest(format!(
-            "changing {field} is not supported yet: only Labels and CAConfig.NodeCertExpiry can be updated"
+            "changing {field} is not supported yet: only Labels, CAConfig.NodeCertExpiry, Dispatcher.HeartbeatPeriod and Orchestration.TaskHistoryRetentionLimit can be updated"
         )));
     }
     Ok(next)
@@ -1322,5 +1350,34 @@ mod swarm_update_tests {
         wanted.raft.as_mut().unwrap().election_tick = Some(10);
         let err = updated_swarm_spec(&current(), &wanted).unwrap_err();
         assert!(err.to_string().contains("Raft.ElectionTick"), "{err}");
+    }
+
+    #[test]
+    fn heartbeat_and_history_limit_apply() {
+        let mut wanted = as_cli_sends(7776000000000000);
+        wanted
+            .dispatcher
+            .get_or_insert_with(Default::default)
+            .heartbeat_period = Some(2_000_000_000);
+        wanted
+            .orchestration
+            .get_or_insert_with(Default::default)
+            .task_history_retention_limit = Some(0);
+        let next = updated_swarm_spec(&current(), &wanted).unwrap();
+        assert_eq!(
+            next.dispatcher.unwrap().heartbeat_period,
+            Some(2_000_000_000)
+        );
+        assert_eq!(
+            next.orchestration.unwrap().task_history_retention_limit,
+            Some(0)
+        );
+        let mut wanted = as_cli_sends(7776000000000000);
+        wanted
+            .dispatcher
+            .get_or_insert_with(Default::default)
+            .heartbeat_period = Some(1_000_000);
+        let err = updated_swarm_spec(&current(), &wanted).unwrap_err();
+        assert!(err.to_string().contains("at least 100ms"), "{err}");
     }
 }

@@ -555,6 +555,15 @@ impl ClusterState {
                     .as_mut()
                     .ok_or_else(|| ApplyError::Invalid("no swarm".into()))?;
                 check_version("swarm", &info.id, info.version, *version)?;
+                // The dispatcher and every node follow the period from the next heartbeat.
+                if let Some(ns) = spec
+                    .dispatcher
+                    .as_ref()
+                    .and_then(|d| d.heartbeat_period)
+                    .filter(|ns| *ns > 0)
+                {
+                    info.heartbeat_period_ms = (ns / 1_000_000) as u64;
+                }
                 info.spec = (**spec).clone();
                 info.updated_at = at.clone();
                 info.version = index;
