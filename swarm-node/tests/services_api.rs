@@ -864,3 +864,95 @@ fn service_logs_come_from_every_node_and_follow_new_tasks() {
     let one = m1.docker_ok(&["service", "logs", first]);
     assert_eq!(one.lines().count(), 1, "{one}");
 }
+
+/// Figure: how long a line takes from the engine (its log timestamp, taken as the
+/// container writes) to the docker CLI following `docker service logs -f` on a manager,
+/// for tasks on the manager itself and on a worker (pulled over the nodes' mutual TLS).
+#[test]
+fn service_logs_follow_latency_figure() {
+    if !e2e_enabled("service_logs_follow_latency_figure") {
+        return;
+    }
+    ensure_image();
+    let mut sandbox = Sandbox::new(&["m1", "w1"]);
+    sandbox.init("1s");
+    sandbox.join(1, "worker");
+    let m1 = &sandbox.nodes[0];
+    wait_for("two nodes", Duration::from_secs(30), || {
+        m1.docker_ok(&["node", "ls", "-q"]).lines().count() == 2
+    });
+    m1.docker_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "tick",
+        "--replicas",
+        "2",
+        "--replicas-max-per-node",
+        "1",
+        IMAGE,
+        "sh",
+        "-c",
+        "i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.1; done",
+    ]);
+    wait_for("tick 2/2", Duration::from_secs(60), || {
+        m1.docker_ok(&["service", "ls", "--format", "{{.Replicas}}"])
+            .starts_with("2/2")
+    });
+    let mut follow = std::process::Command::new(docker_cli())
+        .arg("-H")
+        .arg(format!("unix://{}", m1.socket().display()))
+        .args([
+            "service",
+            "logs",
+            "--follow",
+            "--tail",
+            "0",
+            "--timestamps",
+            "--raw",
+            "tick",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<(String, time::OffsetDateTime)>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send((line, time::OffsetDateTime::now_utc())).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut latencies = Vec::new();
+    while latencies.len() < 200 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok((line, seen)) = rx.recv_timeout(left) else {
+            break;
+        };
+        let stamp = line.split_whitespace().next().unwrap_or_default();
+        if let Ok(at) =
+            time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339)
+        {
+            latencies.push((seen - at).as_seconds_f64() * 1000.0);
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(latencies.len() >= 50, "lines followed: {}", latencies.len());
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    println!(
+        "figure: service logs -f latency over {} lines from 2 nodes: median {:.1} ms, p95 {:.1} ms, max {:.1} ms",
+        latencies.len(),
+        at(0.5),
+        at(0.95),
+        at(1.0)
+    );
+}
