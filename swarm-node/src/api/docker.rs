@@ -763,6 +763,20 @@ pub fn validate_service_spec(spec: &ServiceSpec) -> ApiResult<()> {
             "invalid service spec: ContainerSpec: image reference must be provided".into(),
         ));
     }
+    // Nodes do not report generic resources (`--node-generic-resource` on the engine),
+    // so a task asking for some could never be placed as Docker places it: refuse it.
+    let generic = spec
+        .task_template
+        .as_ref()
+        .and_then(|t| t.resources.as_ref())
+        .and_then(|r| r.reservations.as_ref())
+        .and_then(|r| r.generic_resources.as_ref())
+        .is_some_and(|g| !g.is_empty());
+    if generic {
+        return Err(ApiError::BadRequest(
+            "invalid service spec: generic resources (--generic-resource) are not supported by swarmup: reserve CPUs and memory instead (--reserve-cpu, --reserve-memory)".into(),
+        ));
+    }
     if let Some(mode) = &spec.mode {
         let kinds = [
             mode.replicated.is_some(),
@@ -1195,6 +1209,21 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn generic_resources_are_refused_by_name() {
+        let mut s = spec("web", "nginx");
+        let template = s.task_template.get_or_insert_with(Default::default);
+        template.resources = Some(models::TaskSpecResources {
+            reservations: Some(models::ResourceObject {
+                generic_resources: Some(vec![Default::default()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let err = validate_service_spec(&s).unwrap_err();
+        assert!(err.to_string().contains("--generic-resource"), "{err}");
     }
 
     #[test]
