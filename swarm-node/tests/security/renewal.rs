@@ -120,7 +120,10 @@ fn expiring_certificates_renew_without_stopping_the_cluster() {
         .iter()
         .map(|(k, v)| (k, v.len().saturating_sub(1)))
         .collect();
-    println!("renewals seen per node in 180 s ({samples} samples): {renewals:?}");
+    println!(
+        "figure: certificates of 30 s, 180 s of docker node ls + service ls on both managers: {} of {samples} samples failed; renewals per node {renewals:?}",
+        failures.len()
+    );
     assert!(
         failures.len() <= 2,
         "the cluster stopped serving during renewals ({} of {samples} samples failed):\n{}",
