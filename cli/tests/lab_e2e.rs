@@ -374,7 +374,14 @@ fn create_again_is_idempotent_and_grows() {
     wait_for(
         "node4 gone from the cluster",
         Duration::from_secs(30),
-        || cluster.nodes().iter().all(|n| n.hostname != node4),
+        || {
+            let nodes = cluster.try_nodes()?;
+            if nodes.iter().any(|n| n.hostname == node4) {
+                Err(format!("{nodes:?}"))
+            } else {
+                Ok(())
+            }
+        },
     );
     let ls: serde_json::Value =
         serde_json::from_str(&cluster.sb().ok(&["ls", "--output", "json"])).expect("ls JSON");
