@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use swarm_contract::Status;
 use swarmup_providers::{Machine, PowerState, Progress, Role};
 use swarmup_templates::{Cidr, NftablesContext, PublishedPort, ServiceContext, CONTROL_PORT};
 
@@ -17,8 +18,7 @@ use crate::ssh::{Connector, SshConnector, SshOptions};
 use crate::steps::{
     self, apply_firewall, ensure_docker, firewall_path, install_service, join_tokens, probe_host,
     push_binary, swarm_init, swarm_join, swarm_status, wait_for_ssh, wait_ready, Attempt,
-    BinaryOutcome, ClientCert, ExpectedNode, HostFacts, InitOutcome, JoinOutcome, NodeStatus,
-    SwarmNodeBinary,
+    BinaryOutcome, ClientCert, ExpectedNode, HostFacts, InitOutcome, JoinOutcome, SwarmNodeBinary,
 };
 
 /// Where the swarm-node executable comes from.
@@ -134,10 +134,10 @@ pub struct NodeReport {
     pub planned_role: Role,
     pub node_id: String,
     /// The role the swarm gives the node.
-    pub swarm_role: String,
-    pub status: String,
-    /// `leader`, `reachable` or empty for workers.
-    pub manager_status: String,
+    pub swarm_role: swarm_contract::Role,
+    pub status: swarm_contract::NodeState,
+    /// `None` for workers.
+    pub manager_status: Option<swarm_contract::ManagerStatus>,
     /// What this run changed on the machine, e.g. "uploaded swarm-node".
     pub changes: Vec<String>,
 }
@@ -334,7 +334,7 @@ async fn prepare(
 /// Status once the daemon answers; `None` when it stays silent for `limit`. swarm-node
 /// only stays up once the node is in a swarm, so on a machine that is new to swarmup
 /// there is nothing to wait for.
-async fn status_when_up(p: &Prepared, limit: Duration) -> Option<NodeStatus> {
+async fn status_when_up(p: &Prepared, limit: Duration) -> Option<Status> {
     if p.new {
         return None;
     }
@@ -370,15 +370,15 @@ pub(crate) struct SwarmPlan {
 
 pub(crate) fn plan_swarm(
     machines: &[Machine],
-    statuses: &[Option<NodeStatus>],
+    statuses: &[Option<Status>],
 ) -> Result<SwarmPlan, BootstrapError> {
     let mut clusters: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (m, s) in machines.iter().zip(statuses) {
-        if let Some(c) = s.as_ref().and_then(NodeStatus::cluster) {
+        if let Some(c) = s.as_ref().and_then(Status::cluster_id) {
             clusters.entry(c).or_default().push(&m.name);
         }
     }
-    let in_cluster = |i: usize| statuses[i].as_ref().and_then(NodeStatus::cluster);
+    let in_cluster = |i: usize| statuses[i].as_ref().and_then(Status::cluster_id);
     match clusters.len() {
         0 => {
             let leader = machines
@@ -398,7 +398,7 @@ pub(crate) fn plan_swarm(
                 .find(|&i| {
                     machines[i].role == Role::Manager
                         && in_cluster(i) == Some(cluster)
-                        && statuses[i].as_ref().is_some_and(NodeStatus::is_manager)
+                        && statuses[i].as_ref().is_some_and(Status::is_manager)
                 })
                 .ok_or_else(|| {
                     let verb = if members.len() == 1 { "is" } else { "are" };
@@ -442,12 +442,12 @@ async fn converge(
 
     for (i, status) in statuses.iter().enumerate() {
         let Some(status) = status else { continue };
-        if status.cluster().is_none() {
+        if status.cluster_id().is_none() {
             continue;
         }
         let m = &machines[i];
         progress.machine(&m.name, "already part of the swarm");
-        let swarm_role = status.role.as_deref().unwrap_or("");
+        let swarm_role = status.role().map_or("", |r| r.as_str());
         if !swarm_role.is_empty() && swarm_role != m.role.to_string() {
             progress.machine(
                 &m.name,
@@ -551,7 +551,8 @@ async fn converge(
             machine: m.name.clone(),
             node_id: s
                 .as_ref()
-                .and_then(|s| s.node_id.clone())
+                .and_then(|s| s.swarm.as_ref())
+                .map(|m| m.node_id.clone())
                 .filter(|id| !id.is_empty()),
         })
         .collect();
@@ -566,7 +567,7 @@ async fn converge(
 
     let cluster_id = after[plan.leader]
         .as_ref()
-        .and_then(|s| s.cluster().map(str::to_string))
+        .and_then(|s| s.cluster_id().map(str::to_string))
         .or(plan.cluster_id.clone())
         .unwrap_or_default();
     let mut reports = Vec::with_capacity(prepared.len());
@@ -584,7 +585,7 @@ async fn converge(
             planned_role: p.machine.role,
             node_id: node.id,
             swarm_role: node.role,
-            status: node.status,
+            status: node.state,
             manager_status: node.manager_status,
             changes,
         });

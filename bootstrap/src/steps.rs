@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use swarm_contract::{Exit, NodeEntry, NodeList, Status};
 use swarmup_providers::{Machine, Progress};
 use swarmup_templates::{Cidr, SWARM_NODE_BINARY};
 use tokio::time::Instant;
@@ -668,55 +669,6 @@ pub async fn apply_firewall(
 // ---------------------------------------------------------------------------------------
 // swarm
 
-/// What `swarm-node status --json` prints.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct NodeStatus {
-    #[serde(default)]
-    pub node_id: Option<String>,
-    #[serde(default)]
-    pub role: Option<String>,
-    #[serde(default)]
-    pub cluster_id: Option<String>,
-    #[serde(default)]
-    pub state: Option<String>,
-    #[serde(default)]
-    pub managers: serde_json::Value,
-}
-
-impl NodeStatus {
-    /// The swarm this node belongs to, if any.
-    pub fn cluster(&self) -> Option<&str> {
-        self.cluster_id.as_deref().filter(|c| !c.trim().is_empty())
-    }
-
-    pub fn is_manager(&self) -> bool {
-        self.role.as_deref() == Some("manager")
-    }
-}
-
-/// One entry of `swarm-node nodes --json`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SwarmNode {
-    #[serde(default)]
-    pub id: String,
-    #[serde(default)]
-    pub hostname: String,
-    #[serde(default)]
-    pub role: String,
-    #[serde(default)]
-    pub status: String,
-    #[serde(default)]
-    pub availability: String,
-    #[serde(default)]
-    pub manager_status: String,
-}
-
-impl SwarmNode {
-    pub fn is_ready(&self) -> bool {
-        self.status.eq_ignore_ascii_case("ready")
-    }
-}
-
 /// The client certificate `swarm-node client-cert` prints, for the docker CLI.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientCert {
@@ -738,14 +690,9 @@ fn swarm_node(args: &str) -> String {
     format!("{SWARM_NODE_BINARY} {args}")
 }
 
-const ALREADY_IN_SWARM: &str = "already part of a swarm";
-
 /// Asks the local daemon for its status. `Err` says why there is none: the daemon is
-/// not up, or the connection failed.
-pub async fn swarm_status(
-    shell: &dyn RemoteShell,
-    timeout: Duration,
-) -> Result<NodeStatus, String> {
+/// not up, the connection failed, or it speaks another contract version.
+pub async fn swarm_status(shell: &dyn RemoteShell, timeout: Duration) -> Result<Status, String> {
     let out = shell
         .run(&swarm_node("status --json"), timeout)
         .await
@@ -753,8 +700,13 @@ pub async fn swarm_status(
     if !out.success() {
         return Err(format!("swarm-node status: {}", out.failure_summary()));
     }
-    serde_json::from_str(out.stdout.trim())
-        .map_err(|e| format!("swarm-node status printed something that is not status JSON: {e}"))
+    Status::parse(&out.stdout).map_err(|e| format!("swarm-node status: {e}"))
+}
+
+/// Whether a failed `init` or `join` failed because the node is in a swarm already: the
+/// exit code says so (`swarm_contract::Exit`).
+fn already_in_swarm(out: &crate::shell::CommandOutput) -> bool {
+    Exit::from_code(out.status) == Exit::AlreadyInSwarm
 }
 
 /// Whether `swarm_init` created the swarm or found it there.
@@ -807,7 +759,7 @@ pub async fn swarm_init(
             .await?;
             Ok(if out.success() {
                 Attempt::Done(InitOutcome::Created)
-            } else if out.mentions(ALREADY_IN_SWARM) {
+            } else if already_in_swarm(&out) {
                 Attempt::Done(InitOutcome::AlreadyInitialized)
             } else {
                 Attempt::Again(out.failure_summary())
@@ -922,7 +874,7 @@ pub async fn swarm_join(
             // The token is in the command line, never in a message.
             Ok(if out.success() {
                 Attempt::Done(JoinOutcome::Joined)
-            } else if out.mentions(ALREADY_IN_SWARM) {
+            } else if already_in_swarm(&out) {
                 Attempt::Done(JoinOutcome::AlreadyJoined)
             } else {
                 Attempt::Again(out.failure_summary().replace(token, "<token>"))
@@ -936,7 +888,7 @@ pub async fn swarm_join(
 pub async fn swarm_nodes(
     shell: &dyn RemoteShell,
     timeout: Duration,
-) -> Result<Vec<SwarmNode>, String> {
+) -> Result<Vec<NodeEntry>, String> {
     let out = shell
         .run(&swarm_node("nodes --json"), timeout)
         .await
@@ -944,8 +896,9 @@ pub async fn swarm_nodes(
     if !out.success() {
         return Err(format!("swarm-node nodes: {}", out.failure_summary()));
     }
-    serde_json::from_str(out.stdout.trim())
-        .map_err(|e| format!("swarm-node nodes printed something that is not a node list: {e}"))
+    NodeList::parse(&out.stdout)
+        .map(|list| list.nodes)
+        .map_err(|e| format!("swarm-node nodes: {e}"))
 }
 
 /// A machine whose swarm node [`wait_ready`] looks for: by node id when known, else by
@@ -956,14 +909,14 @@ pub struct ExpectedNode {
     pub node_id: Option<String>,
 }
 
-fn find_node<'a>(nodes: &'a [SwarmNode], expected: &ExpectedNode) -> Option<&'a SwarmNode> {
+fn find_node<'a>(nodes: &'a [NodeEntry], expected: &ExpectedNode) -> Option<&'a NodeEntry> {
     let by_id = expected
         .node_id
         .as_deref()
         .and_then(|id| nodes.iter().find(|n| n.id == id));
     // A machine that was replaced leaves its old, down entry under the same hostname.
     by_id.or_else(|| {
-        let same_name: Vec<&SwarmNode> = nodes
+        let same_name: Vec<&NodeEntry> = nodes
             .iter()
             .filter(|n| n.hostname == expected.machine)
             .collect();
@@ -983,7 +936,7 @@ pub async fn wait_ready(
     expected: &[ExpectedNode],
     limit: Duration,
     progress: &dyn Progress,
-) -> Result<Vec<SwarmNode>, BootstrapError> {
+) -> Result<Vec<NodeEntry>, BootstrapError> {
     let waiting_for = format!(
         "waiting on {} for {} node(s) to be ready",
         manager.name,
@@ -1005,15 +958,7 @@ pub async fn wait_ready(
             for e in expected {
                 match find_node(&nodes, e) {
                     Some(n) if n.is_ready() => found.push(n.clone()),
-                    Some(n) => pending.push(format!(
-                        "{} ({})",
-                        e.machine,
-                        if n.status.is_empty() {
-                            "no status"
-                        } else {
-                            &n.status
-                        }
-                    )),
+                    Some(n) => pending.push(format!("{} ({})", e.machine, n.state.as_str())),
                     None => pending.push(format!("{} (not in the node list)", e.machine)),
                 }
             }
@@ -1119,19 +1064,17 @@ mod tests {
 
     #[test]
     fn finds_nodes_by_id_then_ready_hostname() {
+        let entry = |id: &str, state| NodeEntry {
+            id: id.into(),
+            hostname: "c1-node2".into(),
+            role: swarm_contract::Role::Worker,
+            state,
+            availability: swarm_contract::Availability::Active,
+            manager_status: None,
+        };
         let nodes = vec![
-            SwarmNode {
-                id: "old".into(),
-                hostname: "c1-node2".into(),
-                status: "down".into(),
-                ..SwarmNode::default()
-            },
-            SwarmNode {
-                id: "new".into(),
-                hostname: "c1-node2".into(),
-                status: "ready".into(),
-                ..SwarmNode::default()
-            },
+            entry("old", swarm_contract::NodeState::Down),
+            entry("new", swarm_contract::NodeState::Ready),
         ];
         let by_name = ExpectedNode {
             machine: "c1-node2".into(),
