@@ -17,8 +17,9 @@ use crate::shell::RemoteShell;
 use crate::ssh::{Connector, SshConnector, SshOptions};
 use crate::steps::{
     self, apply_firewall, ensure_docker, firewall_path, install_service, join_tokens, probe_host,
-    push_binary, swarm_init, swarm_join, swarm_status, wait_for_ssh, wait_ready, Attempt,
-    BinaryOutcome, ClientCert, ExpectedNode, HostFacts, InitOutcome, JoinOutcome, SwarmNodeBinary,
+    push_binary, swarm_init, swarm_join, swarm_nodes, swarm_status, wait_for_ssh, wait_ready,
+    Attempt, BinaryOutcome, ClientCert, ExpectedNode, HostFacts, InitOutcome, JoinOutcome,
+    SwarmNodeBinary,
 };
 
 /// Where the swarm-node executable comes from.
@@ -357,6 +358,60 @@ async fn status_when_up(p: &Prepared, limit: Duration) -> Option<Status> {
     .ok()
 }
 
+/// A machine whose swarm-node still holds the state of a node the swarm has removed
+/// (`docker node rm --force`) leaves by itself within a few heartbeats, when the managers
+/// tell it. Waits for that, then counts it as outside the swarm, so that it is joined
+/// again rather than waited for as a member.
+async fn wait_out_removed(
+    prepared: &[Prepared],
+    statuses: &mut [Option<Status>],
+    limit: Duration,
+    progress: &dyn Progress,
+) -> Result<(), BootstrapError> {
+    let Some(manager) =
+        (0..prepared.len()).find(|&i| statuses[i].as_ref().is_some_and(Status::is_manager))
+    else {
+        return Ok(());
+    };
+    let Ok(nodes) = swarm_nodes(&*prepared[manager].shell, Duration::from_secs(15)).await else {
+        return Ok(());
+    };
+    let removed: Vec<(usize, String)> = statuses
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let m = s.as_ref()?.swarm.as_ref()?;
+            (!nodes.iter().any(|n| n.id == m.node_id)).then(|| (i, m.node_id.clone()))
+        })
+        .collect();
+    let waits = removed.into_iter().map(|(i, old_id)| async move {
+        let p = &prepared[i];
+        progress.machine(
+            &p.machine.name,
+            "was removed from the swarm; waiting for it to leave before joining it again",
+        );
+        let waiting_for = format!("waiting for {} to leave the swarm", p.machine.name);
+        steps::retry(&p.machine.name, Step::Status, &waiting_for, limit, |_| {
+            let old_id = old_id.clone();
+            async move {
+                Ok(
+                    match swarm_status(&*p.shell, Duration::from_secs(15)).await {
+                        Ok(s) if s.swarm.as_ref().is_some_and(|m| m.node_id == old_id) => {
+                            Attempt::Again(format!("still node {old_id}"))
+                        }
+                        _ => Attempt::Done(i),
+                    },
+                )
+            }
+        })
+        .await
+    });
+    for i in futures_util::future::try_join_all(waits).await? {
+        statuses[i] = None;
+    }
+    Ok(())
+}
+
 /// What converging has to do, decided from each machine's status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SwarmPlan {
@@ -436,7 +491,8 @@ async fn converge(
 ) -> Result<BootstrapReport, BootstrapError> {
     let d = &options.deadlines;
     let machines: Vec<Machine> = prepared.iter().map(|p| p.machine.clone()).collect();
-    let statuses = join_all(prepared.iter().map(|p| status_when_up(p, d.daemon))).await;
+    let mut statuses = join_all(prepared.iter().map(|p| status_when_up(p, d.daemon))).await;
+    wait_out_removed(prepared, &mut statuses, d.join, progress).await?;
     let plan = plan_swarm(&machines, &statuses)?;
     let leader = &prepared[plan.leader];
 
