@@ -636,16 +636,28 @@ fn reconcile_service(
                 ending = Ending::Moved;
             } else if task.node_id.is_none() {
                 // Pending: try to place it now.
-                if let Ok(node) = scheduler::place(state, load, service_id, &template) {
-                    load.add(service_id, &node);
-                    let mut t = (*task).clone();
-                    t.node_id = Some(node);
-                    t.status = Some(status(
-                        TaskState::ASSIGNED,
-                        "scheduler assigned task to node",
-                        at,
-                    ));
-                    put.insert(id, t);
+                match scheduler::place(state, load, service_id, &template) {
+                    Ok(node) => {
+                        load.add(service_id, &node);
+                        let mut t = (*task).clone();
+                        t.node_id = Some(node);
+                        t.status = Some(status(
+                            TaskState::ASSIGNED,
+                            "scheduler assigned task to node",
+                            at,
+                        ));
+                        put.insert(id, t);
+                    }
+                    // The reason changes as nodes come and go (Docker shows the latest);
+                    // written only when it changed, so a waiting task adds no entries.
+                    Err(why) if task.status.as_ref().and_then(|s| s.err.as_ref()) != Some(&why) => {
+                        let mut t = (*task).clone();
+                        let mut s = status(TaskState::PENDING, "pending task scheduling", at);
+                        s.err = Some(why);
+                        t.status = Some(s);
+                        put.insert(id, t);
+                    }
+                    Err(_) => {}
                 }
                 ending = Ending::Active;
             } else {

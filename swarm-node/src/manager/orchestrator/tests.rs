@@ -711,3 +711,54 @@ fn the_history_limit_follows_the_swarm_spec() {
     }
     assert_eq!(w.state.tasks.len(), 6);
 }
+
+#[test]
+fn a_pending_tasks_reason_follows_the_nodes() {
+    let mut w = World::new(&[], service(1, 0));
+    w.settle();
+    let reason = |w: &World| {
+        w.state.tasks["t1"]
+            .status
+            .as_ref()
+            .and_then(|s| s.err.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(reason(&w), "no suitable node");
+    let mut down = ready_node("a");
+    down.status.as_mut().unwrap().state = Some(NodeState::DOWN);
+    w.apply(Command::AddNode {
+        node: Box::new(down),
+    });
+    let mut spec = w.state.services["svc"].spec.clone().unwrap();
+    spec.task_template.as_mut().unwrap().placement = Some(swarm_state::models::TaskSpecPlacement {
+        constraints: Some(vec!["node.role==manager".into()]),
+        ..Default::default()
+    });
+    let version = swarm_state::version_of(&w.state.services["svc"].version);
+    w.apply(Command::UpdateService {
+        id: "svc".into(),
+        version,
+        spec: Box::new(spec),
+        at: "t".into(),
+    });
+    w.apply(Command::AddNode {
+        node: Box::new(ready_node("b")),
+    });
+    w.settle();
+    let pending: Vec<String> = w
+        .state
+        .tasks
+        .values()
+        .filter(|t| t.node_id.is_none())
+        .filter_map(|t| t.status.as_ref()?.err.clone())
+        .collect();
+    assert!(
+        pending
+            .iter()
+            .all(|r| r.contains("scheduling constraints not satisfied on 1 node")),
+        "{pending:?}"
+    );
+    // Settled: asking again writes nothing.
+    let plan = reconcile(&w.state, w.now, &mut || "x".into());
+    assert!(plan.commands.is_empty(), "{:?}", plan.commands);
+}
