@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use swarm_contract::Status;
 use swarmup_providers::{Machine, PowerState, Progress, Role};
 use swarmup_templates::{Cidr, NftablesContext, PublishedPort, ServiceContext, CONTROL_PORT};
 
@@ -16,9 +17,9 @@ use crate::shell::RemoteShell;
 use crate::ssh::{Connector, SshConnector, SshOptions};
 use crate::steps::{
     self, apply_firewall, ensure_docker, ensure_docker_context, firewall_path, install_service,
-    join_tokens, probe_host, push_binary, swarm_init, swarm_join, swarm_status, wait_for_ssh,
-    wait_ready, Attempt, BinaryOutcome, ClientCert, ExpectedNode, HostFacts, InitOutcome,
-    JoinOutcome, NodeStatus, SwarmNodeBinary,
+    join_tokens, probe_host, push_binary, swarm_init, swarm_join, swarm_nodes, swarm_status,
+    wait_for_ssh, wait_ready, Attempt, BinaryOutcome, ClientCert, ExpectedNode, HostFacts,
+    InitOutcome, JoinOutcome, SwarmNodeBinary,
 };
 
 /// `docker load` into the node's engine itself, whatever root's current docker context.
@@ -137,10 +138,10 @@ pub struct NodeReport {
     pub planned_role: Role,
     pub node_id: String,
     /// The role the swarm gives the node.
-    pub swarm_role: String,
-    pub status: String,
-    /// `leader`, `reachable` or empty for workers.
-    pub manager_status: String,
+    pub swarm_role: swarm_contract::Role,
+    pub status: swarm_contract::NodeState,
+    /// `None` for workers.
+    pub manager_status: Option<swarm_contract::ManagerStatus>,
     /// What this run changed on the machine, e.g. "uploaded swarm-node".
     pub changes: Vec<String>,
 }
@@ -338,7 +339,7 @@ async fn prepare(
 /// Status once the daemon answers; `None` when it stays silent for `limit`. swarm-node
 /// only stays up once the node is in a swarm, so on a machine that is new to swarmup
 /// there is nothing to wait for.
-async fn status_when_up(p: &Prepared, limit: Duration) -> Option<NodeStatus> {
+async fn status_when_up(p: &Prepared, limit: Duration) -> Option<Status> {
     if p.new {
         return None;
     }
@@ -361,6 +362,60 @@ async fn status_when_up(p: &Prepared, limit: Duration) -> Option<NodeStatus> {
     .ok()
 }
 
+/// A machine whose swarm-node still holds the state of a node the swarm has removed
+/// (`docker node rm --force`) leaves by itself within a few heartbeats, when the managers
+/// tell it. Waits for that, then counts it as outside the swarm, so that it is joined
+/// again rather than waited for as a member.
+async fn wait_out_removed(
+    prepared: &[Prepared],
+    statuses: &mut [Option<Status>],
+    limit: Duration,
+    progress: &dyn Progress,
+) -> Result<(), BootstrapError> {
+    let Some(manager) =
+        (0..prepared.len()).find(|&i| statuses[i].as_ref().is_some_and(Status::is_manager))
+    else {
+        return Ok(());
+    };
+    let Ok(nodes) = swarm_nodes(&*prepared[manager].shell, Duration::from_secs(15)).await else {
+        return Ok(());
+    };
+    let removed: Vec<(usize, String)> = statuses
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let m = s.as_ref()?.swarm.as_ref()?;
+            (!nodes.iter().any(|n| n.id == m.node_id)).then(|| (i, m.node_id.clone()))
+        })
+        .collect();
+    let waits = removed.into_iter().map(|(i, old_id)| async move {
+        let p = &prepared[i];
+        progress.machine(
+            &p.machine.name,
+            "was removed from the swarm; waiting for it to leave before joining it again",
+        );
+        let waiting_for = format!("waiting for {} to leave the swarm", p.machine.name);
+        steps::retry(&p.machine.name, Step::Status, &waiting_for, limit, |_| {
+            let old_id = old_id.clone();
+            async move {
+                Ok(
+                    match swarm_status(&*p.shell, Duration::from_secs(15)).await {
+                        Ok(s) if s.swarm.as_ref().is_some_and(|m| m.node_id == old_id) => {
+                            Attempt::Again(format!("still node {old_id}"))
+                        }
+                        _ => Attempt::Done(i),
+                    },
+                )
+            }
+        })
+        .await
+    });
+    for i in futures_util::future::try_join_all(waits).await? {
+        statuses[i] = None;
+    }
+    Ok(())
+}
+
 /// What converging has to do, decided from each machine's status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SwarmPlan {
@@ -374,15 +429,15 @@ pub(crate) struct SwarmPlan {
 
 pub(crate) fn plan_swarm(
     machines: &[Machine],
-    statuses: &[Option<NodeStatus>],
+    statuses: &[Option<Status>],
 ) -> Result<SwarmPlan, BootstrapError> {
     let mut clusters: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (m, s) in machines.iter().zip(statuses) {
-        if let Some(c) = s.as_ref().and_then(NodeStatus::cluster) {
+        if let Some(c) = s.as_ref().and_then(Status::cluster_id) {
             clusters.entry(c).or_default().push(&m.name);
         }
     }
-    let in_cluster = |i: usize| statuses[i].as_ref().and_then(NodeStatus::cluster);
+    let in_cluster = |i: usize| statuses[i].as_ref().and_then(Status::cluster_id);
     match clusters.len() {
         0 => {
             let leader = machines
@@ -402,7 +457,7 @@ pub(crate) fn plan_swarm(
                 .find(|&i| {
                     machines[i].role == Role::Manager
                         && in_cluster(i) == Some(cluster)
-                        && statuses[i].as_ref().is_some_and(NodeStatus::is_manager)
+                        && statuses[i].as_ref().is_some_and(Status::is_manager)
                 })
                 .ok_or_else(|| {
                     let verb = if members.len() == 1 { "is" } else { "are" };
@@ -440,18 +495,19 @@ async fn converge(
 ) -> Result<BootstrapReport, BootstrapError> {
     let d = &options.deadlines;
     let machines: Vec<Machine> = prepared.iter().map(|p| p.machine.clone()).collect();
-    let statuses = join_all(prepared.iter().map(|p| status_when_up(p, d.daemon))).await;
+    let mut statuses = join_all(prepared.iter().map(|p| status_when_up(p, d.daemon))).await;
+    wait_out_removed(prepared, &mut statuses, d.join, progress).await?;
     let plan = plan_swarm(&machines, &statuses)?;
     let leader = &prepared[plan.leader];
 
     for (i, status) in statuses.iter().enumerate() {
         let Some(status) = status else { continue };
-        if status.cluster().is_none() {
+        if status.cluster_id().is_none() {
             continue;
         }
         let m = &machines[i];
         progress.machine(&m.name, "already part of the swarm");
-        let swarm_role = status.role.as_deref().unwrap_or("");
+        let swarm_role = status.role().map_or("", |r| r.as_str());
         if !swarm_role.is_empty() && swarm_role != m.role.to_string() {
             progress.machine(
                 &m.name,
@@ -555,7 +611,8 @@ async fn converge(
             machine: m.name.clone(),
             node_id: s
                 .as_ref()
-                .and_then(|s| s.node_id.clone())
+                .and_then(|s| s.swarm.as_ref())
+                .map(|m| m.node_id.clone())
                 .filter(|id| !id.is_empty()),
         })
         .collect();
@@ -570,7 +627,7 @@ async fn converge(
 
     let cluster_id = after[plan.leader]
         .as_ref()
-        .and_then(|s| s.cluster().map(str::to_string))
+        .and_then(|s| s.cluster_id().map(str::to_string))
         .or(plan.cluster_id.clone())
         .unwrap_or_default();
     let mut reports = Vec::with_capacity(prepared.len());
@@ -588,7 +645,7 @@ async fn converge(
             planned_role: p.machine.role,
             node_id: node.id,
             swarm_role: node.role,
-            status: node.status,
+            status: node.state,
             manager_status: node.manager_status,
             changes,
         });

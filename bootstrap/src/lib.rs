@@ -29,7 +29,8 @@ pub use error::{BootstrapError, Step};
 pub use fake::{FakeConnector, FakeShell};
 pub use shell::{quote, upload_script, CommandOutput, RemoteShell, ShellError};
 pub use ssh::{ssh_argv, ssh_target, Connector, SshConnector, SshOptions, SshShell};
-pub use steps::{BinaryOutcome, ClientCert, HostFacts, NodeStatus, SwarmNode, SwarmNodeBinary};
+pub use steps::{BinaryOutcome, ClientCert, HostFacts, SwarmNodeBinary};
+pub use swarm_contract;
 pub use swarmup_templates::{Cidr, Protocol, PublishedPort};
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use swarm_contract::{Exit, NodeEntry, NodeList, Status};
 use swarmup_providers::{Machine, Progress};
 use swarmup_templates::{Cidr, SWARM_NODE_BINARY};
 use tokio::time::Instant;
@@ -728,55 +729,6 @@ pub async fn apply_firewall(
 // ---------------------------------------------------------------------------------------
 // swarm
 
-/// What `swarm-node status --json` prints.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct NodeStatus {
-    #[serde(default)]
-    pub node_id: Option<String>,
-    #[serde(default)]
-    pub role: Option<String>,
-    #[serde(default)]
-    pub cluster_id: Option<String>,
-    #[serde(default)]
-    pub state: Option<String>,
-    #[serde(default)]
-    pub managers: serde_json::Value,
-}
-
-impl NodeStatus {
-    /// The swarm this node belongs to, if any.
-    pub fn cluster(&self) -> Option<&str> {
-        self.cluster_id.as_deref().filter(|c| !c.trim().is_empty())
-    }
-
-    pub fn is_manager(&self) -> bool {
-        self.role.as_deref() == Some("manager")
-    }
-}
-
-/// One entry of `swarm-node nodes --json`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SwarmNode {
-    #[serde(default)]
-    pub id: String,
-    #[serde(default)]
-    pub hostname: String,
-    #[serde(default)]
-    pub role: String,
-    #[serde(default)]
-    pub status: String,
-    #[serde(default)]
-    pub availability: String,
-    #[serde(default)]
-    pub manager_status: String,
-}
-
-impl SwarmNode {
-    pub fn is_ready(&self) -> bool {
-        self.status.eq_ignore_ascii_case("ready")
-    }
-}
-
 /// The client certificate `swarm-node client-cert` prints, for the docker CLI.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientCert {
@@ -798,14 +750,9 @@ fn swarm_node(args: &str) -> String {
     format!("{SWARM_NODE_BINARY} {args}")
 }
 
-const ALREADY_IN_SWARM: &str = "already part of a swarm";
-
 /// Asks the local daemon for its status. `Err` says why there is none: the daemon is
-/// not up, or the connection failed.
-pub async fn swarm_status(
-    shell: &dyn RemoteShell,
-    timeout: Duration,
-) -> Result<NodeStatus, String> {
+/// not up, the connection failed, or it speaks another contract version.
+pub async fn swarm_status(shell: &dyn RemoteShell, timeout: Duration) -> Result<Status, String> {
     let out = shell
         .run(&swarm_node("status --json"), timeout)
         .await
@@ -813,8 +760,13 @@ pub async fn swarm_status(
     if !out.success() {
         return Err(format!("swarm-node status: {}", out.failure_summary()));
     }
-    serde_json::from_str(out.stdout.trim())
-        .map_err(|e| format!("swarm-node status printed something that is not status JSON: {e}"))
+    Status::parse(&out.stdout).map_err(|e| format!("swarm-node status: {e}"))
+}
+
+/// Whether a failed `init` or `join` failed because the node is in a swarm already: the
+/// exit code says so (`swarm_contract::Exit`).
+fn already_in_swarm(out: &crate::shell::CommandOutput) -> bool {
+    Exit::from_code(out.status) == Exit::AlreadyInSwarm
 }
 
 /// Whether `swarm_init` created the swarm or found it there.
@@ -824,11 +776,12 @@ pub enum InitOutcome {
     AlreadyInitialized,
 }
 
-/// When swarmup reaches a machine on another address than the one the swarm advertises
-/// (a droplet's public address), the node's certificate must name it too, so the docker
-/// CLI can verify the manager it talks to from outside the private network.
+/// When swarmup reaches a manager on another address than the one the swarm advertises
+/// (a droplet's public address), the manager's certificate must name it too, so the
+/// docker CLI can verify the manager it talks to from outside the private network. Only
+/// managers may ask for it: the CA refuses extra addresses to workers, which serve no one.
 fn cert_san_flag(machine: &Machine, advertise: IpAddr) -> String {
-    if machine.ssh.host == advertise {
+    if machine.role != swarmup_providers::Role::Manager || machine.ssh.host == advertise {
         String::new()
     } else {
         format!(" --cert-san {}", machine.ssh.host)
@@ -866,7 +819,7 @@ pub async fn swarm_init(
             .await?;
             Ok(if out.success() {
                 Attempt::Done(InitOutcome::Created)
-            } else if out.mentions(ALREADY_IN_SWARM) {
+            } else if already_in_swarm(&out) {
                 Attempt::Done(InitOutcome::AlreadyInitialized)
             } else {
                 Attempt::Again(out.failure_summary())
@@ -981,7 +934,7 @@ pub async fn swarm_join(
             // The token is in the command line, never in a message.
             Ok(if out.success() {
                 Attempt::Done(JoinOutcome::Joined)
-            } else if out.mentions(ALREADY_IN_SWARM) {
+            } else if already_in_swarm(&out) {
                 Attempt::Done(JoinOutcome::AlreadyJoined)
             } else {
                 Attempt::Again(out.failure_summary().replace(token, "<token>"))
@@ -995,7 +948,7 @@ pub async fn swarm_join(
 pub async fn swarm_nodes(
     shell: &dyn RemoteShell,
     timeout: Duration,
-) -> Result<Vec<SwarmNode>, String> {
+) -> Result<Vec<NodeEntry>, String> {
     let out = shell
         .run(&swarm_node("nodes --json"), timeout)
         .await
@@ -1003,8 +956,9 @@ pub async fn swarm_nodes(
     if !out.success() {
         return Err(format!("swarm-node nodes: {}", out.failure_summary()));
     }
-    serde_json::from_str(out.stdout.trim())
-        .map_err(|e| format!("swarm-node nodes printed something that is not a node list: {e}"))
+    NodeList::parse(&out.stdout)
+        .map(|list| list.nodes)
+        .map_err(|e| format!("swarm-node nodes: {e}"))
 }
 
 /// A machine whose swarm node [`wait_ready`] looks for: by node id when known, else by
@@ -1015,14 +969,14 @@ pub struct ExpectedNode {
     pub node_id: Option<String>,
 }
 
-fn find_node<'a>(nodes: &'a [SwarmNode], expected: &ExpectedNode) -> Option<&'a SwarmNode> {
+fn find_node<'a>(nodes: &'a [NodeEntry], expected: &ExpectedNode) -> Option<&'a NodeEntry> {
     let by_id = expected
         .node_id
         .as_deref()
         .and_then(|id| nodes.iter().find(|n| n.id == id));
     // A machine that was replaced leaves its old, down entry under the same hostname.
     by_id.or_else(|| {
-        let same_name: Vec<&SwarmNode> = nodes
+        let same_name: Vec<&NodeEntry> = nodes
             .iter()
             .filter(|n| n.hostname == expected.machine)
             .collect();
@@ -1042,7 +996,7 @@ pub async fn wait_ready(
     expected: &[ExpectedNode],
     limit: Duration,
     progress: &dyn Progress,
-) -> Result<Vec<SwarmNode>, BootstrapError> {
+) -> Result<Vec<NodeEntry>, BootstrapError> {
     let waiting_for = format!(
         "waiting on {} for {} node(s) to be ready",
         manager.name,
@@ -1064,15 +1018,7 @@ pub async fn wait_ready(
             for e in expected {
                 match find_node(&nodes, e) {
                     Some(n) if n.is_ready() => found.push(n.clone()),
-                    Some(n) => pending.push(format!(
-                        "{} ({})",
-                        e.machine,
-                        if n.status.is_empty() {
-                            "no status"
-                        } else {
-                            &n.status
-                        }
-                    )),
+                    Some(n) => pending.push(format!("{} ({})", e.machine, n.state.as_str())),
                     None => pending.push(format!("{} (not in the node list)", e.machine)),
                 }
             }
@@ -1116,6 +1062,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_managers_ask_for_their_public_address_in_the_certificate() {
+        let machine = |role, host: &str| Machine {
+            name: "n".into(),
+            role,
+            provider_id: "n".into(),
+            private_addr: "10.0.0.2".parse().unwrap(),
+            ssh: swarmup_providers::SshEndpoint {
+                host: host.parse().unwrap(),
+                port: 22,
+                user: "root".into(),
+            },
+            power: swarmup_providers::PowerState::Running,
+        };
+        let private: IpAddr = "10.0.0.2".parse().unwrap();
+        use swarmup_providers::Role;
+        assert_eq!(
+            cert_san_flag(&machine(Role::Manager, "203.0.113.5"), private),
+            " --cert-san 203.0.113.5"
+        );
+        assert_eq!(
+            cert_san_flag(&machine(Role::Manager, "10.0.0.2"), private),
+            ""
+        );
+        assert_eq!(
+            cert_san_flag(&machine(Role::Worker, "203.0.113.5"), private),
+            ""
+        );
+    }
+
+    #[test]
     fn elf_header_machine() {
         let mut header = vec![0u8; 64];
         header[..4].copy_from_slice(b"\x7fELF");
@@ -1148,19 +1124,17 @@ mod tests {
 
     #[test]
     fn finds_nodes_by_id_then_ready_hostname() {
+        let entry = |id: &str, state| NodeEntry {
+            id: id.into(),
+            hostname: "c1-node2".into(),
+            role: swarm_contract::Role::Worker,
+            state,
+            availability: swarm_contract::Availability::Active,
+            manager_status: None,
+        };
         let nodes = vec![
-            SwarmNode {
-                id: "old".into(),
-                hostname: "c1-node2".into(),
-                status: "down".into(),
-                ..SwarmNode::default()
-            },
-            SwarmNode {
-                id: "new".into(),
-                hostname: "c1-node2".into(),
-                status: "ready".into(),
-                ..SwarmNode::default()
-            },
+            entry("old", swarm_contract::NodeState::Down),
+            entry("new", swarm_contract::NodeState::Ready),
         ];
         let by_name = ExpectedNode {
             machine: "c1-node2".into(),

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use swarm_contract::{Exit, Membership, NodeState, Role as ContractRole, Status};
 use swarmup_providers::{Machine, NoProgress, PowerState, Progress, Role, SshEndpoint};
 
 use crate::cluster::plan_swarm;
@@ -585,7 +586,7 @@ async fn init_retries_while_the_daemon_starts_and_accepts_an_existing_swarm() {
 
     shell.on(
         "swarm-node init",
-        CommandOutput::failed(1, "Error: this node is already part of a swarm"),
+        CommandOutput::failed(3, "Error: this node is already part of a swarm"),
     );
     let outcome = swarm_init(
         &shell,
@@ -632,7 +633,7 @@ async fn join_uses_the_manager_address_and_hides_the_token() {
 
     shell.on(
         "swarm-node join",
-        CommandOutput::failed(1, "Error: this node is already part of a swarm"),
+        CommandOutput::failed(3, "Error: this node is already part of a swarm"),
     );
     let outcome = swarm_join(
         &shell,
@@ -654,8 +655,8 @@ async fn wait_ready_names_the_nodes_it_waits_for() {
     shell.on(
         "nodes --json",
         CommandOutput::ok(
-            r#"[{"id":"a","hostname":"c1-node1","role":"manager","status":"ready","availability":"active","manager_status":"leader"},
-                {"id":"b","hostname":"c1-node2","role":"worker","status":"down","availability":"active","manager_status":""}]"#,
+            r#"{"version":1,"nodes":[{"id":"a","hostname":"c1-node1","role":"manager","state":"ready","availability":"active","manager_status":"leader"},
+                {"id":"b","hostname":"c1-node2","role":"worker","state":"down","availability":"active","manager_status":null}]}"#,
         ),
     );
     let m = machine("c1-node1", Role::Manager, "10.0.0.2");
@@ -778,13 +779,20 @@ fn ssh_argv_pins_keys_without_the_user_config() {
 // ---------------------------------------------------------------------------------------
 // converge decisions
 
-fn status(cluster: Option<&str>, role: &str) -> Option<NodeStatus> {
-    Some(NodeStatus {
-        node_id: cluster.map(|_| "id".to_string()),
-        role: Some(role.to_string()),
-        cluster_id: cluster.map(str::to_string),
-        state: Some("ready".to_string()),
-        managers: serde_json::Value::Null,
+fn status(cluster: Option<&str>, role: &str) -> Option<Status> {
+    Some(Status {
+        version: swarm_contract::VERSION,
+        swarm: cluster.map(|c| Membership {
+            node_id: "id".to_string(),
+            cluster_id: c.to_string(),
+            role: if role == "manager" {
+                ContractRole::Manager
+            } else {
+                ContractRole::Worker
+            },
+            state: Some(NodeState::Ready),
+            managers: Vec::new(),
+        }),
     })
 }
 
@@ -902,13 +910,16 @@ fn simulate(connector: &FakeConnector, machines: &[Machine], swarm: &Arc<Mutex<S
             let s = s.lock().unwrap();
             let body = match s.members.get(&n) {
                 Some(role) => serde_json::json!({
-                    "node_id": format!("id-{n}"), "role": role,
-                    "cluster_id": s.cluster, "state": "ready", "managers": []
+                    "version": 1,
+                    "swarm": {
+                        "node_id": format!("id-{n}"), "role": role,
+                        "cluster_id": s.cluster, "state": "ready", "managers": []
+                    }
                 }),
                 // swarm-node only stays up in a swarm; without one its socket is gone.
                 None => {
                     return Ok(CommandOutput::failed(
-                        1,
+                        i32::from(Exit::DaemonDown.code()),
                         "Error: cannot reach swarm-node on /run/swarm-node/swarm-node.sock: \
                          No such file or directory (is `swarm-node run` running?)",
                     ))
@@ -922,7 +933,10 @@ fn simulate(connector: &FakeConnector, machines: &[Machine], swarm: &Arc<Mutex<S
             let mut s = s.lock().unwrap();
             assert!(script.contains("--advertise-addr 10.0.0."), "{script}");
             if s.members.contains_key(&n) {
-                return ok_or(false, "Error: this node is already part of a swarm");
+                return Ok(CommandOutput::failed(
+                    i32::from(Exit::AlreadyInSwarm.code()),
+                    "Error: this node is already part of a swarm",
+                ));
             }
             assert!(s.cluster.is_none(), "a second swarm was created");
             s.cluster = Some("clu-1".into());
@@ -949,7 +963,10 @@ fn simulate(connector: &FakeConnector, machines: &[Machine], swarm: &Arc<Mutex<S
         shell.on_fn("swarm-node join --token", move |script| {
             let mut s = s.lock().unwrap();
             if s.members.contains_key(&n) {
-                return ok_or(false, "Error: this node is already part of a swarm");
+                return Ok(CommandOutput::failed(
+                    i32::from(Exit::AlreadyInSwarm.code()),
+                    "Error: this node is already part of a swarm",
+                ));
             }
             assert!(script.ends_with(" 10.0.0.2:2377"), "{script}");
             let role = if script.contains(MANAGER_TOKEN) {
@@ -971,13 +988,14 @@ fn simulate(connector: &FakeConnector, machines: &[Machine], swarm: &Arc<Mutex<S
                 .map(|(n, role)| {
                     serde_json::json!({
                         "id": format!("id-{n}"), "hostname": n, "role": role,
-                        "status": if s.down.contains(n) { "down" } else { "ready" },
+                        "state": if s.down.contains(n) { "down" } else { "ready" },
                         "availability": "active",
-                        "manager_status": if role == "manager" { "reachable" } else { "" },
+                        "manager_status": if role == "manager" { Some("reachable") } else { None },
                     })
                 })
                 .collect();
-            Ok(CommandOutput::ok(serde_json::to_string(&nodes).unwrap()))
+            let list = serde_json::json!({"version": 1, "nodes": nodes});
+            Ok(CommandOutput::ok(list.to_string()))
         });
     }
 }

@@ -380,7 +380,7 @@ pub async fn create(out: &Output, args: CreateArgs) -> Result<()> {
             .map(|n| {
                 serde_json::json!({
                     "name": n.machine, "node_id": n.node_id, "role": n.swarm_role,
-                    "status": n.status, "manager_status": n.manager_status,
+                    "status": n.status, "manager_status": n.manager_status.map_or("", |m| m.as_str()),
                     "address": machines.iter().find(|m| m.name == n.machine).map(|m| m.private_addr.to_string()),
                 })
             })
@@ -407,9 +407,9 @@ pub async fn create(out: &Output, args: CreateArgs) -> Result<()> {
             vec![
                 n.machine.clone(),
                 addr,
-                n.swarm_role.clone(),
-                n.status.clone(),
-                n.manager_status.clone(),
+                n.swarm_role.to_string(),
+                n.status.as_str().to_string(),
+                n.manager_status.map_or("", |m| m.as_str()).to_string(),
             ]
         })
         .collect();

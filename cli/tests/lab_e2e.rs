@@ -364,6 +364,42 @@ fn create_again_is_idempotent_and_grows() {
         .unwrap_or_else(|| panic!("no node4: {nodes:?}"));
     assert_eq!(new.role, "worker", "{nodes:?}");
 
+    // `docker node rm --force`: the node leaves the swarm, `swarmup ls` stops counting
+    // it, and create adds it back as a new node.
+    let node4 = format!("{name}-node4");
+    let removed_id = new.id.clone();
+    cluster
+        .docker_run(&["node", "rm", "--force", &node4])
+        .expect_ok();
+    wait_for(
+        "node4 gone from the cluster",
+        Duration::from_secs(30),
+        || {
+            let nodes = cluster.try_nodes()?;
+            if nodes.iter().any(|n| n.hostname == node4) {
+                Err(format!("{nodes:?}"))
+            } else {
+                Ok(())
+            }
+        },
+    );
+    let ls: serde_json::Value =
+        serde_json::from_str(&cluster.sb().ok(&["ls", "--output", "json"])).expect("ls JSON");
+    let row = ls
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["name"] == name.as_str()))
+        .unwrap_or_else(|| panic!("{name} not listed: {ls}"));
+    assert_eq!(row["nodes"], 3, "swarmup ls counts from the cluster: {row}");
+    let readded = cluster.create(&["--nodes", "4"]);
+    check_create_report(&readded, &name, 4, 3);
+    let nodes = cluster.nodes();
+    let back = nodes
+        .iter()
+        .find(|n| n.hostname == node4)
+        .unwrap_or_else(|| panic!("node4 not re-added: {nodes:?}"));
+    assert_eq!(back.state, "ready", "{nodes:?}");
+    assert_ne!(back.id, removed_id, "re-added as a new node");
+
     let took = cluster.destroy_and_check();
     figure(&format!("{name}: destroy (4 nodes)"), took);
 }

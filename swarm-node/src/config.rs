@@ -155,6 +155,58 @@ pub async fn forget_state(state_dir: &Path) {
     }
 }
 
+/// Parses a duration as Go writes it (`2160h`, `1h30m`, `90s`, `500ms`, `2160h0m0s`),
+/// the form Docker's `--cert-expiry` takes.
+pub fn parse_go_duration(text: &str) -> Result<std::time::Duration, String> {
+    let err = || {
+        format!("invalid duration {text:?}: use a number with a unit (h, m, s, ms), for example 2160h or 1h30m")
+    };
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(err());
+    }
+    if rest == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let split = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(err)?;
+        let (number, tail) = rest.split_at(split);
+        let value: f64 = number.parse().map_err(|_| err())?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let seconds = match unit {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            "us" | "µs" => 0.000_001,
+            "ns" => 0.000_000_001,
+            _ => return Err(err()),
+        };
+        total += value * seconds;
+        rest = tail;
+    }
+    std::time::Duration::try_from_secs_f64(total).map_err(|_| err())
+}
+
+/// A duration as Go prints it (`2160h0m0s`, `1h0m0s`, `30s`), for Docker's messages.
+pub fn format_go_duration(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    if h > 0 {
+        format!("{h}h{m}m{s}s")
+    } else if m > 0 {
+        format!("{m}m{s}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
 /// Splits `IP[:PORT]` and fills the default port.
 pub fn with_default_port(addr: &str) -> String {
     if addr.parse::<std::net::SocketAddr>().is_ok() {
@@ -174,6 +226,32 @@ pub fn with_default_port(addr: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn go_durations_parse_and_print_as_docker_does() {
+        use std::time::Duration;
+        assert_eq!(
+            parse_go_duration("2160h"),
+            Ok(Duration::from_secs(2160 * 3600))
+        );
+        assert_eq!(
+            parse_go_duration("2160h0m0s"),
+            Ok(Duration::from_secs(2160 * 3600))
+        );
+        assert_eq!(parse_go_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_go_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_go_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert!(parse_go_duration("").is_err());
+        assert!(parse_go_duration("10").is_err());
+        assert!(parse_go_duration("3d").is_err());
+        assert_eq!(
+            format_go_duration(Duration::from_secs(2160 * 3600)),
+            "2160h0m0s"
+        );
+        assert_eq!(format_go_duration(Duration::from_secs(3600)), "1h0m0s");
+        assert_eq!(format_go_duration(Duration::from_secs(90)), "1m30s");
+    }
+
     use super::*;
 
     #[test]

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use swarm_pki::{Identity, NodeKey, TlsAcceptorHandle};
+use swarm_pki::{ClientIdentityHandle, Identity, NodeKey, RenewalPlan, TlsAcceptorHandle};
 use swarm_raft::ClusterRaft;
 use swarm_state::proto::{JoinResponse, RenewRequest, PREFIX};
 use tokio::sync::watch;
@@ -166,6 +166,12 @@ struct Daemon {
     config: DaemonConfig,
     ctx: Arc<NodeContext>,
     tls: TlsAcceptorHandle,
+    /// The certificate every client of this node presents (agent, peers, Raft).
+    client_identity: ClientIdentityHandle,
+    /// One renewal at a time: the schedule and role changes both renew.
+    renewing: tokio::sync::Mutex<()>,
+    /// Bumped after each renewal, so the schedule looks at the new certificate.
+    renewed: watch::Sender<u64>,
     node: tokio::sync::Mutex<NodeFile>,
     clock: SharedClock,
     shutdown: watch::Receiver<bool>,
@@ -213,6 +219,7 @@ pub async fn run_with_network(
     };
     let identity = Identity::load(&config.state_dir).await?;
     let tls = TlsAcceptorHandle::from_identity(&identity)?;
+    let client_identity = ClientIdentityHandle::new(&identity)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (leave_tx, mut leave_rx) = watch::channel(false);
     let ctx = Arc::new(NodeContext {
@@ -230,6 +237,9 @@ pub async fn run_with_network(
         config: config.clone(),
         ctx: ctx.clone(),
         tls: tls.clone(),
+        client_identity: client_identity.clone(),
+        renewing: tokio::sync::Mutex::new(()),
+        renewed: watch::channel(0).0,
         node: tokio::sync::Mutex::new(node.clone()),
         clock: Arc::new(SystemClock),
         shutdown: stop_rx.clone(),
@@ -272,7 +282,7 @@ pub async fn run_with_network(
         node_id: node.node_id.clone(),
         addr: node.advertise_addr.clone(),
         managers: node.managers.clone(),
-        client: swarm_pki::http_client(&identity)?,
+        client: client_identity.http_client()?,
         scheme: config.scheme.clone(),
         runtime: runtime.clone(),
     })
@@ -321,6 +331,8 @@ pub async fn run_with_network(
     let mut removed = agent.removed();
     let agent_task = tokio::spawn(agent.run(stopped(stop_rx.clone())));
 
+    let renewal_task = tokio::spawn(renewal_schedule(daemon.clone(), stop_rx.clone()));
+
     let role_daemon = daemon.clone();
     let mut role_stop = stop_rx.clone();
     let role_task = tokio::spawn(async move {
@@ -366,6 +378,7 @@ pub async fn run_with_network(
         let _ = dns.await;
     }
     let _ = role_task.await;
+    let _ = renewal_task.await;
     let _ = tcp_server.await;
     let _ = unix_server.await;
     daemon.stop_manager().await;
@@ -420,8 +433,9 @@ impl Daemon {
             return Ok(());
         }
         let node = self.node.lock().await.clone();
-        // Raft talks to the other managers with the manager certificate.
-        let peers = swarm_pki::http_client(identity)?;
+        // Raft talks to the other managers with the manager certificate, renewed in place.
+        self.client_identity.replace(identity)?;
+        let peers = self.client_identity.http_client()?;
         let raft = ClusterRaft::open(
             raft_options(&self.config.state_dir, &node.node_id),
             peers.clone(),
@@ -438,7 +452,10 @@ impl Daemon {
             node.node_id.clone(),
             node.advertise_addr.clone(),
             raft,
-            peers,
+            crate::manager::NodeClients {
+                peers,
+                nodes: self.client_identity.any_node_http_client()?,
+            },
             self.config.scheme.clone(),
             self.clock.clone(),
             heartbeat_ms,
@@ -500,17 +517,18 @@ impl Daemon {
         Ok(())
     }
 
+    /// Asks a manager for a fresh certificate with a new key, then serves and presents it
+    /// at once (open connections keep the old one until they close).
     async fn renew_certificate(&self) -> Result<Identity, DaemonError> {
-        let current = Identity::load(&self.config.state_dir).await?;
-        let client = swarm_pki::http_client(&current)?;
+        let _one_at_a_time = self.renewing.lock().await;
+        let client = self.client_identity.http_client()?;
         let key = NodeKey::generate()?;
-        let (managers, cert_sans) = {
-            let node = self.node.lock().await;
-            (node.managers.clone(), node.cert_sans.clone())
-        };
+        let managers = self.node.lock().await.managers.clone();
+        // The CA repeats the extra addresses it granted at join time; asking again for
+        // them is not needed.
         let request = RenewRequest {
             csr_pem: key.csr_pem()?,
-            cert_sans,
+            cert_sans: Vec::new(),
         };
         let mut last_error = String::from("no manager known");
         for manager in managers {
@@ -532,8 +550,17 @@ impl Daemon {
                         key_pem: key.key_pem.clone(),
                         ca_pem: renewed.ca_pem,
                     };
+                    identity.verify()?;
                     identity.save(&self.config.state_dir).await?;
                     self.tls.replace_identity(&identity)?;
+                    self.client_identity.replace(&identity)?;
+                    self.renewed.send_modify(|n| *n += 1);
+                    if let Ok((_, not_after)) = identity.validity() {
+                        tracing::info!(
+                            not_after = %crate::clock::rfc3339(time::OffsetDateTime::from(not_after)),
+                            "node certificate renewed"
+                        );
+                    }
                     return Ok(identity);
                 }
                 Ok(r) => last_error = format!("{manager} answered {}", r.status()),
@@ -543,6 +570,72 @@ impl Daemon {
         Err(DaemonError::Raft(format!(
             "cannot renew the node certificate: {last_error}"
         )))
+    }
+}
+
+/// Renews the node certificate at a random point of its renewal window (see
+/// [`swarm_pki::renewal_plan`]), at once if that point has passed, and again after each
+/// renewal. Failures are retried with a growing delay, never past expiry.
+async fn renewal_schedule(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
+    let mut renewed = daemon.renewed.subscribe();
+    let mut failures: u32 = 0;
+    loop {
+        renewed.borrow_and_update();
+        let identity = match Identity::load(&daemon.config.state_dir).await {
+            Ok(identity) => identity,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the node certificate to schedule its renewal");
+                return;
+            }
+        };
+        let Ok((not_before, not_after)) = identity.validity() else {
+            return;
+        };
+        let now = std::time::SystemTime::from(daemon.clock.now());
+        let wait = match swarm_pki::renewal_plan(not_before, not_after, now, rand::random()) {
+            RenewalPlan::Expired => {
+                tracing::error!(
+                    expired = %crate::clock::rfc3339(time::OffsetDateTime::from(not_after)),
+                    "the node certificate has expired: managers refuse it, so it cannot be renewed; remove this node from the swarm (`swarm-node leave`, `docker node rm` on a manager) and join it again with a join token"
+                );
+                return;
+            }
+            RenewalPlan::Now if failures == 0 => None,
+            RenewalPlan::Now => {
+                // 1 s, 2 s, 4 s … up to a minute, but never beyond expiry.
+                let backoff =
+                    Duration::from_secs(1 << failures.min(6)).min(Duration::from_secs(60));
+                Some(backoff.min(not_after.duration_since(now).unwrap_or_default()))
+            }
+            RenewalPlan::At(at) => Some(at.duration_since(now).unwrap_or_default()),
+        };
+        if let Some(wait) = wait {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                // A role change renewed meanwhile: plan from the new certificate.
+                _ = renewed.changed() => { failures = 0; continue; }
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            if let RenewalPlan::At(_) = swarm_pki::renewal_plan(
+                not_before,
+                not_after,
+                std::time::SystemTime::from(daemon.clock.now()),
+                0.0,
+            ) {
+                // Woken early (clock change): look again.
+                continue;
+            }
+        }
+        tokio::select! {
+            result = daemon.renew_certificate() => match result {
+                Ok(_) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, failures, "certificate renewal failed; retrying");
+                }
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        }
     }
 }
 

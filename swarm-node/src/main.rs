@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use swarm_contract::{Exit, Membership, NodeList, Status};
 use swarm_node::config::{
     DaemonConfig, NodeFile, DEFAULT_DOCKER_SOCKET, DEFAULT_HEARTBEAT_MS, DEFAULT_SOCKET,
     DEFAULT_STATE_DIR,
@@ -16,7 +17,8 @@ use swarm_node::setup::{self, InitOptions, JoinOptions};
 #[command(
     name = "swarm-node",
     version,
-    about = "The node daemon of a swarmup cluster"
+    about = "The node daemon of a swarmup cluster",
+    after_help = "Exit codes: 0 done; 1 failure; 2 bad usage; 3 already part of a swarm (init, join); 4 not part of a swarm; 5 the running daemon does not answer."
 )]
 struct Cli {
     /// Where the node keeps its state.
@@ -54,6 +56,9 @@ enum Command {
         /// The UDP port of overlay (VXLAN) traffic between nodes (1024-49151).
         #[arg(long, default_value_t = 4789)]
         data_path_port: u32,
+        /// Validity period for node certificates (ns|us|ms|s|m|h).
+        #[arg(long, default_value = "2160h0m0s", value_parser = swarm_node::config::parse_go_duration)]
+        cert_expiry: std::time::Duration,
     },
     /// Join a swarm as a worker or a manager, depending on the token.
     Join {
@@ -108,13 +113,15 @@ enum Command {
         /// worker or manager.
         role: String,
     },
-    /// Print what this node is, as JSON.
+    /// Print what this node is.
     Status {
+        /// Print it as the versioned JSON programs read (`swarm_contract::Status`).
         #[arg(long)]
         json: bool,
     },
     /// List the swarm's nodes (on a manager).
     Nodes {
+        /// Print them as the versioned JSON programs read (`swarm_contract::NodeList`).
         #[arg(long)]
         json: bool,
     },
@@ -124,6 +131,9 @@ enum Command {
         name: String,
     },
 }
+
+/// Set (to anything) in tests only: `init --cert-expiry` then accepts lifetimes down to 1s.
+const SHORT_CERTS_ENV: &str = "SWARM_NODE_TEST_SHORT_CERT_EXPIRY";
 
 fn parse_duration_ms(s: &str) -> Result<u64, String> {
     let err =
@@ -167,10 +177,32 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit_of(&e).code())
         }
     }
 }
+
+/// The documented exit code of a failure (`swarm_contract::Exit`), from the error's kind,
+/// never from its words.
+fn exit_of(e: &anyhow::Error) -> Exit {
+    for cause in e.chain() {
+        if let Some(setup::SetupError::AlreadyInSwarm) = cause.downcast_ref() {
+            return Exit::AlreadyInSwarm;
+        }
+        if cause.downcast_ref::<NotInSwarm>().is_some() {
+            return Exit::NotInSwarm;
+        }
+        if let Some(local::LocalError::Unreachable { .. }) = cause.downcast_ref() {
+            return Exit::DaemonDown;
+        }
+    }
+    Exit::Failure
+}
+
+/// A command that needs a swarm, on a node that is not part of one.
+#[derive(Debug, thiserror::Error)]
+#[error("this node is not part of a swarm")]
+struct NotInSwarm;
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -191,7 +223,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             default_addr_pool,
             default_addr_pool_mask_length,
             data_path_port,
+            cert_expiry,
         } => {
+            // Tests of renewal need certificates that last seconds; this variable, never
+            // shown in --help, lifts Docker's one-hour minimum.
+            let minimum = if std::env::var_os(SHORT_CERTS_ENV).is_some() {
+                std::time::Duration::from_secs(1)
+            } else {
+                setup::MIN_CERT_EXPIRY
+            };
+            setup::check_cert_expiry(cert_expiry, minimum)?;
             let outcome = setup::init(&InitOptions {
                 state_dir: cli.state_dir,
                 cert_sans,
@@ -202,6 +243,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 default_addr_pool,
                 subnet_size: default_addr_pool_mask_length,
                 data_path_port,
+                cert_expiry,
             })
             .await?;
             println!(
@@ -257,7 +299,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let node = NodeFile::load(&cli.state_dir)
                 .with_context(|| format!("cannot read {}", cli.state_dir.display()))?;
             let Some(node) = node else {
-                bail!("this node is not part of a swarm");
+                return Err(NotInSwarm.into());
             };
             if local::call(&cli.socket, "GET", "/_ping", None)
                 .await
@@ -303,7 +345,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 } else {
                     "rotateManagerToken=true"
                 };
-                local::call(&cli.socket, "POST", &format!("/swarm/update?{query}"), None).await?;
+                // As the docker CLI does: the spec it read, with the version it read.
+                let current = local::get_json(&cli.socket, "/swarm").await?;
+                let version = current["Version"]["Index"].as_u64().unwrap_or_default();
+                local::call(
+                    &cli.socket,
+                    "POST",
+                    &format!("/swarm/update?version={version}&{query}"),
+                    Some(current["Spec"].clone()),
+                )
+                .await?;
             }
             let swarm = local::get_json(&cli.socket, "/swarm").await?;
             let token = swarm["JoinTokens"][key].as_str().unwrap_or_default();
@@ -317,65 +368,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Status { json: _ } => {
-            let info = local::get_json(&cli.socket, "/info").await?;
-            let node = NodeFile::load(&cli.state_dir)?;
-            let swarm = &info["Swarm"];
-            let node_id = swarm["NodeID"].as_str().unwrap_or_default().to_string();
-            let manager = swarm["ControlAvailable"].as_bool().unwrap_or(false);
-            let state = if manager {
-                local::get_json(&cli.socket, &format!("/nodes/{node_id}"))
-                    .await
-                    .ok()
-                    .and_then(|n| n["Status"]["State"].as_str().map(str::to_string))
-                    .unwrap_or_else(|| "unknown".into())
+        Command::Status { json } => {
+            let status = node_status(&cli.socket, &cli.state_dir).await?;
+            if json {
+                println!("{}", serde_json::to_string(&status)?);
+            } else if let Some(m) = &status.swarm {
+                println!(
+                    "Node ID: {}\nRole: {}\nCluster ID: {}\nState: {}\nManagers: {}",
+                    m.node_id,
+                    m.role,
+                    m.cluster_id,
+                    m.state.map_or("unknown (ask a manager)", |s| s.as_str()),
+                    m.managers.join(", ")
+                );
             } else {
-                "active".into()
-            };
-            let status = serde_json::json!({
-                "node_id": node_id,
-                "role": if manager { "manager" } else { "worker" },
-                "cluster_id": node.as_ref().map(|n| n.cluster_id.clone()).unwrap_or_default(),
-                "state": state,
-                "managers": node.map(|n| n.managers).unwrap_or_default(),
-            });
-            println!("{status}");
+                println!("This node is not part of a swarm.");
+            }
             Ok(())
         }
         Command::Nodes { json } => {
-            let nodes = local::get_json(&cli.socket, "/nodes").await?;
-            let rows: Vec<serde_json::Value> = nodes
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|n| {
-                    let manager_status = if n["ManagerStatus"]["Leader"].as_bool() == Some(true) {
-                        "leader"
-                    } else {
-                        n["ManagerStatus"]["Reachability"].as_str().unwrap_or("")
-                    };
-                    serde_json::json!({
-                        "id": n["ID"],
-                        "hostname": n["Description"]["Hostname"],
-                        "role": n["Spec"]["Role"],
-                        "status": n["Status"]["State"],
-                        "availability": n["Spec"]["Availability"],
-                        "manager_status": manager_status,
-                    })
-                })
-                .collect();
+            let raw = local::get_json(&cli.socket, "/nodes").await?;
+            let list = NodeList {
+                version: swarm_contract::VERSION,
+                nodes: nodes::entries(&raw)?,
+            };
             if json {
-                println!("{}", serde_json::Value::Array(rows));
+                println!("{}", serde_json::to_string(&list)?);
             } else {
-                for r in rows {
+                for n in &list.nodes {
                     println!(
                         "{}\t{}\t{}\t{}\t{}",
-                        r["id"].as_str().unwrap_or_default(),
-                        r["hostname"].as_str().unwrap_or_default(),
-                        r["status"].as_str().unwrap_or_default(),
-                        r["availability"].as_str().unwrap_or_default(),
-                        r["manager_status"].as_str().unwrap_or_default()
+                        n.id,
+                        n.hostname,
+                        n.state.as_str(),
+                        n.availability.as_str(),
+                        n.manager_status.map_or("", |m| m.as_str())
                     );
                 }
             }
@@ -392,5 +419,107 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", String::from_utf8_lossy(&bytes));
             Ok(())
         }
+    }
+}
+
+/// What this node is: its identity from the state directory, its current role and state
+/// from the running daemon. Not in a swarm is an answer (`swarm: None`), not an error.
+async fn node_status(
+    socket: &std::path::Path,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<Status> {
+    let info = local::get_json(socket, "/info").await?;
+    let node = NodeFile::load(state_dir)?;
+    let swarm = &info["Swarm"];
+    let node_id = swarm["NodeID"].as_str().unwrap_or_default().to_string();
+    let (Some(node), false) = (node, node_id.is_empty()) else {
+        return Ok(Status {
+            version: swarm_contract::VERSION,
+            swarm: None,
+        });
+    };
+    let manager = swarm["ControlAvailable"].as_bool().unwrap_or(false);
+    let state = if manager {
+        local::get_json(socket, &format!("/nodes/{node_id}"))
+            .await
+            .ok()
+            .and_then(|n| nodes::state_of(n["Status"]["State"].as_str()?))
+    } else {
+        None
+    };
+    Ok(Status {
+        version: swarm_contract::VERSION,
+        swarm: Some(Membership {
+            node_id,
+            cluster_id: node.cluster_id,
+            role: if manager {
+                swarm_contract::Role::Manager
+            } else {
+                swarm_contract::Role::Worker
+            },
+            state,
+            managers: node.managers,
+        }),
+    })
+}
+
+/// Docker's node objects as the contract's entries, and the words back for the table.
+mod nodes {
+    use swarm_contract::{Availability, ManagerStatus, NodeEntry, NodeState, Role};
+
+    pub fn state_of(word: &str) -> Option<NodeState> {
+        Some(match word {
+            "ready" => NodeState::Ready,
+            "down" => NodeState::Down,
+            "unknown" => NodeState::Unknown,
+            "disconnected" => NodeState::Disconnected,
+            _ => return None,
+        })
+    }
+
+    /// Every node of a `/nodes` answer; a word outside Docker's is an error naming it.
+    pub fn entries(raw: &serde_json::Value) -> anyhow::Result<Vec<NodeEntry>> {
+        let bad = |what: &str, n: &serde_json::Value| {
+            anyhow::anyhow!("node {} has an unknown {what}", n["ID"])
+        };
+        let mut out = Vec::new();
+        for n in raw.as_array().into_iter().flatten() {
+            let role = match n["Spec"]["Role"].as_str() {
+                Some("manager") => Role::Manager,
+                Some("worker") => Role::Worker,
+                _ => return Err(bad("role", n)),
+            };
+            let state = n["Status"]["State"]
+                .as_str()
+                .and_then(state_of)
+                .ok_or_else(|| bad("state", n))?;
+            let availability = match n["Spec"]["Availability"].as_str() {
+                Some("active") => Availability::Active,
+                Some("pause") => Availability::Pause,
+                Some("drain") => Availability::Drain,
+                _ => return Err(bad("availability", n)),
+            };
+            let manager_status = if n["ManagerStatus"]["Leader"].as_bool() == Some(true) {
+                Some(ManagerStatus::Leader)
+            } else {
+                match n["ManagerStatus"]["Reachability"].as_str() {
+                    Some("reachable") => Some(ManagerStatus::Reachable),
+                    Some("unreachable") => Some(ManagerStatus::Unreachable),
+                    _ => None,
+                }
+            };
+            out.push(NodeEntry {
+                id: n["ID"].as_str().unwrap_or_default().to_string(),
+                hostname: n["Description"]["Hostname"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                role,
+                state,
+                availability,
+                manager_status,
+            });
+        }
+        Ok(out)
     }
 }

@@ -37,6 +37,10 @@ pub enum SetupError {
     #[error("the manager at {addr} refused to let this node join: {message}")]
     Refused { addr: String, message: String },
     #[error("{0}")]
+    CertExpiry(String),
+    #[error("{0}: set this machine's hostname to a valid one")]
+    Hostname(String),
+    #[error("{0}")]
     Network(#[from] crate::manager::networks::NetworkError),
     #[error("{what} {}: {source}", path.display())]
     Io {
@@ -62,6 +66,24 @@ pub struct InitOptions {
     pub subnet_size: u8,
     /// `--data-path-port`: the VXLAN UDP port.
     pub data_path_port: u32,
+    /// `--cert-expiry`: how long node certificates last (`CAConfig.NodeCertExpiry`),
+    /// checked with [`check_cert_expiry`].
+    pub cert_expiry: Duration,
+}
+
+/// Docker's shortest node certificate lifetime.
+pub const MIN_CERT_EXPIRY: Duration = Duration::from_secs(60 * 60);
+
+/// Refuses a `--cert-expiry` below `minimum` ([`MIN_CERT_EXPIRY`] but in tests), in
+/// Docker's words.
+pub fn check_cert_expiry(expiry: Duration, minimum: Duration) -> Result<(), SetupError> {
+    if expiry < minimum {
+        return Err(SetupError::CertExpiry(format!(
+            "minimum certificate expiry time is: {}",
+            crate::config::format_go_duration(minimum)
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +134,11 @@ pub fn this_platform() -> Platform {
 pub async fn init(options: &InitOptions) -> Result<InitOutcome, SetupError> {
     // Bad flags are refused before anything is written.
     network_defaults_of(options)?;
+    if options.cert_expiry.is_zero() {
+        return Err(SetupError::CertExpiry(
+            "the certificate expiry must be more than 0s".into(),
+        ));
+    }
     ensure_not_joined(&options.state_dir)?;
     clean_partial(&options.state_dir).await;
     match init_inner(options).await {
@@ -144,7 +171,9 @@ async fn init_inner(options: &InitOptions) -> Result<InitOutcome, SetupError> {
     let node_id = ids::object_id(rand::random());
     let ca = RootCa::generate(&cluster_id)?;
     let key = NodeKey::generate()?;
-    let cert_pem = ca.sign_node(
+    // The first node's name goes into its certificate: it must be a valid host name.
+    swarm_pki::check_hostname(&options.hostname).map_err(SetupError::Hostname)?;
+    let cert_pem = ca.sign_node_for(
         &key.csr_pem()?,
         &SignRequest {
             node_id: node_id.clone(),
@@ -155,6 +184,8 @@ async fn init_inner(options: &InitOptions) -> Result<InitOutcome, SetupError> {
                 .collect(),
             dns_sans: vec![options.hostname.clone()],
         },
+        std::time::SystemTime::now(),
+        options.cert_expiry,
     )?;
     let identity = Identity {
         cert_pem,
@@ -190,7 +221,9 @@ async fn init_inner(options: &InitOptions) -> Result<InitOutcome, SetupError> {
                 heartbeat_period: Some((options.heartbeat_ms * 1_000_000) as i64),
             }),
             ca_config: Some(SwarmSpecCaConfig {
-                node_cert_expiry: Some(swarm_pki::NODE_CERT_VALIDITY.as_nanos() as i64),
+                node_cert_expiry: Some(
+                    i64::try_from(options.cert_expiry.as_nanos()).unwrap_or(i64::MAX),
+                ),
                 ..Default::default()
             }),
             ..Default::default()
@@ -201,6 +234,7 @@ async fn init_inner(options: &InitOptions) -> Result<InitOutcome, SetupError> {
         manager_token: manager_token.clone(),
         heartbeat_period_ms: options.heartbeat_ms,
         network: network_defaults.clone(),
+        cert_sans: options.cert_sans.iter().map(|ip| ip.to_string()).collect(),
     };
     // The swarm has its ingress network from the start, as Docker's.
     let ingress = crate::manager::networks::ingress_network(

@@ -102,8 +102,8 @@ fn e1_every_error_is_docker_shaped() {
     let m = error(
         n,
         "POST",
-        "/v1.41/swarm/update?rotateWorkerToken=perhaps",
-        None,
+        "/v1.41/swarm/update?version=1&rotateWorkerToken=perhaps",
+        Some(b"{}"),
         400,
     );
     assert!(m.starts_with("invalid value for rotateWorkerToken"), "{m}");

@@ -89,6 +89,43 @@ fn swarm_ca_prints_the_trust_root() {
     assert!(err.contains("requires the `--rotate` flag"), "{err}");
 }
 
+/// `docker swarm update` applies what it accepts and refuses what swarm-node cannot
+/// change, naming it: it never prints "Swarm updated." for nothing.
+#[test]
+fn swarm_update_applies_or_refuses_each_flag() {
+    if !e2e_enabled("swarm_update_applies_or_refuses_each_flag") {
+        return;
+    }
+    let mut sandbox = Sandbox::new(&["m1"]);
+    sandbox.init("1s");
+    let m1 = &sandbox.nodes[0];
+    m1.docker_ok(&[
+        "swarm",
+        "update",
+        "--task-history-limit",
+        "2",
+        "--dispatcher-heartbeat",
+        "2s",
+        "--cert-expiry",
+        "48h",
+    ]);
+    let spec = m1.docker_ok(&[
+        "info",
+        "--format",
+        "{{.Swarm.Cluster.Spec.Orchestration.TaskHistoryRetentionLimit}} {{.Swarm.Cluster.Spec.Dispatcher.HeartbeatPeriod}} {{.Swarm.Cluster.Spec.CAConfig.NodeCertExpiry}}",
+    ]);
+    assert_eq!(spec.trim(), "2 2s 48h0m0s");
+    let err = m1.docker_err(&["swarm", "update", "--snapshot-interval", "500"]);
+    assert!(err.contains("Raft.SnapshotInterval"), "{err}");
+    let err = m1.docker_err(&["swarm", "update", "--autolock"]);
+    assert!(err.contains("autolock is not supported yet"), "{err}");
+    let err = m1.docker_err(&["swarm", "update", "--cert-expiry", "10m"]);
+    assert!(
+        err.contains("minimum certificate expiry time is: 1h0m0s"),
+        "{err}"
+    );
+}
+
 /// `--hostname "{{.Node.Hostname}}-{{.Task.Slot}}"`, `-e` and `--mount` with Docker's
 /// templates are expanded on the node; a placeholder swarm-node does not know rejects the
 /// task with a message naming it (`docker service ps --no-trunc`).
@@ -826,4 +863,96 @@ fn service_logs_come_from_every_node_and_follow_new_tasks() {
     let first = task.lines().next().unwrap();
     let one = m1.docker_ok(&["service", "logs", first]);
     assert_eq!(one.lines().count(), 1, "{one}");
+}
+
+/// Figure: how long a line takes from the engine (its log timestamp, taken as the
+/// container writes) to the docker CLI following `docker service logs -f` on a manager,
+/// for tasks on the manager itself and on a worker (pulled over the nodes' mutual TLS).
+#[test]
+fn service_logs_follow_latency_figure() {
+    if !e2e_enabled("service_logs_follow_latency_figure") {
+        return;
+    }
+    ensure_image();
+    let mut sandbox = Sandbox::new(&["m1", "w1"]);
+    sandbox.init("1s");
+    sandbox.join(1, "worker");
+    let m1 = &sandbox.nodes[0];
+    wait_for("two nodes", Duration::from_secs(30), || {
+        m1.docker_ok(&["node", "ls", "-q"]).lines().count() == 2
+    });
+    m1.docker_ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "tick",
+        "--replicas",
+        "2",
+        "--replicas-max-per-node",
+        "1",
+        IMAGE,
+        "sh",
+        "-c",
+        "i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.1; done",
+    ]);
+    wait_for("tick 2/2", Duration::from_secs(60), || {
+        m1.docker_ok(&["service", "ls", "--format", "{{.Replicas}}"])
+            .starts_with("2/2")
+    });
+    let mut follow = std::process::Command::new(docker_cli())
+        .arg("-H")
+        .arg(format!("unix://{}", m1.socket().display()))
+        .args([
+            "service",
+            "logs",
+            "--follow",
+            "--tail",
+            "0",
+            "--timestamps",
+            "--raw",
+            "tick",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<(String, time::OffsetDateTime)>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send((line, time::OffsetDateTime::now_utc())).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut latencies = Vec::new();
+    while latencies.len() < 200 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok((line, seen)) = rx.recv_timeout(left) else {
+            break;
+        };
+        let stamp = line.split_whitespace().next().unwrap_or_default();
+        if let Ok(at) =
+            time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339)
+        {
+            latencies.push((seen - at).as_seconds_f64() * 1000.0);
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(latencies.len() >= 50, "lines followed: {}", latencies.len());
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    println!(
+        "figure: service logs -f latency over {} lines from 2 nodes: median {:.1} ms, p95 {:.1} ms, max {:.1} ms",
+        latencies.len(),
+        at(0.5),
+        at(0.95),
+        at(1.0)
+    );
 }

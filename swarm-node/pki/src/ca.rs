@@ -162,6 +162,23 @@ impl RootCa {
         request: &SignRequest,
         now: SystemTime,
     ) -> Result<String, PkiError> {
+        self.sign_node_for(csr_pem, request, now, NODE_CERT_VALIDITY)
+    }
+
+    /// As [`RootCa::sign_node_at`], valid for `validity` (the cluster's
+    /// `CAConfig.NodeCertExpiry`).
+    pub fn sign_node_for(
+        &self,
+        csr_pem: &str,
+        request: &SignRequest,
+        now: SystemTime,
+        validity: Duration,
+    ) -> Result<String, PkiError> {
+        if validity.is_zero() {
+            return Err(PkiError::InvalidRequest(
+                "a node certificate must be valid for more than 0 s".into(),
+            ));
+        }
         check_name("node id", &request.node_id)?;
         check_name("cluster id", &request.cluster_id)?;
         if request.role == Role::Admin {
@@ -184,7 +201,7 @@ impl RootCa {
         ];
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial());
-        set_validity(&mut params, now, NODE_CERT_VALIDITY);
+        set_validity(&mut params, now, validity);
 
         let issuer = self.issuer()?;
         let cert = params
@@ -329,6 +346,11 @@ fn node_sans(request: &SignRequest) -> Result<Vec<SanType>, PkiError> {
         if name.is_empty() {
             continue;
         }
+        check_hostname(&name).map_err(PkiError::InvalidRequest)?;
+        // A node named like a role must not carry the other role's name.
+        if Role::from_ou(&name).is_some() {
+            continue;
+        }
         if !names.contains(&name) {
             names.push(name);
         }
@@ -346,8 +368,45 @@ fn node_sans(request: &SignRequest) -> Result<Vec<SanType>, PkiError> {
     Ok(sans)
 }
 
+/// Checks a host name as RFC 1123 has it: dot-separated labels of ASCII letters, digits
+/// and hyphens, none starting or ending with a hyphen, at most 63 characters each and
+/// 253 in all. No wildcard, no path, no empty name.
+pub fn check_hostname(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the hostname is empty".into());
+    }
+    if name.len() > 253 {
+        return Err(format!(
+            "the hostname is {} characters long: at most 253 are allowed",
+            name.len()
+        ));
+    }
+    for label in name.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(format!(
+                "invalid hostname {name:?}: use labels of letters, digits and '-' (not at either end), at most 63 characters each, separated by dots (RFC 1123)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// How far back a certificate starts: an hour, as in SwarmKit, but never more than a
+/// tenth of its lifetime, so a short-lived certificate's renewal window (a share of
+/// notBefore..notAfter) is not mostly in the past.
+fn backdate(validity: Duration) -> Duration {
+    BACKDATE.min(validity / 10)
+}
+
 fn set_validity(params: &mut CertificateParams, now: SystemTime, validity: Duration) {
-    let start = now.checked_sub(BACKDATE).unwrap_or(now);
+    let start = now.checked_sub(backdate(validity)).unwrap_or(now);
     params.not_before = OffsetDateTime::from(start);
     params.not_after = OffsetDateTime::from(now + validity);
 }

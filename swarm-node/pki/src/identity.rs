@@ -162,6 +162,40 @@ pub fn certificate_validity(cert_pem: &str) -> Result<(SystemTime, SystemTime), 
     ))
 }
 
+/// What a node should do about its certificate now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenewalPlan {
+    /// Nothing until then: the chosen point of the renewal window.
+    At(SystemTime),
+    /// The chosen point has passed (for instance while the node was down): renew now.
+    Now,
+    /// Past notAfter: no manager accepts the certificate any more, so it cannot renew
+    /// over mutual TLS; the node must join again.
+    Expired,
+}
+
+/// When to renew a certificate valid from `not_before` to `not_after`: at a point between
+/// 50 % and 80 % of its lifetime, as SwarmKit does, chosen by `fraction` (0.0 to 1.0,
+/// random per certificate so that nodes do not all renew together).
+pub fn renewal_plan(
+    not_before: SystemTime,
+    not_after: SystemTime,
+    now: SystemTime,
+    fraction: f64,
+) -> RenewalPlan {
+    if now >= not_after {
+        return RenewalPlan::Expired;
+    }
+    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+    let share = 0.5 + 0.3 * fraction.clamp(0.0, 1.0);
+    let at = not_before + lifetime.mul_f64(share);
+    if now >= at {
+        RenewalPlan::Now
+    } else {
+        RenewalPlan::At(at)
+    }
+}
+
 fn to_system_time(unix: i64) -> SystemTime {
     if unix >= 0 {
         UNIX_EPOCH + Duration::from_secs(unix.unsigned_abs())
@@ -321,4 +355,73 @@ async fn write_atomic(dir: &Path, name: &str, content: &str, mode: u32) -> Resul
         let _ = tokio::fs::remove_file(&temp).await;
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn renews_between_half_and_four_fifths_of_the_lifetime() {
+        assert_eq!(
+            renewal_plan(t(0), t(100), t(10), 0.0),
+            RenewalPlan::At(t(50))
+        );
+        assert_eq!(
+            renewal_plan(t(0), t(100), t(10), 1.0),
+            RenewalPlan::At(t(80))
+        );
+        assert_eq!(
+            renewal_plan(t(0), t(100), t(10), 0.5),
+            RenewalPlan::At(t(65))
+        );
+        // Out-of-range fractions stay in the window.
+        assert_eq!(
+            renewal_plan(t(0), t(100), t(10), 7.0),
+            RenewalPlan::At(t(80))
+        );
+        assert_eq!(
+            renewal_plan(t(0), t(100), t(10), -1.0),
+            RenewalPlan::At(t(50))
+        );
+    }
+
+    #[test]
+    fn past_the_chosen_point_renews_at_once() {
+        assert_eq!(renewal_plan(t(0), t(100), t(50), 0.0), RenewalPlan::Now);
+        assert_eq!(renewal_plan(t(0), t(100), t(99), 1.0), RenewalPlan::Now);
+        assert_eq!(
+            renewal_plan(t(0), t(100), t(79), 1.0),
+            RenewalPlan::At(t(80))
+        );
+    }
+
+    #[test]
+    fn an_expired_certificate_cannot_renew() {
+        assert_eq!(
+            renewal_plan(t(0), t(100), t(100), 0.3),
+            RenewalPlan::Expired
+        );
+        assert_eq!(
+            renewal_plan(t(0), t(100), t(5000), 0.3),
+            RenewalPlan::Expired
+        );
+    }
+
+    #[test]
+    fn ninety_day_certificates_renew_after_45_days() {
+        let day = 24 * 60 * 60;
+        assert_eq!(
+            renewal_plan(t(0), t(90 * day), t(day), 0.0),
+            RenewalPlan::At(t(45 * day))
+        );
+        assert_eq!(
+            renewal_plan(t(0), t(90 * day), t(day), 1.0),
+            RenewalPlan::At(t(72 * day))
+        );
+    }
 }

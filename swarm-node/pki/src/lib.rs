@@ -18,17 +18,20 @@ mod serve;
 mod tls;
 mod token;
 
-pub use ca::{NodeKey, RootCa, SignRequest, ADMIN_CERT_VALIDITY, CA_VALIDITY, NODE_CERT_VALIDITY};
+pub use ca::{
+    check_hostname, NodeKey, RootCa, SignRequest, ADMIN_CERT_VALIDITY, CA_VALIDITY,
+    NODE_CERT_VALIDITY,
+};
 pub use error::PkiError;
 pub use identity::{
-    certificate_validity, Identity, PeerIdentity, Role, CA_CERT_FILE, CERTIFICATES_DIR,
-    LOCAL_ADMIN_NAME, NODE_CERT_FILE, NODE_KEY_FILE, OU_ADMIN,
+    certificate_validity, renewal_plan, Identity, PeerIdentity, RenewalPlan, Role, CA_CERT_FILE,
+    CERTIFICATES_DIR, LOCAL_ADMIN_NAME, NODE_CERT_FILE, NODE_KEY_FILE, OU_ADMIN,
 };
 pub use serve::{
     serve_tls, serve_tls_with, serve_unix, serve_unix_with, Origin, Peer, ServeOptions,
 };
 pub use tls::{
     bootstrap_client, ca_digest, client_config, crypto_provider, fetch_ca_pinned, http_client,
-    server_config, TlsAcceptorHandle, CA_PATH,
+    server_config, ClientIdentityHandle, TlsAcceptorHandle, CA_PATH,
 };
 pub use token::{tokens_match, JoinToken, ParsedToken};

@@ -5,12 +5,15 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
 use crate::ca::der_digest;
+use crate::identity::{PeerIdentity, Role};
 use crate::token::tokens_match;
 use crate::{pem, Identity, ParsedToken, PkiError};
 
@@ -95,22 +98,195 @@ pub fn server_config(identity: &Identity) -> Result<Arc<ServerConfig>, PkiError>
     Ok(Arc::new(config))
 }
 
-fn client_config_inner(identity: &Identity) -> Result<ClientConfig, PkiError> {
+fn certified_key(identity: &Identity) -> Result<Arc<CertifiedKey>, PkiError> {
     let (chain, key) = chain_and_key(identity)?;
-    let mut config = ClientConfig::builder_with_provider(crypto_provider())
-        .with_safe_default_protocol_versions()
-        .map_err(tls_error)?
-        .with_root_certificates(root_store(&identity.ca_pem)?)
-        .with_client_auth_cert(chain, key)
+    let signing_key = crypto_provider()
+        .key_provider
+        .load_private_key(key)
         .map_err(tls_error)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    Ok(Arc::new(CertifiedKey::new(chain, signing_key)))
 }
 
-/// A client configuration that trusts only the root CA and presents the node
-/// certificate.
+/// The node certificate a client presents, replaceable while clients built on it keep
+/// their connection pools: each new handshake asks the resolver, so a renewal reaches
+/// every client at once without rebuilding any of them.
+#[derive(Debug)]
+struct SwappableClientCert {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ResolvesClientCert for SwappableClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .clone(),
+        )
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Checks the server's certificate against the root CA as usual, then requires the
+/// manager role in it: only managers serve other nodes, so a worker certificate, valid
+/// as it is, must never pass for a manager (for instance one naming a manager's address).
+#[derive(Debug)]
+struct ManagerOnlyVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+}
+
+impl ManagerOnlyVerifier {
+    fn new(ca_pem: &str) -> Result<Arc<ManagerOnlyVerifier>, PkiError> {
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(root_store(ca_pem)?, crypto_provider())
+                .build()
+                .map_err(tls_error)?;
+        Ok(Arc::new(ManagerOnlyVerifier { inner }))
+    }
+}
+
+/// Whether a verified server certificate may serve node-to-node calls: only a manager's.
+pub(crate) fn require_manager_certificate(der: &[u8]) -> Result<(), String> {
+    match PeerIdentity::from_der(der) {
+        Ok(peer) if peer.role == Role::Manager => Ok(()),
+        Ok(peer) => Err(format!(
+            "the server's certificate is for a {} ({}), not a manager",
+            peer.role, peer.node_id
+        )),
+        Err(e) => Err(format!("the server's certificate names no role: {e}")),
+    }
+}
+
+impl ServerCertVerifier for ManagerOnlyVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        require_manager_certificate(end_entity).map_err(rustls::Error::General)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A node's client identity, shared by every HTTP client built from it (worker agent,
+/// manager peers, Raft transport): [`ClientIdentityHandle::replace`] after a renewal and
+/// their next handshakes present the new certificate; open connections keep theirs.
+#[derive(Clone)]
+pub struct ClientIdentityHandle {
+    resolver: Arc<SwappableClientCert>,
+    verifier: Arc<ManagerOnlyVerifier>,
+}
+
+impl std::fmt::Debug for ClientIdentityHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentityHandle")
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientIdentityHandle {
+    pub fn new(identity: &Identity) -> Result<ClientIdentityHandle, PkiError> {
+        Ok(ClientIdentityHandle {
+            resolver: Arc::new(SwappableClientCert {
+                current: RwLock::new(certified_key(identity)?),
+            }),
+            verifier: ManagerOnlyVerifier::new(&identity.ca_pem)?,
+        })
+    }
+
+    /// Presents `identity`'s certificate from now on; on error the old one stays. The
+    /// root CA stays the one the handle was made with.
+    pub fn replace(&self, identity: &Identity) -> Result<(), PkiError> {
+        let key = certified_key(identity)?;
+        *self
+            .resolver
+            .current
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) = key;
+        Ok(())
+    }
+
+    /// The client configuration: the root CA as the only trust anchor, managers only as
+    /// servers, and the current node certificate.
+    pub fn client_config(&self) -> Result<Arc<ClientConfig>, PkiError> {
+        let mut config = ClientConfig::builder_with_provider(crypto_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(tls_error)?
+            .dangerous()
+            .with_custom_certificate_verifier(self.verifier.clone())
+            .with_client_cert_resolver(self.resolver.clone());
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// As [`http_client`], following this handle's certificate.
+    pub fn http_client(&self) -> Result<reqwest::Client, PkiError> {
+        client_builder((*self.client_config()?).clone())
+            .build()
+            .map_err(|e| PkiError::HttpClient(e.to_string()))
+    }
+
+    /// A client for the one call a manager makes to a node that may be a worker (a
+    /// task's log on the node that runs it): the server's certificate must come from the
+    /// root CA and name the address dialled, but may carry either role. What the manager
+    /// asks for is checked by the worker, which serves it only to known managers.
+    pub fn any_node_http_client(&self) -> Result<reqwest::Client, PkiError> {
+        let mut config = ClientConfig::builder_with_provider(crypto_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(tls_error)?
+            .dangerous()
+            .with_custom_certificate_verifier(self.verifier.inner.clone())
+            .with_client_cert_resolver(self.resolver.clone());
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        client_builder(config)
+            .build()
+            .map_err(|e| PkiError::HttpClient(e.to_string()))
+    }
+}
+
+/// A client configuration that trusts only the root CA, accepts only managers as
+/// servers and presents the node certificate.
 pub fn client_config(identity: &Identity) -> Result<Arc<ClientConfig>, PkiError> {
-    client_config_inner(identity).map(Arc::new)
+    ClientIdentityHandle::new(identity)?.client_config()
 }
 
 fn client_builder(tls: ClientConfig) -> reqwest::ClientBuilder {
@@ -124,21 +300,22 @@ fn client_builder(tls: ClientConfig) -> reqwest::ClientBuilder {
 }
 
 /// The HTTP client a node uses to call other nodes: mutual TLS with the node
-/// certificate, the root CA as the only trust anchor, 3 s connect timeout, no proxy. It
-/// has no overall request timeout, so long polls work; set one per request.
+/// certificate, the root CA as the only trust anchor, managers only as servers, 3 s
+/// connect timeout, no proxy. It has no overall request timeout, so long polls work; set
+/// one per request. To follow renewals, build clients from a [`ClientIdentityHandle`].
 pub fn http_client(identity: &Identity) -> Result<reqwest::Client, PkiError> {
-    client_builder(client_config_inner(identity)?)
-        .build()
-        .map_err(|e| PkiError::HttpClient(e.to_string()))
+    ClientIdentityHandle::new(identity)?.http_client()
 }
 
 /// The HTTP client a joining node uses once it trusts the CA from
-/// [`fetch_ca_pinned`]: verified against that CA, no client certificate.
+/// [`fetch_ca_pinned`]: verified against that CA and required to be a manager's
+/// certificate, no client certificate.
 pub fn bootstrap_client(ca_pem: &str) -> Result<reqwest::Client, PkiError> {
     let mut config = ClientConfig::builder_with_provider(crypto_provider())
         .with_safe_default_protocol_versions()
         .map_err(tls_error)?
-        .with_root_certificates(root_store(ca_pem)?)
+        .dangerous()
+        .with_custom_certificate_verifier(ManagerOnlyVerifier::new(ca_pem)?)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     client_builder(config)

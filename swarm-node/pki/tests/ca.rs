@@ -294,3 +294,63 @@ async fn loading_a_mismatched_identity_says_why() {
         "{text}"
     );
 }
+
+#[test]
+fn hostnames_follow_rfc_1123() {
+    for good in ["node-1", "a.b.c", "x", &"a".repeat(63)] {
+        assert!(swarm_pki::check_hostname(good).is_ok(), "{good}");
+    }
+    for bad in [
+        "",
+        "*.example.com",
+        "../x",
+        "-a",
+        "a-",
+        "a..b",
+        "a_b",
+        &"a".repeat(64),
+        &"a.".repeat(130),
+    ] {
+        assert!(swarm_pki::check_hostname(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn short_certificates_start_only_a_tenth_of_their_life_early() {
+    let ca = RootCa::generate(CLUSTER).unwrap();
+    let key = NodeKey::generate().unwrap();
+    let now = std::time::SystemTime::now();
+    let pem = ca
+        .sign_node_for(
+            &key.csr_pem().unwrap(),
+            &request("w1", Role::Worker),
+            now,
+            std::time::Duration::from_secs(30),
+        )
+        .unwrap();
+    let (not_before, not_after) = swarm_pki::certificate_validity(&pem).unwrap();
+    // Certificate times have whole seconds.
+    assert!(now.duration_since(not_before).unwrap() < std::time::Duration::from_secs(4));
+    assert!(not_after.duration_since(now).unwrap() <= std::time::Duration::from_secs(30));
+}
+
+#[test]
+fn wildcards_and_role_names_never_become_dns_names() {
+    let ca = RootCa::generate(CLUSTER).unwrap();
+    let key = NodeKey::generate().unwrap();
+    let mut req = request("w1", Role::Worker);
+    req.dns_sans = vec!["*.example.com".into()];
+    assert!(ca.sign_node(&key.csr_pem().unwrap(), &req).is_err());
+    req.dns_sans = vec!["swarm-manager".into()];
+    let pem = ca.sign_node(&key.csr_pem().unwrap(), &req).unwrap();
+    let der = rustls_pemfile::certs(&mut pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    let (_, cert) = x509_parser::prelude::X509Certificate::from_der(&der).unwrap();
+    let sans = format!(
+        "{:?}",
+        cert.subject_alternative_name().unwrap().unwrap().value
+    );
+    assert!(!sans.contains("swarm-manager"), "{sans}");
+}

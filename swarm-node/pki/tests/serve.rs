@@ -239,9 +239,26 @@ async fn admin_client_certificate_is_accepted_as_admin() {
     server.stop().await;
 }
 
-/// What the docker CLI does: dial the IP and check the server certificate for it.
+/// What the docker CLI does: dial the IP and check the server certificate for it (against
+/// the CA only: the CLI does not look at the role).
 async fn server_cert_seen_by_raw_client(addr: SocketAddr, client: &Identity) -> PeerIdentity {
-    let connector = tokio_rustls::TlsConnector::from(client_config(client).unwrap());
+    let mut roots = rustls::RootCertStore::empty();
+    for der in rustls_pemfile::certs(&mut client.ca_pem.as_bytes()) {
+        roots.add(der.unwrap()).unwrap();
+    }
+    let chain = rustls_pemfile::certs(&mut client.cert_pem.as_bytes())
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls_pemfile::private_key(&mut client.key_pem.as_bytes())
+        .unwrap()
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(swarm_pki::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::IpAddress(Ipv4Addr::LOCALHOST.into());
     let tls = connector.connect(name, tcp).await.unwrap();
@@ -260,15 +277,15 @@ async fn server_certificate_verifies_for_127_0_0_1_and_can_be_swapped() {
         ("manager1", Role::Manager)
     );
 
-    // A renewed certificate (here: demoted to worker) is served without a restart.
+    // A new certificate is served without a restart.
     server
         .tls
-        .replace_identity(&identity(&ca, "manager1", Role::Worker))
+        .replace_identity(&identity(&ca, "manager2", Role::Manager))
         .unwrap();
     let seen = server_cert_seen_by_raw_client(server.addr, &worker).await;
     assert_eq!(
         (seen.node_id.as_str(), seen.role),
-        ("manager1", Role::Worker)
+        ("manager2", Role::Manager)
     );
     server.stop().await;
 }
@@ -837,5 +854,58 @@ async fn a_grpc_client_is_told_this_is_a_swarmup_cluster() {
     // The docker CLI and reqwest offer HTTP/1.1 too and get it.
     let client = http_client(&identity(&ca, "w", Role::Worker)).unwrap();
     assert!(get_text(&client, &server.url("/whoami")).await.is_ok());
+    server.stop().await;
+}
+
+/// Attack: a worker's certificate (valid, signed by the cluster CA, naming the address)
+/// serving as if it were a manager. Node clients require the manager role of the server.
+#[tokio::test]
+async fn node_clients_refuse_a_server_with_a_worker_certificate() {
+    let (ca, _) = fixture();
+    let impostor = identity(&ca, "worker9", Role::Worker);
+    let server = Server::start(&ca, &impostor, ServeOptions::default()).await;
+    let me = identity(&ca, "worker1", Role::Worker);
+    let err = get_text(&http_client(&me).unwrap(), &server.url("/whoami"))
+        .await
+        .unwrap_err();
+    let chain = format!("{err:?}");
+    assert!(chain.contains("not a manager"), "{chain}");
+    assert!(
+        get_text(
+            &bootstrap_client(ca.cert_pem()).unwrap(),
+            &server.url("/whoami")
+        )
+        .await
+        .is_err(),
+        "a joining node talks only to managers"
+    );
+    server.stop().await;
+}
+
+/// Renewal: clients built once from a [`swarm_pki::ClientIdentityHandle`] present the
+/// new certificate after `replace`, without being rebuilt.
+#[tokio::test]
+async fn clients_follow_a_replaced_client_certificate() {
+    let (ca, server_id) = fixture();
+    let server = Server::start(&ca, &server_id, ServeOptions::default()).await;
+    let first = identity(&ca, "worker1", Role::Worker);
+    let handle = swarm_pki::ClientIdentityHandle::new(&first).unwrap();
+    let client = handle.http_client().unwrap();
+    let text = get_text(&client, &server.url("/whoami")).await.unwrap();
+    assert_eq!(text, format!("worker worker1 {CLUSTER}"));
+    let promoted = identity(&ca, "worker1", Role::Manager);
+    handle.replace(&promoted).unwrap();
+    // A fresh connection (the pooled one keeps the certificate it was opened with).
+    let fresh = handle.http_client().unwrap();
+    let text = get_text(&fresh, &server.url("/whoami")).await.unwrap();
+    assert_eq!(text, format!("manager worker1 {CLUSTER}"));
+    server.stop().await;
+    let server = Server::start(&ca, &server_id, ServeOptions::default()).await;
+    let text = get_text(&client, &server.url("/whoami")).await.unwrap();
+    assert_eq!(
+        text,
+        format!("manager worker1 {CLUSTER}"),
+        "the old client follows too"
+    );
     server.stop().await;
 }

@@ -288,25 +288,219 @@ async fn swarm(AdminManager(manager): AdminManager) -> ApiResult<Json<Swarm>> {
 #[derive(Debug, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct SwarmUpdateQuery {
+    version: Option<String>,
     rotate_worker_token: Option<String>,
     rotate_manager_token: Option<String>,
+    rotate_manager_unlock_key: Option<String>,
 }
 
-/// `docker swarm join-token --rotate`: a new secret for the role. Nodes that already
-/// joined keep working; only new joins need the new token.
+/// Docker's shortest `CAConfig.NodeCertExpiry`: one hour.
+const MIN_NODE_CERT_EXPIRY_NS: i64 = 3_600_000_000_000;
+/// The shortest dispatcher heartbeat swarm-node runs with (its dispatcher clamps there).
+const MIN_HEARTBEAT_PERIOD_NS: i64 = 100_000_000;
+
+/// A JSON value without what Go leaves out or zeroes (null, false, 0, "", empty lists
+/// and objects), so that a spec the docker CLI sends back compares equal to the one it
+/// read.
+fn normalized(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, normalized(v)))
+                .filter(|(_, v)| !is_zero(v))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(normalized).collect()),
+        other => other,
+    }
+}
+
+fn is_zero(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::Null | Value::Bool(false) => true,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        Value::Bool(true) => false,
+    }
+}
+
+/// The first field (as `Raft.ElectionTick`) where two normalized specs differ.
+fn first_difference(a: &serde_json::Value, b: &serde_json::Value, path: &str) -> Option<String> {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter().find_map(|k| {
+                let sub = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match (x.get(k), y.get(k)) {
+                    (Some(p), Some(q)) => first_difference(p, q, &sub),
+                    _ => Some(sub),
+                }
+            })
+        }
+        _ if a == b => None,
+        _ => Some(if path.is_empty() {
+            "Spec".into()
+        } else {
+            path.into()
+        }),
+    }
+}
+
+/// The spec `docker swarm update` asks for, applied to the current one: labels,
+/// `CAConfig.NodeCertExpiry`, the dispatcher heartbeat and the task history limit change;
+/// any other field must stay as it is, or the update is refused naming it (never
+/// silently ignored). Raft's snapshot settings are fixed when a manager opens its log.
+fn updated_swarm_spec(
+    current: &swarm_state::models::SwarmSpec,
+    wanted: &swarm_state::models::SwarmSpec,
+) -> ApiResult<swarm_state::models::SwarmSpec> {
+    if wanted
+        .encryption_config
+        .as_ref()
+        .and_then(|e| e.auto_lock_managers)
+        == Some(true)
+    {
+        return Err(ApiError::BadRequest("autolock is not supported yet".into()));
+    }
+    let mut next = current.clone();
+    next.labels = wanted.labels.clone().filter(|l| !l.is_empty());
+    if let Some(expiry) = wanted
+        .ca_config
+        .as_ref()
+        .and_then(|c| c.node_cert_expiry)
+        .filter(|n| *n != 0)
+    {
+        if expiry < MIN_NODE_CERT_EXPIRY_NS {
+            return Err(ApiError::BadRequest(
+                "minimum certificate expiry time is: 1h0m0s".into(),
+            ));
+        }
+        next.ca_config
+            .get_or_insert_with(Default::default)
+            .node_cert_expiry = Some(expiry);
+    }
+    if let Some(period) = wanted
+        .dispatcher
+        .as_ref()
+        .and_then(|d| d.heartbeat_period)
+        .filter(|n| *n != 0)
+    {
+        if period < MIN_HEARTBEAT_PERIOD_NS {
+            return Err(ApiError::BadRequest(format!(
+                "heartbeat period {}ms is too short: the dispatcher heartbeat must be at least 100ms",
+                period / 1_000_000
+            )));
+        }
+        next.dispatcher
+            .get_or_insert_with(Default::default)
+            .heartbeat_period = Some(period);
+    }
+    if let Some(limit) = wanted
+        .orchestration
+        .as_ref()
+        .and_then(|o| o.task_history_retention_limit)
+    {
+        next.orchestration
+            .get_or_insert_with(Default::default)
+            .task_history_retention_limit = Some(limit);
+    }
+    let to_json = |spec: &swarm_state::models::SwarmSpec| {
+        serde_json::to_value(spec)
+            .map(normalized)
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    };
+    let (have, want) = (to_json(&next)?, to_json(wanted)?);
+    // An expiry of 0 means "unchanged" here, as the CLI sends what it read.
+    let want = match (want, have.pointer("/CAConfig/NodeCertExpiry")) {
+        (serde_json::Value::Object(mut w), Some(expiry))
+            if w.get("CAConfig")
+                .and_then(|c| c.get("NodeCertExpiry"))
+                .is_none() =>
+        {
+            let ca = w.entry("CAConfig").or_insert_with(|| serde_json::json!({}));
+            if let Some(ca) = ca.as_object_mut() {
+                ca.insert("NodeCertExpiry".into(), expiry.clone());
+            }
+            serde_json::Value::Object(w)
+        }
+        (w, _) => w,
+    };
+    if let Some(field) = first_difference(&have, &want, "") {
+        return Err(ApiError::BadRequest(format!(
+            "changing {field} is not supported yet: only Labels, CAConfig.NodeCertExpiry, Dispatcher.HeartbeatPeriod and Orchestration.TaskHistoryRetentionLimit can be updated"
+        )));
+    }
+    Ok(next)
+}
+
+/// `docker swarm update` and `docker swarm join-token --rotate`: the spec the CLI read,
+/// with its changes, at the version it read (required, as in Docker). Token rotation
+/// gives a role a new secret: nodes that already joined keep working.
 async fn update_swarm(
     AdminManager(manager): AdminManager,
     Query(q): Query<SwarmUpdateQuery>,
+    body: axum::body::Bytes,
 ) -> ApiResult<StatusCode> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadRequest(
+            "got EOF while reading request body".into(),
+        ));
+    }
+    let wanted: swarm_state::models::SwarmSpec = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
+    let raw_version = q.version.unwrap_or_default();
+    let version: u64 = raw_version.parse().map_err(|_| {
+        ApiError::BadRequest(format!(
+            "invalid swarm version '{raw_version}': strconv.ParseUint: parsing \"{raw_version}\": invalid syntax"
+        ))
+    })?;
     let rotate_worker = bool_param("rotateWorkerToken", q.rotate_worker_token.as_deref())?;
     let rotate_manager = bool_param("rotateManagerToken", q.rotate_manager_token.as_deref())?;
+    if bool_param(
+        "rotateManagerUnlockKey",
+        q.rotate_manager_unlock_key.as_deref(),
+    )? {
+        return Err(ApiError::BadRequest(
+            "autolock is not supported yet: there is no unlock key to rotate".into(),
+        ));
+    }
     let state = manager.read();
     let info = state
         .cluster
         .as_ref()
         .ok_or_else(|| ApiError::Unavailable("this node is not part of a swarm".into()))?;
+    if version != info.version {
+        return Err(swarm_state::ApplyError::VersionConflict {
+            kind: "swarm".into(),
+            id: info.id.clone(),
+            current: info.version,
+            given: version,
+        }
+        .into());
+    }
+    let next = updated_swarm_spec(&info.spec, &wanted)?;
     let ca = swarm_pki::RootCa::from_pem(&info.root_ca_cert_pem, &info.root_ca_key_pem)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if next != info.spec {
+        manager
+            .propose(Command::UpdateSwarmSpec {
+                version,
+                spec: Box::new(next),
+                at: manager.now(),
+            })
+            .await?;
+    }
     let mut roles = Vec::new();
     if rotate_worker {
         roles.push(NodeSpecRoleEnum::WORKER);
@@ -385,7 +579,22 @@ async fn list_nodes(
     ))
 }
 
+/// A node by full id, hostname or unique id prefix. Hostnames need not be unique (as in
+/// Docker): a name several nodes carry is ambiguous, in Docker's words.
 fn find_node<'a>(state: &'a ClusterState, key: &str) -> ApiResult<&'a Node> {
+    if let Some(node) = state.nodes.get(key) {
+        return Ok(node);
+    }
+    let named = state
+        .nodes
+        .values()
+        .filter(|n| node_hostname(n) == key)
+        .count();
+    if named > 1 {
+        return Err(ApiError::BadRequest(format!(
+            "node {key} is ambiguous ({named} matches found)"
+        )));
+    }
     state
         .find_node(key)
         .ok_or_else(|| ApiError::NotFound(format!("node {key} not found")))
@@ -552,6 +761,20 @@ pub fn validate_service_spec(spec: &ServiceSpec) -> ApiResult<()> {
     {
         return Err(ApiError::BadRequest(
             "invalid service spec: ContainerSpec: image reference must be provided".into(),
+        ));
+    }
+    // Nodes do not report generic resources (`--node-generic-resource` on the engine),
+    // so a task asking for some could never be placed as Docker places it: refuse it.
+    let generic = spec
+        .task_template
+        .as_ref()
+        .and_then(|t| t.resources.as_ref())
+        .and_then(|r| r.reservations.as_ref())
+        .and_then(|r| r.generic_resources.as_ref())
+        .is_some_and(|g| !g.is_empty());
+    if generic {
+        return Err(ApiError::BadRequest(
+            "invalid service spec: generic resources (--generic-resource) are not supported by swarmup: reserve CPUs and memory instead (--reserve-cpu, --reserve-memory)".into(),
         ));
     }
     if let Some(mode) = &spec.mode {
@@ -989,6 +1212,21 @@ mod tests {
     }
 
     #[test]
+    fn generic_resources_are_refused_by_name() {
+        let mut s = spec("web", "nginx");
+        let template = s.task_template.get_or_insert_with(Default::default);
+        template.resources = Some(models::TaskSpecResources {
+            reservations: Some(models::ResourceObject {
+                generic_resources: Some(vec![Default::default()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let err = validate_service_spec(&s).unwrap_err();
+        assert!(err.to_string().contains("--generic-resource"), "{err}");
+    }
+
+    #[test]
     fn replicas_and_node_labels_are_bounded() {
         let mut s = spec("web", "nginx");
         let mode = |r| models::ServiceSpecMode {
@@ -1071,5 +1309,104 @@ mod tests {
         assert!(e.to_string().starts_with("invalid value for status: maybe"));
         assert!(flag_param(Some("yes")) && flag_param(Some("1")));
         assert!(!flag_param(Some("no")) && !flag_param(None) && !flag_param(Some("False")));
+    }
+}
+
+#[cfg(test)]
+mod swarm_update_tests {
+    use super::*;
+
+    use swarm_state::models::SwarmSpec;
+
+    fn current() -> SwarmSpec {
+        serde_json::from_value(serde_json::json!({
+            "Name": "default",
+            "Orchestration": {"TaskHistoryRetentionLimit": 5},
+            "Raft": {"SnapshotInterval": 10000, "KeepOldSnapshots": 0, "LogEntriesForSlowFollowers": 500, "ElectionTick": 4, "HeartbeatTick": 1},
+            "Dispatcher": {"HeartbeatPeriod": 5000000000i64},
+            "CAConfig": {"NodeCertExpiry": 7776000000000000i64}
+        }))
+        .unwrap()
+    }
+
+    /// What the docker CLI sends back: Go's zero values spelled out.
+    fn as_cli_sends(expiry: i64) -> SwarmSpec {
+        serde_json::from_value(serde_json::json!({
+            "Name": "default", "Labels": null,
+            "Orchestration": {"TaskHistoryRetentionLimit": 5},
+            "Raft": {"SnapshotInterval": 10000, "KeepOldSnapshots": 0, "LogEntriesForSlowFollowers": 500, "ElectionTick": 4, "HeartbeatTick": 1},
+            "Dispatcher": {"HeartbeatPeriod": 5000000000i64},
+            "CAConfig": {"NodeCertExpiry": expiry},
+            "TaskDefaults": {},
+            "EncryptionConfig": {"AutoLockManagers": false}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_spec_read_back_unchanged_is_no_change() {
+        assert_eq!(
+            updated_swarm_spec(&current(), &as_cli_sends(7776000000000000)).unwrap(),
+            current()
+        );
+    }
+
+    #[test]
+    fn cert_expiry_applies_with_dockers_minimum() {
+        let next = updated_swarm_spec(&current(), &as_cli_sends(7_200_000_000_000)).unwrap();
+        assert_eq!(
+            next.ca_config.unwrap().node_cert_expiry,
+            Some(7_200_000_000_000)
+        );
+        let err = updated_swarm_spec(&current(), &as_cli_sends(60_000_000_000)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "minimum certificate expiry time is: 1h0m0s"
+        );
+    }
+
+    #[test]
+    fn fields_that_cannot_apply_are_refused_by_name() {
+        let mut wanted = as_cli_sends(7776000000000000);
+        wanted
+            .encryption_config
+            .as_mut()
+            .unwrap()
+            .auto_lock_managers = Some(true);
+        let err = updated_swarm_spec(&current(), &wanted).unwrap_err();
+        assert_eq!(err.to_string(), "autolock is not supported yet");
+        let mut wanted = as_cli_sends(7776000000000000);
+        wanted.raft.as_mut().unwrap().election_tick = Some(10);
+        let err = updated_swarm_spec(&current(), &wanted).unwrap_err();
+        assert!(err.to_string().contains("Raft.ElectionTick"), "{err}");
+    }
+
+    #[test]
+    fn heartbeat_and_history_limit_apply() {
+        let mut wanted = as_cli_sends(7776000000000000);
+        wanted
+            .dispatcher
+            .get_or_insert_with(Default::default)
+            .heartbeat_period = Some(2_000_000_000);
+        wanted
+            .orchestration
+            .get_or_insert_with(Default::default)
+            .task_history_retention_limit = Some(0);
+        let next = updated_swarm_spec(&current(), &wanted).unwrap();
+        assert_eq!(
+            next.dispatcher.unwrap().heartbeat_period,
+            Some(2_000_000_000)
+        );
+        assert_eq!(
+            next.orchestration.unwrap().task_history_retention_limit,
+            Some(0)
+        );
+        let mut wanted = as_cli_sends(7776000000000000);
+        wanted
+            .dispatcher
+            .get_or_insert_with(Default::default)
+            .heartbeat_period = Some(1_000_000);
+        let err = updated_swarm_spec(&current(), &wanted).unwrap_err();
+        assert!(err.to_string().contains("at least 100ms"), "{err}");
     }
 }

@@ -106,10 +106,11 @@ async fn root_ca(State(ctx): State<Ctx>) -> String {
 
 async fn join(
     State(ctx): State<Ctx>,
+    peer: Peer,
     Json(request): Json<JoinRequest>,
-) -> ApiResult<Json<JoinResponse>> {
+) -> ApiResult<Response> {
     let manager = ctx.require_manager()?;
-    Ok(Json(ca::join(&manager, request).await?))
+    ca::join_response(&manager, request, peer.remote_ip()).await
 }
 
 async fn renew(
@@ -120,7 +121,12 @@ async fn renew(
     let me = require_node(&peer)?;
     let manager = ctx.require_manager()?;
     check_node(&manager, &me.node_id, Need::Node).await?;
-    Ok(Json(ca::renew(&manager, &me.node_id, &request)?))
+    Ok(Json(ca::renew(
+        &manager,
+        &me.node_id,
+        &request,
+        peer.remote_ip(),
+    )?))
 }
 
 async fn heartbeat(

@@ -163,7 +163,7 @@ async fn stream_task(
         manager.scheme,
         query.engine_query()
     );
-    let mut response = match manager.peers.get(url).send().await {
+    let mut response = match manager.nodes.get(url).send().await {
         Ok(r) if r.status().is_success() => r,
         Ok(r) => {
             tracing::debug!(task = ?task.id, status = %r.status(), "task log unavailable");

@@ -29,13 +29,24 @@ const LEADER_WAIT: Duration = Duration::from_secs(5);
 /// How long one commit may take before the caller is told the swarm has no quorum.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The two mutual-TLS clients a manager calls other nodes with.
+#[derive(Debug)]
+pub struct NodeClients {
+    /// Requires a manager's certificate from the server.
+    pub peers: reqwest::Client,
+    /// Accepts a node certificate of either role.
+    pub nodes: reqwest::Client,
+}
+
 #[derive(Debug)]
 pub struct Manager {
     pub node_id: String,
     pub advertise_addr: String,
     pub raft: ClusterRaft,
-    /// Mutual-TLS client for manager-to-manager calls.
+    /// Mutual-TLS client for manager-to-manager calls: the server must be a manager.
     pub peers: reqwest::Client,
+    /// Mutual-TLS client for calls to a node of either role (task logs on workers).
+    pub nodes: reqwest::Client,
     pub scheme: String,
     pub clock: SharedClock,
     pub dispatcher: dispatcher::Dispatcher,
@@ -46,7 +57,7 @@ impl Manager {
         node_id: String,
         advertise_addr: String,
         raft: ClusterRaft,
-        peers: reqwest::Client,
+        clients: NodeClients,
         scheme: String,
         clock: SharedClock,
         heartbeat_ms: u64,
@@ -55,7 +66,8 @@ impl Manager {
             node_id,
             advertise_addr,
             raft,
-            peers,
+            peers: clients.peers,
+            nodes: clients.nodes,
             scheme,
             clock,
             dispatcher: dispatcher::Dispatcher::new(heartbeat_ms),

@@ -14,7 +14,7 @@
 //!   at once;
 //! - extra tasks (scale down, removed service) get desired state REMOVE and are deleted
 //!   once they have stopped;
-//! - old tasks beyond the history limit (5 per slot) are deleted;
+//! - old tasks beyond the history limit (`--task-history-limit`, 5 per slot) are deleted;
 //! - a rolling update (the task template changed) replaces `parallelism` slots at a
 //!   time, stop-first or start-first, waits `delay` after each task runs, counts a new
 //!   task that fails within its monitor window as a failure, and past
@@ -301,7 +301,7 @@ pub fn reconcile(
     let mut put: BTreeMap<String, Task> = BTreeMap::new();
     let mut remove: Vec<String> = Vec::new();
     let mut status_out: Vec<Command> = Vec::new();
-    let mut load = Load::from_state(state);
+    let mut load = Load::from_state(state).with_failures_at(state, now);
     let at = rfc3339(now);
 
     // Tasks of services that no longer exist: stop, then delete once stopped.
@@ -394,6 +394,25 @@ fn retire(
         t.updated_at = Some(at.to_string());
         put.insert(id, t);
     }
+}
+
+/// How many tasks a slot (or a global service's node) keeps, its current one included:
+/// the swarm's `--task-history-limit`, 5 unless changed. `None` keeps them all, as a
+/// negative limit does in SwarmKit.
+fn history_limit(state: &ClusterState) -> Option<usize> {
+    let limit = state
+        .cluster
+        .as_ref()
+        .and_then(|c| c.spec.orchestration.as_ref())
+        .and_then(|o| o.task_history_retention_limit)
+        .unwrap_or(TASK_HISTORY_LIMIT as i64);
+    usize::try_from(limit).ok()
+}
+
+/// A node that is up but paused: its tasks keep running, and it gets no new ones.
+fn paused_but_ready(node: &swarm_state::models::Node) -> bool {
+    node_state(node) == NodeState::READY
+        && node.spec.as_ref().and_then(|s| s.availability) == Some(NodeSpecAvailabilityEnum::PAUSE)
 }
 
 /// True when the task's node is known, up and not drained.
@@ -502,13 +521,20 @@ fn reconcile_service(
         tasks.sort_by_key(|t| created(t));
     }
 
-    // Wanted groups.
+    // Wanted groups. A paused node keeps the global task it runs (pause only stops new
+    // tasks), but gets none.
     let wanted: Vec<String> = if global {
         state
             .nodes
             .iter()
             .filter(|(id, n)| {
-                scheduler::is_eligible(n)
+                let keeps_running = paused_but_ready(n)
+                    && groups.get(*id).is_some_and(|tasks| {
+                        tasks.iter().any(|t| {
+                            desired_of(t) <= TaskState::RUNNING && !is_terminal(state_of(t))
+                        })
+                    });
+                (scheduler::is_eligible(n) || keeps_running)
                     && template
                         .placement
                         .as_ref()
@@ -534,9 +560,34 @@ fn reconcile_service(
     let mut outdated_left = 0usize;
     let mut settling_left = false;
 
-    // Groups no longer wanted: retire every task in them.
+    let history = history_limit(state);
+    // Groups no longer wanted: retire every task in them. A global service's tasks on a
+    // node that is still in the swarm (drained, down, paused, no longer matching the
+    // constraints) are shut down instead and stay in `docker service ps` as Docker's do,
+    // within the history limit.
     for (key, tasks) in &groups {
-        if !wanted_set.contains(key) {
+        if wanted_set.contains(key) {
+            continue;
+        }
+        if global && state.nodes.contains_key(key) {
+            for task in tasks {
+                if desired_of(task) <= TaskState::RUNNING {
+                    let mut t = (*task).clone();
+                    t.desired_state = Some(TaskState::SHUTDOWN);
+                    t.updated_at = Some(at.to_string());
+                    put.insert(t.id.clone().unwrap_or_default(), t);
+                    load.remove(service_id, key);
+                }
+            }
+            if let Some(limit) = history {
+                let stopped = tasks.iter().filter(|t| is_terminal(state_of(t)));
+                for old in stopped.take(tasks.len().saturating_sub(limit)) {
+                    let id = old.id.clone().unwrap_or_default();
+                    put.remove(&id);
+                    remove.push(id);
+                }
+            }
+        } else {
             for task in tasks {
                 retire(state, task, at, put, remove);
             }
@@ -585,16 +636,28 @@ fn reconcile_service(
                 ending = Ending::Moved;
             } else if task.node_id.is_none() {
                 // Pending: try to place it now.
-                if let Ok(node) = scheduler::place(state, load, service_id, &template) {
-                    load.add(service_id, &node);
-                    let mut t = (*task).clone();
-                    t.node_id = Some(node);
-                    t.status = Some(status(
-                        TaskState::ASSIGNED,
-                        "scheduler assigned task to node",
-                        at,
-                    ));
-                    put.insert(id, t);
+                match scheduler::place(state, load, service_id, &template) {
+                    Ok(node) => {
+                        load.add(service_id, &node);
+                        let mut t = (*task).clone();
+                        t.node_id = Some(node);
+                        t.status = Some(status(
+                            TaskState::ASSIGNED,
+                            "scheduler assigned task to node",
+                            at,
+                        ));
+                        put.insert(id, t);
+                    }
+                    // The reason changes as nodes come and go (Docker shows the latest);
+                    // written only when it changed, so a waiting task adds no entries.
+                    Err(why) if task.status.as_ref().and_then(|s| s.err.as_ref()) != Some(&why) => {
+                        let mut t = (*task).clone();
+                        let mut s = status(TaskState::PENDING, "pending task scheduling", at);
+                        s.err = Some(why);
+                        t.status = Some(s);
+                        put.insert(id, t);
+                    }
+                    Err(_) => {}
                 }
                 ending = Ending::Active;
             } else {
@@ -697,7 +760,10 @@ fn reconcile_service(
             put.insert(task.id.clone().unwrap_or_default(), task);
         }
 
-        // History: keep the newest TASK_HISTORY_LIMIT tasks of the group.
+        // History: keep the newest tasks of the group, as many as the limit says.
+        let Some(limit) = history else {
+            continue;
+        };
         let retired: Vec<&&Task> = tasks
             .iter()
             .filter(|t| {
@@ -707,8 +773,8 @@ fn reconcile_service(
             })
             .collect();
         let total = tasks.len() + usize::from(replace);
-        if total > TASK_HISTORY_LIMIT {
-            let excess = total - TASK_HISTORY_LIMIT;
+        if total > limit {
+            let excess = total - limit;
             for old in retired.iter().take(excess) {
                 let old_state = state_of(old);
                 if is_terminal(old_state) || !node_can_run(state, old) {

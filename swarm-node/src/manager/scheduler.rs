@@ -5,16 +5,17 @@
 //! the placement preferences (`--placement-pref spread=node.labels.zone`: the branch with
 //! the fewest tasks of the service first, level by level, as SwarmKit's tree does), then
 //! rank by the fewest active tasks of the same service, then the fewest active tasks
-//! overall. Pure: the orchestrator calls it with the state and the tasks it is about to
-//! create.
-//!
-//! Not done: SwarmKit also ranks down a node where the service's tasks failed five times
-//! in the last five minutes; that needs a clock this pure function does not have.
+//! overall. A node where the service's tasks failed five times in the last five minutes
+//! goes after all others, as in SwarmKit. Pure: the orchestrator calls it with the state,
+//! the time (through [`Load::with_failures_at`]) and the tasks it is about to create.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::time::Duration;
 
-use swarm_state::models::{Node, NodeSpecAvailabilityEnum, NodeState, Task, TaskSpec};
+use time::OffsetDateTime;
+
+use swarm_state::models::{Node, NodeSpecAvailabilityEnum, NodeState, Task, TaskSpec, TaskState};
 use swarm_state::ports::{is_ingress, key_of, spec_ports, PortKey};
 use swarm_state::{
     desired_of, is_terminal, node_hostname, node_role, node_state, state_of, ClusterState,
@@ -34,7 +35,16 @@ pub struct Load {
     service_reservation: HashMap<String, Reservation>,
     /// What the active tasks on each node reserve.
     node_reserved: HashMap<String, Reservation>,
+    /// How many of each service's tasks failed on each node lately (service, node).
+    recent_failures: HashMap<(String, String), usize>,
 }
+
+/// A node where this many of a service's tasks failed within [`FAILURE_WINDOW`] is
+/// ranked after every other node for that service, as in SwarmKit: a node whose disk is
+/// full or whose image is broken stops attracting the same task over and over.
+pub const MAX_RECENT_FAILURES: usize = 5;
+/// How long a task failure counts against its node.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(5 * 60);
 
 /// CPUs (nano) and memory (bytes) a task reserves, or a node offers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -148,6 +158,40 @@ impl Load {
             }
         }
         load
+    }
+
+    /// Counts the tasks that failed (or were rejected) within [`FAILURE_WINDOW`] before
+    /// `now`, per service and node, for [`place`] to rank those nodes down.
+    pub fn with_failures_at(mut self, state: &ClusterState, now: OffsetDateTime) -> Self {
+        for task in state.tasks.values() {
+            let (Some(node), Some(service), Some(status)) =
+                (&task.node_id, &task.service_id, &task.status)
+            else {
+                continue;
+            };
+            if !matches!(state_of(task), TaskState::FAILED | TaskState::REJECTED) {
+                continue;
+            }
+            let recent = status
+                .timestamp
+                .as_deref()
+                .and_then(crate::clock::parse_rfc3339)
+                .is_some_and(|at| now - at <= FAILURE_WINDOW);
+            if recent {
+                *self
+                    .recent_failures
+                    .entry((service.clone(), node.clone()))
+                    .or_default() += 1;
+            }
+        }
+        self
+    }
+
+    /// Whether `service`'s tasks failed on `node` too often lately.
+    fn faulty(&self, service: &str, node: &str) -> bool {
+        self.recent_failures
+            .get(&(service.to_string(), node.to_string()))
+            .is_some_and(|n| *n >= MAX_RECENT_FAILURES)
     }
 
     /// Counts a task the orchestrator has just placed on `node`: its slot, its host ports
@@ -318,7 +362,12 @@ pub fn place(
         let branches: Vec<usize> = (0..spread.len())
             .map(|level| per_branch.get(&branch(node, level)).copied().unwrap_or(0))
             .collect();
-        (branches, load.of(service_id, id), *id)
+        (
+            load.faulty(service_id, id),
+            branches,
+            load.of(service_id, id),
+            *id,
+        )
     });
     if let Some((id, _)) = best {
         return Ok((*id).clone());
@@ -773,6 +822,61 @@ mod tests {
             status: Some(swarm_state::status(state, "", "t")),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_node_where_the_service_failed_five_times_lately_goes_last() {
+        let s0 = state(vec![
+            node("a", NodeSpecRoleEnum::WORKER, true),
+            node("b", NodeSpecRoleEnum::WORKER, true),
+        ]);
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let failed_at = |s: &mut ClusterState, n: usize, node: &str, ago: u64| {
+            for i in 0..n {
+                let mut t = running_on(&format!("{node}{ago}-{i}"), "web", node, TaskState::FAILED);
+                t.desired_state = Some(TaskState::SHUTDOWN);
+                t.status = Some(swarm_state::status(
+                    TaskState::FAILED,
+                    "",
+                    &crate::clock::rfc3339(now - Duration::from_secs(ago)),
+                ));
+                s.tasks.insert(t.id.clone().unwrap(), t);
+            }
+        };
+        // Four failures: "a" is still first (by name, both empty of web tasks).
+        let mut s = s0.clone();
+        failed_at(&mut s, 4, "a", 10);
+        let load = Load::from_state(&s).with_failures_at(&s, now);
+        assert_eq!(
+            place(&s, &load, "web", &TaskSpec::default()),
+            Ok("a".into())
+        );
+        // The fifth within five minutes ranks it down, for this service only.
+        failed_at(&mut s, 1, "a", 20);
+        let mut load = Load::from_state(&s).with_failures_at(&s, now);
+        assert_eq!(
+            place(&s, &load, "web", &TaskSpec::default()),
+            Ok("b".into())
+        );
+        assert_eq!(
+            place(&s, &load, "api", &TaskSpec::default()),
+            Ok("a".into())
+        );
+        // Still used when nothing else fits.
+        load.add("web", "b");
+        load.add("web", "b");
+        assert_eq!(
+            place(&s, &load, "web", &TaskSpec::default()),
+            Ok("b".into())
+        );
+        // Old failures do not count.
+        let mut s = s0;
+        failed_at(&mut s, 5, "a", 301);
+        let load = Load::from_state(&s).with_failures_at(&s, now);
+        assert_eq!(
+            place(&s, &load, "web", &TaskSpec::default()),
+            Ok("a".into())
+        );
     }
 
     #[test]

@@ -47,6 +47,10 @@ pub struct ClusterInfo {
     /// Address pool, subnet size and VXLAN port, chosen at init.
     #[serde(default)]
     pub network: NetworkDefaults,
+    /// Extra addresses every manager certificate names (`--cert-san` at init), such as
+    /// a public address clients reach the managers on.
+    #[serde(default)]
+    pub cert_sans: Vec<String>,
 }
 
 /// The whole replicated state.
@@ -67,6 +71,10 @@ pub struct ClusterState {
     /// `docker service rollback` goes back to).
     #[serde(default)]
     pub previous_specs: BTreeMap<String, ServiceSpec>,
+    /// Extra certificate addresses a manager asked for when it joined with the manager
+    /// token (`--cert-san`), by node id, repeated in its renewals.
+    #[serde(default)]
+    pub node_cert_sans: BTreeMap<String, Vec<String>>,
     /// Each service's virtual IP per network: service id → network id → VIP.
     #[serde(default)]
     pub service_vips: BTreeMap<String, BTreeMap<String, Ipv4Addr>>,
@@ -121,6 +129,17 @@ pub enum Command {
     },
     RemoveNode {
         id: String,
+    },
+    /// Records the extra certificate addresses of a manager that joined with them.
+    SetNodeCertSans {
+        id: String,
+        sans: Vec<String>,
+    },
+    /// `docker swarm update`: the spec, checked against the version the user read.
+    UpdateSwarmSpec {
+        version: u64,
+        spec: Box<SwarmSpec>,
+        at: String,
     },
     CreateService {
         service: Box<Service>,
@@ -365,6 +384,7 @@ impl ClusterState {
             Command::RemoveNode { id } => {
                 self.nodes.remove(id).ok_or_else(|| not_found("node", id))?;
                 self.assignment_versions.remove(id);
+                self.node_cert_sans.remove(id);
                 self.node_networks.remove(id);
                 Ok(())
             }
@@ -516,6 +536,37 @@ impl ClusterState {
                         self.assignment_versions.insert(node, index);
                     }
                 }
+                Ok(())
+            }
+            Command::SetNodeCertSans { id, sans } => {
+                if !self.nodes.contains_key(id) {
+                    return Err(not_found("node", id));
+                }
+                if sans.is_empty() {
+                    self.node_cert_sans.remove(id);
+                } else {
+                    self.node_cert_sans.insert(id.clone(), sans.clone());
+                }
+                Ok(())
+            }
+            Command::UpdateSwarmSpec { version, spec, at } => {
+                let info = self
+                    .cluster
+                    .as_mut()
+                    .ok_or_else(|| ApplyError::Invalid("no swarm".into()))?;
+                check_version("swarm", &info.id, info.version, *version)?;
+                // The dispatcher and every node follow the period from the next heartbeat.
+                if let Some(ns) = spec
+                    .dispatcher
+                    .as_ref()
+                    .and_then(|d| d.heartbeat_period)
+                    .filter(|ns| *ns > 0)
+                {
+                    info.heartbeat_period_ms = (ns / 1_000_000) as u64;
+                }
+                info.spec = (**spec).clone();
+                info.updated_at = at.clone();
+                info.version = index;
                 Ok(())
             }
             Command::RotateJoinToken { role, token } => {

@@ -4,6 +4,7 @@ use swarm_state::models::{
     TaskSpecRestartPolicy,
 };
 use swarm_state::proto::TaskStatusUpdate;
+use swarm_state::ClusterInfo;
 
 fn ready_node(id: &str) -> Node {
     Node {
@@ -609,4 +610,155 @@ fn a_replicated_job_runs_each_completion_once_and_at_most_max_concurrent_at_a_ti
         3,
         "completed tasks are never restarted"
     );
+}
+
+fn global_service() -> Service {
+    let mut svc = service(0, 0);
+    svc.spec.as_mut().unwrap().mode = Some(ServiceSpecMode {
+        global: Some(Default::default()),
+        ..Default::default()
+    });
+    svc
+}
+
+fn set_availability(w: &mut World, node: &str, availability: NodeSpecAvailabilityEnum) {
+    let version = swarm_state::version_of(&w.state.nodes[node].version);
+    w.apply(Command::UpdateNodeSpec {
+        id: node.into(),
+        version,
+        spec: NodeSpec {
+            availability: Some(availability),
+            ..Default::default()
+        },
+        at: "t".into(),
+    });
+}
+
+#[test]
+fn a_drained_nodes_global_task_is_shut_down_and_stays_in_the_history() {
+    let mut w = World::new(&["a", "b"], global_service());
+    w.settle();
+    let on_b = |w: &World| -> Vec<Task> {
+        w.state
+            .tasks
+            .values()
+            .filter(|t| t.node_id.as_deref() == Some("b"))
+            .cloned()
+            .collect()
+    };
+    let id = on_b(&w)[0].id.clone().unwrap();
+    w.report(&id, TaskState::RUNNING);
+    set_availability(&mut w, "b", NodeSpecAvailabilityEnum::DRAIN);
+    w.settle();
+    w.report(&id, TaskState::SHUTDOWN);
+    w.settle();
+    let tasks = on_b(&w);
+    assert_eq!(tasks.len(), 1, "the task stays, as in docker service ps");
+    assert_eq!(desired_of(&tasks[0]), TaskState::SHUTDOWN);
+    // Back to active: a new task next to the old one.
+    set_availability(&mut w, "b", NodeSpecAvailabilityEnum::ACTIVE);
+    w.settle();
+    assert_eq!(on_b(&w).len(), 2);
+    assert_eq!(w.active().len(), 2);
+}
+
+#[test]
+fn a_paused_node_keeps_its_global_task_and_gets_no_new_one() {
+    let mut w = World::new(&["a", "b"], global_service());
+    w.settle();
+    set_availability(&mut w, "b", NodeSpecAvailabilityEnum::PAUSE);
+    w.settle();
+    assert_eq!(w.active().len(), 2, "pause stops nothing");
+    w.apply(Command::AddNode {
+        node: Box::new(ready_node("c")),
+    });
+    set_availability(&mut w, "c", NodeSpecAvailabilityEnum::PAUSE);
+    w.settle();
+    assert!(
+        w.active().iter().all(|t| t.node_id.as_deref() != Some("c")),
+        "a paused node gets no new task"
+    );
+}
+
+#[test]
+fn the_history_limit_follows_the_swarm_spec() {
+    let mut w = World::new(&["a"], service(1, 0));
+    let mut info = ClusterInfo::default();
+    info.spec.orchestration = Some(swarm_state::models::SwarmSpecOrchestration {
+        task_history_retention_limit: Some(2),
+    });
+    w.state.cluster = Some(info);
+    w.settle();
+    for _ in 0..6 {
+        let id = w.active()[0].id.clone().unwrap();
+        w.report(&id, TaskState::RUNNING);
+        w.report(&id, TaskState::FAILED);
+        w.now += Duration::from_millis(10);
+        w.settle();
+    }
+    assert_eq!(w.state.tasks.len(), 2);
+    // A negative limit keeps every task.
+    w.state.cluster.as_mut().unwrap().spec.orchestration =
+        Some(swarm_state::models::SwarmSpecOrchestration {
+            task_history_retention_limit: Some(-1),
+        });
+    for _ in 0..4 {
+        let id = w.active()[0].id.clone().unwrap();
+        w.report(&id, TaskState::RUNNING);
+        w.report(&id, TaskState::FAILED);
+        w.now += Duration::from_millis(10);
+        w.settle();
+    }
+    assert_eq!(w.state.tasks.len(), 6);
+}
+
+#[test]
+fn a_pending_tasks_reason_follows_the_nodes() {
+    let mut w = World::new(&[], service(1, 0));
+    w.settle();
+    let reason = |w: &World| {
+        w.state.tasks["t1"]
+            .status
+            .as_ref()
+            .and_then(|s| s.err.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(reason(&w), "no suitable node");
+    let mut down = ready_node("a");
+    down.status.as_mut().unwrap().state = Some(NodeState::DOWN);
+    w.apply(Command::AddNode {
+        node: Box::new(down),
+    });
+    let mut spec = w.state.services["svc"].spec.clone().unwrap();
+    spec.task_template.as_mut().unwrap().placement = Some(swarm_state::models::TaskSpecPlacement {
+        constraints: Some(vec!["node.role==manager".into()]),
+        ..Default::default()
+    });
+    let version = swarm_state::version_of(&w.state.services["svc"].version);
+    w.apply(Command::UpdateService {
+        id: "svc".into(),
+        version,
+        spec: Box::new(spec),
+        at: "t".into(),
+    });
+    w.apply(Command::AddNode {
+        node: Box::new(ready_node("b")),
+    });
+    w.settle();
+    let pending: Vec<String> = w
+        .state
+        .tasks
+        .values()
+        .filter(|t| t.node_id.is_none())
+        .filter_map(|t| t.status.as_ref()?.err.clone())
+        .collect();
+    assert!(
+        pending
+            .iter()
+            .all(|r| r.contains("scheduling constraints not satisfied on 1 node")),
+        "{pending:?}"
+    );
+    // Settled: asking again writes nothing.
+    let plan = reconcile(&w.state, w.now, &mut || "x".into());
+    assert!(plan.commands.is_empty(), "{:?}", plan.commands);
 }
