@@ -109,6 +109,9 @@ pub async fn to_engine(State(ctx): State<Ctx>, peer: Peer, request: Request) -> 
         }
     }
     if let Some(message) = swarm_mode_call(&path) {
+        // Read the (small) body first: answering before it and closing would make the
+        // client's write fail with a broken pipe instead of showing the message.
+        let _ = axum::body::to_bytes(request.into_body(), 64 * 1024).await;
         return ApiError::Unavailable(message.into()).into_response();
     }
     match forward(&socket, original, request).await {
