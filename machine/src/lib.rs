@@ -10,6 +10,12 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+/// The swarm's control port on every machine: Raft, the dispatcher, the CA and the Docker
+/// API for the admin (Docker's 2377).
+pub const CONTROL_PORT: u16 = 2377;
+/// The VXLAN data path between machines (swarm-node's `--data-path-port`, 4789).
+pub const DATA_PORT: u16 = 4789;
+
 /// The role a machine will take in the swarm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

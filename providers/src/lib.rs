@@ -15,7 +15,8 @@ pub mod digitalocean;
 // The records bootstrap and the CLI share with providers live in their own small crate,
 // so that bootstrap links no cloud client; providers re-export them.
 pub use swarmup_machine::{
-    ClusterPlan, HostKey, Machine, MachinePlan, NoProgress, PowerState, Progress, Role, SshEndpoint,
+    ClusterPlan, HostKey, Machine, MachinePlan, NoProgress, PowerState, Progress, Role,
+    SshEndpoint, CONTROL_PORT, DATA_PORT,
 };
 
 /// What a destroy removed, for the report printed to the user.
