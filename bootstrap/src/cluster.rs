@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use swarm_contract::Status;
-use swarmup_providers::{Machine, PowerState, Progress, Role};
+use swarmup_machine::{Machine, PowerState, Progress, Role};
 use swarmup_templates::{Cidr, NftablesContext, PublishedPort, ServiceContext, CONTROL_PORT};
 
 use crate::error::{BootstrapError, Step};

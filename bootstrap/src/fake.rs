@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use swarmup_providers::Machine;
+use swarmup_machine::Machine;
 
 use crate::shell::{CommandOutput, RemoteShell, ShellError};
 use crate::ssh::{ssh_target, Connector};

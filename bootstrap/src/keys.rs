@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use ssh_key::{Algorithm, LineEnding, PrivateKey};
-use swarmup_providers::{ClusterPlan, HostKey, Machine};
+use swarmup_machine::{ClusterPlan, HostKey, Machine};
 
 use crate::error::BootstrapError;
 use crate::fsutil::write_atomic;

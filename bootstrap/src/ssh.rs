@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
-use swarmup_providers::Machine;
+use swarmup_machine::Machine;
 use tokio::io::AsyncWriteExt;
 
 use crate::shell::{quote, CommandOutput, RemoteShell, ShellError};

@@ -10,7 +10,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use swarmup_providers::Machine;
+use swarmup_machine::Machine;
 use swarmup_templates::{ssh_block_begin, ssh_block_end, SshConfigContext, SshHost};
 
 use crate::error::BootstrapError;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use swarm_contract::{Exit, NodeEntry, NodeList, Status};
-use swarmup_providers::{Machine, Progress};
+use swarmup_machine::{Machine, Progress};
 use swarmup_templates::{Cidr, SWARM_NODE_BINARY};
 use tokio::time::Instant;
 
@@ -781,7 +781,7 @@ pub enum InitOutcome {
 /// docker CLI can verify the manager it talks to from outside the private network. Only
 /// managers may ask for it: the CA refuses extra addresses to workers, which serve no one.
 fn cert_san_flag(machine: &Machine, advertise: IpAddr) -> String {
-    if machine.role != swarmup_providers::Role::Manager || machine.ssh.host == advertise {
+    if machine.role != swarmup_machine::Role::Manager || machine.ssh.host == advertise {
         String::new()
     } else {
         format!(" --cert-san {}", machine.ssh.host)
@@ -1068,15 +1068,15 @@ mod tests {
             role,
             provider_id: "n".into(),
             private_addr: "10.0.0.2".parse().unwrap(),
-            ssh: swarmup_providers::SshEndpoint {
+            ssh: swarmup_machine::SshEndpoint {
                 host: host.parse().unwrap(),
                 port: 22,
                 user: "root".into(),
             },
-            power: swarmup_providers::PowerState::Running,
+            power: swarmup_machine::PowerState::Running,
         };
         let private: IpAddr = "10.0.0.2".parse().unwrap();
-        use swarmup_providers::Role;
+        use swarmup_machine::Role;
         assert_eq!(
             cert_san_flag(&machine(Role::Manager, "203.0.113.5"), private),
             " --cert-san 203.0.113.5"

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use swarm_contract::{Exit, Membership, NodeState, Role as ContractRole, Status};
-use swarmup_providers::{Machine, NoProgress, PowerState, Progress, Role, SshEndpoint};
+use swarmup_machine::{Machine, NoProgress, PowerState, Progress, Role, SshEndpoint};
 
 use crate::cluster::plan_swarm;
 use crate::steps::*;

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use swarmup_bootstrap::keys::{ensure_login_key, generate_host_key, write_known_hosts, KnownHost};
 use swarmup_bootstrap::steps::wait_for_ssh;
 use swarmup_bootstrap::{ShellError, SshConnector, SshOptions};
-use swarmup_providers::{Machine, NoProgress, PowerState, Role, SshEndpoint};
+use swarmup_machine::{Machine, NoProgress, PowerState, Role, SshEndpoint};
 
 fn enabled() -> bool {
     if std::env::var("SWARMUP_E2E").as_deref() != Ok("1") {

@@ -31,13 +31,18 @@ impl ClusterApi {
         let mut managers: Vec<String> = machines
             .iter()
             .filter(|m| m.role == Role::Manager && m.power == PowerState::Running)
-            .map(|m| std::net::SocketAddr::new(m.ssh.host, 2377).to_string())
+            .map(|m| {
+                std::net::SocketAddr::new(m.ssh.host, swarmup_providers::CONTROL_PORT).to_string()
+            })
             .collect();
         if managers.is_empty() {
             managers = machines
                 .iter()
                 .filter(|m| m.role == Role::Manager)
-                .map(|m| std::net::SocketAddr::new(m.ssh.host, 2377).to_string())
+                .map(|m| {
+                    std::net::SocketAddr::new(m.ssh.host, swarmup_providers::CONTROL_PORT)
+                        .to_string()
+                })
                 .collect();
         }
         if managers.is_empty() {

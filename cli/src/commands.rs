@@ -488,7 +488,8 @@ async fn roll_back(
 
 /// The address this host uses to reach the machines (no packet is sent).
 fn admin_source(machines: &[Machine]) -> Option<std::net::IpAddr> {
-    let target = std::net::SocketAddr::new(machines.first()?.ssh.host, 2377);
+    let target =
+        std::net::SocketAddr::new(machines.first()?.ssh.host, swarmup_providers::CONTROL_PORT);
     let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
     socket.connect(target).ok()?;
     socket.local_addr().ok().map(|a| a.ip())
@@ -714,7 +715,7 @@ pub async fn env(out: &Output, name: Option<&str>) -> Result<()> {
         "tcp://{}",
         // The address swarmup reaches the machine on, public where there is one; the
         // manager's certificate names it (bootstrap passes --cert-san).
-        std::net::SocketAddr::new(manager.ssh.host, 2377)
+        std::net::SocketAddr::new(manager.ssh.host, swarmup_providers::CONTROL_PORT)
     );
     if out.json() {
         println!(

@@ -272,7 +272,7 @@ impl DockerApi {
         managers.sort_by_key(|m| m.power != PowerState::Running);
         let managers: Vec<SocketAddr> = managers
             .iter()
-            .map(|m| SocketAddr::new(m.ssh.host, 2377))
+            .map(|m| SocketAddr::new(m.ssh.host, swarmup_providers::CONTROL_PORT))
             .collect();
         if managers.is_empty() {
             bail!("cluster {} has no manager to ask", record.name);

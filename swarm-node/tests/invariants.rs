@@ -41,6 +41,130 @@ fn workspace_dependencies() -> BTreeMap<String, Vec<String>> {
         .collect()
 }
 
+/// Each workspace package with every package it links, directly or not (normal
+/// dependencies only: what ends up in its binary).
+fn linked_closures() -> BTreeMap<String, std::collections::BTreeSet<String>> {
+    use std::collections::BTreeSet;
+    // Resolved for this host only: other platforms' crates may not be downloaded.
+    let mut args = vec!["metadata", "--format-version", "1", "--offline"];
+    let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    if cfg!(target_os = "linux") {
+        args.extend(["--filter-platform", triple.as_str()]);
+    }
+    let out = Command::new(env!("CARGO"))
+        .args(&args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
+    let name_of: BTreeMap<String, String> = meta["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_str().unwrap_or_default().to_string(),
+                p["name"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let edges: BTreeMap<String, Vec<String>> = meta["resolve"]["nodes"]
+        .as_array()
+        .expect("resolve nodes")
+        .iter()
+        .map(|n| {
+            let deps = n["deps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|d| {
+                    d["dep_kinds"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|k| k["kind"].is_null())
+                })
+                .map(|d| d["pkg"].as_str().unwrap_or_default().to_string())
+                .collect();
+            (n["id"].as_str().unwrap_or_default().to_string(), deps)
+        })
+        .collect();
+    let members: Vec<String> = meta["workspace_members"]
+        .as_array()
+        .expect("workspace members")
+        .iter()
+        .map(|m| m.as_str().unwrap_or_default().to_string())
+        .collect();
+    members
+        .iter()
+        .map(|root| {
+            let mut seen = BTreeSet::new();
+            let mut todo = vec![root.clone()];
+            while let Some(id) = todo.pop() {
+                for d in edges.get(&id).into_iter().flatten() {
+                    if seen.insert(d.clone()) {
+                        todo.push(d.clone());
+                    }
+                }
+            }
+            let names = seen
+                .iter()
+                .filter_map(|id| name_of.get(id).cloned())
+                .collect();
+            (name_of[root].clone(), names)
+        })
+        .collect()
+}
+
+#[test]
+fn what_each_binary_links_keeps_the_layers_apart() {
+    let linked = linked_closures();
+    let forbid = |krate: &str, others: &[&str], why: &str| {
+        for other in others {
+            assert!(
+                !linked[krate].contains(*other),
+                "{krate} links {other}: {why}"
+            );
+        }
+    };
+    forbid(
+        "swarmup-bootstrap",
+        &["reqwest", "swarmup-providers", "openraft", "bollard"],
+        "bootstrap works on Machine records over SSH and calls no cloud API",
+    );
+    forbid(
+        "swarmup-providers",
+        &["openssh", "swarmup-bootstrap", "openraft", "bollard"],
+        "providers never open SSH",
+    );
+    forbid(
+        "swarmup",
+        &[
+            "openraft",
+            "bollard",
+            "swarm-raft",
+            "swarm-worker",
+            "swarm-net",
+        ],
+        "the CLI talks to clusters through the Docker API, never through node internals",
+    );
+    forbid(
+        "swarm-contract",
+        &["tokio", "reqwest", "swarm-state"],
+        "the contract between swarm-node and bootstrap is plain data",
+    );
+    forbid(
+        "swarmup-machine",
+        &["tokio", "reqwest", "openssh"],
+        "the machine records are plain data",
+    );
+}
+
 fn users_of(deps: &BTreeMap<String, Vec<String>>, krate: &str) -> Vec<String> {
     deps.iter()
         .filter(|(_, d)| d.iter().any(|n| n == krate))

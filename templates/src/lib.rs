@@ -18,11 +18,10 @@ use serde::{Deserialize, Serialize};
 pub const SWARM_NODE_BINARY: &str = "/var/lib/swarmup/swarm-node";
 /// Where swarm-node keeps its state on every machine.
 pub const SWARM_NODE_STATE_DIR: &str = "/var/lib/swarm-node";
-/// Swarm control plane (Raft, dispatcher, CA).
-pub const CONTROL_PORT: u16 = 2377;
-/// VXLAN data path (swarm-node's `--data-path-port`). There is no gossip port: swarm-node
-/// derives every forwarding entry from the replicated state, so Docker's 7946 stays shut.
-pub const DATA_PORT: u16 = 4789;
+/// Swarm control plane (Raft, dispatcher, CA) and the VXLAN data path (swarm-node's
+/// `--data-path-port`). There is no gossip port: swarm-node derives every forwarding
+/// entry from the replicated state, so Docker's 7946 stays shut.
+pub use swarmup_machine::{CONTROL_PORT, DATA_PORT};
 /// The prefix of the bridges swarm-node makes for overlay networks (`swb<VNI>`).
 pub const OVERLAY_BRIDGES: &str = "swb*";
 

@@ -52,13 +52,13 @@ pub fn cluster_firewall(name: &str, cluster_tag: &str, ssh_from: &[String]) -> F
             // data path. No gossip port: swarm-node needs none.
             InboundRule {
                 protocol: "tcp".into(),
-                ports: Some("2377".into()),
+                ports: Some(crate::CONTROL_PORT.to_string()),
                 sources: Targets {
                     addresses: ssh_from,
                     ..peers()
                 },
             },
-            peer_rule("udp", Some("4789")),
+            peer_rule("udp", Some(&crate::DATA_PORT.to_string())),
             // Lets nodes ping each other when something is wrong.
             peer_rule("icmp", Some("0")),
         ],

@@ -366,7 +366,7 @@ impl LoopState {
             exit_code: change.exit_code,
         });
         TaskStatus {
-            timestamp: Some(self.exec.clock.now()),
+            timestamp: Some(self.exec.clock.now_rfc3339()),
             state: Some(change.state),
             message: Some(change.message),
             err: change.err,
