@@ -297,12 +297,17 @@ pub fn reconcile(
     now: OffsetDateTime,
     new_id: &mut dyn FnMut() -> String,
 ) -> Plan {
-    let mut plan = Plan::default();
-    let mut put: BTreeMap<String, Task> = BTreeMap::new();
-    let mut remove: Vec<String> = Vec::new();
-    let mut status_out: Vec<Command> = Vec::new();
-    let mut load = Load::from_state(state).with_failures_at(state, now);
-    let at = rfc3339(now);
+    let mut pass = Pass {
+        state,
+        now,
+        at: rfc3339(now),
+        new_id,
+        load: Load::from_state(state).with_failures_at(state, now),
+        put: BTreeMap::new(),
+        remove: Vec::new(),
+        wake_after: None,
+        status_out: Vec::new(),
+    };
 
     // Tasks of services that no longer exist: stop, then delete once stopped.
     for task in state.tasks.values() {
@@ -311,25 +316,24 @@ pub fn reconcile(
             .as_ref()
             .is_none_or(|s| !state.services.contains_key(s));
         if service_gone {
-            retire(state, task, &at, &mut put, &mut remove);
+            retire(state, task, &pass.at, &mut pass.put, &mut pass.remove);
         }
     }
 
     for (service_id, service) in &state.services {
-        reconcile_service(
-            state,
-            service_id,
-            service,
-            now,
-            &at,
-            new_id,
-            &mut load,
-            &mut put,
-            &mut remove,
-            &mut plan.wake_after,
-            &mut status_out,
-        );
+        reconcile_service(&mut pass, service_id, service);
     }
+    let Pass {
+        put,
+        remove,
+        wake_after,
+        status_out,
+        ..
+    } = pass;
+    let mut plan = Plan {
+        wake_after,
+        ..Plan::default()
+    };
     // Update decisions first: a rollback changes the template the tasks follow.
     plan.commands.extend(status_out);
 
@@ -341,6 +345,25 @@ pub fn reconcile(
             .push(Command::RemoveTasks { ids: ids.to_vec() });
     }
     plan
+}
+
+/// One reconcile pass: what every service reads (the state, the time, the id source) and
+/// what the pass has decided so far, which later services see (the load placements add).
+struct Pass<'a> {
+    state: &'a ClusterState,
+    now: OffsetDateTime,
+    /// `now` as Docker writes it, for the tasks and statuses the pass writes.
+    at: String,
+    new_id: &'a mut dyn FnMut() -> String,
+    load: Load,
+    /// Tasks to write, by id.
+    put: BTreeMap<String, Task>,
+    /// Tasks to delete.
+    remove: Vec<String>,
+    /// The earliest time a later pass has something to do (a restart delay ending).
+    wake_after: Option<Duration>,
+    /// Update-status decisions, proposed before the tasks.
+    status_out: Vec<Command>,
 }
 
 /// The most tasks one `PutTasks` or `RemoveTasks` entry carries.
@@ -461,20 +484,19 @@ fn created(task: &Task) -> String {
     task.created_at.clone().unwrap_or_default()
 }
 
-#[allow(clippy::too_many_arguments)]
-fn reconcile_service(
-    state: &ClusterState,
-    service_id: &str,
-    service: &Service,
-    now: OffsetDateTime,
-    at: &str,
-    new_id: &mut dyn FnMut() -> String,
-    load: &mut Load,
-    put: &mut BTreeMap<String, Task>,
-    remove: &mut Vec<String>,
-    wake_after: &mut Option<Duration>,
-    status_out: &mut Vec<Command>,
-) {
+fn reconcile_service(pass: &mut Pass<'_>, service_id: &str, service: &Service) {
+    let (state, now, at) = (pass.state, pass.now, pass.at.clone());
+    let at = at.as_str();
+    let Pass {
+        new_id,
+        load,
+        put,
+        remove,
+        wake_after,
+        status_out,
+        ..
+    } = pass;
+    let new_id: &mut dyn FnMut() -> String = &mut **new_id;
     let spec = service.spec.clone().unwrap_or_default();
     // The template with the ingress network added when the service publishes ports.
     let template = state.task_spec_of(&spec);
