@@ -259,6 +259,15 @@ fn t20_leader_failover_and_restart_from_disk() {
         "figure: lost leader seen Down (heartbeat 1 s, so 3 s is three periods): {:?} after the kill",
         killed_at.elapsed()
     );
+    // Its tasks run elsewhere: both replicas Running on the two managers left.
+    wait_for("app's tasks off node1", Duration::from_secs(30), || {
+        let tasks = running_tasks(&sb.nodes[1], "app");
+        tasks.len() == 2 && tasks.iter().all(|(n, _)| n != "node1")
+    });
+    println!(
+        "figure: lost leader's tasks Running elsewhere (heartbeat 1 s): {:?} after the kill",
+        killed_at.elapsed()
+    );
     sb.nodes[1].docker_ok(&["service", "scale", "app=3"]);
     wait_for("3 running after failover", Duration::from_secs(40), || {
         running_tasks(&sb.nodes[1], "app").len() == 3
