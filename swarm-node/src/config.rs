@@ -27,8 +27,8 @@ pub const DEFAULT_HEARTBEAT_MS: u64 = 5_000;
 pub struct NodeFile {
     pub node_id: String,
     pub cluster_id: String,
-    /// `manager` or `worker`, as in the node's certificate.
-    pub role: String,
+    /// As in the node's certificate.
+    pub role: swarm_contract::Role,
     /// `IP:PORT` other nodes reach this node's control port on.
     pub advertise_addr: String,
     /// `IP:PORT` the control port binds.
@@ -73,7 +73,7 @@ impl NodeFile {
     }
 
     pub fn is_manager(&self) -> bool {
-        self.role == "manager"
+        self.role == swarm_contract::Role::Manager
     }
 }
 
@@ -268,7 +268,7 @@ mod tests {
         let f = NodeFile {
             node_id: "n".into(),
             cluster_id: "c".into(),
-            role: "manager".into(),
+            role: swarm_contract::Role::Manager,
             advertise_addr: "127.0.0.1:1".into(),
             listen_addr: "127.0.0.1:1".into(),
             managers: vec![],

@@ -353,7 +353,7 @@ pub async fn run_with_network(
                     .write()
                     .expect("managers lock") = answer.manager_ids.iter().cloned().collect();
                 role_daemon.remember_managers(&answer.managers).await;
-                if let Err(e) = role_daemon.change_role(&answer.desired_role).await {
+                if let Err(e) = role_daemon.change_role(answer.desired_role).await {
                     tracing::warn!(error = %e, "role change failed; retrying at the next heartbeat");
                 }
             }
@@ -493,14 +493,14 @@ impl Daemon {
 
     /// Brings the node to the role the cluster wants: a new certificate first (so peers
     /// see the new role), then the manager part started or stopped.
-    async fn change_role(&self, desired: &str) -> Result<(), DaemonError> {
-        let current = self.node.lock().await.role.clone();
+    async fn change_role(&self, desired: swarm_contract::Role) -> Result<(), DaemonError> {
+        let current = self.node.lock().await.role;
         if current == desired {
             return Ok(());
         }
         tracing::info!(from = %current, to = %desired, "role change");
         let identity = self.renew_certificate().await?;
-        if desired == "manager" {
+        if desired == swarm_contract::Role::Manager {
             self.start_manager(&identity).await?;
         } else {
             self.stop_manager().await;
@@ -508,7 +508,7 @@ impl Daemon {
             let _ = tokio::fs::remove_dir_all(self.config.state_dir.join("raft")).await;
         }
         let mut node = self.node.lock().await;
-        node.role = desired.to_string();
+        node.role = desired;
         node.save(&self.config.state_dir)
             .map_err(|source| DaemonError::State {
                 path: self.config.state_dir.clone(),

@@ -315,7 +315,7 @@ async fn init_inner(options: &InitOptions) -> Result<InitOutcome, SetupError> {
     NodeFile {
         node_id: node_id.clone(),
         cluster_id,
-        role: "manager".into(),
+        role: swarm_contract::Role::Manager,
         advertise_addr: advertise.clone(),
         listen_addr: with_default_port(&options.listen_addr),
         managers: vec![advertise.clone()],
@@ -446,7 +446,7 @@ async fn join_inner(options: &JoinOptions) -> Result<JoinResponse, SetupError> {
     NodeFile {
         node_id: joined.node_id.clone(),
         cluster_id: joined.cluster_id.clone(),
-        role: joined.role.clone(),
+        role: joined.role,
         advertise_addr: advertise,
         listen_addr: listen,
         managers: if joined.managers.is_empty() {

@@ -196,9 +196,8 @@ async fn heartbeat(
         desired_role: state
             .nodes
             .get(&beat.node_id)
-            .map(|n| ca::role_name(node_role(n)))
-            .unwrap_or("worker")
-            .into(),
+            .map(|n| ca::node_role_kind(node_role(n)))
+            .unwrap_or(swarm_contract::Role::Worker),
         manager_ids: state.managers().into_iter().map(|(id, _)| id).collect(),
     }))
 }

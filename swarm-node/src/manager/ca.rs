@@ -36,10 +36,11 @@ fn root_ca(info: &ClusterInfo) -> Result<RootCa, ApiError> {
         .map_err(|e| ApiError::Internal(format!("cluster root CA unusable: {e}")))
 }
 
-pub fn role_name(role: NodeSpecRoleEnum) -> &'static str {
+/// A node's role in the state as the node layer names it (wire types, the node file).
+pub fn node_role_kind(role: NodeSpecRoleEnum) -> swarm_contract::Role {
     match role {
-        NodeSpecRoleEnum::MANAGER => "manager",
-        _ => "worker",
+        NodeSpecRoleEnum::MANAGER => swarm_contract::Role::Manager,
+        _ => swarm_contract::Role::Worker,
     }
 }
 
@@ -377,11 +378,11 @@ pub async fn join(
             })
             .await?;
     }
-    tracing::info!(node_id = %node_id, hostname = %request.hostname, role = role_name(role), caller = ?remote, "node joined");
+    tracing::info!(node_id = %node_id, hostname = %request.hostname, role = %node_role_kind(role), caller = ?remote, "node joined");
     Ok(JoinResponse {
         node_id,
         cluster_id: info.id.clone(),
-        role: role_name(role).into(),
+        role: node_role_kind(role),
         cert_pem,
         ca_pem: info.root_ca_cert_pem.clone(),
         managers: manager_addrs(manager, &state),
@@ -450,7 +451,7 @@ pub fn renew(
     Ok(JoinResponse {
         node_id: node_id.to_string(),
         cluster_id: info.id.clone(),
-        role: role_name(role).into(),
+        role: node_role_kind(role),
         cert_pem,
         ca_pem: info.root_ca_cert_pem.clone(),
         managers: manager_addrs(manager, &state),

@@ -53,8 +53,7 @@ pub struct JoinRequest {
 pub struct JoinResponse {
     pub node_id: String,
     pub cluster_id: String,
-    /// `manager` or `worker`.
-    pub role: String,
+    pub role: swarm_contract::Role,
     pub cert_pem: String,
     pub ca_pem: String,
     /// Control addresses (`IP:PORT`) of the managers, to heartbeat and fail over to.
@@ -89,7 +88,7 @@ pub struct HeartbeatResponse {
     /// The role the cluster wants this node to have (`manager` / `worker`). When it
     /// differs from the role in the node's certificate, the node renews its certificate
     /// and starts or stops its manager part.
-    pub desired_role: String,
+    pub desired_role: swarm_contract::Role,
     /// The node ids of the current managers: a worker lets only these read its task
     /// containers' logs (for `docker service logs`), since it has no state to check a
     /// manager certificate against.

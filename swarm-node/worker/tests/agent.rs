@@ -97,7 +97,7 @@ async fn heartbeat(State(m): State<Shared>, Json(hb): Json<Heartbeat>) -> Json<H
     Json(HeartbeatResponse {
         period_ms: 100,
         managers: g.managers.clone(),
-        desired_role: "worker".into(),
+        desired_role: swarm_contract::Role::Worker,
         manager_ids: vec![],
     })
 }
@@ -281,7 +281,10 @@ async fn agent_runs_reports_fails_over_and_readopts() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(hb.borrow().as_ref().unwrap().desired_role, "worker");
+    assert_eq!(
+        hb.borrow().as_ref().unwrap().desired_role,
+        swarm_contract::Role::Worker
+    );
     {
         let g = m.lock();
         let beat = g.heartbeats.last().unwrap();
