@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 mod api;
 mod client_cert;
 mod commands;
+mod create;
 mod digitalocean;
 mod firewall;
 mod output;
@@ -110,12 +111,13 @@ pub struct ClusterSel {
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// The cluster's name; machines are NAME-node1, NAME-node2, …
-    #[arg(long, default_value = "swarm")]
-    name: String,
-    /// Where the machines come from: lab (this host) or digitalocean.
-    #[arg(long, default_value = "lab")]
-    provider: String,
+    /// The cluster's name; machines are NAME-node1, NAME-node2, … [default: swarm]
+    // No clap default: a cluster file's name must not lose to a default (create::merge).
+    #[arg(long)]
+    name: Option<String>,
+    /// Where the machines come from: lab (this host) or digitalocean. [default: lab]
+    #[arg(long)]
+    provider: Option<String>,
     /// How many nodes.
     #[arg(long)]
     nodes: Option<u32>,
@@ -282,7 +284,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let out = output::Output::new(cli.output, cli.quiet);
     match cli.command {
-        Command::Create(args) => commands::create(&out, args).await,
+        Command::Create(args) => create::create(&out, args).await,
         Command::Ls => commands::ls(&out).await,
         Command::Destroy { name, yes } => commands::destroy(&out, &name, yes).await,
         Command::Ssh {

@@ -1,4 +1,6 @@
-//! Which provider a cluster uses, built from the user's choices.
+//! Which provider a cluster uses, built from the user's choices: the registry of providers
+//! by name, and the one place that turns flags, records and the environment into each
+//! provider's options. Everything else in the CLI sees only `dyn Provider`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -6,14 +8,54 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use swarmup_providers::digitalocean::DigitalOceanProvider;
-use swarmup_providers::{DestroyReport, Provider};
+use swarmup_providers::Provider;
 
-use crate::records::ClusterRecord;
+use crate::records::{self, ClusterDir, ClusterRecord, PlannedMachine};
 use crate::CreateArgs;
 
-/// The providers `--provider` accepts.
-pub const KNOWN: &[&str] = &["lab", "digitalocean"];
+/// Builds a provider from the environment alone; `None` when its credentials are not at hand.
+type Lookout = fn() -> Result<Option<Arc<dyn Provider>>>;
+
+/// A provider `--provider` accepts.
+struct Registered {
+    name: &'static str,
+    /// Builds the provider from the user's choices.
+    build: fn(&ProviderChoice) -> Result<Arc<dyn Provider>>,
+    /// For providers that can see clusters this machine has no record of (made elsewhere,
+    /// or the record was lost): builds one from the environment alone, `None` when its
+    /// credentials are not at hand. `swarmup ls` and `destroy NAME` adopt what it finds.
+    lookout: Option<Lookout>,
+}
+
+/// Every provider, by name. A new provider is its module in `swarmup-providers`, a builder
+/// below and one line here.
+const REGISTRY: &[Registered] = &[
+    Registered {
+        name: "lab",
+        build: lab,
+        lookout: None,
+    },
+    Registered {
+        name: "digitalocean",
+        build: digitalocean,
+        lookout: Some(digitalocean_lookout),
+    },
+];
+
+/// The names `--provider` accepts, in the registry's order.
+pub fn known() -> Vec<&'static str> {
+    REGISTRY.iter().map(|r| r.name).collect()
+}
+
+fn registered(name: &str) -> Result<&'static Registered> {
+    match REGISTRY.iter().find(|r| r.name == name) {
+        Some(r) => Ok(r),
+        None => bail!(
+            "unknown provider {name:?}: use one of {}",
+            known().join(", ")
+        ),
+    }
+}
 
 /// Settings a provider is built from: flags, the record of an existing cluster, the
 /// environment.
@@ -48,7 +90,7 @@ impl ProviderChoice {
     pub fn for_create(args: &CreateArgs, existing: Option<&ClusterRecord>) -> Self {
         let recorded = |key: &str| {
             existing
-                .filter(|r| r.provider == args.provider)
+                .filter(|r| r.provider == args.provider_name())
                 .and_then(|r| r.provider_options.get(key))
                 .filter(|v| !v.is_empty())
                 .cloned()
@@ -61,7 +103,7 @@ impl ProviderChoice {
             args.ssh_from.clone()
         };
         ProviderChoice {
-            name: args.provider.clone(),
+            name: args.provider_name().to_string(),
             token: args.token.clone(),
             region: args.region.clone().or_else(|| recorded(OPT_REGION)),
             size: args.size.clone().or_else(|| recorded(OPT_SIZE)),
@@ -97,10 +139,7 @@ impl ProviderChoice {
 }
 
 pub fn check_name(name: &str) -> Result<()> {
-    if !KNOWN.contains(&name) {
-        bail!("unknown provider {name:?}: use one of {}", KNOWN.join(", "));
-    }
-    Ok(())
+    registered(name).map(|_| ())
 }
 
 #[cfg(target_os = "linux")]
@@ -163,10 +202,10 @@ pub fn key_fingerprint(path: &Path) -> Result<String> {
     })
 }
 
-/// The DigitalOcean provider itself (not behind the trait), for the dry run, the
-/// rollback and finding clusters by tag.
-pub fn digitalocean_provider(choice: &ProviderChoice) -> Result<Arc<DigitalOceanProvider>> {
-    use swarmup_providers::digitalocean::{DigitalOceanOptions, SshKeyChoice};
+fn digitalocean(choice: &ProviderChoice) -> Result<Arc<dyn Provider>> {
+    use swarmup_providers::digitalocean::{
+        DigitalOceanOptions, DigitalOceanProvider, SshKeyChoice,
+    };
     let Some(token) = digitalocean_token(choice.token.as_deref())? else {
         bail!(
             "no DigitalOcean token: pass --token, set DIGITALOCEAN_TOKEN, or put digitalocean: {{token: ...}} in {}",
@@ -198,39 +237,28 @@ pub fn digitalocean_provider(choice: &ProviderChoice) -> Result<Arc<DigitalOcean
     Ok(Arc::new(DigitalOceanProvider::new(options, user_data)?))
 }
 
-pub fn build(choice: &ProviderChoice) -> Result<Arc<dyn Provider>> {
-    Ok(build_for_create(choice)?.provider)
-}
-
-/// A provider for `create`, with what it takes to undo a failed run.
-#[derive(Debug, Clone)]
-pub struct Built {
-    pub provider: Arc<dyn Provider>,
-    /// The same provider when it is DigitalOcean's.
-    pub digitalocean: Option<Arc<DigitalOceanProvider>>,
-}
-
-impl Built {
-    /// Removes what the failed create of `cluster` made. `new_cluster`: the cluster did not
-    /// exist before this run, so everything of it goes.
-    pub async fn rollback(&self, cluster: &str, new_cluster: bool) -> Result<DestroyReport> {
-        if let Some(d) = &self.digitalocean {
-            // Only the droplets this run made; the firewall and key go with the last one.
-            return Ok(d.rollback(cluster, &d.created_ids(cluster)).await?);
-        }
-        if new_cluster {
-            return Ok(self.provider.destroy(cluster).await?);
-        }
-        bail!(
-            "the {} provider cannot remove single machines of cluster {cluster}, which existed before this run: run the same create again to finish it, or `swarmup destroy {cluster}`",
-            self.provider.name()
-        )
+/// A DigitalOcean provider when a token is at hand without flags (environment or config
+/// file): the droplets' tags name every cluster on the account, whichever machine made it.
+fn digitalocean_lookout() -> Result<Option<Arc<dyn Provider>>> {
+    if digitalocean_token(None)?.is_none() {
+        return Ok(None);
     }
+    digitalocean(&ProviderChoice {
+        name: "digitalocean".to_string(),
+        ..Default::default()
+    })
+    .map(Some)
 }
 
-pub fn build_for_create(choice: &ProviderChoice) -> Result<Built> {
-    check_name(&choice.name)?;
-    if choice.name != "lab" {
+/// The provider of an existing cluster (its record names it).
+pub fn build(choice: &ProviderChoice) -> Result<Arc<dyn Provider>> {
+    (registered(&choice.name)?.build)(choice)
+}
+
+/// The provider for `create`: also refuses the flags it would have to ignore.
+pub fn build_for_create(choice: &ProviderChoice) -> Result<Arc<dyn Provider>> {
+    let entry = registered(&choice.name)?;
+    if entry.name != "lab" {
         for (set, flag) in [
             (choice.lab_registry, "--registry"),
             (choice.lab_offline, "--offline"),
@@ -243,19 +271,82 @@ pub fn build_for_create(choice: &ProviderChoice) -> Result<Built> {
             }
         }
     }
-    match choice.name.as_str() {
-        "lab" => Ok(Built {
-            provider: lab(choice)?,
-            digitalocean: None,
-        }),
-        _ => {
-            let d = digitalocean_provider(choice)?;
-            Ok(Built {
-                provider: d.clone(),
-                digitalocean: Some(d),
+    (entry.build)(choice)
+}
+
+/// A record for a cluster a provider found without one, from its machines.
+async fn rebuild(provider: &dyn Provider, name: &str) -> Result<ClusterRecord> {
+    let mut machines = provider.list(name).await?;
+    machines.sort_by(|a, b| a.name.cmp(&b.name));
+    let created_at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let mut provider_options = BTreeMap::new();
+    provider_options.insert("found_by".to_string(), "tags".to_string());
+    Ok(ClusterRecord {
+        name: name.to_string(),
+        provider: provider.name().to_string(),
+        created_at,
+        machines: machines
+            .iter()
+            .map(|m| PlannedMachine {
+                name: m.name.clone(),
+                role: m.role,
             })
+            .collect(),
+        last_seen: machines,
+        provider_options,
+    })
+}
+
+/// Clusters that have no record here but a provider's lookout sees: their records are
+/// rebuilt and saved, so that every other command finds them. Quiet without credentials;
+/// a failing provider only warns.
+pub async fn adopt_unrecorded(known: &[ClusterRecord]) -> Vec<ClusterRecord> {
+    let mut adopted: Vec<ClusterRecord> = Vec::new();
+    for entry in REGISTRY {
+        let Some(lookout) = entry.lookout else {
+            continue;
+        };
+        let found = async {
+            let Some(provider) = lookout()? else {
+                return Ok(Vec::new());
+            };
+            let mut found = Vec::new();
+            for name in provider.clusters().await? {
+                let recorded = known.iter().chain(&adopted).any(|r| r.name == name);
+                if recorded || records::validate_name(&name).is_err() {
+                    continue;
+                }
+                let record = rebuild(provider.as_ref(), &name).await?;
+                ClusterDir::of(&name)?.save(&record)?;
+                found.push(record);
+            }
+            anyhow::Ok(found)
+        };
+        match found.await {
+            Ok(found) => adopted.extend(found),
+            Err(e) => eprintln!("warning: cannot look for {} clusters: {e:#}", entry.name),
         }
     }
+    adopted
+}
+
+/// For `destroy NAME` without a record: rebuilds it when a provider's lookout sees the
+/// cluster. Whether one did.
+pub async fn adopt(name: &str) -> Result<bool> {
+    for lookout in REGISTRY.iter().filter_map(|r| r.lookout) {
+        let Some(provider) = lookout()? else {
+            continue;
+        };
+        if !provider.clusters().await?.iter().any(|c| c == name) {
+            continue;
+        }
+        let record = rebuild(provider.as_ref(), name).await?;
+        ClusterDir::of(name)?.save(&record)?;
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// `swarmup lab-node …`: a lab node's init, run by the lab provider inside the node's
@@ -290,6 +381,37 @@ pub fn run_lab_node(_args: Vec<String>) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_provider_is_registered_once_and_unknown_names_list_them() {
+        let names = known();
+        assert_eq!(names, ["lab", "digitalocean"]);
+        let mut unique = names.clone();
+        unique.dedup();
+        assert_eq!(unique, names);
+        let err = check_name("nope").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "unknown provider \"nope\": use one of lab, digitalocean"
+        );
+        assert!(build(&ProviderChoice {
+            name: "virtualbox".into(),
+            ..Default::default()
+        })
+        .is_err());
+    }
+
+    #[test]
+    fn lab_only_flags_are_refused_for_other_providers() {
+        let err = build_for_create(&ProviderChoice {
+            name: "digitalocean".into(),
+            lab_offline: true,
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--offline is for lab clusters only"), "{err}");
+    }
 
     #[test]
     fn a_public_key_file_gives_its_md5_fingerprint() {

@@ -78,6 +78,88 @@ pub enum FirewallSync {
     },
 }
 
+/// How many requests a cloud provider's client sent. `calls` are first attempts of
+/// ordinary requests, `polls` first attempts of status polls, `retries` every further
+/// attempt of either.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ApiCallCount {
+    pub calls: u64,
+    pub polls: u64,
+    pub retries: u64,
+}
+
+impl fmt::Display for ApiCallCount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} api calls, {} polls, {} retries",
+            self.calls, self.polls, self.retries
+        )
+    }
+}
+
+/// Who may reach the machines' Docker API when the user names no sources (`--ssh-from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultAdminSources {
+    /// The address this host reaches the machines from: they see it unchanged.
+    ThisHost,
+    /// Anywhere: the machines see this host through NAT, at an address unknown here
+    /// (every call still needs a client certificate from the cluster's CA).
+    Anywhere,
+}
+
+/// What `create --dry-run` shows: the plan as the provider would carry it out, laid out
+/// for the CLI's table (MACHINE, ROLE, then `columns`) and for `--output json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DryRun {
+    /// The provider as a sentence names it ("DigitalOcean").
+    pub title: String,
+    /// Columns after MACHINE and ROLE.
+    pub columns: Vec<String>,
+    /// One per machine of the plan, in the plan's order.
+    pub machines: Vec<DryRunMachine>,
+    /// A last row (totals): its cells after MACHINE.
+    pub total: Option<Vec<String>>,
+    /// Lines under the table: a label and its value.
+    pub details: Vec<(String, String)>,
+    /// Said on stderr: the plan works but the user should know.
+    pub warnings: Vec<String>,
+    /// The provider's own plan, for scripts (`null` when it has nothing more to say).
+    pub plan: serde_json::Value,
+}
+
+/// One machine of a [`DryRun`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DryRunMachine {
+    pub name: String,
+    pub role: Role,
+    /// The cells of [`DryRun::columns`].
+    pub cells: Vec<String>,
+    /// What `--output json` adds to `name` and `role`.
+    pub json: serde_json::Map<String, serde_json::Value>,
+}
+
+impl DryRun {
+    /// The plan with nothing beyond names and roles.
+    pub fn plain(title: &str, plan: &ClusterPlan) -> Self {
+        DryRun {
+            title: title.to_string(),
+            machines: plan
+                .machines
+                .iter()
+                .map(|m| DryRunMachine {
+                    name: m.name.clone(),
+                    role: m.role,
+                    cells: Vec::new(),
+                    json: serde_json::Map::new(),
+                })
+                .collect(),
+            plan: serde_json::Value::Null,
+            ..DryRun::default()
+        }
+    }
+}
+
 /// Errors a provider returns. Messages are one line, name what was wrong and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
@@ -154,6 +236,41 @@ pub trait Provider: Send + Sync + fmt::Debug {
             ),
         })
     }
+    /// `create --dry-run`: what `create` would make of `plan` (and what it costs), reading
+    /// only. `plan`'s keys may be throwaway ones: a dry run writes nothing, not even keys.
+    async fn dry_run(&self, plan: &ClusterPlan) -> Result<DryRun, ProviderError> {
+        Ok(DryRun::plain(self.name(), plan))
+    }
+
+    /// Removes what the last `create` of `cluster` made after it failed
+    /// (`--rollback-on-failure`). `new_cluster`: the cluster did not exist before that run,
+    /// so everything of it goes. Providers that cannot tell which machines the run made
+    /// refuse for a cluster that existed before.
+    async fn rollback_run(
+        &self,
+        cluster: &str,
+        new_cluster: bool,
+    ) -> Result<DestroyReport, ProviderError> {
+        if new_cluster {
+            return self.destroy(cluster).await;
+        }
+        Err(ProviderError::InvalidRequest(format!(
+            "the {} provider cannot remove single machines of cluster {cluster}, which existed before this run: run the same create again to finish it, or `swarmup destroy {cluster}`",
+            self.name()
+        )))
+    }
+
+    /// Who may reach the Docker API when the user names no sources.
+    fn default_admin_sources(&self) -> DefaultAdminSources {
+        DefaultAdminSources::ThisHost
+    }
+
+    /// The requests sent to the provider's API so far, for `create --output json`; `None`
+    /// for providers without one.
+    fn api_call_count(&self) -> Option<ApiCallCount> {
+        None
+    }
+
     /// The registry the provider runs for the cluster, which every node trusts
     /// (`HOST:PORT`, for `docker push HOST:PORT/app:1`); `None` when there is none.
     async fn registry(&self, cluster: &str) -> Result<Option<String>, ProviderError> {

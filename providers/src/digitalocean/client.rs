@@ -60,24 +60,8 @@ impl Default for RetryPolicy {
     }
 }
 
-/// How many requests the client sent. `calls` are first attempts of ordinary requests,
-/// `polls` first attempts of status polls, `retries` every further attempt of either.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct ApiCallCount {
-    pub calls: u64,
-    pub polls: u64,
-    pub retries: u64,
-}
-
-impl fmt::Display for ApiCallCount {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} api calls, {} polls, {} retries",
-            self.calls, self.polls, self.retries
-        )
-    }
-}
+// Counted here, reported through `Provider::api_call_count` like any cloud provider's.
+pub use crate::ApiCallCount;
 
 #[derive(Debug, Default)]
 struct RateState {

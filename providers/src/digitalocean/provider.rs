@@ -15,8 +15,9 @@ use super::firewall::{
 };
 use super::types::{Droplet, DropletCreate, Size};
 use crate::{
-    ClusterPlan, DestroyReport, FirewallSync, Machine, MachinePlan, PowerState, Progress, Provider,
-    ProviderError, PublishedPort, Role, SshEndpoint,
+    ClusterPlan, DefaultAdminSources, DestroyReport, DryRun, DryRunMachine, FirewallSync, Machine,
+    MachinePlan, PowerState, Progress, Provider, ProviderError, PublishedPort, Role, SshEndpoint,
+    CONTROL_PORT,
 };
 
 /// Every droplet swarmup makes carries this tag.
@@ -1185,6 +1186,93 @@ impl Provider for DigitalOceanProvider {
 
     fn has_cloud_firewall(&self) -> bool {
         true
+    }
+
+    async fn dry_run(&self, plan: &ClusterPlan) -> Result<DryRun, ProviderError> {
+        let p = self.plan(plan).await?;
+        let machines = plan
+            .machines
+            .iter()
+            .map(|m| {
+                let exists = p.existing.contains(&m.name);
+                let json = serde_json::json!({
+                    "region": p.region, "size": p.size, "price_hourly": p.price_hourly,
+                    "price_monthly": p.price_monthly, "exists": exists,
+                });
+                DryRunMachine {
+                    name: m.name.clone(),
+                    role: m.role,
+                    cells: vec![
+                        p.region.clone(),
+                        p.size.clone(),
+                        format!("${:.5}", p.price_hourly),
+                        format!("${:.2}", p.price_monthly),
+                        if exists { "exists" } else { "to create" }.to_string(),
+                    ],
+                    json: match json {
+                        serde_json::Value::Object(map) => map,
+                        _ => serde_json::Map::new(),
+                    },
+                }
+            })
+            .collect();
+        let detail = |k: &str, v: String| (k.to_string(), v);
+        Ok(DryRun {
+            title: "DigitalOcean".to_string(),
+            columns: ["REGION", "SIZE", "PER HOUR", "PER MONTH", "STATE"]
+                .map(String::from)
+                .to_vec(),
+            machines,
+            total: Some(vec![
+                String::new(),
+                String::new(),
+                String::new(),
+                format!("${:.5}", p.total_hourly),
+                format!("${:.2}", p.total_monthly),
+                format!("{} to create", p.to_create.len()),
+            ]),
+            details: vec![
+                detail("image", p.image.clone()),
+                detail("ssh key", p.ssh_key.clone()),
+                detail(
+                    "open from",
+                    format!(
+                        "{} (ssh 22/tcp and the Docker API {CONTROL_PORT}/tcp)",
+                        p.ssh_from.join(", ")
+                    ),
+                ),
+                detail(
+                    "account",
+                    format!(
+                        "{} of {} droplets in use; {} create call(s)",
+                        p.droplets_in_account, p.droplet_limit, p.create_calls
+                    ),
+                ),
+            ],
+            warnings: p.warnings.clone(),
+            plan: serde_json::to_value(&p)
+                .map_err(|e| ProviderError::Api(format!("cannot show the plan: {e}")))?,
+        })
+    }
+
+    /// Only the droplets the failed run made go (whether or not the cluster is new): the
+    /// firewall and key go with the cluster's last droplet.
+    async fn rollback_run(
+        &self,
+        cluster: &str,
+        _new_cluster: bool,
+    ) -> Result<DestroyReport, ProviderError> {
+        self.rollback(cluster, &self.created_ids(cluster)).await
+    }
+
+    // Droplets see this host through NAT at an address unknown here, so without
+    // `--ssh-from` they take the Docker API from anywhere, as their cloud firewall does.
+    fn default_admin_sources(&self) -> DefaultAdminSources {
+        DefaultAdminSources::Anywhere
+    }
+
+    fn api_call_count(&self) -> Option<ApiCallCount> {
+        Some(self.api_calls())
     }
 
     async fn sync_published_ports(
