@@ -9,21 +9,22 @@ use anyhow::{bail, Context, Result};
 use swarmup_bootstrap::{ssh_config, SshOptions};
 use swarmup_providers::{Machine, PowerState, Provider, Role};
 
+use crate::env;
 use crate::output::{table, Output};
 use crate::providers::{self, ProviderChoice};
 use crate::records::{self, ClusterDir, ClusterRecord};
 
 /// The managed SSH config file: `~/.ssh/config` unless `SWARMUP_SSH_CONFIG` says otherwise.
 pub fn ssh_config_path() -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("SWARMUP_SSH_CONFIG") {
-        return Ok(PathBuf::from(p));
+    if let Some(p) = env::path(env::SWARMUP_SSH_CONFIG) {
+        return Ok(p);
     }
     ssh_config::default_ssh_config_path().context("cannot find ~/.ssh/config: set HOME")
 }
 
 pub fn ssh_options(dir: &ClusterDir) -> SshOptions {
     let mut options = SshOptions::new(dir.login_key(), dir.known_hosts());
-    options.config_file = std::env::var_os("SWARMUP_SSH_CONFIG").map(PathBuf::from);
+    options.config_file = env::path(env::SWARMUP_SSH_CONFIG);
     options
 }
 

@@ -77,11 +77,7 @@ pub fn merge_file(args: CreateArgs) -> Result<CreateArgs> {
         .with_context(|| format!("cannot read cluster file {}", path.display()))?;
     let file: ClusterFile = serde_norway::from_str(&text)
         .map_err(|e| anyhow::anyhow!("invalid cluster file {}: {e}", path.display()))?;
-    Ok(merge(
-        args,
-        file,
-        std::env::var_os("HOME").map(PathBuf::from),
-    ))
+    Ok(merge(args, file, crate::env::path(crate::env::HOME)))
 }
 
 /// [`merge_file`]'s decision, without the file system; `home` expands `~/` in `ssh_key`.

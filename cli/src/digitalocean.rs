@@ -9,10 +9,7 @@ use swarmup_providers::{ClusterPlan, MachinePlan, ProviderError};
 
 /// `$XDG_CONFIG_HOME/swarmup/config.yaml`, else `~/.config/swarmup/config.yaml`.
 pub fn config_path() -> Option<PathBuf> {
-    std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+    crate::env::xdg_dir(crate::env::XDG_CONFIG_HOME, ".config")
         .map(|dir| dir.join("swarmup").join("config.yaml"))
 }
 

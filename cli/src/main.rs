@@ -9,6 +9,7 @@ mod client_cert;
 mod commands;
 mod create;
 mod digitalocean;
+mod env;
 mod firewall;
 mod output;
 mod providers;

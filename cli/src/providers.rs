@@ -152,8 +152,8 @@ fn lab(choice: &ProviderChoice) -> Result<Arc<dyn Provider>> {
         offline: choice.lab_offline,
         ..LabConfig::default()
     };
-    if let Ok(root) = std::env::var("SWARMUP_LAB_ROOT") {
-        config.root = root.into();
+    if let Some(root) = crate::env::path(crate::env::SWARMUP_LAB_ROOT) {
+        config.root = root;
     }
     Ok(Arc::new(LabProvider::new(config)))
 }
@@ -168,8 +168,8 @@ fn lab(_choice: &ProviderChoice) -> Result<Arc<dyn Provider>> {
 pub fn digitalocean_token(flag: Option<&str>) -> Result<Option<String>> {
     let given = flag
         .map(str::to_string)
-        .or_else(|| std::env::var("DIGITALOCEAN_TOKEN").ok())
-        .or_else(|| std::env::var("DIGITALOCEAN_ACCESS_TOKEN").ok())
+        .or_else(|| crate::env::text(crate::env::DIGITALOCEAN_TOKEN))
+        .or_else(|| crate::env::text(crate::env::DIGITALOCEAN_ACCESS_TOKEN))
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty());
     if given.is_some() {
@@ -215,7 +215,7 @@ fn digitalocean(choice: &ProviderChoice) -> Result<Arc<dyn Provider>> {
         );
     };
     let mut options = DigitalOceanOptions::new(token);
-    if let Ok(url) = std::env::var("DIGITALOCEAN_API_URL") {
+    if let Some(url) = crate::env::text(crate::env::DIGITALOCEAN_API_URL) {
         options.api_url = url;
     }
     if let Some(path) = &choice.ssh_key {

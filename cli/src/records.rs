@@ -16,17 +16,12 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use swarmup_providers::{HostKey, Machine, Role};
 
-pub const ENV_HOME: &str = "SWARMUP_HOME";
-
 /// The root of every record.
 pub fn home() -> Result<PathBuf> {
-    if let Ok(dir) = std::env::var(ENV_HOME) {
-        return Ok(PathBuf::from(dir));
+    if let Some(dir) = crate::env::path(crate::env::SWARMUP_HOME) {
+        return Ok(dir);
     }
-    let data = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+    let data = crate::env::xdg_dir(crate::env::XDG_DATA_HOME, ".local/share")
         .context("cannot find a data directory: set HOME or SWARMUP_HOME")?;
     Ok(data.join("swarmup"))
 }
