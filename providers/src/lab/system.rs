@@ -510,11 +510,12 @@ pub(crate) mod fake {
                     fail("Device does not exist.")
                 }
             }
-            ["link", "add", dev, "type", "bridge"] => {
+            ["link", "add", dev, "mtu", _, "type", "bridge"] => {
                 st.links.insert(dev.to_string(), None);
                 ok("")
             }
-            ["link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns", ns] => {
+            ["link", "add", dev, "mtu", _, "type", "veth", "peer", "name", "eth0", "mtu", _, "netns", ns] =>
+            {
                 if !st.netns.contains(*ns) {
                     return fail("Invalid netns value");
                 }
