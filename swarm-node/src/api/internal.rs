@@ -289,6 +289,7 @@ fn assignments_of(state: &ClusterState, node_id: &str) -> Assignments {
         index,
         tasks,
         host_ports,
+        ..Default::default()
     }
 }
 

@@ -106,6 +106,26 @@ pub struct Assignments {
     /// of 0 lets the engine pick one.
     #[serde(default)]
     pub host_ports: std::collections::BTreeMap<String, Vec<crate::models::EndpointPortConfig>>,
+    /// The data of every secret this node's tasks reference, by secret id, and of no other.
+    /// Sent only in the answer to this node's own assignments and held in memory there:
+    /// a worker never writes it to disk (the files a task sees live on a tmpfs).
+    #[serde(default)]
+    pub secrets: std::collections::BTreeMap<String, FileData>,
+    /// Likewise for configs, by config id.
+    #[serde(default)]
+    pub configs: std::collections::BTreeMap<String, FileData>,
+}
+
+/// The content of a secret or config as Docker's API carries it: base64 (standard
+/// alphabet). Its `Debug` never shows the content, so it cannot leak into logs.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FileData(pub String);
+
+impl std::fmt::Debug for FileData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FileData(<{} base64 characters>)", self.0.len())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -118,6 +118,7 @@ async fn assignments(State(m): State<Shared>, Query(q): Query<AssignQuery>) -> J
                         .cloned()
                         .collect(),
                     host_ports: Default::default(),
+                    ..Default::default()
                 });
             }
         }
