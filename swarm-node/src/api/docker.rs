@@ -50,6 +50,7 @@ pub fn routes() -> Router<Ctx> {
         .route("/tasks/{id}", get(inspect_task))
         .route("/tasks/{id}/logs", get(super::logs::task_logs))
         .merge(super::networks::routes())
+        .merge(super::secrets::routes())
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -75,7 +76,7 @@ pub struct VersionQuery {
 
 /// The `version` an update must carry (the object's `Version.Index`, as `docker … update`
 /// sends it), so that two writers cannot silently overwrite each other.
-fn required_version(kind: &str, raw: Option<&str>) -> ApiResult<u64> {
+pub(super) fn required_version(kind: &str, raw: Option<&str>) -> ApiResult<u64> {
     let raw = raw.unwrap_or_default();
     let why = if raw.is_empty() {
         "the version parameter is required"
@@ -990,6 +991,7 @@ async fn create_service(
     validate_service_spec(&spec)?;
     validate_endpoint_spec(&spec)?;
     resolve_service_networks(&manager.read(), &mut spec)?;
+    super::secrets::resolve_references(&manager.read(), &mut spec)?;
     check_port_use(&manager.read(), None, &spec)?;
     let name = spec.name.clone().unwrap_or_default();
     if manager.read().service_by_name(&name).is_some() {
@@ -1061,6 +1063,7 @@ async fn update_service(
     let state = manager.read();
     // Networks may change on update; the allocator follows with VIPs and addresses.
     resolve_service_networks(&state, &mut spec)?;
+    super::secrets::resolve_references(&state, &mut spec)?;
     let service = find_service(&state, &key)?;
     let id = service.id.clone().unwrap_or_default();
     check_port_use(&state, Some(&id), &spec)?;
@@ -1154,7 +1157,16 @@ async fn list_tasks(
                     desired_of(t).to_string() == v
                         || (v == "accepted" && desired_of(t) <= TaskState::RUNNING)
                 })
-                && filters.labels_match("label", t.labels.as_ref())
+                // As SwarmKit: a task's labels are its service's (how `docker stack ps`
+                // finds a stack's tasks).
+                && filters.labels_match(
+                    "label",
+                    t.service_id
+                        .as_ref()
+                        .and_then(|s| state.services.get(s))
+                        .and_then(|s| s.spec.as_ref())
+                        .and_then(|s| s.labels.as_ref()),
+                )
                 && filters.matches("_up-to-date", |_| {
                     // A task is up to date when it runs the service's current task spec.
                     t.service_id

@@ -285,11 +285,14 @@ fn assignments_of(state: &ClusterState, node_id: &str) -> Assignments {
             (!ports.is_empty()).then(|| (t.id.clone().unwrap_or_default(), ports))
         })
         .collect();
+    // Only the secrets and configs of this node's own tasks, and only in its own answer.
+    let (secrets, configs) = state.files_for_node(&tasks);
     Assignments {
         index,
         tasks,
         host_ports,
-        ..Default::default()
+        secrets,
+        configs,
     }
 }
 

@@ -24,6 +24,7 @@ pub mod netmap;
 pub mod network;
 pub mod ports;
 pub mod proto;
+pub mod secrets;
 
 use network::{Allocation, Attachment, NetworkDefaults, NetworkRecord};
 use std::net::Ipv4Addr;
@@ -91,6 +92,12 @@ pub struct ClusterState {
     /// The address each network handed out last; the next search starts after it.
     #[serde(default)]
     pub ipam_cursors: BTreeMap<String, Ipv4Addr>,
+    /// Secrets by id, with their data (`docker secret create`).
+    #[serde(default)]
+    pub secrets: BTreeMap<String, models::Secret>,
+    /// Configs by id, with their data (`docker config create`).
+    #[serde(default)]
+    pub configs: BTreeMap<String, models::Config>,
     /// The log index of the last applied command.
     pub last_index: u64,
 }
@@ -198,6 +205,28 @@ pub enum Command {
     /// Addresses chosen by the leader's allocator.
     Allocate {
         allocation: Box<Allocation>,
+    },
+    /// `docker secret create`: id and times chosen, data checked.
+    CreateSecret {
+        secret: Box<models::Secret>,
+    },
+    /// `docker config create`.
+    CreateConfig {
+        config: Box<models::Config>,
+    },
+    /// `POST /secrets/{id}/update` or `/configs/{id}/update`: labels are all that may
+    /// change, checked against the version the caller read.
+    UpdateFileLabels {
+        kind: secrets::FileKind,
+        id: String,
+        version: u64,
+        labels: Option<std::collections::HashMap<String, String>>,
+        at: String,
+    },
+    /// `docker secret rm` / `docker config rm`; refused while a service uses it.
+    RemoveFile {
+        kind: secrets::FileKind,
+        id: String,
     },
 }
 
@@ -404,12 +433,12 @@ impl ClusterState {
                         "service {name} already exists"
                     )));
                 }
-                // Checked again here: two creates may have raced past the API's check.
-                if let Some(why) = service
-                    .spec
-                    .as_ref()
-                    .and_then(|spec| self.port_conflict(None, spec))
-                {
+                // Checked again here: two creates may have raced past the API's check
+                // (or a secret's removal).
+                if let Some(why) = service.spec.as_ref().and_then(|spec| {
+                    self.port_conflict(None, spec)
+                        .or_else(|| self.missing_files(spec))
+                }) {
                     return Err(ApplyError::Invalid(why));
                 }
                 service.version = version(index);
@@ -427,7 +456,10 @@ impl ClusterState {
                     .get(id)
                     .ok_or_else(|| not_found("service", id))?;
                 check_version("service", id, version_of(&service.version), *given)?;
-                if let Some(why) = self.port_conflict(Some(id), spec) {
+                if let Some(why) = self
+                    .port_conflict(Some(id), spec)
+                    .or_else(|| self.missing_files(spec))
+                {
                     return Err(ApplyError::Invalid(why));
                 }
                 let old = service.spec.clone().unwrap_or_default();
@@ -583,6 +615,16 @@ impl ClusterState {
             }
             Command::CreateNetwork { network } => self.create_network(network, index),
             Command::RemoveNetwork { id } => self.remove_network(id),
+            Command::CreateSecret { secret } => self.create_secret(secret, index),
+            Command::CreateConfig { config } => self.create_config(config, index),
+            Command::UpdateFileLabels {
+                kind,
+                id,
+                version: given,
+                labels,
+                at,
+            } => self.update_file_labels(*kind, id, *given, labels, at, index),
+            Command::RemoveFile { kind, id } => self.remove_file(*kind, id),
             Command::Allocate { allocation } => self.apply_allocation(allocation, index),
         }
     }
