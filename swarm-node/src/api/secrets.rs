@@ -17,6 +17,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use swarm_state::models::{Config, ConfigSpec, Secret, SecretSpec, ServiceSpec};
+use swarm_state::proto::FileData;
 use swarm_state::secrets::{config_path, secret_path, FileKind};
 use swarm_state::{ClusterState, Command};
 
@@ -183,9 +184,9 @@ async fn create(manager: &Manager, kind: FileKind, body: &[u8]) -> ApiResult<Res
     }
     let id = Manager::new_id();
     let now = manager.now();
-    let data = spec
-        .data
-        .map(|d| base64::engine::general_purpose::STANDARD.encode(d));
+    // Stored as standard base64, whichever alphabet the client used.
+    let data =
+        FileData(base64::engine::general_purpose::STANDARD.encode(spec.data.unwrap_or_default()));
     let command = match kind {
         FileKind::Secret => Command::CreateSecret {
             secret: Box::new(Secret {
@@ -196,11 +197,12 @@ async fn create(manager: &Manager, kind: FileKind, body: &[u8]) -> ApiResult<Res
                 spec: Some(SecretSpec {
                     name: Some(spec.name),
                     labels: Some(spec.labels.unwrap_or_default()),
-                    data,
+                    data: None,
                     driver: None,
                     templating: None,
                 }),
             }),
+            data,
         },
         FileKind::Config => Command::CreateConfig {
             config: Box::new(Config {
@@ -211,17 +213,18 @@ async fn create(manager: &Manager, kind: FileKind, body: &[u8]) -> ApiResult<Res
                 spec: Some(ConfigSpec {
                     name: Some(spec.name),
                     labels: Some(spec.labels.unwrap_or_default()),
-                    data,
+                    data: None,
                     templating: None,
                 }),
             }),
+            data,
         },
     };
     manager.propose(command).await?;
     Ok((StatusCode::CREATED, Json(json!({ "ID": id }))).into_response())
 }
 
-/// A secret as the API shows it: never its data.
+/// A secret as the API shows it: never its data (the state keeps it apart anyway).
 fn secret_view(secret: &Secret) -> Value {
     let mut secret = secret.clone();
     if let Some(spec) = secret.spec.as_mut() {
@@ -230,7 +233,13 @@ fn secret_view(secret: &Secret) -> Value {
     serde_json::to_value(secret).unwrap_or_else(|_| json!({}))
 }
 
-fn config_view(config: &Config) -> Value {
+/// A config as the API shows it: with its data, as Docker does.
+fn config_view(state: &ClusterState, config: &Config) -> Value {
+    let mut config = config.clone();
+    let id = config.id.clone().unwrap_or_default();
+    if let Some(spec) = config.spec.as_mut() {
+        spec.data = state.file_data.get(&id).map(|d| d.0.clone());
+    }
     serde_json::to_value(config).unwrap_or_else(|_| json!({}))
 }
 
@@ -280,7 +289,7 @@ fn list(state: &ClusterState, kind: FileKind, raw: Option<&str>) -> ApiResult<Ve
                     spec.and_then(|s| s.labels.as_ref()),
                 )
             })
-            .map(|(_, c)| config_view(c))
+            .map(|(_, c)| config_view(state, c))
             .collect(),
     })
 }
@@ -394,7 +403,7 @@ async fn inspect_config(
     let config = state
         .find_config(&key)
         .ok_or_else(|| not_found(FileKind::Config, &key))?;
-    Ok(Json(config_view(config)))
+    Ok(Json(config_view(&state, config)))
 }
 
 async fn update_secret(

@@ -92,12 +92,16 @@ pub struct ClusterState {
     /// The address each network handed out last; the next search starts after it.
     #[serde(default)]
     pub ipam_cursors: BTreeMap<String, Ipv4Addr>,
-    /// Secrets by id, with their data (`docker secret create`).
+    /// Secrets by id (`docker secret create`), without their data.
     #[serde(default)]
     pub secrets: BTreeMap<String, models::Secret>,
-    /// Configs by id, with their data (`docker config create`).
+    /// Configs by id (`docker config create`), without their data.
     #[serde(default)]
     pub configs: BTreeMap<String, models::Config>,
+    /// The data of every secret and config, by id: kept apart in a type whose `Debug`
+    /// hides it, so no printing of the state or of a command can show a secret.
+    #[serde(default)]
+    pub file_data: BTreeMap<String, proto::FileData>,
     /// The log index of the last applied command.
     pub last_index: u64,
 }
@@ -206,13 +210,16 @@ pub enum Command {
     Allocate {
         allocation: Box<Allocation>,
     },
-    /// `docker secret create`: id and times chosen, data checked.
+    /// `docker secret create`: id and times chosen, data checked; the data travels
+    /// apart from the object (see [`ClusterState::file_data`]).
     CreateSecret {
         secret: Box<models::Secret>,
+        data: proto::FileData,
     },
     /// `docker config create`.
     CreateConfig {
         config: Box<models::Config>,
+        data: proto::FileData,
     },
     /// `POST /secrets/{id}/update` or `/configs/{id}/update`: labels are all that may
     /// change, checked against the version the caller read.
@@ -615,8 +622,8 @@ impl ClusterState {
             }
             Command::CreateNetwork { network } => self.create_network(network, index),
             Command::RemoveNetwork { id } => self.remove_network(id),
-            Command::CreateSecret { secret } => self.create_secret(secret, index),
-            Command::CreateConfig { config } => self.create_config(config, index),
+            Command::CreateSecret { secret, data } => self.create_secret(secret, data, index),
+            Command::CreateConfig { config, data } => self.create_config(config, data, index),
             Command::UpdateFileLabels {
                 kind,
                 id,

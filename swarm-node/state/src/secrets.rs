@@ -217,24 +217,25 @@ impl ClusterState {
                     .filter_map(|r| r.config_id.clone()),
             );
         }
-        let secrets = secret_ids
-            .into_iter()
-            .filter_map(|id| {
-                let data = self.secrets.get(&id)?.spec.as_ref()?.data.clone()?;
-                Some((id, FileData(data)))
-            })
-            .collect();
-        let configs = config_ids
-            .into_iter()
-            .filter_map(|id| {
-                let data = self.configs.get(&id)?.spec.as_ref()?.data.clone()?;
-                Some((id, FileData(data)))
-            })
-            .collect();
+        let with_data = |ids: BTreeSet<String>| {
+            ids.into_iter()
+                .filter_map(|id| {
+                    let data = self.file_data.get(&id)?.clone();
+                    Some((id, data))
+                })
+                .collect()
+        };
+        let secrets = with_data(secret_ids);
+        let configs = with_data(config_ids);
         (secrets, configs)
     }
 
-    pub(crate) fn create_secret(&mut self, secret: &Secret, index: u64) -> Result<(), ApplyError> {
+    pub(crate) fn create_secret(
+        &mut self,
+        secret: &Secret,
+        data: &FileData,
+        index: u64,
+    ) -> Result<(), ApplyError> {
         let id = secret.id.clone().unwrap_or_default();
         let name = secret_name(secret);
         if id.is_empty() || name.is_empty() {
@@ -249,11 +250,20 @@ impl ClusterState {
         }
         let mut secret = secret.clone();
         secret.version = crate::version(index);
+        if let Some(spec) = secret.spec.as_mut() {
+            spec.data = None;
+        }
+        self.file_data.insert(id.clone(), data.clone());
         self.secrets.insert(id, secret);
         Ok(())
     }
 
-    pub(crate) fn create_config(&mut self, config: &Config, index: u64) -> Result<(), ApplyError> {
+    pub(crate) fn create_config(
+        &mut self,
+        config: &Config,
+        data: &FileData,
+        index: u64,
+    ) -> Result<(), ApplyError> {
         let id = config.id.clone().unwrap_or_default();
         let name = config_name(config);
         if id.is_empty() || name.is_empty() {
@@ -268,6 +278,10 @@ impl ClusterState {
         }
         let mut config = config.clone();
         config.version = crate::version(index);
+        if let Some(spec) = config.spec.as_mut() {
+            spec.data = None;
+        }
+        self.file_data.insert(id.clone(), data.clone());
         self.configs.insert(id, config);
         Ok(())
     }
@@ -335,6 +349,7 @@ impl ClusterState {
                 self.configs.remove(id);
             }
         }
+        self.file_data.remove(id);
         Ok(())
     }
 }
@@ -354,11 +369,11 @@ mod tests {
                 id: Some(id.into()),
                 spec: Some(SecretSpec {
                     name: Some(name.into()),
-                    data: Some(data.into()),
                     ..Default::default()
                 }),
                 ..Default::default()
             }),
+            data: FileData(data.into()),
         }
     }
 
