@@ -324,7 +324,10 @@ pub async fn run_with_network(
     };
     let agent = agent
         .with_networks(netagent.ready())
-        .with_node_hostname(ctx.hostname.clone());
+        .with_node_hostname(ctx.hostname.clone())
+        .with_task_files(Arc::new(swarm_worker::HostTaskFiles::beside_socket(
+            &config.socket,
+        )));
     let netagent_task = tokio::spawn(netagent.run(agent.netmap_source(), stopped(stop_rx.clone())));
 
     let mut heartbeats = agent.heartbeats();

@@ -136,6 +136,13 @@ impl Agent {
         self
     }
 
+    /// Where the executor puts tasks' secret and config files (see
+    /// [`Executor::with_task_files`]).
+    pub fn with_task_files(mut self, files: Arc<dyn crate::taskfiles::TaskFiles>) -> Self {
+        self.executor = self.executor.with_task_files(files);
+        self
+    }
+
     /// The node's name in the swarm, for `{{.Node.Hostname}}` in service templates.
     pub fn with_node_hostname(mut self, hostname: impl Into<String>) -> Self {
         self.executor = self.executor.with_node_hostname(hostname);
@@ -372,9 +379,12 @@ async fn assignments_loop(shared: &Shared, tx: watch::Sender<AssignedTasks>) {
                     Some(s) if a.index == s => {}
                     _ => {
                         since = Some(a.index);
+                        // Secrets and configs stay in memory: never written, never logged.
                         tx.send_replace(Some(Arc::new(Assigned {
                             tasks: a.tasks,
                             host_ports: a.host_ports,
+                            secrets: a.secrets,
+                            configs: a.configs,
                         })));
                     }
                 }

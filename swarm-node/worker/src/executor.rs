@@ -7,15 +7,21 @@
 //! every resync period in case events were lost. Each wake-up lists the containers and
 //! plans again. Engine work runs concurrently, one step at a time per task, so a long
 //! stop grace period never delays another task.
+//!
+//! Secrets and configs ([`crate::taskfiles`]): a task's files are written to its own
+//! store just before its container is created and bind-mounted into it; the store goes
+//! with the container, and every new set of assignments and every resync sweeps away the
+//! stores of tasks no longer assigned, so neither a crash nor an unassignment while the
+//! node was down leaves a secret behind. Their data stays in memory (in [`Assigned`]).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{BoxStream, StreamExt};
 use swarm_state::models::{ContainerStatus, EndpointPortConfig, Task, TaskState, TaskStatus};
-use swarm_state::proto::TaskStatusUpdate;
+use swarm_state::proto::{FileData, TaskStatusUpdate};
 use swarm_state::state_of;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -23,6 +29,7 @@ use tokio::task::JoinSet;
 use crate::clock::{Clock, SystemClock};
 use crate::plan::{plan, Action, ReadyNetworks, StatusChange};
 use crate::runtime::{ContainerRuntime, RuntimeError, RuntimeEvent, TaskContainer};
+use crate::taskfiles::{bind_mounts, task_files, NoTaskFiles, TaskFile, TaskFiles};
 
 /// How often the executor lists the containers even without events.
 pub const RESYNC_PERIOD: Duration = Duration::from_secs(2);
@@ -45,13 +52,19 @@ pub struct Assigned {
     pub tasks: Vec<Task>,
     /// Per task id: the host-mode ports its container publishes.
     pub host_ports: BTreeMap<String, Vec<EndpointPortConfig>>,
+    /// The data of the secrets the tasks reference, by secret id. Held in memory only:
+    /// it reaches the host's disk never, a task's tmpfs only (`FileData`'s `Debug`
+    /// hides it from logs).
+    pub secrets: BTreeMap<String, FileData>,
+    /// Likewise for configs, by config id.
+    pub configs: BTreeMap<String, FileData>,
 }
 
 impl From<Vec<Task>> for Assigned {
     fn from(tasks: Vec<Task>) -> Self {
         Assigned {
             tasks,
-            host_ports: BTreeMap::new(),
+            ..Default::default()
         }
     }
 }
@@ -68,6 +81,8 @@ pub struct Executor {
     networks: Option<watch::Receiver<Arc<ReadyNetworks>>>,
     /// The node's name in the swarm, for `{{.Node.Hostname}}` in service templates.
     node_hostname: String,
+    /// Where tasks' secret and config files are put.
+    files: Arc<dyn TaskFiles>,
 }
 
 type EventStream = BoxStream<'static, Result<RuntimeEvent, RuntimeError>>;
@@ -88,7 +103,16 @@ impl Executor {
             resync: RESYNC_PERIOD,
             networks: None,
             node_hostname: String::new(),
+            files: Arc::new(NoTaskFiles),
         }
+    }
+
+    /// The stores of tasks' secret and config files. Without them, a task that references
+    /// any is rejected. The executor sweeps the stores of tasks not assigned to it, so
+    /// they must be its own.
+    pub fn with_task_files(mut self, files: Arc<dyn TaskFiles>) -> Self {
+        self.files = files;
+        self
     }
 
     /// The node's name in the swarm (what `docker node ls` shows), for templates.
@@ -132,6 +156,8 @@ impl Executor {
             exec: self,
             desired: None,
             host_ports: BTreeMap::new(),
+            file_data: Arc::default(),
+            sweep_due: false,
             reported: HashMap::new(),
             inflight: HashSet::new(),
             reports,
@@ -178,7 +204,7 @@ impl Executor {
                         subscribe_after = tokio::time::Instant::now() + EVENTS_RETRY;
                     }
                 },
-                _ = tick.tick() => {}
+                _ = tick.tick() => st.sweep_due = true,
                 _ = tokio::time::sleep(SETTLE_PERIOD), if settle_until.is_some_and(|t| tokio::time::Instant::now() < t) => {}
                 Some(done) = st.steps.join_next_with_id(), if !st.steps.is_empty() => match done {
                     Ok((id, done)) => {
@@ -237,6 +263,10 @@ struct LoopState {
     desired: Option<BTreeMap<String, Task>>,
     /// The host-mode ports of the assigned tasks, by task id.
     host_ports: BTreeMap<String, Vec<EndpointPortConfig>>,
+    /// The latest assignments, for the data of their secrets and configs.
+    file_data: Arc<Assigned>,
+    /// Whether the task file stores are to be swept at the next reconciliation.
+    sweep_due: bool,
     /// The tasks whose networks are ready.
     ready: Arc<ReadyNetworks>,
     /// The last status this executor reported per task: it may be ahead of the
@@ -255,6 +285,8 @@ impl LoopState {
         let Some(assigned) = tasks else { return };
         let node = self.exec.node_id.as_str();
         self.host_ports = assigned.host_ports.clone();
+        self.file_data = assigned.clone();
+        self.sweep_due = true;
         let desired: BTreeMap<String, Task> = assigned
             .tasks
             .iter()
@@ -288,6 +320,9 @@ impl LoopState {
         if self.desired.is_none() {
             return;
         }
+        if std::mem::take(&mut self.sweep_due) {
+            self.sweep().await;
+        }
         let actual: Vec<TaskContainer> = match self.exec.runtime.list(&self.exec.node_id).await {
             Ok(a) => a,
             Err(e) => {
@@ -309,6 +344,7 @@ impl LoopState {
                         reported_any |= self.record(&task_id, change);
                     }
                     mut step => {
+                        let mut files = Vec::new();
                         if let Action::Prepare { task_id, spec } = &mut step {
                             if let Some(ports) = self.host_ports.get(task_id) {
                                 crate::spec::publish(spec, ports);
@@ -326,13 +362,31 @@ impl LoopState {
                                     continue;
                                 }
                             }
+                            // Its secrets and configs, or why it cannot have them.
+                            let task = self.desired.as_ref().and_then(|d| d.get(task_id));
+                            if let Some(task) = task {
+                                let data = &self.file_data;
+                                match task_files(task, &data.secrets, &data.configs) {
+                                    Ok(f) => files = f,
+                                    Err(e) => {
+                                        let change =
+                                            StatusChange::new(TaskState::REJECTED, "rejected")
+                                                .with_err(e.to_string());
+                                        reported_any |= self.record(task_id, change);
+                                        continue;
+                                    }
+                                }
+                            }
                         }
                         let unassigned = self
                             .desired
                             .as_ref()
                             .is_some_and(|d| !d.contains_key(&task_id));
-                        let runtime = self.exec.runtime.clone();
-                        let handle = self.steps.spawn(run_step(runtime, step, unassigned));
+                        let engine = Engine {
+                            runtime: self.exec.runtime.clone(),
+                            files: self.exec.files.clone(),
+                        };
+                        let handle = self.steps.spawn(run_step(engine, step, files, unassigned));
                         self.step_tasks.insert(handle.id(), task_id.clone());
                         self.inflight.insert(task_id);
                     }
@@ -341,6 +395,23 @@ impl LoopState {
             if !reported_any {
                 break;
             }
+        }
+    }
+
+    /// Releases the file stores of tasks that are neither assigned nor being worked on.
+    async fn sweep(&mut self) {
+        let Some(desired) = &self.desired else { return };
+        let keep: BTreeSet<String> = desired
+            .keys()
+            .chain(self.inflight.iter())
+            .cloned()
+            .collect();
+        match self.exec.files.sweep(&keep).await {
+            Ok(released) if !released.is_empty() => {
+                tracing::info!(tasks = ?released, "released the secret and config files of tasks no longer assigned")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot release task files; will retry"),
         }
     }
 
@@ -414,9 +485,60 @@ fn engine_message(e: &RuntimeError) -> String {
     }
 }
 
+/// What a step works with.
+struct Engine {
+    runtime: Arc<dyn ContainerRuntime>,
+    files: Arc<dyn TaskFiles>,
+}
+
+/// Why a task could not be prepared.
+#[derive(Debug, thiserror::Error)]
+enum PrepareError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("cannot deliver secrets and configs: {0}")]
+    Files(#[from] crate::taskfiles::TaskFilesError),
+}
+
+impl PrepareError {
+    fn is_temporary(&self) -> bool {
+        matches!(self, PrepareError::Runtime(e) if e.is_temporary())
+    }
+}
+
+/// Makes sure the image is there, writes the task's files into its store and creates
+/// the container with them bind-mounted. A container that was not created takes its
+/// store with it.
+async fn prepare(
+    engine: &Engine,
+    task_id: &str,
+    mut spec: crate::runtime::ContainerSpec,
+    files: &[TaskFile],
+) -> Result<String, PrepareError> {
+    engine.runtime.ensure_image(&spec.image).await?;
+    if files.is_empty() {
+        return Ok(engine.runtime.create(&spec).await?);
+    }
+    let paths = engine.files.prepare(task_id, files).await?;
+    spec.body
+        .host_config
+        .get_or_insert_with(Default::default)
+        .mounts
+        .get_or_insert_with(Vec::new)
+        .extend(bind_mounts(files, &paths));
+    let created = engine.runtime.create(&spec).await;
+    if created.is_err() {
+        if let Err(e) = engine.files.release(task_id).await {
+            tracing::warn!(task = %task_id, error = %e, "cannot release task files; the next sweep will");
+        }
+    }
+    Ok(created?)
+}
+
 /// One engine step. Failures that say something about the task become its status;
 /// failures of the engine itself are logged and the step is planned again later.
-async fn run_step(runtime: Arc<dyn ContainerRuntime>, step: Action, unassigned: bool) -> Done {
+async fn run_step(engine: Engine, step: Action, files: Vec<TaskFile>, unassigned: bool) -> Done {
+    let runtime = engine.runtime.clone();
     let task_id = step.task_id().to_string();
     let mut done = Done {
         task_id: task_id.clone(),
@@ -426,11 +548,7 @@ async fn run_step(runtime: Arc<dyn ContainerRuntime>, step: Action, unassigned: 
     match step {
         Action::Report { .. } => {}
         Action::Prepare { spec, .. } => {
-            let prepared = async {
-                runtime.ensure_image(&spec.image).await?;
-                runtime.create(&spec).await
-            }
-            .await;
+            let prepared = prepare(&engine, &task_id, *spec, &files).await;
             done.change = match prepared {
                 Ok(id) => {
                     Some(StatusChange::new(TaskState::READY, "prepared").with_container(Some(&id)))
@@ -471,11 +589,17 @@ async fn run_step(runtime: Arc<dyn ContainerRuntime>, step: Action, unassigned: 
                 tracing::warn!(task = %task_id, container = %container_id, error = %e, "cannot stop container; will retry")
             }
         },
-        Action::Remove { container_id, .. } => {
-            if let Err(e) = runtime.remove(&container_id).await {
+        Action::Remove { container_id, .. } => match runtime.remove(&container_id).await {
+            // The task's files go with its container.
+            Ok(()) => {
+                if let Err(e) = engine.files.release(&task_id).await {
+                    tracing::warn!(task = %task_id, error = %e, "cannot release task files; the next sweep will");
+                }
+            }
+            Err(e) => {
                 tracing::warn!(task = %task_id, container = %container_id, error = %e, "cannot remove container; will retry");
             }
-        }
+        },
     }
     done
 }

@@ -6,6 +6,8 @@
 //! - [`spec`]: task → container name, labels and create request, as Docker Swarm does.
 //! - [`plan()`]: the pure decision function; [`Executor`] carries its steps out.
 //! - [`agent`]: heartbeats, assignments and status reports with the managers.
+//! - [`taskfiles`]: secrets and configs as read-only files in task containers, from
+//!   one tmpfs per task on the host ([`HostTaskFiles`]; [`FakeTaskFiles`] for tests).
 //! - [`netagent`]: follows the node's network map: Docker bridge networks for the
 //!   overlays, the data plane through `swarm-net`, and which tasks may start.
 //!
@@ -20,6 +22,7 @@ pub mod netagent;
 pub mod plan;
 pub mod runtime;
 pub mod spec;
+pub mod taskfiles;
 pub mod template;
 
 pub use agent::{run, Agent, AgentConfig, AgentError};
@@ -33,3 +36,4 @@ pub use runtime::{
     ContainerRuntime, ContainerSpec, LocalNetwork, RunState, RuntimeError, TaskContainer,
     TaskNetwork,
 };
+pub use taskfiles::{FakeTaskFiles, HostTaskFiles, TaskFile, TaskFiles};

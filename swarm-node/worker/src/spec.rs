@@ -120,8 +120,9 @@ pub fn task_image(task: &Task) -> Option<&str> {
 /// Labels are layered as Docker does: the spec's labels, then the task's labels, then the
 /// swarm system labels, each overriding the previous. `Command` replaces the image's
 /// entrypoint and `Args` its command; `Args` alone keeps the entrypoint. Secrets and
-/// configs are not handled; templates are expanded later, by the executor. The container joins the engine's default
-/// network; [`attach`] puts it on its overlays instead.
+/// configs are added later, by the executor, as bind mounts of files it has just written
+/// (see [`crate::taskfiles`]); templates are expanded there too. The container joins the
+/// engine's default network; [`attach`] puts it on its overlays instead.
 pub fn container_spec(task: &Task) -> Result<ContainerSpec, SpecError> {
     let naming = task_naming(task);
     if naming.task_id.is_empty() {

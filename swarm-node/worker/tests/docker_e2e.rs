@@ -2,7 +2,8 @@
 //! /var/run/docker.sock). Runs only with SWARMUP_E2E=1. Uses the local image
 //! `swarmup-test/busybox:latest`, built from Debian's busybox-static when missing; no
 //! image is ever pulled from outside the machine. Every container is labelled with a
-//! per-test node id and removed at the end.
+//! per-test node id and removed at the end; task file stores live under a temp dir and
+//! are swept at the end.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -586,4 +587,213 @@ async fn overlay_bridges_are_made_and_a_container_gets_both_fixed_addresses() {
         left.iter().all(|n| !names.contains(&n.name)),
         "cleaned up: {left:?}"
     );
+}
+
+/// Runs a command in a container as `user` and returns its exit code and output.
+async fn exec(rt: &DockerRuntime, container: &str, user: &str, cmd: &[&str]) -> (i64, String) {
+    use bollard::exec::StartExecResults;
+    use futures_util::StreamExt;
+    let created = rt
+        .client()
+        .create_exec(
+            container,
+            bollard::models::ExecConfig {
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                user: Some(user.into()),
+                cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut text = String::new();
+    if let StartExecResults::Attached { mut output, .. } =
+        rt.client().start_exec(&created.id, None).await.unwrap()
+    {
+        while let Some(chunk) = output.next().await {
+            text.push_str(&chunk.unwrap().to_string());
+        }
+    }
+    let code = rt
+        .client()
+        .inspect_exec(&created.id)
+        .await
+        .unwrap()
+        .exit_code
+        .unwrap_or(-1);
+    (code, text)
+}
+
+/// The file system type and options (per mount and per super block) of the mount at
+/// `path` in this host's mount table.
+fn host_mount(path: &std::path::Path) -> Option<(String, Vec<String>)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let wanted = path.to_string_lossy();
+    info.lines().rev().find_map(|line| {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.get(4).copied() != Some(wanted.as_ref()) {
+            return None;
+        }
+        let dash = f.iter().position(|x| *x == "-")?;
+        let mut options: Vec<String> = f[5].split(',').map(str::to_string).collect();
+        options.extend(f.get(dash + 3)?.split(',').map(str::to_string));
+        Some((f[dash + 1].to_string(), options))
+    })
+}
+
+#[tokio::test]
+async fn secrets_and_configs_reach_the_container_from_a_tmpfs_only() {
+    if !enabled() {
+        return;
+    }
+    use std::collections::{BTreeMap, BTreeSet};
+    use swarm_state::models::{
+        TaskSpecContainerSpecConfigs, TaskSpecContainerSpecFile, TaskSpecContainerSpecFile1,
+        TaskSpecContainerSpecSecrets,
+    };
+    use swarm_state::proto::FileData;
+    use swarm_worker::{Assigned, HostTaskFiles, TaskFiles};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let store = HostTaskFiles::new(tmp.path().join("secrets"));
+    let store2 = store.clone();
+    let result = tokio::spawn(with_cleanup("secrets", |rt, node| async move {
+        let store = store2;
+        let mut t = task(&node, "sec1", &["sleep", "300"], 1);
+        let cs = t.spec.as_mut().unwrap().container_spec.as_mut().unwrap();
+        cs.secrets = Some(vec![TaskSpecContainerSpecSecrets {
+            file: Some(TaskSpecContainerSpecFile {
+                name: Some("db_pw".into()),
+                uid: Some("1000".into()),
+                gid: Some("0".into()),
+                mode: Some(0o400),
+            }),
+            secret_id: Some("secretid1".into()),
+            secret_name: Some("db_pw".into()),
+        }]);
+        cs.configs = Some(vec![TaskSpecContainerSpecConfigs {
+            file: Some(TaskSpecContainerSpecFile1 {
+                name: Some("app.conf".into()),
+                uid: Some("0".into()),
+                gid: Some("0".into()),
+                mode: Some(0o444),
+            }),
+            runtime: None,
+            config_id: Some("configid1".into()),
+            config_name: Some("app".into()),
+        }]);
+        let assigned = |tasks: Vec<Task>| {
+            Some(Arc::new(Assigned {
+                tasks,
+                // "s3cr3t-value\n" and "port=8080\n", as the managers send them.
+                secrets: BTreeMap::from([(
+                    "secretid1".to_string(),
+                    FileData("czNjcjN0LXZhbHVlCg==".into()),
+                )]),
+                configs: BTreeMap::from([(
+                    "configid1".to_string(),
+                    FileData("cG9ydD04MDgwCg==".into()),
+                )]),
+                ..Default::default()
+            }))
+        };
+        let (assignments, rx) = watch::channel::<AssignedTasks>(assigned(vec![t.clone()]));
+        let (tx, reports) = mpsc::unbounded_channel();
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let exec_ = Executor::new(node.clone(), rt.clone())
+            .with_resync(Duration::from_secs(60))
+            .with_task_files(Arc::new(store.clone()));
+        let handle = tokio::spawn(exec_.run(rx, tx, async {
+            let _ = stop_rx.await;
+        }));
+        let mut ex = Running {
+            assignments,
+            reports,
+            seen: Vec::new(),
+            stop,
+            handle,
+        };
+        let running = ex
+            .wait_for("sec1", TaskState::RUNNING, Duration::from_secs(30))
+            .await;
+        let cid = running.container_status.unwrap().container_id.unwrap();
+
+        // Inside: the data, the owner and mode of the reference, and read-only.
+        let (code, out) = exec(&rt, &cid, "0", &["cat", "/run/secrets/db_pw"]).await;
+        assert_eq!((code, out.as_str()), (0, "s3cr3t-value\n"));
+        let (_, out) = exec(
+            &rt,
+            &cid,
+            "0",
+            &["stat", "-c", "%a %u %g", "/run/secrets/db_pw"],
+        )
+        .await;
+        assert_eq!(out.trim(), "400 1000 0");
+        let (code, out) = exec(&rt, &cid, "0", &["cat", "/app.conf"]).await;
+        assert_eq!((code, out.as_str()), (0, "port=8080\n"));
+        let (_, out) = exec(&rt, &cid, "0", &["stat", "-c", "%a %u %g", "/app.conf"]).await;
+        assert_eq!(out.trim(), "444 0 0");
+        let (code, _) = exec(&rt, &cid, "1000", &["cat", "/run/secrets/db_pw"]).await;
+        assert_eq!(code, 0, "its owner reads it");
+        let (code, _) = exec(&rt, &cid, "1001", &["cat", "/run/secrets/db_pw"]).await;
+        assert_ne!(code, 0, "another user does not");
+        let (code, _) = exec(
+            &rt,
+            &cid,
+            "0",
+            &["sh", "-c", "echo changed > /run/secrets/db_pw"],
+        )
+        .await;
+        assert_ne!(code, 0, "not even root changes it");
+
+        // Outside: read-only binds of files on a read-only tmpfs of this task's own.
+        let c = rt
+            .client()
+            .inspect_container(
+                &cid,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .unwrap();
+        let mounts = c.mounts.unwrap_or_default();
+        assert_eq!(mounts.len(), 2, "{mounts:?}");
+        let task_dir = store.task_dir("sec1");
+        for m in &mounts {
+            assert_eq!(m.rw, Some(false), "{m:?}");
+            let source = std::path::PathBuf::from(m.source.clone().unwrap());
+            assert!(source.starts_with(&task_dir), "{source:?}");
+        }
+        let (fstype, options) = host_mount(&task_dir).expect("the task's store is a mount");
+        assert_eq!(fstype, "tmpfs");
+        for opt in ["ro", "nodev", "nosuid", "noexec", "mode=700"] {
+            assert!(options.iter().any(|o| o == opt), "{opt} in {options:?}");
+        }
+
+        // Removed: the container, then the store, unmounted.
+        ex.assignments.send_replace(assigned(vec![with_desired(
+            t,
+            TaskState::REMOVE,
+            TaskState::RUNNING,
+        )]));
+        ex.wait_for("sec1", TaskState::SHUTDOWN, Duration::from_secs(15))
+            .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !containers_of(&rt, &node, "sec1").await.is_empty() || task_dir.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "container or store left: {:?}",
+                task_dir
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(host_mount(&task_dir).is_none(), "unmounted");
+        ex.stop().await;
+    }))
+    .await;
+    // Whatever happened, no store is left mounted.
+    store.sweep(&BTreeSet::new()).await.unwrap();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
 }

@@ -9,6 +9,7 @@ use crate::clock::FixedClock;
 use crate::fake::{Call, FakeRuntime};
 use crate::runtime::{labels, ContainerSpec, RunState};
 use crate::spec::container_spec;
+use crate::taskfiles::{FakeTaskFiles, FilesCall};
 
 const NODE: &str = "node-a";
 const IMAGE: &str = "busybox:latest";
@@ -59,6 +60,19 @@ impl Harness {
         tasks: AssignedTasks,
         ready: Option<watch::Receiver<Arc<crate::plan::ReadyNetworks>>>,
     ) -> Self {
+        Self::start_full(rt, tasks, ready, None)
+    }
+
+    fn start_files(rt: Arc<FakeRuntime>, files: FakeTaskFiles, tasks: AssignedTasks) -> Self {
+        Self::start_full(rt, tasks, None, Some(Arc::new(files)))
+    }
+
+    fn start_full(
+        rt: Arc<FakeRuntime>,
+        tasks: AssignedTasks,
+        ready: Option<watch::Receiver<Arc<crate::plan::ReadyNetworks>>>,
+        files: Option<Arc<dyn crate::taskfiles::TaskFiles>>,
+    ) -> Self {
         let (assignments, rx) = watch::channel(tasks);
         let (report_tx, reports) = mpsc::unbounded_channel();
         let (stop, stop_rx) = oneshot::channel::<()>();
@@ -67,6 +81,9 @@ impl Harness {
             .with_resync(Duration::from_millis(50));
         if let Some(ready) = ready {
             exec = exec.with_networks(ready);
+        }
+        if let Some(files) = files {
+            exec = exec.with_task_files(files);
         }
         let handle = tokio::spawn(exec.run(rx, report_tx, async {
             let _ = stop_rx.await;
@@ -488,5 +505,302 @@ async fn a_networked_task_starts_only_once_its_networks_are_ready() {
     let c = &rt.containers_of("t1")[0];
     assert_eq!(c.spec.networks, vec![attachment]);
     assert!(rt.containers_of("t2")[0].spec.networks.is_empty());
+    h.stop().await;
+}
+
+fn b64(text: &str) -> FileData {
+    use base64::Engine as _;
+    FileData(base64::engine::general_purpose::STANDARD.encode(text))
+}
+
+/// A task with secret `db_pw` (mode 0400, uid 1000, data "hunter2") and config `app`.
+fn with_files(id: &str, desired: TaskState) -> Task {
+    use swarm_state::models::{
+        TaskSpecContainerSpecConfigs, TaskSpecContainerSpecFile, TaskSpecContainerSpecFile1,
+        TaskSpecContainerSpecSecrets,
+    };
+    let mut t = task(id, desired);
+    let cs = t.spec.as_mut().unwrap().container_spec.as_mut().unwrap();
+    cs.secrets = Some(vec![TaskSpecContainerSpecSecrets {
+        file: Some(TaskSpecContainerSpecFile {
+            name: Some("db_pw".into()),
+            uid: Some("1000".into()),
+            gid: Some("0".into()),
+            mode: Some(0o400),
+        }),
+        secret_id: Some("sec1".into()),
+        secret_name: Some("db_pw".into()),
+    }]);
+    cs.configs = Some(vec![TaskSpecContainerSpecConfigs {
+        file: Some(TaskSpecContainerSpecFile1 {
+            name: Some("/etc/app.conf".into()),
+            uid: Some("0".into()),
+            gid: Some("0".into()),
+            mode: Some(0o444),
+        }),
+        runtime: None,
+        config_id: Some("cfg1".into()),
+        config_name: Some("app".into()),
+    }]);
+    t
+}
+
+fn assigned_with_data(tasks: Vec<Task>) -> Arc<Assigned> {
+    Arc::new(Assigned {
+        tasks,
+        secrets: BTreeMap::from([("sec1".to_string(), b64("hunter2"))]),
+        configs: BTreeMap::from([("cfg1".to_string(), b64("port=80"))]),
+        ..Default::default()
+    })
+}
+
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn secrets_and_configs_are_bind_mounted_from_the_task_store() {
+    let rt = Arc::new(FakeRuntime::with_images(&[IMAGE]));
+    let files = FakeTaskFiles::new();
+    let mut h = Harness::start_files(rt.clone(), files.clone(), None);
+    h.assignments
+        .send_replace(Some(assigned_with_data(vec![with_files(
+            "t1",
+            TaskState::RUNNING,
+        )])));
+    h.wait_for("t1", TaskState::RUNNING).await;
+
+    let store = files.store("t1").expect("the task's store");
+    assert_eq!(store.len(), 2);
+    let (secret_path, secret) = &store[0];
+    assert_eq!(secret_path, &std::path::PathBuf::from("/fake/t1/secrets/0"));
+    assert_eq!(
+        (secret.uid, secret.gid, secret.mode),
+        (1000, 0, 0o400),
+        "owner and mode as referenced"
+    );
+    assert_eq!(secret.data, b"hunter2");
+    assert_eq!(store[1].1.data, b"port=80");
+
+    let c = &rt.containers_of("t1")[0];
+    let mounts = c
+        .spec
+        .body
+        .host_config
+        .as_ref()
+        .unwrap()
+        .mounts
+        .clone()
+        .unwrap();
+    let binds: Vec<(Option<&str>, Option<&str>, Option<bool>)> = mounts
+        .iter()
+        .map(|m| (m.source.as_deref(), m.target.as_deref(), m.read_only))
+        .collect();
+    assert_eq!(
+        binds,
+        vec![
+            (
+                Some("/fake/t1/secrets/0"),
+                Some("/run/secrets/db_pw"),
+                Some(true)
+            ),
+            (
+                Some("/fake/t1/configs/0"),
+                Some("/etc/app.conf"),
+                Some(true)
+            ),
+        ]
+    );
+    assert!(mounts
+        .iter()
+        .all(|m| m.typ == Some(swarm_state::models::MountType::BIND)));
+
+    // Removed with its container.
+    h.assignments
+        .send_replace(Some(assigned_with_data(vec![with_status(
+            with_files("t1", TaskState::REMOVE),
+            TaskState::RUNNING,
+        )])));
+    h.wait_for("t1", TaskState::SHUTDOWN).await;
+    wait_until("container and store gone", || {
+        rt.containers_of("t1").is_empty() && files.store("t1").is_none()
+    })
+    .await;
+    assert!(files.calls().contains(&FilesCall::Release("t1".into())));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn missing_secret_data_rejects_the_task_before_anything_is_made() {
+    let rt = Arc::new(FakeRuntime::with_images(&[IMAGE]));
+    let files = FakeTaskFiles::new();
+    let mut h = Harness::start_files(rt.clone(), files.clone(), None);
+    let mut assigned = (*assigned_with_data(vec![with_files("t1", TaskState::RUNNING)])).clone();
+    assigned.secrets.clear();
+    h.assignments.send_replace(Some(Arc::new(assigned)));
+    let rejected = h.wait_for("t1", TaskState::REJECTED).await;
+    let err = rejected.err.unwrap();
+    assert!(err.starts_with("secret db_pw not found"), "{err}");
+    settle().await;
+    assert!(rt.containers().is_empty());
+    assert!(files.tasks().is_empty());
+    assert!(!files
+        .calls()
+        .iter()
+        .any(|c| matches!(c, FilesCall::Prepare(..))));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_runtime_config_is_refused() {
+    let rt = Arc::new(FakeRuntime::with_images(&[IMAGE]));
+    let files = FakeTaskFiles::new();
+    let mut h = Harness::start_files(rt.clone(), files.clone(), None);
+    let mut t = with_files("t1", TaskState::RUNNING);
+    let configs = t
+        .spec
+        .as_mut()
+        .unwrap()
+        .container_spec
+        .as_mut()
+        .unwrap()
+        .configs
+        .as_mut()
+        .unwrap();
+    configs[0].file = None;
+    configs[0].runtime = Some(HashMap::new());
+    h.assignments
+        .send_replace(Some(assigned_with_data(vec![t])));
+    let rejected = h.wait_for("t1", TaskState::REJECTED).await;
+    assert!(
+        rejected.err.unwrap().contains("credential specs"),
+        "refused, not ignored"
+    );
+    assert!(rt.containers().is_empty());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_be_made_rejects_the_task() {
+    let rt = Arc::new(FakeRuntime::with_images(&[IMAGE]));
+    let files = FakeTaskFiles::new();
+    files.set_prepare_error(Some("no space left on device"));
+    let mut h = Harness::start_files(rt.clone(), files.clone(), None);
+    h.assignments
+        .send_replace(Some(assigned_with_data(vec![with_files(
+            "t1",
+            TaskState::RUNNING,
+        )])));
+    let rejected = h.wait_for("t1", TaskState::REJECTED).await;
+    let err = rejected.err.unwrap();
+    assert!(
+        err.starts_with("cannot deliver secrets and configs: ") && err.contains("no space"),
+        "{err}"
+    );
+    settle().await;
+    assert_eq!(creates(&rt), 0);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_create_takes_the_store_with_it() {
+    let rt = Arc::new(FakeRuntime::with_images(&[IMAGE]));
+    // A container of another node holds the task's name: the create is refused.
+    let mut spec: ContainerSpec = container_spec(&task("t1", TaskState::RUNNING)).unwrap();
+    spec.body
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert(labels::NODE_ID.into(), "someone-else".into());
+    rt.create(&spec).await.unwrap();
+    let files = FakeTaskFiles::new();
+    let mut h = Harness::start_files(rt.clone(), files.clone(), None);
+    h.assignments
+        .send_replace(Some(assigned_with_data(vec![with_files(
+            "t1",
+            TaskState::RUNNING,
+        )])));
+    h.wait_for("t1", TaskState::REJECTED).await;
+    wait_until("store released", || files.store("t1").is_none()).await;
+    assert!(files.calls().contains(&FilesCall::Prepare("t1".into(), 2)));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn stores_of_tasks_no_longer_assigned_are_swept() {
+    let rt = Arc::new(FakeRuntime::with_images(&[IMAGE]));
+    let files = FakeTaskFiles::new();
+    // Left over from an earlier run.
+    files.prepare("old", &[]).await.unwrap();
+    let mut h = Harness::start_files(rt.clone(), files.clone(), None);
+    settle().await;
+    assert_eq!(
+        files.tasks(),
+        vec!["old".to_string()],
+        "nothing is swept before the managers have spoken"
+    );
+    h.assignments.send_replace(Some(assigned_with_data(vec![
+        with_files("t1", TaskState::RUNNING),
+        with_files("t2", TaskState::RUNNING),
+    ])));
+    h.wait_for("t1", TaskState::RUNNING).await;
+    h.wait_for("t2", TaskState::RUNNING).await;
+    assert_eq!(files.tasks(), vec!["t1".to_string(), "t2".to_string()]);
+
+    // t2 is no longer assigned: its container goes, and its store with it.
+    h.assignments
+        .send_replace(Some(assigned_with_data(vec![with_status(
+            with_files("t1", TaskState::RUNNING),
+            TaskState::RUNNING,
+        )])));
+    h.wait_for("t2", TaskState::SHUTDOWN).await;
+    wait_until("t2's store released", || {
+        files.tasks() == vec!["t1".to_string()] && rt.containers_of("t2").is_empty()
+    })
+    .await;
+    assert!(files.calls().iter().any(
+        |c| matches!(c, FilesCall::Sweep(keep) if keep.contains("t1") && !keep.contains("old"))
+    ));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_task_without_files_needs_no_store() {
+    let rt = Arc::new(FakeRuntime::with_images(&[IMAGE]));
+    let files = FakeTaskFiles::new();
+    let mut h = Harness::start_files(rt.clone(), files.clone(), None);
+    h.assign(vec![task("t1", TaskState::RUNNING)]);
+    h.wait_for("t1", TaskState::RUNNING).await;
+    assert!(!files
+        .calls()
+        .iter()
+        .any(|c| matches!(c, FilesCall::Prepare(..))));
+    let c = &rt.containers_of("t1")[0];
+    assert!(c.spec.body.host_config.as_ref().unwrap().mounts.is_none());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_store_a_task_with_secrets_is_rejected() {
+    let rt = Arc::new(FakeRuntime::with_images(&[IMAGE]));
+    let mut h = Harness::start(rt.clone(), None);
+    h.assignments
+        .send_replace(Some(assigned_with_data(vec![with_files(
+            "t1",
+            TaskState::RUNNING,
+        )])));
+    let rejected = h.wait_for("t1", TaskState::REJECTED).await;
+    assert!(
+        rejected
+            .err
+            .unwrap()
+            .contains("cannot deliver secrets and configs"),
+        "refused, not ignored"
+    );
+    assert!(rt.containers().is_empty());
     h.stop().await;
 }
