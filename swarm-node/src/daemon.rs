@@ -408,6 +408,12 @@ async fn forget_swarm(
         }
         Err(e) => tracing::warn!(error = %e, "cannot list task containers to remove"),
     }
+    // The containers are gone: so go their secret and config stores.
+    use swarm_worker::TaskFiles as _;
+    let stores = swarm_worker::HostTaskFiles::beside_socket(&config.socket);
+    if let Err(e) = stores.sweep(&Default::default()).await {
+        tracing::warn!(error = %e, "cannot remove the tasks' secret stores");
+    }
     swarm_worker::netagent::forget(runtime, dataplane, node_id).await;
     crate::config::forget_state(&config.state_dir).await;
     tracing::info!("left the swarm");

@@ -39,36 +39,18 @@ use swarm_state::proto::FileData;
 /// node's socket, on a tmpfs-backed `/run` that a reboot empties.
 pub const DEFAULT_ROOT: &str = "/run/swarm-node/secrets";
 
-/// Where Docker mounts a secret whose target is a relative name.
-pub const SECRETS_DIR: &str = "/run/secrets";
-
 /// Docker's default mode of a secret or config file (`0444`).
 pub const DEFAULT_MODE: u32 = 0o444;
 
 /// Whether a file is a secret or a config: they differ in their default directory in
 /// the container and in their directory in the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum FileKind {
-    Secret,
-    Config,
-}
+pub use swarm_state::secrets::FileKind;
 
-impl FileKind {
-    /// The directory of the task's store holding files of this kind.
-    pub fn store_dir(self) -> &'static str {
-        match self {
-            FileKind::Secret => "secrets",
-            FileKind::Config => "configs",
-        }
-    }
-}
-
-impl std::fmt::Display for FileKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            FileKind::Secret => "secret",
-            FileKind::Config => "config",
-        })
+/// The directory of a task's store holding files of this kind.
+pub fn store_dir(kind: FileKind) -> &'static str {
+    match kind {
+        FileKind::Secret => "secrets",
+        FileKind::Config => "configs",
     }
 }
 
@@ -94,7 +76,7 @@ pub struct TaskFile {
 impl TaskFile {
     /// The file's path inside the task's store: `secrets/N` or `configs/N`.
     pub fn store_path(&self) -> PathBuf {
-        Path::new(self.kind.store_dir()).join(self.index.to_string())
+        Path::new(store_dir(self.kind)).join(self.index.to_string())
     }
 }
 
@@ -275,13 +257,10 @@ impl Reference<'_> {
                 name: self.name,
             });
         }
-        let target = if file_name.starts_with('/') {
-            file_name.to_string()
-        } else {
-            match kind {
-                FileKind::Secret => format!("{SECRETS_DIR}/{file_name}"),
-                FileKind::Config => format!("/{file_name}"),
-            }
+        // Docker's rules, shared with the managers' check of the spec.
+        let target = match kind {
+            FileKind::Secret => swarm_state::secrets::secret_path(file_name),
+            FileKind::Config => swarm_state::secrets::config_path(file_name),
         };
         let owner = |what: &'static str, value: Option<&str>| {
             let value = value.unwrap_or_default();
@@ -508,7 +487,7 @@ mod host {
         )
         .map_err(nix_io("mount a tmpfs on", dir))?;
         for kind in [FileKind::Secret, FileKind::Config] {
-            let sub = dir.join(kind.store_dir());
+            let sub = dir.join(store_dir(kind));
             std::fs::DirBuilder::new()
                 .mode(0o700)
                 .create(&sub)
