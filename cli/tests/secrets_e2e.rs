@@ -199,9 +199,9 @@ fn secrets_configs_and_stacks_on_a_lab_cluster() {
         .expect("read the secret");
     assert_eq!(read, VALUE);
     let stat = lab
-        .exec(&n2, "db", "stat -c '%a %u %g' /run/secrets/db_pw")
+        .exec(&n2, "db", "stat -c %a.%u.%g /run/secrets/db_pw")
         .expect("stat the secret");
-    assert_eq!(stat.trim(), "400 1000 1001");
+    assert_eq!(stat.trim(), "400.1000.1001");
     let conf_read = lab
         .exec(&n2, "db", "cat /etc/app.conf")
         .expect("read the config");
