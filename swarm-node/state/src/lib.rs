@@ -51,6 +51,9 @@ pub struct ClusterInfo {
     /// a public address clients reach the managers on.
     #[serde(default)]
     pub cert_sans: Vec<String>,
+    /// The managers' unlock key (`SWMKEY-1-…`) while autolock is on, empty otherwise.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub unlock_key: String,
 }
 
 /// The whole replicated state.
@@ -198,6 +201,12 @@ pub enum Command {
     /// Addresses chosen by the leader's allocator.
     Allocate {
         allocation: Box<Allocation>,
+    },
+    /// Autolock on with this unlock key (a new key rotates it), or off when empty.
+    SetAutolock {
+        version: u64,
+        unlock_key: String,
+        at: String,
     },
 }
 
@@ -584,6 +593,25 @@ impl ClusterState {
             Command::CreateNetwork { network } => self.create_network(network, index),
             Command::RemoveNetwork { id } => self.remove_network(id),
             Command::Allocate { allocation } => self.apply_allocation(allocation, index),
+            Command::SetAutolock {
+                version,
+                unlock_key,
+                at,
+            } => {
+                let info = self
+                    .cluster
+                    .as_mut()
+                    .ok_or_else(|| ApplyError::Invalid("no swarm".into()))?;
+                check_version("swarm", &info.id, info.version, *version)?;
+                info.spec
+                    .encryption_config
+                    .get_or_insert_with(Default::default)
+                    .auto_lock_managers = Some(!unlock_key.is_empty());
+                info.unlock_key = unlock_key.clone();
+                info.updated_at = at.clone();
+                info.version = index;
+                Ok(())
+            }
         }
     }
 
