@@ -7,6 +7,11 @@
 //! answer carries the role the cluster wants, and [`Daemon::change_role`] renews the
 //! certificate and starts or stops the manager part to match.
 //!
+//! A manager whose Raft data key is wrapped (autolock) starts locked: it serves only what
+//! `docker swarm unlock` needs ([`crate::api::unlock`]) until it is given the unlock key,
+//! then opens Raft with it and starts everything else. While the manager part runs it
+//! keeps its key file wrapped as the committed state says (`follow_autolock`).
+//!
 //! Shutdown order: stop taking requests, stop the agents and the DNS server (containers and
 //! overlays keep running, as with a dockerd restart in Swarm), stop the leader loop, then
 //! shut Raft down. Leaving the swarm also removes the task containers and the overlays.
@@ -18,11 +23,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use swarm_pki::{ClientIdentityHandle, Identity, NodeKey, RenewalPlan, TlsAcceptorHandle};
-use swarm_raft::ClusterRaft;
+use swarm_raft::{ClusterRaft, KeyFileState, UnlockKey};
 use swarm_state::proto::{JoinResponse, RenewRequest, PREFIX};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::api::unlock::{self, Lock};
 use crate::api::{self, NodeContext};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{DaemonConfig, NodeFile};
@@ -160,6 +166,8 @@ async fn bind_dns(
 struct ManagerPart {
     manager: Arc<Manager>,
     leader_loop: JoinHandle<()>,
+    /// Keeps the key file's wrapping in line with the committed autolock setting.
+    autolock: JoinHandle<()>,
 }
 
 struct Daemon {
@@ -245,11 +253,18 @@ pub async fn run_with_network(
         shutdown: stop_rx.clone(),
         manager_part: tokio::sync::Mutex::new(None),
     });
-    if node.is_manager() {
-        daemon.start_manager(&identity).await?;
+    let raft_dir = raft_options(&config.state_dir, &node.node_id).dir;
+    let locked = node.is_manager()
+        && swarm_raft::key_file_state(&raft_dir).map_err(|source| DaemonError::State {
+            path: raft_dir.clone(),
+            source,
+        })? == KeyFileState::Wrapped;
+    let (lock, mut unlock_attempts) = Lock::new(raft_dir, locked);
+    if node.is_manager() && !locked {
+        daemon.start_manager(&identity, None).await?;
     }
 
-    let router = api::router(ctx.clone());
+    let router = unlock::gated(lock.clone(), ctx.clone(), api::router(ctx.clone()));
     let tcp = tokio::net::TcpListener::bind(&node.listen_addr)
         .await
         .map_err(|source| DaemonError::Listen {
@@ -271,6 +286,41 @@ pub async fn run_with_network(
         router,
         stopped(stop_rx.clone()),
     ));
+    if locked {
+        tracing::warn!(
+            node_id = %node.node_id,
+            listen = %node.listen_addr,
+            "this manager is locked (autolock): give it the unlock key with `docker swarm unlock`"
+        );
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => {
+                    let _ = stop_tx.send(true);
+                    let _ = tcp_server.await;
+                    let _ = unix_server.await;
+                    let _ = std::fs::remove_file(&config.socket);
+                    return Ok(());
+                }
+                attempt = unlock_attempts.recv() => {
+                    let Some((key, reply)) = attempt else { continue };
+                    match daemon.start_manager(&identity, Some(key)).await {
+                        Ok(()) => {
+                            lock.lift();
+                            let _ = reply.send(Ok(()));
+                            tracing::info!("unlocked");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot start the manager after unlocking");
+                            let _ = reply.send(Err(e.to_string()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Later unlock calls find the node unlocked.
+    drop(unlock_attempts);
     tracing::info!(node_id = %node.node_id, listen = %node.listen_addr, role = %node.role, "swarm-node running");
 
     let runtime: Arc<dyn swarm_worker::runtime::ContainerRuntime> = Arc::new(
@@ -436,7 +486,12 @@ fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, DaemonE
 }
 
 impl Daemon {
-    async fn start_manager(&self, identity: &Identity) -> Result<(), DaemonError> {
+    /// Starts Raft and the manager part; `unlock` opens a data key that autolock wrapped.
+    async fn start_manager(
+        &self,
+        identity: &Identity,
+        unlock: Option<UnlockKey>,
+    ) -> Result<(), DaemonError> {
         let mut part = self.manager_part.lock().await;
         if part.is_some() {
             return Ok(());
@@ -445,12 +500,17 @@ impl Daemon {
         // Raft talks to the other managers with the manager certificate, renewed in place.
         self.client_identity.replace(identity)?;
         let peers = self.client_identity.http_client()?;
+        let on_disk = unlock.as_ref().map(UnlockKey::to_human);
         let raft = ClusterRaft::open(
-            raft_options(&self.config.state_dir, &node.node_id),
+            swarm_raft::RaftOptions {
+                unlock_key: unlock,
+                ..raft_options(&self.config.state_dir, &node.node_id)
+            },
             peers.clone(),
         )
         .await
         .map_err(|e| DaemonError::Raft(e.to_string()))?;
+        let autolock = tokio::spawn(follow_autolock(raft.clone(), on_disk));
         let heartbeat_ms = raft
             .read()
             .cluster
@@ -474,6 +534,7 @@ impl Daemon {
         *part = Some(ManagerPart {
             manager,
             leader_loop,
+            autolock,
         });
         Ok(())
     }
@@ -485,6 +546,8 @@ impl Daemon {
         *self.ctx.manager.write().expect("manager lock") = None;
         part.leader_loop.abort();
         let _ = part.leader_loop.await;
+        part.autolock.abort();
+        let _ = part.autolock.await;
         if let Err(e) = part.manager.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
@@ -510,7 +573,7 @@ impl Daemon {
         tracing::info!(from = %current, to = %desired, "role change");
         let identity = self.renew_certificate().await?;
         if desired == swarm_contract::Role::Manager {
-            self.start_manager(&identity).await?;
+            self.start_manager(&identity, None).await?;
         } else {
             self.stop_manager().await;
             // A demoted node must not come back with an old Raft log.
@@ -579,6 +642,46 @@ impl Daemon {
         Err(DaemonError::Raft(format!(
             "cannot renew the node certificate: {last_error}"
         )))
+    }
+}
+
+/// Keeps this manager's Raft key file wrapped by the committed unlock key while autolock
+/// is on, and in clear while it is off. `on_disk` is the unlock key the file is wrapped
+/// with now (`None`: in clear). A failed rewrite is retried.
+async fn follow_autolock(raft: ClusterRaft, mut on_disk: Option<String>) {
+    const RETRY: Duration = Duration::from_secs(5);
+    let mut states = raft.subscribe();
+    loop {
+        let wanted = unlock::wanted_wrapping(&states.borrow_and_update());
+        let mut failed = false;
+        if wanted != on_disk {
+            let key = match wanted.as_deref().map(UnlockKey::parse).transpose() {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    tracing::error!(error = %e, "the committed unlock key is unreadable: the raft data key stays as it is");
+                    None
+                }
+            };
+            if let Some(key) = key {
+                match raft.wrap_data_key(key).await {
+                    Ok(()) => {
+                        tracing::info!(
+                            wrapped = wanted.is_some(),
+                            "raft data key rewritten for autolock"
+                        );
+                        on_disk = wanted;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot rewrite the raft data key for autolock; retrying");
+                        failed = true;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            changed = states.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(RETRY), if failed => {}
+        }
     }
 }
 

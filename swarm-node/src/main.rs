@@ -59,6 +59,9 @@ enum Command {
         /// Validity period for node certificates (ns|us|ms|s|m|h).
         #[arg(long, default_value = "2160h0m0s", value_parser = swarm_node::config::parse_go_duration)]
         cert_expiry: std::time::Duration,
+        /// Enable manager autolocking (requiring an unlock key to start a stopped manager).
+        #[arg(long)]
+        autolock: bool,
     },
     /// Join a swarm as a worker or a manager, depending on the token.
     Join {
@@ -224,6 +227,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             default_addr_pool_mask_length,
             data_path_port,
             cert_expiry,
+            autolock,
         } => {
             // Tests of renewal need certificates that last seconds; this variable, never
             // shown in --help, lifts Docker's one-hour minimum.
@@ -244,12 +248,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 subnet_size: default_addr_pool_mask_length,
                 data_path_port,
                 cert_expiry,
+                autolock,
             })
             .await?;
             println!(
-                "Swarm initialized: current node ({}) is now a manager.\n\nTo add a worker to this swarm, run the following command:\n\n    swarm-node join --token {} {}\n\nTo add a manager to this swarm, run 'swarm-node join-token manager' and follow the instructions.\n\nStart the node with 'swarm-node run'.",
+                "Swarm initialized: current node ({}) is now a manager.\n\nTo add a worker to this swarm, run the following command:\n\n    swarm-node join --token {} {}\n\nTo add a manager to this swarm, run 'swarm-node join-token manager' and follow the instructions.\n",
                 outcome.node_id, outcome.worker_token, outcome.advertise_addr
             );
+            if let Some(key) = &outcome.unlock_key {
+                // Docker's words, as `docker swarm init --autolock` prints them.
+                println!("To unlock a swarm manager after it restarts, run the `docker swarm unlock`\ncommand and provide the following key:\n\n    {key}\n\nPlease remember to store this key in a password manager, since without it you\nwill not be able to restart the manager.\n");
+            }
+            println!("Start the node with 'swarm-node run'.");
             Ok(())
         }
         Command::Join {

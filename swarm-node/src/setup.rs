@@ -11,7 +11,7 @@ use swarm_raft::{ClusterRaft, MemberNode, RaftOptions};
 use swarm_state::models::{
     ManagerStatus, Node, NodeDescription, NodeSpec, NodeSpecAvailabilityEnum, NodeSpecRoleEnum,
     NodeState, NodeStatus, Platform, Reachability, SwarmSpec, SwarmSpecCaConfig,
-    SwarmSpecDispatcher, SwarmSpecOrchestration, SwarmSpecRaft,
+    SwarmSpecDispatcher, SwarmSpecEncryptionConfig, SwarmSpecOrchestration, SwarmSpecRaft,
 };
 use swarm_state::proto::{JoinRequest, JoinResponse, PREFIX};
 use swarm_state::{ids, ClusterInfo, Command};
@@ -69,6 +69,8 @@ pub struct InitOptions {
     /// `--cert-expiry`: how long node certificates last (`CAConfig.NodeCertExpiry`),
     /// checked with [`check_cert_expiry`].
     pub cert_expiry: Duration,
+    /// `--autolock`: managers need the unlock key after a restart.
+    pub autolock: bool,
 }
 
 /// Docker's shortest node certificate lifetime.
@@ -92,6 +94,8 @@ pub struct InitOutcome {
     pub worker_token: String,
     pub manager_token: String,
     pub advertise_addr: String,
+    /// With `--autolock`: the key `docker swarm unlock` asks for.
+    pub unlock_key: Option<String>,
 }
 
 fn ip_of(addr: &str) -> Option<IpAddr> {
@@ -197,6 +201,16 @@ async fn init_inner(options: &InitOptions) -> Result<InitOutcome, SetupError> {
 
     let worker_token = JoinToken::generate(&ca);
     let manager_token = JoinToken::generate(&ca);
+    // The data key is wrapped by the daemon as soon as it runs (`daemon.rs`).
+    let unlock_key = if options.autolock {
+        Some(
+            swarm_raft::UnlockKey::generate()
+                .map_err(io("cannot generate an unlock key", &options.state_dir))?
+                .to_human(),
+        )
+    } else {
+        None
+    };
     let info = ClusterInfo {
         id: cluster_id.clone(),
         created_at: now.clone(),
@@ -226,6 +240,9 @@ async fn init_inner(options: &InitOptions) -> Result<InitOutcome, SetupError> {
                 ),
                 ..Default::default()
             }),
+            encryption_config: Some(SwarmSpecEncryptionConfig {
+                auto_lock_managers: Some(options.autolock),
+            }),
             ..Default::default()
         },
         root_ca_cert_pem: ca.cert_pem().to_string(),
@@ -235,6 +252,7 @@ async fn init_inner(options: &InitOptions) -> Result<InitOutcome, SetupError> {
         heartbeat_period_ms: options.heartbeat_ms,
         network: network_defaults.clone(),
         cert_sans: options.cert_sans.iter().map(|ip| ip.to_string()).collect(),
+        unlock_key: unlock_key.clone().unwrap_or_default(),
     };
     // The swarm has its ingress network from the start, as Docker's.
     let ingress = crate::manager::networks::ingress_network(
@@ -330,6 +348,7 @@ async fn init_inner(options: &InitOptions) -> Result<InitOutcome, SetupError> {
         worker_token,
         manager_token,
         advertise_addr: advertise,
+        unlock_key,
     })
 }
 

@@ -10,6 +10,7 @@
 //! - `starvation`: half-finished requests and long polls that try to hold the port.
 //! - `writes`: floods of task reports and heartbeats against the Raft log.
 //! - `joins`: bad hostnames, duplicate names and token guessing.
+//! - `autolock`: a manager's disk restarted without the unlock key.
 
 mod support;
 
@@ -17,6 +18,8 @@ mod support;
 mod at_rest;
 #[path = "security/authority.rs"]
 mod authority;
+#[path = "security/autolock.rs"]
+mod autolock;
 #[path = "security/joins.rs"]
 mod joins;
 #[path = "security/renewal.rs"]

@@ -117,8 +117,8 @@ fn swarm_update_applies_or_refuses_each_flag() {
     assert_eq!(spec.trim(), "2 2s 48h0m0s");
     let err = m1.docker_err(&["swarm", "update", "--snapshot-interval", "500"]);
     assert!(err.contains("Raft.SnapshotInterval"), "{err}");
-    let err = m1.docker_err(&["swarm", "update", "--autolock"]);
-    assert!(err.contains("autolock is not supported yet"), "{err}");
+    let out = m1.docker_ok(&["swarm", "update", "--autolock"]);
+    assert!(out.contains("SWMKEY-1-"), "{out}");
     let err = m1.docker_err(&["swarm", "update", "--cert-expiry", "10m"]);
     assert!(
         err.contains("minimum certificate expiry time is: 1h0m0s"),

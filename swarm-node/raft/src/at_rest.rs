@@ -22,8 +22,19 @@
 //! "SWDK" | version u8 (1) | wrapping u8 (0 = none) | key id u32 LE | key (32 bytes)
 //! ```
 //!
-//! An unlock key (autolock) will wrap the key under another `wrapping` value; this version
-//! refuses such a file with a clear message rather than misreading it.
+//! With autolock the key is wrapped by the swarm's unlock key (`SWMKEY-1-…`, 32 random
+//! bytes held by the operator and replicated in the Raft state), `wrapping` 1:
+//!
+//! ```text
+//! "SWDK" | version u8 (1) | wrapping u8 (1) | key id u32 LE | nonce (12 bytes) | sealed key (32 + 16 bytes)
+//! ```
+//!
+//! The wrapping key is HKDF-SHA256 of the unlock key (the unlock key is already uniformly
+//! random, so no password stretching is needed) and the sealing is AES-256-GCM with the
+//! first ten bytes as associated data. A manager whose key file is wrapped cannot open its
+//! Raft data until someone hands it the unlock key (`docker swarm unlock`); a wrong key
+//! fails the GCM tag and changes nothing on disk. Unknown `wrapping` values are refused
+//! with a clear message rather than misread.
 //!
 //! Nonces are random (96 bits): safe for far more records than a swarm writes under one
 //! key.
@@ -33,7 +44,9 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use base64::Engine;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::hkdf;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::fsio;
@@ -45,9 +58,18 @@ const KEY_MAGIC: &[u8; 4] = b"SWDK";
 const BLOB_MAGIC: &[u8; 4] = b"SWRE";
 const VERSION: u8 = 1;
 const WRAP_NONE: u8 = 0;
+/// Wrapped by the unlock key: HKDF-SHA256, then AES-256-GCM.
+const WRAP_UNLOCK_KEY: u8 = 1;
 const ALG_AES_256_GCM: u8 = 1;
 const KEY_LEN: usize = 32;
-const KEY_FILE_LEN: usize = 4 + 1 + 1 + 4 + KEY_LEN;
+const KEY_HEADER_LEN: usize = 4 + 1 + 1 + 4;
+const KEY_FILE_LEN: usize = KEY_HEADER_LEN + KEY_LEN;
+const WRAPPED_KEY_FILE_LEN: usize = KEY_HEADER_LEN + NONCE_LEN + KEY_LEN + 16;
+/// What Docker puts in front of an unlock key.
+const UNLOCK_KEY_PREFIX: &str = "SWMKEY-1-";
+/// Binds wrapping keys to this use, so an unlock key never doubles as another AES key.
+const WRAP_SALT: &[u8] = b"swarmup raft data key wrapping";
+const WRAP_INFO: &[u8] = b"data.key v1";
 /// Length of a sealed blob's header.
 pub(crate) const HEADER_LEN: usize = 4 + 1 + 1 + 4 + NONCE_LEN;
 
@@ -63,6 +85,10 @@ pub(crate) enum AtRestError {
     KeyVersion { path: PathBuf, version: u8 },
     #[error("{}: the data key is wrapped with an unlock key (kind {kind}), which this swarm-node cannot unlock", path.display())]
     Wrapped { path: PathBuf, kind: u8 },
+    #[error("{}: the data key is wrapped with the swarm's unlock key (autolock): unlock this manager with `docker swarm unlock`", path.display())]
+    Locked { path: PathBuf },
+    #[error("{}: the unlock key does not open the data key", path.display())]
+    WrongUnlockKey { path: PathBuf },
     #[error("{}: the raft data here is encrypted but its key file {} is missing; restore that file from a backup of this manager, or remove this manager's state and join it again", dir.display(), dir.join(KEY_FILE).display())]
     KeyMissing { dir: PathBuf },
     #[error("encrypted data too short or with a bad header")]
@@ -87,10 +113,140 @@ impl From<AtRestError> for io::Error {
     }
 }
 
+/// The swarm's unlock key (autolock): 32 random bytes, shown to people as Docker shows
+/// them, `SWMKEY-1-` and unpadded standard base64. Never printed by `Debug`.
+#[derive(Clone)]
+pub struct UnlockKey([u8; KEY_LEN]);
+
+impl std::fmt::Debug for UnlockKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UnlockKey(..)")
+    }
+}
+
+impl PartialEq for UnlockKey {
+    /// Compares every byte, whatever the first difference.
+    fn eq(&self, other: &Self) -> bool {
+        self.0
+            .iter()
+            .zip(other.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+impl Eq for UnlockKey {}
+
+/// Why an unlock key was not taken. The words are Docker's, which the docker CLI prints.
+#[derive(Debug, thiserror::Error)]
+pub enum UnlockError {
+    /// Not `SWMKEY-1-` followed by the base64 of 32 bytes.
+    #[error("invalid key string")]
+    Malformed,
+    /// A well-formed key that does not open this manager's data key.
+    #[error("swarm could not be unlocked: invalid key provided")]
+    WrongKey,
+    /// The data key is not wrapped: there is nothing to unlock.
+    #[error("swarm is not locked")]
+    NotLocked,
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+impl UnlockKey {
+    /// A new random key.
+    pub fn generate() -> io::Result<UnlockKey> {
+        Ok(UnlockKey(random::<KEY_LEN>()?))
+    }
+
+    /// Reads Docker's form, `SWMKEY-1-<base64>` (surrounding blanks ignored; padding
+    /// accepted, since some tools add it).
+    pub fn parse(text: &str) -> Result<UnlockKey, UnlockError> {
+        let encoded = text
+            .trim()
+            .strip_prefix(UNLOCK_KEY_PREFIX)
+            .ok_or(UnlockError::Malformed)?;
+        let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(encoded.trim_end_matches('='))
+            .map_err(|_| UnlockError::Malformed)?;
+        Ok(UnlockKey(
+            bytes.try_into().map_err(|_| UnlockError::Malformed)?,
+        ))
+    }
+
+    /// Docker's form, `SWMKEY-1-<base64 without padding>`.
+    pub fn to_human(&self) -> String {
+        format!(
+            "{UNLOCK_KEY_PREFIX}{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(self.0)
+        )
+    }
+
+    /// The AES-256-GCM key that wraps data keys.
+    fn wrapping_key(&self) -> LessSafeKey {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, WRAP_SALT).extract(&self.0);
+        let okm = prk
+            .expand(&[WRAP_INFO], &AES_256_GCM)
+            .expect("an AES-256 key is a valid HKDF output length");
+        LessSafeKey::new(UnboundKey::from(okm))
+    }
+}
+
+/// What a manager's key file says about autolock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFileState {
+    /// No key file yet (a new manager, or a worker).
+    Missing,
+    /// The data key is in clear: the manager starts without help.
+    Clear,
+    /// The data key is wrapped by an unlock key: the manager starts locked.
+    Wrapped,
+}
+
+/// Reads what `dir/data.key` says about autolock, without needing any key.
+pub fn key_file_state(dir: &Path) -> io::Result<KeyFileState> {
+    let Some(bytes) = fsio::read_optional(dir, KEY_FILE)? else {
+        return Ok(KeyFileState::Missing);
+    };
+    if bytes.len() < KEY_HEADER_LEN || !bytes.starts_with(KEY_MAGIC) {
+        return Err(AtRestError::BadKeyFile {
+            path: dir.join(KEY_FILE),
+            len: bytes.len(),
+        }
+        .into());
+    }
+    Ok(if bytes[5] == WRAP_NONE {
+        KeyFileState::Clear
+    } else {
+        KeyFileState::Wrapped
+    })
+}
+
+/// Checks that `key` opens the wrapped data key in `dir`; reads only.
+pub fn check_unlock_key(dir: &Path, key: &UnlockKey) -> Result<(), UnlockError> {
+    let path = dir.join(KEY_FILE);
+    let bytes = fsio::read_optional(dir, KEY_FILE)?.ok_or_else(|| {
+        UnlockError::Io(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{}: no data key", path.display()),
+        ))
+    })?;
+    match DataKey::parse(&bytes, &path, Some(key)) {
+        Ok(k) if k.wrapped => Ok(()),
+        Ok(_) => Err(UnlockError::NotLocked),
+        Err(AtRestError::WrongUnlockKey { .. }) => Err(UnlockError::WrongKey),
+        Err(e) => Err(UnlockError::Io(e.into())),
+    }
+}
+
 /// A manager's Raft data key.
 pub(crate) struct DataKey {
     id: u32,
     key: LessSafeKey,
+    /// Kept to rewrite the key file when autolock changes.
+    raw: [u8; KEY_LEN],
+    /// Whether the file it came from was wrapped.
+    wrapped: bool,
     /// Named in errors, so an operator knows which file to look at.
     path: PathBuf,
 }
@@ -112,15 +268,48 @@ fn random<const N: usize>() -> Result<[u8; N], AtRestError> {
     Ok(b)
 }
 
-/// The key file's bytes for a fresh key.
-fn new_key_file() -> Result<Vec<u8>, AtRestError> {
-    let mut out = Vec::with_capacity(KEY_FILE_LEN);
+/// The key file's bytes for key `raw` with id `id`, wrapped by `unlock` if given.
+fn key_file_bytes(
+    id: u32,
+    raw: &[u8; KEY_LEN],
+    unlock: Option<&UnlockKey>,
+) -> Result<Vec<u8>, AtRestError> {
+    let mut out = Vec::with_capacity(WRAPPED_KEY_FILE_LEN);
     out.extend_from_slice(KEY_MAGIC);
     out.push(VERSION);
-    out.push(WRAP_NONE);
-    out.extend_from_slice(&random::<4>()?);
-    out.extend_from_slice(&random::<KEY_LEN>()?);
+    out.push(if unlock.is_some() {
+        WRAP_UNLOCK_KEY
+    } else {
+        WRAP_NONE
+    });
+    out.extend_from_slice(&id.to_le_bytes());
+    match unlock {
+        None => out.extend_from_slice(raw),
+        Some(unlock) => {
+            let nonce = random::<NONCE_LEN>()?;
+            let mut sealed = raw.to_vec();
+            unlock
+                .wrapping_key()
+                .seal_in_place_append_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from(out.clone()),
+                    &mut sealed,
+                )
+                .map_err(|_| AtRestError::Seal)?;
+            out.extend_from_slice(&nonce);
+            out.extend_from_slice(&sealed);
+        }
+    }
     Ok(out)
+}
+
+/// The key file's bytes for a fresh key.
+fn new_key_file() -> Result<Vec<u8>, AtRestError> {
+    key_file_bytes(
+        u32::from_le_bytes(random::<4>()?),
+        &random::<KEY_LEN>()?,
+        None,
+    )
 }
 
 /// True if `bytes` start like a sealed blob (plain JSON starts with `{`, `[` or `"`).
@@ -129,7 +318,12 @@ pub(crate) fn is_sealed(bytes: &[u8]) -> bool {
 }
 
 impl DataKey {
-    fn parse(bytes: &[u8], path: &Path) -> Result<DataKey, AtRestError> {
+    /// Reads a key file; a wrapped one needs `unlock`.
+    fn parse(
+        bytes: &[u8],
+        path: &Path,
+        unlock: Option<&UnlockKey>,
+    ) -> Result<DataKey, AtRestError> {
         let bad = || AtRestError::BadKeyFile {
             path: path.to_path_buf(),
             len: bytes.len(),
@@ -143,31 +337,56 @@ impl DataKey {
                 version: bytes[4],
             });
         }
-        if bytes[5] != WRAP_NONE {
-            return Err(AtRestError::Wrapped {
-                path: path.to_path_buf(),
-                kind: bytes[5],
-            });
-        }
-        if bytes.len() != KEY_FILE_LEN {
-            return Err(bad());
-        }
+        let (raw, wrapped) = match bytes[5] {
+            WRAP_NONE if bytes.len() == KEY_FILE_LEN => {
+                let raw: [u8; KEY_LEN] = bytes[KEY_HEADER_LEN..].try_into().map_err(|_| bad())?;
+                (raw, false)
+            }
+            WRAP_UNLOCK_KEY if bytes.len() == WRAPPED_KEY_FILE_LEN => {
+                let unlock = unlock.ok_or_else(|| AtRestError::Locked {
+                    path: path.to_path_buf(),
+                })?;
+                let (header, rest) = bytes.split_at(KEY_HEADER_LEN);
+                let (nonce, sealed) = rest.split_at(NONCE_LEN);
+                let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| bad())?;
+                let mut body = sealed.to_vec();
+                let plain = unlock
+                    .wrapping_key()
+                    .open_in_place(nonce, Aad::from(header), &mut body)
+                    .map_err(|_| AtRestError::WrongUnlockKey {
+                        path: path.to_path_buf(),
+                    })?;
+                let raw: [u8; KEY_LEN] = (&*plain).try_into().map_err(|_| bad())?;
+                (raw, true)
+            }
+            WRAP_NONE | WRAP_UNLOCK_KEY => return Err(bad()),
+            kind => {
+                return Err(AtRestError::Wrapped {
+                    path: path.to_path_buf(),
+                    kind,
+                })
+            }
+        };
         let id = u32::from_le_bytes([bytes[6], bytes[7], bytes[8], bytes[9]]);
-        let key = UnboundKey::new(&AES_256_GCM, &bytes[10..]).map_err(|_| bad())?;
+        let key = UnboundKey::new(&AES_256_GCM, &raw).map_err(|_| bad())?;
         Ok(DataKey {
             id,
             key: LessSafeKey::new(key),
+            raw,
+            wrapped,
             path: path.to_path_buf(),
         })
     }
 
-    /// Loads `dir/data.key`, creating it if it is missing and nothing in `dir` is sealed
-    /// yet (a new manager, or state written by a version without encryption). Creation
-    /// never replaces a key another process made at the same moment.
-    pub(crate) fn load_or_create(dir: &Path) -> io::Result<DataKey> {
+    /// Loads `dir/data.key` (unwrapping it with `unlock` if it is wrapped), creating it
+    /// if it is missing and nothing in `dir` is sealed yet (a new manager, or state
+    /// written by a version without encryption). Creation never replaces a key another
+    /// process made at the same moment. A new key file is in clear: the manager wraps it
+    /// once its state says autolock is on.
+    pub(crate) fn load_or_create(dir: &Path, unlock: Option<&UnlockKey>) -> io::Result<DataKey> {
         let path = dir.join(KEY_FILE);
         if let Some(bytes) = fsio::read_optional(dir, KEY_FILE)? {
-            return Ok(DataKey::parse(&bytes, &path)?);
+            return Ok(DataKey::parse(&bytes, &path, unlock)?);
         }
         if holds_sealed_data(dir)? {
             return Err(AtRestError::KeyMissing {
@@ -196,14 +415,26 @@ impl DataKey {
             Ok(()) => {
                 fsio::sync_dir(dir)?;
                 tracing::info!(path = %path.display(), "created the raft data key");
-                Ok(DataKey::parse(&bytes, &path)?)
+                Ok(DataKey::parse(&bytes, &path, None)?)
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 let bytes = fs::read(&path).map_err(|e| fsio::with_path(e, &path))?;
-                Ok(DataKey::parse(&bytes, &path)?)
+                Ok(DataKey::parse(&bytes, &path, unlock)?)
             }
             Err(e) => Err(fsio::with_path(e, &path)),
         }
+    }
+
+    /// The directory of the key file.
+    pub(crate) fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// Rewrites the key file with the same key, wrapped by `unlock` or in clear, so that
+    /// a crash leaves the old file or the new one (both open the same data).
+    pub(crate) fn rewrap(&self, unlock: Option<&UnlockKey>) -> io::Result<()> {
+        let bytes = key_file_bytes(self.id, &self.raw, unlock)?;
+        fsio::write_atomic(self.dir(), KEY_FILE, &bytes)
     }
 
     /// Encrypts `plain`, bound to `context`.
@@ -323,7 +554,7 @@ pub(crate) mod tests {
 
     pub(crate) fn key_in(dir: &Path) -> std::sync::Arc<DataKey> {
         prepare_dir(dir).unwrap();
-        std::sync::Arc::new(DataKey::load_or_create(dir).unwrap())
+        std::sync::Arc::new(DataKey::load_or_create(dir, None).unwrap())
     }
 
     /// A command that carries `secret` in the replicated state.
@@ -376,7 +607,9 @@ pub(crate) mod tests {
         )
         .unwrap();
         fs::remove_file(dir.path().join(KEY_FILE)).unwrap();
-        let err = DataKey::load_or_create(dir.path()).unwrap_err().to_string();
+        let err = DataKey::load_or_create(dir.path(), None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("data.key") && err.contains("missing"), "{err}");
         // And no new key was made in its place.
         assert!(!dir.path().join(KEY_FILE).exists());
@@ -427,7 +660,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sub = dir.path().join("state").join("raft");
         let k1 = key_in(&sub);
-        let k2 = DataKey::load_or_create(&sub).unwrap();
+        let k2 = DataKey::load_or_create(&sub, None).unwrap();
         assert_eq!(k1.id, k2.id);
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&sub.join(KEY_FILE)), 0o600);
@@ -440,12 +673,16 @@ pub(crate) mod tests {
     fn a_wrapped_or_foreign_key_file_is_refused_clearly() {
         let dir = tempfile::tempdir().unwrap();
         let mut bytes = new_key_file().unwrap();
-        bytes[5] = 1;
+        bytes[5] = 7;
         fs::write(dir.path().join(KEY_FILE), &bytes).unwrap();
-        let err = DataKey::load_or_create(dir.path()).unwrap_err().to_string();
+        let err = DataKey::load_or_create(dir.path(), None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unlock key"), "{err}");
         fs::write(dir.path().join(KEY_FILE), b"hello").unwrap();
-        let err = DataKey::load_or_create(dir.path()).unwrap_err().to_string();
+        let err = DataKey::load_or_create(dir.path(), None)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("data.key") && err.contains("not a swarm-node data key"),
             "{err}"
@@ -464,5 +701,113 @@ pub(crate) mod tests {
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&raft), 0o700);
         assert_eq!(mode(&raft.join("raft.journal")), 0o600);
+    }
+    #[test]
+    fn unlock_keys_read_and_print_as_dockers() {
+        let key = UnlockKey::generate().unwrap();
+        let text = key.to_human();
+        assert!(text.starts_with("SWMKEY-1-"), "{text}");
+        // 32 bytes in unpadded base64.
+        assert_eq!(text.len(), "SWMKEY-1-".len() + 43);
+        assert!(!text.ends_with('='));
+        assert_eq!(UnlockKey::parse(&format!("  {text}\n")).unwrap(), key);
+        assert_eq!(UnlockKey::parse(&format!("{text}=")).unwrap(), key);
+        assert_ne!(UnlockKey::generate().unwrap(), key);
+        for bad in [
+            "",
+            "SWMKEY-1-",
+            "SWMKEY-2-AAAA",
+            "hello",
+            &text[..text.len() - 1],
+            &format!("{text}AAAA"),
+            &text.replace("SWMKEY-1-", "SWMKEY-1-!"),
+        ] {
+            assert!(
+                matches!(UnlockKey::parse(bad), Err(UnlockError::Malformed)),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(format!("{key:?}"), "UnlockKey(..)");
+    }
+
+    #[test]
+    fn a_wrapped_key_opens_only_with_its_unlock_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = key_in(dir.path());
+        let blob = key.seal(b"root CA key", b"c").unwrap();
+        let clear = fs::read(dir.path().join(KEY_FILE)).unwrap();
+        assert_eq!(key_file_state(dir.path()).unwrap(), KeyFileState::Clear);
+
+        let unlock = UnlockKey::generate().unwrap();
+        key.rewrap(Some(&unlock)).unwrap();
+        let wrapped = fs::read(dir.path().join(KEY_FILE)).unwrap();
+        assert_eq!(wrapped.len(), WRAPPED_KEY_FILE_LEN);
+        assert_eq!(wrapped[5], WRAP_UNLOCK_KEY);
+        assert!(
+            !wrapped
+                .windows(KEY_LEN)
+                .any(|w| w == &clear[KEY_HEADER_LEN..]),
+            "the clear key is in the wrapped file"
+        );
+        assert_eq!(key_file_state(dir.path()).unwrap(), KeyFileState::Wrapped);
+        assert_private(dir.path());
+
+        // Without the unlock key: locked, and nothing is created in its place.
+        let err = DataKey::load_or_create(dir.path(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("docker swarm unlock"), "{err}");
+        assert_eq!(fs::read(dir.path().join(KEY_FILE)).unwrap(), wrapped);
+
+        // A wrong key is refused and changes nothing on disk.
+        let other = UnlockKey::generate().unwrap();
+        assert!(matches!(
+            check_unlock_key(dir.path(), &other),
+            Err(UnlockError::WrongKey)
+        ));
+        assert!(DataKey::load_or_create(dir.path(), Some(&other)).is_err());
+        assert_eq!(fs::read(dir.path().join(KEY_FILE)).unwrap(), wrapped);
+
+        // The right key opens the same data key.
+        check_unlock_key(dir.path(), &unlock).unwrap();
+        let reopened = DataKey::load_or_create(dir.path(), Some(&unlock)).unwrap();
+        assert_eq!(reopened.open(&blob, b"c").unwrap(), b"root CA key");
+
+        // Rotation: the old unlock key stops working, the new one works.
+        let rotated = UnlockKey::generate().unwrap();
+        reopened.rewrap(Some(&rotated)).unwrap();
+        assert!(matches!(
+            check_unlock_key(dir.path(), &unlock),
+            Err(UnlockError::WrongKey)
+        ));
+        let again = DataKey::load_or_create(dir.path(), Some(&rotated)).unwrap();
+        assert_eq!(again.open(&blob, b"c").unwrap(), b"root CA key");
+
+        // Autolock off: the file is in clear again, with the same key.
+        again.rewrap(None).unwrap();
+        assert_eq!(fs::read(dir.path().join(KEY_FILE)).unwrap(), clear);
+        assert!(matches!(
+            check_unlock_key(dir.path(), &rotated),
+            Err(UnlockError::NotLocked)
+        ));
+        assert_private(dir.path());
+    }
+
+    #[test]
+    fn any_altered_byte_of_a_wrapped_key_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = key_in(dir.path());
+        let unlock = UnlockKey::generate().unwrap();
+        key.rewrap(Some(&unlock)).unwrap();
+        let wrapped = fs::read(dir.path().join(KEY_FILE)).unwrap();
+        let path = dir.path().join(KEY_FILE);
+        for i in 0..wrapped.len() {
+            let mut bad = wrapped.clone();
+            bad[i] ^= 0x01;
+            assert!(
+                DataKey::parse(&bad, &path, Some(&unlock)).is_err(),
+                "byte {i} altered unnoticed"
+            );
+        }
     }
 }

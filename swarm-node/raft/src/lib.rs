@@ -12,8 +12,8 @@
 //!   vote/committed files).
 //! - `state_machine`: [`ClusterState`] folded over the log, published through a watch
 //!   channel; encrypted snapshots in `snapshot.json`.
-//! - `at_rest`: the data key (`data.key`) and the sealed format of journal records and
-//!   snapshots: the state holds the root CA key and the join tokens. The directory is
+//! - `at_rest`: the data key (`data.key`, wrapped by the unlock key under autolock) and
+//!   the sealed format of journal records and snapshots: the state holds the root CA key and the join tokens. The directory is
 //!   0700 and every file in it 0600, tightened at open for state older versions made.
 //! - `network` / [`server::router`]: Raft RPC as JSON over HTTP(S) on the control address,
 //!   under [`RAFT_PATH_PREFIX`].
@@ -58,6 +58,7 @@ mod state_machine;
 #[cfg(test)]
 mod tests;
 
+pub use at_rest::{check_unlock_key, key_file_state, KeyFileState, UnlockError, UnlockKey};
 use log_store::LogStore;
 use state_machine::StateMachineStore;
 
@@ -142,6 +143,8 @@ pub struct RaftOptions {
     pub snapshot_bytes: u64,
     /// `https` in production (the caller's client does mutual TLS), `http` in tests.
     pub scheme: String,
+    /// Opens a data key wrapped by autolock (see [`key_file_state`]).
+    pub unlock_key: Option<UnlockKey>,
 }
 
 impl RaftOptions {
@@ -156,6 +159,7 @@ impl RaftOptions {
             snapshot_logs: 10_000,
             snapshot_bytes: 64 * 1024 * 1024,
             scheme: "https".into(),
+            unlock_key: None,
         }
     }
 
@@ -349,6 +353,8 @@ struct Inner {
     sm: StateMachineStore,
     metrics: watch::Receiver<typ::Metrics>,
     leader: watch::Receiver<Option<u64>>,
+    /// This manager's data key, rewrapped when autolock changes.
+    key: Arc<at_rest::DataKey>,
 }
 
 impl fmt::Debug for ClusterRaft {
@@ -381,9 +387,10 @@ impl ClusterRaft {
             message: e.to_string(),
         };
         let dir = opts.dir.clone();
+        let unlock = opts.unlock_key.clone();
         let key = tokio::task::spawn_blocking(move || {
             at_rest::prepare_dir(&dir)?;
-            at_rest::DataKey::load_or_create(&dir)
+            at_rest::DataKey::load_or_create(&dir, unlock.as_ref())
         })
         .await
         .map_err(|e| storage_err(&e))?
@@ -393,7 +400,7 @@ impl ClusterRaft {
             .await
             .map_err(|e| storage_err(&e))?;
         let written = log_store.bytes_written();
-        let sm = StateMachineStore::open(&opts.dir, key)
+        let sm = StateMachineStore::open(&opts.dir, key.clone())
             .await
             .map_err(|e| storage_err(&e))?;
 
@@ -464,12 +471,26 @@ impl ClusterRaft {
                 sm,
                 metrics,
                 leader: leader_rx,
+                key,
             }),
         })
     }
 
     pub(crate) fn raft(&self) -> &typ::Raft {
         &self.inner.raft
+    }
+
+    /// Rewrites this manager's key file wrapped by `unlock` (autolock on, or a rotated
+    /// key) or in clear (autolock off). The data it encrypts does not change.
+    pub async fn wrap_data_key(&self, unlock: Option<UnlockKey>) -> Result<(), RaftError> {
+        let key = self.inner.key.clone();
+        tokio::task::spawn_blocking(move || key.rewrap(unlock.as_ref()))
+            .await
+            .map_err(|e| RaftError::Fatal(e.to_string()))?
+            .map_err(|e| RaftError::Storage {
+                dir: self.inner.key.dir().to_path_buf(),
+                message: e.to_string(),
+            })
     }
 
     /// This node's Raft id.

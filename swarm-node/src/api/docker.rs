@@ -51,6 +51,7 @@ pub fn routes() -> Router<Ctx> {
         .route("/tasks/{id}/logs", get(super::logs::task_logs))
         .merge(super::networks::routes())
         .merge(super::secrets::routes())
+        .merge(super::unlock::routes())
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -105,7 +106,7 @@ fn flag_param(raw: Option<&str>) -> bool {
     !matches!(v.as_str(), "" | "0" | "no" | "false" | "none")
 }
 
-async fn ping() -> Response {
+pub(super) async fn ping() -> Response {
     let mut headers = HeaderMap::new();
     headers.insert("API-Version", HeaderValue::from_static(API_VERSION));
     headers.insert("OSType", HeaderValue::from_static("linux"));
@@ -359,22 +360,21 @@ fn first_difference(a: &serde_json::Value, b: &serde_json::Value, path: &str) ->
 }
 
 /// The spec `docker swarm update` asks for, applied to the current one: labels,
-/// `CAConfig.NodeCertExpiry`, the dispatcher heartbeat and the task history limit change;
-/// any other field must stay as it is, or the update is refused naming it (never
-/// silently ignored). Raft's snapshot settings are fixed when a manager opens its log.
+/// `CAConfig.NodeCertExpiry`, the dispatcher heartbeat, the task history limit and
+/// `EncryptionConfig.AutoLockManagers` change; any other field must stay as it is, or the
+/// update is refused naming it (never silently ignored). Raft's snapshot settings are
+/// fixed when a manager opens its log.
 fn updated_swarm_spec(
     current: &swarm_state::models::SwarmSpec,
     wanted: &swarm_state::models::SwarmSpec,
 ) -> ApiResult<swarm_state::models::SwarmSpec> {
-    if wanted
-        .encryption_config
-        .as_ref()
-        .and_then(|e| e.auto_lock_managers)
-        == Some(true)
-    {
-        return Err(ApiError::BadRequest("autolock is not supported yet".into()));
-    }
     let mut next = current.clone();
+    let autolock = super::unlock::autolock_of(wanted);
+    if autolock != super::unlock::autolock_of(current) {
+        next.encryption_config
+            .get_or_insert_with(Default::default)
+            .auto_lock_managers = Some(autolock);
+    }
     next.labels = wanted.labels.clone().filter(|l| !l.is_empty());
     if let Some(expiry) = wanted
         .ca_config
@@ -439,7 +439,7 @@ fn updated_swarm_spec(
     };
     if let Some(field) = first_difference(&have, &want, "") {
         return Err(ApiError::BadRequest(format!(
-            "changing {field} is not supported yet: only Labels, CAConfig.NodeCertExpiry, Dispatcher.HeartbeatPeriod and Orchestration.TaskHistoryRetentionLimit can be updated"
+            "changing {field} is not supported yet: only Labels, CAConfig.NodeCertExpiry, Dispatcher.HeartbeatPeriod, Orchestration.TaskHistoryRetentionLimit and EncryptionConfig.AutoLockManagers can be updated"
         )));
     }
     Ok(next)
@@ -447,7 +447,9 @@ fn updated_swarm_spec(
 
 /// `docker swarm update` and `docker swarm join-token --rotate`: the spec the CLI read,
 /// with its changes, at the version it read (required, as in Docker). Token rotation
-/// gives a role a new secret: nodes that already joined keep working.
+/// gives a role a new secret: nodes that already joined keep working. Autolock on (and
+/// `docker swarm unlock-key --rotate`) commits a new unlock key chosen here; every manager
+/// then rewraps its Raft data key (`daemon.rs`).
 async fn update_swarm(
     AdminManager(manager): AdminManager,
     Query(q): Query<SwarmUpdateQuery>,
@@ -468,14 +470,10 @@ async fn update_swarm(
     })?;
     let rotate_worker = bool_param("rotateWorkerToken", q.rotate_worker_token.as_deref())?;
     let rotate_manager = bool_param("rotateManagerToken", q.rotate_manager_token.as_deref())?;
-    if bool_param(
+    let rotate_unlock = bool_param(
         "rotateManagerUnlockKey",
         q.rotate_manager_unlock_key.as_deref(),
-    )? {
-        return Err(ApiError::BadRequest(
-            "autolock is not supported yet: there is no unlock key to rotate".into(),
-        ));
-    }
+    )?;
     let state = manager.read();
     let info = state
         .cluster
@@ -490,14 +488,45 @@ async fn update_swarm(
         }
         .into());
     }
-    let next = updated_swarm_spec(&info.spec, &wanted)?;
+    let mut next = updated_swarm_spec(&info.spec, &wanted)?;
+    let (was_locked, autolock) = (
+        super::unlock::autolock_of(&info.spec),
+        super::unlock::autolock_of(&next),
+    );
+    // As SwarmKit: a new key when autolock turns on or on request, none when it turns off.
+    let unlock_key = match (was_locked, autolock, rotate_unlock) {
+        (false, false, true) => {
+            return Err(ApiError::BadRequest(
+                "cannot rotate because autolock is not turned on".into(),
+            ))
+        }
+        (false, true, _) | (true, true, true) => Some(
+            swarm_raft::UnlockKey::generate()
+                .map_err(|e| ApiError::Internal(e.to_string()))?
+                .to_human(),
+        ),
+        (true, false, _) => Some(String::new()),
+        _ => None,
+    };
+    // Autolock travels in its own command, with its key.
+    next.encryption_config = info.spec.encryption_config.clone();
     let ca = swarm_pki::RootCa::from_pem(&info.root_ca_cert_pem, &info.root_ca_key_pem)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut version = version;
     if next != info.spec {
-        manager
+        version = manager
             .propose(Command::UpdateSwarmSpec {
                 version,
                 spec: Box::new(next),
+                at: manager.now(),
+            })
+            .await?;
+    }
+    if let Some(unlock_key) = unlock_key {
+        manager
+            .propose(Command::SetAutolock {
+                version,
+                unlock_key,
                 at: manager.now(),
             })
             .await?;
@@ -1378,15 +1407,22 @@ mod swarm_update_tests {
     }
 
     #[test]
-    fn fields_that_cannot_apply_are_refused_by_name() {
+    fn autolock_applies() {
         let mut wanted = as_cli_sends(7776000000000000);
         wanted
             .encryption_config
             .as_mut()
             .unwrap()
             .auto_lock_managers = Some(true);
-        let err = updated_swarm_spec(&current(), &wanted).unwrap_err();
-        assert_eq!(err.to_string(), "autolock is not supported yet");
+        let next = updated_swarm_spec(&current(), &wanted).unwrap();
+        assert_eq!(
+            next.encryption_config.unwrap().auto_lock_managers,
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn fields_that_cannot_apply_are_refused_by_name() {
         let mut wanted = as_cli_sends(7776000000000000);
         wanted.raft.as_mut().unwrap().election_tick = Some(10);
         let err = updated_swarm_spec(&current(), &wanted).unwrap_err();

@@ -30,6 +30,7 @@ pub mod logs;
 pub mod networks;
 pub mod proxy;
 pub mod secrets;
+pub mod unlock;
 
 /// The Docker API version this node speaks (that of Docker Engine 20.10).
 pub const API_VERSION: &str = "1.41";

@@ -52,6 +52,9 @@ pub struct ClusterInfo {
     /// a public address clients reach the managers on.
     #[serde(default)]
     pub cert_sans: Vec<String>,
+    /// The managers' unlock key (`SWMKEY-1-…`) while autolock is on, empty otherwise.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub unlock_key: String,
 }
 
 /// The whole replicated state.
@@ -234,6 +237,12 @@ pub enum Command {
     RemoveFile {
         kind: secrets::FileKind,
         id: String,
+    },
+    /// Autolock on with this unlock key (a new key rotates it), or off when empty.
+    SetAutolock {
+        version: u64,
+        unlock_key: String,
+        at: String,
     },
 }
 
@@ -633,6 +642,25 @@ impl ClusterState {
             } => self.update_file_labels(*kind, id, *given, labels, at, index),
             Command::RemoveFile { kind, id } => self.remove_file(*kind, id),
             Command::Allocate { allocation } => self.apply_allocation(allocation, index),
+            Command::SetAutolock {
+                version,
+                unlock_key,
+                at,
+            } => {
+                let info = self
+                    .cluster
+                    .as_mut()
+                    .ok_or_else(|| ApplyError::Invalid("no swarm".into()))?;
+                check_version("swarm", &info.id, info.version, *version)?;
+                info.spec
+                    .encryption_config
+                    .get_or_insert_with(Default::default)
+                    .auto_lock_managers = Some(!unlock_key.is_empty());
+                info.unlock_key = unlock_key.clone();
+                info.updated_at = at.clone();
+                info.version = index;
+                Ok(())
+            }
         }
     }
 
