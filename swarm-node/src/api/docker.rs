@@ -126,7 +126,7 @@ fn go_arch() -> &'static str {
     }
 }
 
-async fn version() -> Json<SystemVersion> {
+pub(super) async fn version() -> Json<SystemVersion> {
     let version = env!("CARGO_PKG_VERSION").to_string();
     Json(SystemVersion {
         platform: Some(models::SystemVersionPlatform {

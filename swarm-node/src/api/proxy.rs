@@ -57,7 +57,6 @@ fn swarm_mode_call(path: &str) -> Option<&'static str> {
         "swarm/init" => Some("this node is already part of a swarm managed by swarm-node: create clusters with `swarmup create`"),
         "swarm/join" => Some("this node is already part of a swarm managed by swarm-node: add nodes with `swarmup create --nodes N` (or `swarm-node join` on the new machine)"),
         "swarm/leave" => Some("leave the swarm with `swarm-node leave` on this node (or remove it with `docker node rm` from a manager)"),
-        "swarm/unlock" | "swarm/unlockkey" => Some("autolock is not supported by swarm-node: there is nothing to unlock"),
         _ => None,
     }
 }

@@ -127,9 +127,10 @@ async fn not_locked(State(ctx): State<Ctx>, peer: Peer) -> Result<Response, ApiE
 pub fn gated(lock: Arc<Lock>, ctx: Ctx, unlocked: Router) -> Router {
     let locked = Router::new()
         .route("/_ping", get(super::docker::ping).head(super::docker::ping))
+        .route("/version", get(super::docker::version))
         .route("/info", get(locked_info))
         .route("/swarm/unlock", post(unlock))
-        .fallback(|| async { ApiError::Unavailable(SWARM_LOCKED.into()) })
+        .fallback(locked_fallback)
         .with_state((ctx, lock.clone()));
     Router::new().fallback_service(tower::service_fn(move |request: Request<Body>| {
         let (lock, locked, unlocked) = (lock.clone(), locked.clone(), unlocked.clone());
@@ -141,6 +142,34 @@ pub fn gated(lock: Arc<Lock>, ctx: Ctx, unlocked: Router) -> Router {
             }
         }
     }))
+}
+
+/// The swarm's own paths: what a locked manager cannot serve without its state.
+fn is_swarm_path(path: &str) -> bool {
+    let first = path
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    path.starts_with(swarm_state::proto::PREFIX)
+        || matches!(
+            first,
+            "swarm" | "nodes" | "services" | "tasks" | "networks" | "secrets" | "configs"
+        )
+}
+
+/// A locked manager's engine is not locked: as with Docker, `docker ps`, `images`,
+/// `logs`… still reach it (for callers the engine part admits without the swarm's
+/// state: the unix socket and administrator certificates). Swarm calls get Docker's 503.
+async fn locked_fallback(
+    State((ctx, _)): State<(Ctx, Arc<Lock>)>,
+    peer: Peer,
+    request: Request<Body>,
+) -> Response {
+    if is_swarm_path(request.uri().path()) {
+        return ApiError::Unavailable(SWARM_LOCKED.into()).into_response();
+    }
+    super::proxy::to_engine(State(ctx), peer, request).await
 }
 
 /// `/v1.41/info` → `/info`, as the full router does before routing.

@@ -89,6 +89,12 @@ fn restart_locked(node: &mut TestNode) {
     assert!(err.contains(LOCKED), "{err}");
     let err = node.docker_err(&["service", "ls"]);
     assert!(err.contains(LOCKED), "{err}");
+    // The engine part is not locked, as with Docker.
+    let version = node.docker(&["version", "--format", "{{.Server.APIVersion}}"]);
+    assert!(
+        version.status.success(),
+        "docker version on a locked node: {version:?}"
+    );
 }
 
 /// Waits until `node` runs as a manager again and sees `managers` ready managers.

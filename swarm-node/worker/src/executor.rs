@@ -398,11 +398,15 @@ impl LoopState {
         }
     }
 
-    /// Releases the file stores of tasks that are neither assigned nor being worked on.
+    /// Releases the file stores of tasks that are neither assigned and live nor being
+    /// worked on. A task whose container has ended (complete, shut down, failed) loses its
+    /// files at once, as dockerd unmounts a container's secrets when it stops: a task is
+    /// never started again, and its container is kept only for the task history.
     async fn sweep(&mut self) {
         let Some(desired) = &self.desired else { return };
         let keep: BTreeSet<String> = desired
             .keys()
+            .filter(|id| self.tasks_state(id).is_none_or(|s| s <= TaskState::RUNNING))
             .chain(self.inflight.iter())
             .cloned()
             .collect();
@@ -451,6 +455,10 @@ impl LoopState {
         let current = self.tasks_state(task_id).unwrap_or(TaskState::NEW);
         if change.state <= current {
             return false;
+        }
+        if change.state > TaskState::RUNNING {
+            // Its container has ended: its secrets go at the next reconciliation.
+            self.sweep_due = true;
         }
         let status = self.stamp(change);
         tracing::info!(

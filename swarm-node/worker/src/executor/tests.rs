@@ -804,3 +804,24 @@ async fn without_a_store_a_task_with_secrets_is_rejected() {
     assert!(rt.containers().is_empty());
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_task_whose_container_ends_loses_its_files_at_once() {
+    let rt = Arc::new(FakeRuntime::with_images(&[IMAGE]));
+    let files = FakeTaskFiles::new();
+    let mut h = Harness::start_files(rt.clone(), files.clone(), None);
+    h.assignments
+        .send_replace(Some(assigned_with_data(vec![with_files(
+            "t1",
+            TaskState::RUNNING,
+        )])));
+    h.wait_for("t1", TaskState::RUNNING).await;
+    assert!(files.store("t1").is_some());
+    // The container exits; the task stays assigned (the managers have not yet replaced
+    // it) and its container stays for the history, but its secrets go, as with dockerd.
+    assert!(rt.exit("t1", 1));
+    h.wait_for("t1", TaskState::FAILED).await;
+    wait_until("t1's store released", || files.store("t1").is_none()).await;
+    assert_eq!(rt.containers_of("t1").len(), 1, "the container is kept");
+    h.stop().await;
+}
