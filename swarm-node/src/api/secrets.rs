@@ -300,21 +300,27 @@ fn lookup(
     kind: FileKind,
     key: &str,
 ) -> ApiResult<(String, u64, String, Vec<u8>)> {
-    let (id, version, spec_name, data) = match kind {
+    let (id, version, spec_name) = match kind {
         FileKind::Secret => {
             let s = state.find_secret(key).ok_or_else(|| not_found(kind, key))?;
             let spec = s.spec.clone().unwrap_or_default();
-            (s.id.clone(), s.version.clone(), spec.name, spec.data)
+            (s.id.clone(), s.version.clone(), spec.name)
         }
         FileKind::Config => {
             let c = state.find_config(key).ok_or_else(|| not_found(kind, key))?;
             let spec = c.spec.clone().unwrap_or_default();
-            (c.id.clone(), c.version.clone(), spec.name, spec.data)
+            (c.id.clone(), c.version.clone(), spec.name)
         }
     };
-    let data = data.and_then(|d| decode_data(&d).ok()).unwrap_or_default();
+    let id = id.unwrap_or_default();
+    // The data lives apart from the object (see `ClusterState::file_data`).
+    let data = state
+        .file_data
+        .get(&id)
+        .and_then(|d| decode_data(&d.0).ok())
+        .unwrap_or_default();
     Ok((
-        id.unwrap_or_default(),
+        id,
         swarm_state::version_of(&version),
         spec_name.unwrap_or_default(),
         data,
@@ -595,6 +601,29 @@ mod tests {
         assert!(check_new(FileKind::Secret, &spec(MAX_SECRET_BYTES)).is_err());
         assert!(check_new(FileKind::Config, &spec(MAX_SECRET_BYTES)).is_ok());
         assert!(check_new(FileKind::Config, &spec(MAX_CONFIG_BYTES)).is_err());
+    }
+
+    #[test]
+    fn an_update_may_send_the_same_data_again_but_not_other_data() {
+        let mut state = ClusterState::default();
+        let create = Command::CreateSecret {
+            secret: Box::new(Secret {
+                id: Some("s1".into()),
+                spec: Some(SecretSpec {
+                    name: Some("pw".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            data: FileData("YWJj".into()),
+        };
+        assert!(state.apply(&create, 1).error.is_none());
+        let (id, version, name, data) = lookup(&state, FileKind::Secret, "pw").unwrap();
+        assert_eq!((id.as_str(), version, name.as_str()), ("s1", 1, "pw"));
+        assert_eq!(
+            data, b"abc",
+            "the stored data, for comparison with the update's"
+        );
     }
 
     #[test]
