@@ -12,6 +12,7 @@ use swarm_contract::Status;
 use swarmup_machine::{Machine, PowerState, Progress, Role};
 use swarmup_templates::{Cidr, NftablesContext, PublishedPort, ServiceContext, CONTROL_PORT};
 
+use crate::docker_swarm::{self, Engine};
 use crate::error::{BootstrapError, Step};
 use crate::shell::RemoteShell;
 use crate::ssh::{Connector, SshConnector, SshOptions};
@@ -106,6 +107,9 @@ pub struct BootstrapOptions {
     pub deadlines: Deadlines,
     /// Extra environment for the swarm-node service, e.g. `RUST_LOG`.
     pub service_environment: BTreeMap<String, String>,
+    /// What serves the swarm: swarm-node, or Docker's own swarm mode (which needs no
+    /// swarm-node binary).
+    pub engine: Engine,
 }
 
 impl BootstrapOptions {
@@ -117,6 +121,7 @@ impl BootstrapOptions {
             firewall: FirewallOptions::default(),
             deadlines: Deadlines::default(),
             service_environment: BTreeMap::new(),
+            engine: Engine::SwarmNode,
         }
     }
 }
@@ -168,6 +173,9 @@ pub async fn bootstrap_cluster_with(
     progress: &dyn Progress,
 ) -> Result<BootstrapReport, BootstrapError> {
     check_machines(machines)?;
+    if options.engine == Engine::Docker {
+        return docker_swarm::bootstrap(connector, machines, options, progress).await;
+    }
     let binary = load_binary(&options.swarm_node_binary).await?;
     let cluster_nodes: Vec<IpAddr> = machines.iter().map(|m| m.private_addr).collect();
 
@@ -275,7 +283,20 @@ pub fn firewall_rules(
     cluster_nodes: &[IpAddr],
     firewall: &FirewallOptions,
 ) -> Result<String, BootstrapError> {
+    firewall_rules_with_gossip(machine, facts, cluster_nodes, firewall, None)
+}
+
+/// [`firewall_rules`], with Docker's gossip port open between the nodes when the
+/// cluster runs Docker's own swarm mode.
+pub fn firewall_rules_with_gossip(
+    machine: &Machine,
+    facts: &HostFacts,
+    cluster_nodes: &[IpAddr],
+    firewall: &FirewallOptions,
+    gossip_port: Option<u16>,
+) -> Result<String, BootstrapError> {
     let ctx = NftablesContext {
+        gossip_port,
         ssh_port: facts.ssh_port.unwrap_or(machine.ssh.port),
         ssh_allowed: firewall.ssh_allowed.clone(),
         control_allowed: firewall.control_allowed.clone(),
@@ -418,7 +439,7 @@ async fn wait_out_removed(
 
 /// What converging has to do, decided from each machine's status.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SwarmPlan {
+pub struct SwarmPlan {
     /// Index of the manager that creates the swarm or hands out the tokens.
     pub leader: usize,
     pub init: bool,

@@ -11,6 +11,7 @@
 //! - [`bootstrap_cluster`]: all of it for a whole cluster, safe to run again.
 
 mod cluster;
+pub mod docker_swarm;
 mod error;
 pub mod fake;
 mod fsutil;

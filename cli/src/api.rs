@@ -1,6 +1,8 @@
 //! Cluster commands (`swarmup node ls`, `swarmup service …`): the Docker Engine API of the
 //! cluster's managers over mutual TLS, with the client certificate `create` stored, and
-//! Docker's table layouts.
+//! Docker's table layouts. A cluster on Docker's own swarm mode (`--engine docker`) is
+//! reached over SSH instead, through `docker system dial-stdio` on a manager: the path
+//! the docker CLI takes for `DOCKER_HOST=ssh://NODE`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,7 +12,9 @@ use bollard_stubs::models::{
     EndpointSpec, Node, Service, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, Task,
     TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement, TaskSpecRestartPolicy,
 };
-use swarmup_providers::{PowerState, Role};
+use swarmup_bootstrap::docker_swarm::{self, Engine};
+use swarmup_bootstrap::{Connector, RemoteShell, SshConnector};
+use swarmup_providers::{Machine, PowerState, Role};
 
 use crate::commands::pick_cluster;
 use crate::output::{table, Output};
@@ -20,12 +24,102 @@ use crate::{NodeCommand, ServiceCommand};
 struct ClusterApi {
     client: reqwest::Client,
     managers: Vec<String>,
+    /// Docker's own swarm mode: the managers over SSH instead of `managers`.
+    ssh: Option<SshManagers>,
+}
+
+/// The managers of a cluster on Docker's own swarm mode, reached over SSH; a connection
+/// is opened on first use and kept for the command's other calls.
+struct SshManagers {
+    connector: SshConnector,
+    machines: Vec<Machine>,
+    open: tokio::sync::Mutex<Option<std::sync::Arc<dyn RemoteShell>>>,
+}
+
+impl SshManagers {
+    async fn call(
+        &self,
+        method: &reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(u16, serde_json::Value)> {
+        let body = body.map(serde_json::to_vec).transpose()?;
+        let mut open = self.open.lock().await;
+        let mut last = String::new();
+        if let Some(shell) = open.as_ref() {
+            match docker_swarm::docker_api(
+                &**shell,
+                method.as_str(),
+                &format!("/v1.41{path}"),
+                body.as_deref(),
+                Duration::from_secs(30),
+            )
+            .await
+            {
+                Ok((status, text)) => return Ok((status, json_of(&text))),
+                Err(e) => last = e,
+            }
+        }
+        for m in &self.machines {
+            let shell = match self.connector.connect(m, Duration::from_secs(20)).await {
+                Ok(s) => s,
+                Err(e) => {
+                    last = format!("{}: {e}", m.name);
+                    continue;
+                }
+            };
+            match docker_swarm::docker_api(
+                &*shell,
+                method.as_str(),
+                &format!("/v1.41{path}"),
+                body.as_deref(),
+                Duration::from_secs(30),
+            )
+            .await
+            {
+                Ok((status, text)) => {
+                    *open = Some(shell);
+                    return Ok((status, json_of(&text)));
+                }
+                Err(e) => {
+                    last = e;
+                    shell.close().await;
+                }
+            }
+        }
+        bail!("no manager answered over SSH ({last}): check the cluster with `swarmup ls`")
+    }
+}
+
+fn json_of(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or(serde_json::Value::Null)
 }
 
 impl ClusterApi {
     async fn open(cluster: Option<&str>) -> Result<ClusterApi> {
         let (dir, record) = pick_cluster(cluster)?;
         let machines = crate::commands::cluster_machines(&record).await?;
+        if record.engine == Engine::Docker {
+            // Running managers first; the others in case the record's power is stale.
+            let mut managers: Vec<Machine> = machines
+                .iter()
+                .filter(|m| m.role == Role::Manager)
+                .cloned()
+                .collect();
+            managers.sort_by_key(|m| m.power != PowerState::Running);
+            if managers.is_empty() {
+                bail!("cluster {} has no manager to ask", record.name);
+            }
+            return Ok(ClusterApi {
+                client: reqwest::Client::new(),
+                managers: Vec::new(),
+                ssh: Some(SshManagers {
+                    connector: SshConnector::new(crate::commands::ssh_options(&dir)),
+                    machines: managers,
+                    open: tokio::sync::Mutex::new(None),
+                }),
+            });
+        }
         crate::client_cert::refresh_and_tell(&dir, &machines).await?;
         let client = crate::client_cert::tls_client(&dir, None)?;
         let mut managers: Vec<String> = machines
@@ -48,7 +142,11 @@ impl ClusterApi {
         if managers.is_empty() {
             bail!("cluster {} has no manager to ask", record.name);
         }
-        Ok(ClusterApi { client, managers })
+        Ok(ClusterApi {
+            client,
+            managers,
+            ssh: None,
+        })
     }
 
     async fn call(
@@ -57,6 +155,13 @@ impl ClusterApi {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<serde_json::Value> {
+        if let Some(ssh) = &self.ssh {
+            let (status, value) = ssh.call(&method, path, body.as_ref()).await?;
+            if (200..300).contains(&status) {
+                return Ok(value);
+            }
+            bail!("{}", value["message"].as_str().unwrap_or("no reason given"));
+        }
         let mut last = String::new();
         for manager in &self.managers {
             let mut request = self

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use swarmup_bootstrap::docker_swarm::Engine;
 use swarmup_bootstrap::{ssh_config, SshOptions};
 use swarmup_providers::{Machine, PowerState, Provider, Role};
 
@@ -235,6 +236,20 @@ pub async fn env(out: &Output, name: Option<&str>) -> Result<()> {
         .find(|m| m.role == Role::Manager && m.power == PowerState::Running)
         .or_else(|| machines.iter().find(|m| m.role == Role::Manager))
         .context("the cluster has no manager")?;
+    if record.engine == Engine::Docker {
+        let lines = docker_ssh_env(&manager.name);
+        if out.json() {
+            let map: serde_json::Map<String, serde_json::Value> = lines
+                .set
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone().into()))
+                .collect();
+            println!("{}", serde_json::Value::Object(map));
+        } else {
+            print!("{}", lines.shell(&record.name));
+        }
+        return Ok(());
+    }
     let client = dir.client_dir();
     if !client.join("cert.pem").exists() {
         bail!(
@@ -264,6 +279,41 @@ pub async fn env(out: &Output, name: Option<&str>) -> Result<()> {
         println!("# eval $(swarmup env {})", record.name);
     }
     Ok(())
+}
+
+/// What `swarmup env` prints for a cluster on Docker's own swarm mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshEnv {
+    pub set: Vec<(&'static str, String)>,
+    /// Left over from a swarm-node cluster's `eval $(swarmup env)`, they would send the
+    /// docker CLI's TLS settings to an SSH host.
+    pub unset: Vec<&'static str>,
+}
+
+impl SshEnv {
+    /// The lines for `eval $(swarmup env NAME)`.
+    pub fn shell(&self, cluster: &str) -> String {
+        let mut text = String::new();
+        for (k, v) in &self.set {
+            text.push_str(&format!("export {k}={v}\n"));
+        }
+        if !self.unset.is_empty() {
+            text.push_str(&format!("unset {}\n", self.unset.join(" ")));
+        }
+        text.push_str("# Run this command to configure your shell:\n");
+        text.push_str(&format!("# eval $(swarmup env {cluster})\n"));
+        text
+    }
+}
+
+/// The docker CLI reaches Docker's own swarm through SSH to a manager, by its name in the
+/// managed block of `~/.ssh/config` (which carries the cluster's key and pinned host
+/// key): no TLS variables, the SSH login is the credential.
+pub fn docker_ssh_env(manager: &str) -> SshEnv {
+    SshEnv {
+        set: vec![("DOCKER_HOST", format!("ssh://{manager}"))],
+        unset: vec!["DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"],
+    }
 }
 
 pub async fn power(out: &Output, name: &str, nodes: &[String], on: bool) -> Result<()> {
@@ -353,4 +403,22 @@ pub async fn image_load(out: &Output, name: &str, input: Option<PathBuf>) -> Res
         out.say(&format!("{}: loaded {}", l.machine, l.images.join(", ")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_engine_env_is_an_ssh_host_without_tls() {
+        let env = docker_ssh_env("c-node1");
+        assert_eq!(
+            env.shell("c"),
+            "export DOCKER_HOST=ssh://c-node1\n\
+             unset DOCKER_TLS_VERIFY DOCKER_CERT_PATH\n\
+             # Run this command to configure your shell:\n\
+             # eval $(swarmup env c)\n"
+        );
+        assert_eq!(env.set, vec![("DOCKER_HOST", "ssh://c-node1".to_string())]);
+    }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
+use swarmup_bootstrap::docker_swarm::Engine;
 use swarmup_bootstrap::{
     keys, ssh_config, BinarySource, BootstrapOptions, BootstrapReport, SshOptions,
 };
@@ -64,6 +65,8 @@ pub struct ClusterFile {
     pub ssh_from: Vec<String>,
     /// A public key file already on the DigitalOcean account (`~/` is the home directory).
     pub ssh_key: Option<PathBuf>,
+    /// `swarm-node` or `docker`.
+    pub engine: Option<Engine>,
 }
 
 /// The flags with `-f FILE` merged in: a setting the user gave as a flag wins, the file
@@ -89,6 +92,7 @@ pub fn merge(mut args: CreateArgs, file: ClusterFile, home: Option<PathBuf>) -> 
     args.region = args.region.or(file.region);
     args.size = args.size.or(file.size);
     args.image = args.image.or(file.image);
+    args.engine = args.engine.or(file.engine);
     // `--ssh-from` cannot be given empty: no flag is the only way to have none.
     if args.ssh_from.is_empty() {
         args.ssh_from = file.ssh_from;
@@ -162,6 +166,23 @@ pub fn check_counts(
     Ok((nodes, managers))
 }
 
+/// The engine of a create: the one asked for, else the cluster's own from its earlier
+/// run, else swarm-node. An existing cluster keeps its engine: switching would leave the
+/// other engine's swarm on every machine.
+pub fn check_engine(asked: Option<Engine>, existing: Option<&ClusterRecord>) -> Result<Engine> {
+    match (asked, existing) {
+        (Some(a), Some(r)) if a != r.engine => bail!(
+            "cluster {} runs engine {}: it cannot switch to --engine {a}; `swarmup destroy {}` and create it again",
+            r.name,
+            r.engine,
+            r.name
+        ),
+        (Some(a), _) => Ok(a),
+        (None, Some(r)) => Ok(r.engine),
+        (None, None) => Ok(Engine::default()),
+    }
+}
+
 /// The machines of a cluster: NAME-node1… with the managers first.
 pub fn plan_machines(cluster: &str, nodes: u32, managers: u32) -> Vec<PlannedMachine> {
     (1..=nodes)
@@ -190,6 +211,8 @@ pub struct CreatePlan {
     pub managers: u32,
     pub machines: Vec<PlannedMachine>,
     pub choice: ProviderChoice,
+    /// What serves the swarm.
+    pub engine: Engine,
 }
 
 impl CreatePlan {
@@ -216,7 +239,9 @@ pub fn validate(args: CreateArgs) -> Result<CreatePlan> {
         args.provider_name(),
         existing.as_ref(),
     )?;
+    let engine = check_engine(args.engine, existing.as_ref())?;
     Ok(CreatePlan {
+        engine,
         choice: ProviderChoice::default(),
         machines: Vec::new(),
         args,
@@ -272,8 +297,10 @@ pub fn record_of(p: &CreatePlan) -> ClusterRecord {
         machines: vec![],
         last_seen: vec![],
         provider_options: BTreeMap::new(),
+        engine: p.engine,
     });
     record.machines = p.machines.clone();
+    record.engine = p.engine;
     // `swarmup firewall sync --publish-from` keeps its sources in the same map.
     let publish_from = record
         .provider_options
@@ -363,16 +390,23 @@ pub fn control_sources(
     }
 }
 
-/// Stage "bootstrap": Docker, the firewall, swarm-node and the swarm on every machine.
+/// Stage "bootstrap": Docker, the firewall, swarm-node and the swarm on every machine
+/// (with `--engine docker`, Docker's own swarm instead of swarm-node: `binary` is `None`).
 pub async fn bootstrap(
     p: &CreatePlan,
     provider: &dyn Provider,
     machines: &[Machine],
     ssh: &SshOptions,
-    binary: PathBuf,
+    binary: Option<PathBuf>,
     progress: &dyn Progress,
 ) -> Result<BootstrapReport> {
-    let mut options = BootstrapOptions::new(BinarySource::Path(binary), ssh.clone());
+    // Docker's own swarm mode installs no swarm-node binary.
+    let source = binary.map_or_else(
+        || BinarySource::Bytes(Vec::new().into()),
+        BinarySource::Path,
+    );
+    let mut options = BootstrapOptions::new(source, ssh.clone());
+    options.engine = p.engine;
     options.firewall.ssh_allowed = p
         .args
         .ssh_from
@@ -390,6 +424,11 @@ pub async fn bootstrap(
         .map(|c| c.parse())
         .collect::<Result<_, _>>()
         .map_err(|e| anyhow::anyhow!("invalid admin address: {e}"))?;
+    if p.engine == Engine::Docker {
+        // Docker's 2377 serves only its nodes (the administrator's docker CLI comes over
+        // SSH), so it stays shut to everyone else.
+        options.firewall.control_allowed.clear();
+    }
     match swarmup_bootstrap::bootstrap_cluster(machines, &options, progress).await {
         Ok(r) => Ok(r),
         Err(e) if p.args.rollback_on_failure => {
@@ -439,7 +478,10 @@ pub async fn run(out: &Output, args: CreateArgs) -> Result<Option<(CreatePlan, C
         dry_run(out, provider.as_ref(), &p.name, &p.machines).await?;
         return Ok(None);
     }
-    let binary = swarm_node_binary(p.args.swarm_node_binary.as_deref())?;
+    let binary = match p.engine {
+        Engine::SwarmNode => Some(swarm_node_binary(p.args.swarm_node_binary.as_deref())?),
+        Engine::Docker => None,
+    };
 
     let t = Instant::now();
     let cluster_plan = keys(&p).await?;
@@ -473,9 +515,12 @@ pub async fn run(out: &Output, args: CreateArgs) -> Result<Option<(CreatePlan, C
     let report = report?;
     stages.time("bootstrap", t);
 
-    let t = Instant::now();
-    credentials(&p, &machines, &ssh).await?;
-    stages.time("client_cert", t);
+    // Docker's swarm is reached over SSH: there is no client certificate to fetch.
+    if p.engine == Engine::SwarmNode {
+        let t = Instant::now();
+        credentials(&p, &machines, &ssh).await?;
+        stages.time("client_cert", t);
+    }
     stages.0.push(("total", started.elapsed()));
     let registry = provider.registry(&p.name).await?;
     let created = Created {
@@ -521,7 +566,7 @@ pub fn report(out: &Output, p: &CreatePlan, c: &Created) {
         println!(
             "{}",
             serde_json::json!({
-                "cluster": p.name, "provider": p.args.provider_name(), "cluster_id": c.report.cluster_id,
+                "cluster": p.name, "provider": p.args.provider_name(), "engine": p.engine, "cluster_id": c.report.cluster_id,
                 "nodes": nodes, "timings": c.stages.json(), "registry": c.registry,
                 "api_calls": c.api_calls,
             })
@@ -548,8 +593,12 @@ pub fn report(out: &Output, p: &CreatePlan, c: &Created) {
         println!("{name}");
         return;
     }
+    let engine = match p.engine {
+        Engine::SwarmNode => String::new(),
+        Engine::Docker => ", Docker's own swarm mode".to_string(),
+    };
     println!(
-        "Cluster {name} is ready ({} nodes, {} managers) in {:.1}s:\n",
+        "Cluster {name} is ready ({} nodes, {} managers{engine}) in {:.1}s:\n",
         p.nodes,
         p.managers,
         c.elapsed.as_secs_f64()
@@ -804,6 +853,7 @@ mod tests {
             machines: plan_machines("c", 3, 1),
             last_seen: vec![],
             provider_options: BTreeMap::new(),
+            engine: Engine::SwarmNode,
         };
         assert_eq!(
             check_counts(None, None, "lab", Some(&earlier)).unwrap(),
@@ -823,6 +873,43 @@ mod tests {
                 .to_string();
             assert!(err.contains(want), "{err}");
         }
+    }
+
+    #[test]
+    fn the_engine_is_asked_for_or_kept_and_never_switched() {
+        assert_eq!(check_engine(None, None).unwrap(), Engine::SwarmNode);
+        assert_eq!(
+            check_engine(Some(Engine::Docker), None).unwrap(),
+            Engine::Docker
+        );
+        let mut earlier = ClusterRecord {
+            name: "c".into(),
+            provider: "lab".into(),
+            created_at: String::new(),
+            machines: plan_machines("c", 3, 3),
+            last_seen: vec![],
+            provider_options: BTreeMap::new(),
+            engine: Engine::Docker,
+        };
+        assert_eq!(check_engine(None, Some(&earlier)).unwrap(), Engine::Docker);
+        assert_eq!(
+            check_engine(Some(Engine::Docker), Some(&earlier)).unwrap(),
+            Engine::Docker
+        );
+        let err = check_engine(Some(Engine::SwarmNode), Some(&earlier))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot switch"), "{err}");
+        earlier.engine = Engine::SwarmNode;
+        assert!(check_engine(Some(Engine::Docker), Some(&earlier)).is_err());
+        let merged = merge(args(&[]), file("engine: docker\n"), None);
+        assert_eq!(merged.engine, Some(Engine::Docker));
+        let flag_wins = merge(
+            args(&["--engine", "swarm-node"]),
+            file("engine: docker\n"),
+            None,
+        );
+        assert_eq!(flag_wins.engine, Some(Engine::SwarmNode));
     }
 
     #[test]

@@ -222,6 +222,12 @@ async fn run(dir: &ClusterDir, record: &ClusterRecord, from: &[String]) -> Resul
             .sync_published_ports(&record.name, &[], from)
             .await?);
     }
+    if record.engine == swarmup_bootstrap::docker_swarm::Engine::Docker {
+        bail!(
+            "cluster {} runs Docker's own swarm mode: `firewall sync` reads the ports through swarm-node's API and works only for swarm-node clusters",
+            record.name
+        );
+    }
     let published = read_published(dir, record).await?;
     let mut result = provider
         .sync_published_ports(&record.name, &published.ports, from)
@@ -440,6 +446,7 @@ mod tests {
             machines: vec![],
             last_seen: vec![],
             provider_options: Default::default(),
+            engine: Default::default(),
         };
         assert!(recorded_from(&r).is_empty());
         r.provider_options

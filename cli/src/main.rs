@@ -163,6 +163,10 @@ pub struct CreateArgs {
     /// Lab: drop everything the nodes send outside the cluster's own subnet.
     #[arg(long)]
     offline: bool,
+    /// What serves the swarm: swarm-node, or docker (Docker Engine's own swarm mode, the
+    /// docker CLI reaching it over SSH). [default: swarm-node, or the cluster's own]
+    #[arg(long)]
+    engine: Option<swarmup_bootstrap::docker_swarm::Engine>,
 }
 
 #[derive(Debug, Subcommand)]

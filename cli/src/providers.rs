@@ -296,6 +296,8 @@ async fn rebuild(provider: &dyn Provider, name: &str) -> Result<ClusterRecord> {
             .collect(),
         last_seen: machines,
         provider_options,
+        // Found by tags alone: the engine is not among them, so the default is assumed.
+        engine: Default::default(),
     })
 }
 
@@ -460,6 +462,7 @@ mod tests {
             machines: vec![],
             last_seen: vec![],
             provider_options: first.recorded(),
+            engine: Default::default(),
         };
         assert!(!record.provider_options.contains_key("token"));
         let cli = crate::Cli::parse_from([

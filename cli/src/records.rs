@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use swarmup_bootstrap::docker_swarm::Engine;
 use swarmup_providers::{HostKey, Machine, Role};
 
 /// The root of every record.
@@ -44,6 +45,10 @@ pub struct ClusterRecord {
     /// Provider choices to reuse on a re-run (region, size, …).
     #[serde(default)]
     pub provider_options: BTreeMap<String, String>,
+    /// What serves the swarm (`create --engine`); records from before the choice existed
+    /// have no such field and mean swarm-node.
+    #[serde(default)]
+    pub engine: Engine,
 }
 
 impl ClusterRecord {
@@ -171,6 +176,20 @@ pub fn validate_name(name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_without_an_engine_means_swarm_node() {
+        let old = r#"{"name":"c","provider":"lab","created_at":"2026-01-01T00:00:00Z",
+            "machines":[{"name":"c-node1","role":"manager"}]}"#;
+        let r: ClusterRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(r.engine, Engine::SwarmNode);
+        let mut docker = r.clone();
+        docker.engine = Engine::Docker;
+        let text = serde_json::to_string(&docker).unwrap();
+        assert!(text.contains(r#""engine":"docker""#), "{text}");
+        let back: ClusterRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, docker);
+    }
 
     #[test]
     fn names_are_checked() {

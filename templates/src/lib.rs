@@ -22,6 +22,9 @@ pub const SWARM_NODE_STATE_DIR: &str = "/var/lib/swarm-node";
 /// `--data-path-port`). There is no gossip port: swarm-node derives every forwarding
 /// entry from the replicated state, so Docker's 7946 stays shut.
 pub use swarmup_machine::{CONTROL_PORT, DATA_PORT};
+/// Docker's own swarm mode (`swarmup create --engine docker`) gossips node membership
+/// and overlay endpoints on this port, TCP and UDP; swarm-node never opens it.
+pub const DOCKER_GOSSIP_PORT: u16 = 7946;
 /// The prefix of the bridges swarm-node makes for overlay networks (`swb<VNI>`).
 pub const OVERLAY_BRIDGES: &str = "swb*";
 
@@ -639,6 +642,10 @@ pub struct NftablesContext {
     pub data_port: u16,
     /// Ports open to everyone.
     pub published_ports: Vec<PublishedPort>,
+    /// Docker's gossip port (TCP and UDP), opened to the cluster's nodes only when the
+    /// cluster runs Docker's own swarm mode; `None` for swarm-node, which has no gossip.
+    #[serde(default)]
+    pub gossip_port: Option<u16>,
     /// Interfaces whose traffic to the host is always accepted: containers talking to
     /// their own host must not be cut off (on overlay bridges, that includes the queries
     /// to the node's service DNS).
@@ -655,6 +662,7 @@ impl Default for NftablesContext {
             control_port: CONTROL_PORT,
             data_port: DATA_PORT,
             published_ports: Vec::new(),
+            gossip_port: None,
             trusted_interfaces: vec![
                 "docker0".to_string(),
                 "docker_gwbridge".to_string(),
@@ -678,6 +686,7 @@ struct NftablesView {
     cluster_v6: Vec<String>,
     control_port: u16,
     data_port: u16,
+    gossip_port: Option<u16>,
     published_tcp: Vec<u16>,
     published_udp: Vec<u16>,
     trusted_interfaces: Vec<String>,
@@ -690,6 +699,7 @@ pub fn nftables(ctx: &NftablesContext) -> Result<String, TemplateError> {
         ("ssh port", ctx.ssh_port),
         ("control port", ctx.control_port),
         ("data port", ctx.data_port),
+        ("gossip port", ctx.gossip_port.unwrap_or(DOCKER_GOSSIP_PORT)),
     ] {
         if port == 0 {
             return Err(invalid(NFTABLES, format!("{what} must be above 0")));
@@ -752,6 +762,7 @@ pub fn nftables(ctx: &NftablesContext) -> Result<String, TemplateError> {
         cluster_v6,
         control_port: ctx.control_port,
         data_port: ctx.data_port,
+        gossip_port: ctx.gossip_port,
         published_tcp: ports(Protocol::Tcp),
         published_udp: ports(Protocol::Udp),
         trusted_interfaces: ctx.trusted_interfaces.clone(),

@@ -675,6 +675,34 @@ fn serde_json_like(c: &Cidr) -> String {
     v.trim().to_string()
 }
 
+#[test]
+fn nftables_opens_docker_gossip_to_cluster_nodes_only() {
+    let plain = nftables(&nft_ctx()).unwrap();
+    assert!(!plain.contains("7946"), "{plain}");
+    let ctx = NftablesContext {
+        gossip_port: Some(DOCKER_GOSSIP_PORT),
+        ..nft_ctx()
+    };
+    let out = nftables(&ctx).unwrap();
+    let gossip: Vec<&str> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.contains("7946"))
+        .collect();
+    assert_eq!(
+        gossip,
+        [
+            "ip saddr @cluster_v4 meta l4proto { tcp, udp } th dport 7946 accept",
+            "ip6 saddr @cluster_v6 meta l4proto { tcp, udp } th dport 7946 accept",
+        ]
+    );
+    let zero = NftablesContext {
+        gossip_port: Some(0),
+        ..nft_ctx()
+    };
+    assert!(nftables(&zero).is_err());
+}
+
 /// Loads the rendered file into a throwaway network namespace, twice, next to a table
 /// that stands in for Docker's, and checks that ours replaced itself and left the other.
 #[test]
@@ -685,7 +713,11 @@ fn nftables_loads_into_nft_e2e() {
     }
     let dir = tempfile::tempdir().unwrap();
     let ours = dir.path().join("swarmup.nft");
-    std::fs::write(&ours, nftables(&nft_ctx()).unwrap()).unwrap();
+    let with_gossip = NftablesContext {
+        gossip_port: Some(DOCKER_GOSSIP_PORT),
+        ..nft_ctx()
+    };
+    std::fs::write(&ours, nftables(&with_gossip).unwrap()).unwrap();
     let docker = dir.path().join("docker.nft");
     std::fs::write(
         &docker,
@@ -711,6 +743,7 @@ fn nftables_loads_into_nft_e2e() {
     assert_eq!(stdout.matches("table inet swarmup").count(), 1, "{stdout}");
     assert!(stdout.contains("policy drop"), "{stdout}");
     assert!(stdout.contains("10.0.0.2"), "{stdout}");
+    assert!(stdout.contains("th dport 7946 accept"), "{stdout}");
 }
 
 fn ssh_ctx() -> SshConfigContext {
