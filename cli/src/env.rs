@@ -18,6 +18,10 @@ pub const DIGITALOCEAN_API_URL: &str = "DIGITALOCEAN_API_URL";
 pub const HOME: &str = "HOME";
 pub const XDG_DATA_HOME: &str = "XDG_DATA_HOME";
 pub const XDG_CONFIG_HOME: &str = "XDG_CONFIG_HOME";
+/// Where downloaded images live (the VirtualBox provider's base disks).
+pub const XDG_CACHE_HOME: &str = "XDG_CACHE_HOME";
+/// The VBoxManage the VirtualBox provider runs (default: VBoxManage on PATH).
+pub const SWARMUP_VBOXMANAGE: &str = "SWARMUP_VBOXMANAGE";
 
 /// A variable's value as text, if set.
 pub fn text(name: &str) -> Option<String> {

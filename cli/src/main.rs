@@ -116,7 +116,7 @@ pub struct CreateArgs {
     // No clap default: a cluster file's name must not lose to a default (create::merge).
     #[arg(long)]
     name: Option<String>,
-    /// Where the machines come from: lab (this host) or digitalocean. [default: lab]
+    /// Where the machines come from: lab (this host), digitalocean or virtualbox. [default: lab]
     #[arg(long)]
     provider: Option<String>,
     /// How many nodes.
@@ -134,9 +134,16 @@ pub struct CreateArgs {
     /// DigitalOcean droplet size.
     #[arg(long)]
     size: Option<String>,
-    /// DigitalOcean image.
+    /// DigitalOcean image; VirtualBox: ubuntu-24.04 (default) or a local file
+    /// (/path/to/ubuntu-24.04-server-cloudimg-amd64.ova), which works offline.
     #[arg(long)]
     image: Option<String>,
+    /// VirtualBox: CPUs per VM. [default: 2]
+    #[arg(long)]
+    cpus: Option<u32>,
+    /// VirtualBox: memory per VM in MB. [default: 2048]
+    #[arg(long)]
+    memory: Option<u32>,
     /// Reuse this SSH public key (DigitalOcean) instead of a per-cluster key.
     #[arg(long)]
     ssh_key: Option<std::path::PathBuf>,

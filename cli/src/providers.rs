@@ -40,6 +40,11 @@ const REGISTRY: &[Registered] = &[
         build: digitalocean,
         lookout: Some(digitalocean_lookout),
     },
+    Registered {
+        name: "virtualbox",
+        build: virtualbox,
+        lookout: Some(virtualbox_lookout),
+    },
 ];
 
 /// The names `--provider` accepts, in the registry's order.
@@ -74,6 +79,9 @@ pub struct ProviderChoice {
     pub lab_registry: bool,
     /// Lab only: nothing leaves the cluster's subnet (`create --offline`).
     pub lab_offline: bool,
+    /// VirtualBox only: CPUs and memory (MB) per VM.
+    pub cpus: Option<u32>,
+    pub memory: Option<u32>,
 }
 
 /// `provider_options` keys of a cluster record.
@@ -82,6 +90,8 @@ const OPT_SIZE: &str = "size";
 const OPT_IMAGE: &str = "image";
 const OPT_SSH_FROM: &str = "ssh_from";
 const OPT_SSH_KEY: &str = "ssh_key";
+const OPT_CPUS: &str = "cpus";
+const OPT_MEMORY: &str = "memory";
 
 impl ProviderChoice {
     /// The choices of a create: its flags, and for what they leave out, what the first run
@@ -115,6 +125,8 @@ impl ProviderChoice {
                 .or_else(|| recorded(OPT_SSH_KEY).map(PathBuf::from)),
             lab_registry: args.registry,
             lab_offline: args.offline,
+            cpus: args.cpus.or_else(|| recorded(OPT_CPUS)?.parse().ok()),
+            memory: args.memory.or_else(|| recorded(OPT_MEMORY)?.parse().ok()),
         }
     }
 
@@ -134,6 +146,8 @@ impl ProviderChoice {
             OPT_SSH_KEY,
             self.ssh_key.as_ref().map(|p| p.display().to_string()),
         );
+        put(OPT_CPUS, self.cpus.map(|c| c.to_string()));
+        put(OPT_MEMORY, self.memory.map(|m| m.to_string()));
         out
     }
 }
@@ -237,6 +251,51 @@ fn digitalocean(choice: &ProviderChoice) -> Result<Arc<dyn Provider>> {
     Ok(Arc::new(DigitalOceanProvider::new(options, user_data)?))
 }
 
+/// VirtualBox VMs on this host, through VBoxManage (`SWARMUP_VBOXMANAGE` or PATH); images
+/// and base disks in the user's cache directory.
+fn virtualbox(choice: &ProviderChoice) -> Result<Arc<dyn Provider>> {
+    use swarmup_providers::virtualbox::{VirtualBoxOptions, VirtualBoxProvider};
+    let cache = crate::env::xdg_dir(crate::env::XDG_CACHE_HOME, ".cache")
+        .context("no cache directory: set HOME or XDG_CACHE_HOME")?
+        .join("swarmup")
+        .join("virtualbox");
+    let mut options = VirtualBoxOptions::new(cache);
+    options.vboxmanage = crate::env::path(crate::env::SWARMUP_VBOXMANAGE);
+    if let Some(i) = &choice.image {
+        options.image = i.clone();
+    }
+    if let Some(c) = choice.cpus {
+        options.cpus = c;
+    }
+    if let Some(m) = choice.memory {
+        options.memory_mb = m;
+    }
+    for (set, flag) in [
+        (choice.region.is_some(), "--region"),
+        (choice.size.is_some(), "--size"),
+        (choice.ssh_key.is_some(), "--ssh-key"),
+    ] {
+        if set {
+            bail!("{flag} is for DigitalOcean: VirtualBox VMs take --cpus, --memory and --image");
+        }
+    }
+    let user_data = Arc::new(crate::digitalocean::user_data);
+    Ok(Arc::new(VirtualBoxProvider::new(options, user_data)))
+}
+
+/// VirtualBox when VBoxManage is at hand: its groups `/swarmup/CLUSTER` name the clusters.
+fn virtualbox_lookout() -> Result<Option<Arc<dyn Provider>>> {
+    let configured = crate::env::path(crate::env::SWARMUP_VBOXMANAGE);
+    if swarmup_providers::virtualbox::locate(configured.as_deref()).is_err() {
+        return Ok(None);
+    }
+    virtualbox(&ProviderChoice {
+        name: "virtualbox".to_string(),
+        ..Default::default()
+    })
+    .map(Some)
+}
+
 /// A DigitalOcean provider when a token is at hand without flags (environment or config
 /// file): the droplets' tags name every cluster on the account, whichever machine made it.
 fn digitalocean_lookout() -> Result<Option<Arc<dyn Provider>>> {
@@ -267,6 +326,24 @@ pub fn build_for_create(choice: &ProviderChoice) -> Result<Arc<dyn Provider>> {
                 bail!(
                     "{flag} is for lab clusters only: the {} provider's machines reach registries over their own network",
                     choice.name
+                );
+            }
+        }
+    }
+    if entry.name != "virtualbox" {
+        for (set, flag) in [
+            (choice.cpus.is_some(), "--cpus"),
+            (choice.memory.is_some(), "--memory"),
+        ] {
+            if set {
+                bail!(
+                    "{flag} is for VirtualBox VMs: the {} provider's machine size comes from {}",
+                    choice.name,
+                    if entry.name == "digitalocean" {
+                        "--size"
+                    } else {
+                        "the host"
+                    }
                 );
             }
         }
@@ -387,17 +464,17 @@ mod tests {
     #[test]
     fn every_provider_is_registered_once_and_unknown_names_list_them() {
         let names = known();
-        assert_eq!(names, ["lab", "digitalocean"]);
+        assert_eq!(names, ["lab", "digitalocean", "virtualbox"]);
         let mut unique = names.clone();
         unique.dedup();
         assert_eq!(unique, names);
         let err = check_name("nope").unwrap_err().to_string();
         assert_eq!(
             err,
-            "unknown provider \"nope\": use one of lab, digitalocean"
+            "unknown provider \"nope\": use one of lab, digitalocean, virtualbox"
         );
         assert!(build(&ProviderChoice {
-            name: "virtualbox".into(),
+            name: "vmware".into(),
             ..Default::default()
         })
         .is_err());

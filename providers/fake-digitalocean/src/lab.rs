@@ -206,7 +206,7 @@ impl LabBackend {
     /// removes it from the cluster's record, its network namespace (which takes its link
     /// along) and its state, so that a droplet of the same name later starts afresh and no
     /// later create of another node starts it again.
-    async fn remove_node(&self, cluster: &str, name: &str) -> Result<(), String> {
+    pub async fn remove_node(&self, cluster: &str, name: &str) -> Result<(), String> {
         self.lab
             .power_off(cluster, name)
             .await
