@@ -12,6 +12,7 @@
 
 mod cluster;
 mod error;
+pub mod existing;
 pub mod fake;
 mod fsutil;
 pub mod keys;
