@@ -11,6 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub mod digitalocean;
+pub mod ssh;
 
 // The records bootstrap and the CLI share with providers live in their own small crate,
 // so that bootstrap links no cloud client; providers re-export them.
