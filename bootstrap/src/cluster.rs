@@ -618,12 +618,34 @@ async fn converge(
         }
     }
 
-    // Node ids make the readiness check exact even when hostnames are not unique.
-    let after = join_all(
-        prepared
-            .iter()
-            .map(|p| async move { swarm_status(&*p.shell, Duration::from_secs(15)).await.ok() }),
-    )
+    // Node ids make the readiness check exact even when hostnames are not unique, or not
+    // the machine's name (machines swarmup did not make): a node that has just joined may
+    // still be restarting, so wait for it to name its id.
+    let after = join_all(prepared.iter().map(|p| async move {
+        let waiting_for = format!(
+            "waiting for swarm-node on {} to name its node",
+            p.machine.name
+        );
+        steps::retry(
+            &p.machine.name,
+            Step::Status,
+            &waiting_for,
+            d.daemon,
+            |left| async move {
+                Ok(
+                    match swarm_status(&*p.shell, left.min(Duration::from_secs(15))).await {
+                        Ok(s) if s.swarm.as_ref().is_some_and(|m| !m.node_id.is_empty()) => {
+                            Attempt::Done(s)
+                        }
+                        Ok(_) => Attempt::Again("no node id yet".to_string()),
+                        Err(why) => Attempt::Again(why),
+                    },
+                )
+            },
+        )
+        .await
+        .ok()
+    }))
     .await;
     let expected: Vec<ExpectedNode> = machines
         .iter()

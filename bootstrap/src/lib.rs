@@ -13,6 +13,7 @@
 mod cluster;
 pub mod docker_swarm;
 mod error;
+pub mod existing;
 pub mod fake;
 mod fsutil;
 pub mod keys;

@@ -119,7 +119,6 @@ impl SshShell {
         builder
             .user(machine.ssh.user.clone())
             .port(machine.ssh.port)
-            .keyfile(&options.identity_file)
             .user_known_hosts_file(&options.known_hosts_file)
             .known_hosts_check(KnownHosts::Strict)
             .connect_timeout(timeout.max(Duration::from_secs(1)))
@@ -131,6 +130,11 @@ impl SshShell {
             ));
         if let Some(config) = &options.config_file {
             builder.config_file(config);
+        }
+        // No identity file: ssh's own keys and agent, as the user's first login to a
+        // machine swarmup did not make (`--provider ssh`).
+        if !options.identity_file.as_os_str().is_empty() {
+            builder.keyfile(&options.identity_file);
         }
         let host = machine.ssh.host.to_string();
         let session = tokio::time::timeout(timeout + Duration::from_secs(5), builder.connect(host))

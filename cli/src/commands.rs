@@ -170,7 +170,7 @@ pub async fn destroy(out: &Output, name: &str, yes: bool) -> Result<()> {
     }
     let started = Instant::now();
     let provider = provider_of(&record).await?;
-    let report = provider.destroy(name).await?;
+    let report = providers::destroy(out, provider.as_ref(), &dir, &record).await?;
     ssh_config::remove_ssh_config_block(&ssh_config_path()?, name).await?;
     dir.remove()?;
     if out.json() {

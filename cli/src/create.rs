@@ -67,6 +67,9 @@ pub struct ClusterFile {
     pub ssh_key: Option<PathBuf>,
     /// `swarm-node` or `docker`.
     pub engine: Option<Engine>,
+    /// `--provider ssh`: the machines, as `--host` takes them.
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 /// The flags with `-f FILE` merged in: a setting the user gave as a flag wins, the file
@@ -96,6 +99,9 @@ pub fn merge(mut args: CreateArgs, file: ClusterFile, home: Option<PathBuf>) -> 
     // `--ssh-from` cannot be given empty: no flag is the only way to have none.
     if args.ssh_from.is_empty() {
         args.ssh_from = file.ssh_from;
+    }
+    if args.host.is_empty() {
+        args.host = file.hosts;
     }
     args.ssh_key = args
         .ssh_key
@@ -224,6 +230,7 @@ impl CreatePlan {
 
 /// Stage "validate": names, counts and what an earlier run of the cluster allows.
 pub fn validate(args: CreateArgs) -> Result<CreatePlan> {
+    let args = providers::check_create_args(args)?;
     let name = args.cluster_name().to_string();
     records::validate_name(&name)?;
     providers::check_name(args.provider_name())?;
@@ -257,7 +264,8 @@ pub fn validate(args: CreateArgs) -> Result<CreatePlan> {
 /// first run of the same cluster chose).
 pub fn plan(mut p: CreatePlan) -> CreatePlan {
     p.choice = ProviderChoice::for_create(&p.args, p.existing.as_ref());
-    p.machines = plan_machines(&p.name, p.nodes, p.managers);
+    p.machines = providers::planned_machines(&p.choice, &p.name, p.managers)
+        .unwrap_or_else(|| plan_machines(&p.name, p.nodes, p.managers));
     p
 }
 
@@ -266,6 +274,8 @@ pub fn plan(mut p: CreatePlan) -> CreatePlan {
 pub async fn keys(p: &CreatePlan) -> Result<ClusterPlan> {
     let login = keys::ensure_login_key(&p.dir.login_key(), &format!("swarmup-{}", p.name)).await?;
     let mut host_keys = p.dir.load_host_keys()?;
+    // Machines that exist already (`--provider ssh`) keep their own host keys, pinned.
+    providers::adopt_existing(p, &login, &mut host_keys).await?;
     for m in &p.machines {
         if !host_keys.contains_key(&m.name) {
             host_keys.insert(m.name.clone(), keys::generate_host_key(&m.name)?);

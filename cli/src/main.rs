@@ -116,7 +116,8 @@ pub struct CreateArgs {
     // No clap default: a cluster file's name must not lose to a default (create::merge).
     #[arg(long)]
     name: Option<String>,
-    /// Where the machines come from: lab (this host), digitalocean or virtualbox. [default: lab]
+    /// Where the machines come from: lab (this host), digitalocean, virtualbox, or ssh
+    /// (machines you already have, given with --host). [default: lab]
     #[arg(long)]
     provider: Option<String>,
     /// How many nodes.
@@ -144,9 +145,23 @@ pub struct CreateArgs {
     /// VirtualBox: memory per VM in MB. [default: 2048]
     #[arg(long)]
     memory: Option<u32>,
-    /// Reuse this SSH public key (DigitalOcean) instead of a per-cluster key.
+    /// Reuse this SSH public key (DigitalOcean) instead of a per-cluster key; with
+    /// --provider ssh, the private key to log in with (as ssh -i; default: ssh's own keys
+    /// and agent).
     #[arg(long)]
     ssh_key: Option<std::path::PathBuf>,
+    /// ssh provider: a machine you already have, [NAME=][USER@]HOST[:PORT] (repeatable;
+    /// the first --managers are managers; USER defaults to root, NAME to the host's
+    /// first label or its address with dashes).
+    #[arg(long = "host", value_name = "[NAME=][USER@]HOST[:PORT]")]
+    host: Vec<String>,
+    /// ssh provider: where the hosts' keys are pinned. [default: ~/.ssh/known_hosts]
+    #[arg(long, value_name = "FILE")]
+    known_hosts: Option<std::path::PathBuf>,
+    /// ssh provider: pin a host's key by fingerprint instead, HOST=SHA256:… (repeatable;
+    /// HOST as in --host, or its NAME).
+    #[arg(long, value_name = "HOST=SHA256:…")]
+    host_key_fingerprint: Vec<String>,
     /// Who may reach SSH and the Docker API (CIDR, repeatable; default anywhere).
     #[arg(long)]
     ssh_from: Vec<String>,

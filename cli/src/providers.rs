@@ -45,6 +45,11 @@ const REGISTRY: &[Registered] = &[
         build: virtualbox,
         lookout: Some(virtualbox_lookout),
     },
+    Registered {
+        name: "ssh",
+        build: ssh,
+        lookout: None,
+    },
 ];
 
 /// The names `--provider` accepts, in the registry's order.
@@ -82,6 +87,12 @@ pub struct ProviderChoice {
     /// VirtualBox only: CPUs and memory (MB) per VM.
     pub cpus: Option<u32>,
     pub memory: Option<u32>,
+    /// ssh only: the machines, `[NAME=][USER@]HOST[:PORT]` each.
+    pub hosts: Vec<String>,
+    /// ssh only: where their host keys are pinned (default `~/.ssh/known_hosts`).
+    pub known_hosts: Option<PathBuf>,
+    /// ssh only: `HOST=SHA256:…` pins.
+    pub host_key_fingerprints: Vec<String>,
 }
 
 /// `provider_options` keys of a cluster record.
@@ -92,6 +103,9 @@ const OPT_SSH_FROM: &str = "ssh_from";
 const OPT_SSH_KEY: &str = "ssh_key";
 const OPT_CPUS: &str = "cpus";
 const OPT_MEMORY: &str = "memory";
+const OPT_HOSTS: &str = "hosts";
+const OPT_KNOWN_HOSTS: &str = "known_hosts";
+const OPT_FINGERPRINTS: &str = "host_key_fingerprints";
 
 impl ProviderChoice {
     /// The choices of a create: its flags, and for what they leave out, what the first run
@@ -127,6 +141,20 @@ impl ProviderChoice {
             lab_offline: args.offline,
             cpus: args.cpus.or_else(|| recorded(OPT_CPUS)?.parse().ok()),
             memory: args.memory.or_else(|| recorded(OPT_MEMORY)?.parse().ok()),
+            hosts: if args.host.is_empty() {
+                recorded_words(recorded(OPT_HOSTS))
+            } else {
+                args.host.clone()
+            },
+            known_hosts: args
+                .known_hosts
+                .clone()
+                .or_else(|| recorded(OPT_KNOWN_HOSTS).map(PathBuf::from)),
+            host_key_fingerprints: if args.host_key_fingerprint.is_empty() {
+                recorded_words(recorded(OPT_FINGERPRINTS))
+            } else {
+                args.host_key_fingerprint.clone()
+            },
         }
     }
 
@@ -148,8 +176,21 @@ impl ProviderChoice {
         );
         put(OPT_CPUS, self.cpus.map(|c| c.to_string()));
         put(OPT_MEMORY, self.memory.map(|m| m.to_string()));
+        // Host specs and fingerprints hold no spaces.
+        put(OPT_HOSTS, Some(self.hosts.join(" ")));
+        put(
+            OPT_KNOWN_HOSTS,
+            self.known_hosts.as_ref().map(|p| p.display().to_string()),
+        );
+        put(OPT_FINGERPRINTS, Some(self.host_key_fingerprints.join(" ")));
         out
     }
+}
+
+fn recorded_words(value: Option<String>) -> Vec<String> {
+    value
+        .map(|v| v.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
 }
 
 pub fn check_name(name: &str) -> Result<()> {
@@ -351,6 +392,362 @@ pub fn build_for_create(choice: &ProviderChoice) -> Result<Arc<dyn Provider>> {
     (entry.build)(choice)
 }
 
+/// Machines the user already has: no cloud, nothing made; the hosts of a `create`, or
+/// none for the other verbs, which read the cluster's record.
+fn ssh(choice: &ProviderChoice) -> Result<Arc<dyn Provider>> {
+    use swarmup_providers::ssh::{self, HostSpec, SshProvider};
+    let specs = choice
+        .hosts
+        .iter()
+        .map(|h| HostSpec::parse(h))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Arc::new(SshProvider::new(ssh::resolve_all(
+        &specs,
+        ssh::resolve,
+    )?)))
+}
+
+/// `create`'s flags as the ssh provider needs them, refused in one line before anything
+/// is written: the hosts (or, resuming, the first run's), no cloud flags, `--nodes`
+/// from the hosts; and ssh flags for other providers.
+pub fn check_create_args(mut args: CreateArgs) -> Result<CreateArgs> {
+    use swarmup_providers::ssh::parse_hosts;
+    let provider = args.provider_name().to_string();
+    if provider != "ssh" {
+        for (set, flag) in [
+            (!args.host.is_empty(), "--host"),
+            (args.known_hosts.is_some(), "--known-hosts"),
+            (
+                !args.host_key_fingerprint.is_empty(),
+                "--host-key-fingerprint",
+            ),
+        ] {
+            if set {
+                bail!("{flag} is for --provider ssh (machines you already have): the {provider} provider makes its own machines");
+            }
+        }
+        return Ok(args);
+    }
+    for (set, flag) in [
+        (args.region.is_some(), "--region"),
+        (args.size.is_some(), "--size"),
+        (args.image.is_some(), "--image"),
+        (args.token.is_some(), "--token"),
+    ] {
+        if set {
+            bail!("{flag} is not for --provider ssh: the machines exist already, swarmup only prepares them");
+        }
+    }
+    if args.rollback_on_failure {
+        bail!("--rollback-on-failure is not for --provider ssh: swarmup makes no machines to roll back; `swarmup destroy NAME` removes what it installed on them");
+    }
+    if args.host.is_empty() {
+        // A resumed create: the hosts of the first run.
+        let dir = ClusterDir::of(args.cluster_name())?;
+        if dir.exists() {
+            let record = dir.load()?;
+            if record.provider == "ssh" {
+                args.host = recorded_words(record.provider_options.get(OPT_HOSTS).cloned());
+            }
+        }
+    }
+    let specs = parse_hosts(&args.host, args.cluster_name())?;
+    match args.nodes {
+        Some(n) if n as usize != specs.len() => bail!(
+            "--nodes {n} does not match the {} hosts given: with --provider ssh every --host is a node, leave --nodes out",
+            specs.len()
+        ),
+        _ => args.nodes = Some(specs.len() as u32),
+    }
+    fingerprints(&args.host_key_fingerprint, &specs)?;
+    if let Some(key) = &args.ssh_key {
+        if key.extension().is_some_and(|e| e == "pub") {
+            bail!(
+                "--ssh-key {} is a public key: with --provider ssh give the private key you log in with (as ssh -i)",
+                key.display()
+            );
+        }
+        if !key.is_file() {
+            bail!("--ssh-key {}: no such file", key.display());
+        }
+    }
+    if let Some(file) = &args.known_hosts {
+        if !file.is_file() {
+            bail!("--known-hosts {}: no such file", file.display());
+        }
+    }
+    Ok(args)
+}
+
+/// `--host-key-fingerprint HOST=SHA256:…` by the host's `--host` text; HOST may be the
+/// host, its `--host` text or its NAME.
+fn fingerprints(
+    given: &[String],
+    specs: &[swarmup_providers::ssh::HostSpec],
+) -> Result<BTreeMap<String, String>> {
+    use swarmup_bootstrap::existing::pin::normalize_fingerprint;
+    let mut out = BTreeMap::new();
+    for g in given {
+        let Some((host, fp)) = g.split_once('=') else {
+            bail!("invalid --host-key-fingerprint {g:?}: use HOST=SHA256:…, as `ssh-keygen -lf KEY.pub` prints it");
+        };
+        let spec = specs
+            .iter()
+            .find(|s| {
+                s.host == host.to_ascii_lowercase()
+                    || s.written == host
+                    || s.name.as_deref() == Some(host)
+                    || s.known_hosts_name() == host
+            })
+            .with_context(|| {
+                format!("--host-key-fingerprint {host}=…: {host} is none of the --host given")
+            })?;
+        let fp = normalize_fingerprint(fp)
+            .map_err(|e| anyhow::anyhow!("invalid --host-key-fingerprint for {host}: {e}"))?;
+        if out.insert(spec.written.clone(), fp).is_some() {
+            bail!("--host-key-fingerprint for {host} is given twice: give one");
+        }
+    }
+    Ok(out)
+}
+
+/// The machines of an ssh create: `CLUSTER-LABEL` per host, the first `managers` of
+/// them managers; `None` for providers that name machines `CLUSTER-nodeN`.
+pub fn planned_machines(
+    choice: &ProviderChoice,
+    cluster: &str,
+    managers: u32,
+) -> Option<Vec<PlannedMachine>> {
+    if choice.name != "ssh" {
+        return None;
+    }
+    let specs = swarmup_providers::ssh::parse_hosts(&choice.hosts, cluster).ok()?;
+    Some(
+        specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| PlannedMachine {
+                name: format!("{cluster}-{}", s.label()),
+                role: if (i as u32) < managers {
+                    swarmup_providers::Role::Manager
+                } else {
+                    swarmup_providers::Role::Worker
+                },
+            })
+            .collect(),
+    )
+}
+
+/// The known_hosts file an ssh create pins from: the flag, else `~/.ssh/known_hosts`.
+fn known_hosts_file(choice: &ProviderChoice) -> Option<PathBuf> {
+    choice
+        .known_hosts
+        .clone()
+        .or_else(|| crate::env::path(crate::env::HOME).map(|h| h.join(".ssh/known_hosts")))
+}
+
+/// The host key to pin for `host`: the one matching its fingerprint among those it
+/// offers, else what `known_hosts` holds for it. Never one it merely offers.
+async fn pin_host_key(
+    host: &swarmup_providers::ssh::SshHost,
+    fingerprint: Option<&String>,
+    known_hosts: Option<&Path>,
+) -> Result<String> {
+    use swarmup_bootstrap::existing::pin;
+    use swarmup_providers::ssh::known_hosts_name;
+    let spec = &host.spec;
+    let written = &spec.written;
+    if let Some(want) = fingerprint {
+        let offered =
+            pin::scan_host_keys(host.addr, spec.port, std::time::Duration::from_secs(10)).await?;
+        return pin::match_fingerprint(&offered, want).map_err(|seen| {
+            anyhow::anyhow!(
+                "the host key of {written} does not match --host-key-fingerprint {want}: it offers {}; check the machine before pinning another key",
+                seen.join(", ")
+            )
+        });
+    }
+    let file_name = known_hosts.map_or_else(
+        || "~/.ssh/known_hosts".to_string(),
+        |p| p.display().to_string(),
+    );
+    let mut names = vec![spec.known_hosts_name()];
+    let by_addr = known_hosts_name(&host.addr.to_string(), spec.port);
+    if !names.contains(&by_addr) {
+        names.push(by_addr);
+    }
+    let found = match known_hosts {
+        Some(f) if f.is_file() => pin::known_host_keys(f, &names).await?,
+        _ => pin::KnownKeys::default(),
+    };
+    if let Some(key) = pin::preferred(&found.keys) {
+        return Ok(key);
+    }
+    let port = if spec.port == 22 {
+        String::new()
+    } else {
+        format!(" -p {}", spec.port)
+    };
+    let why = if found.revoked.is_empty() {
+        format!("it is not in {file_name}")
+    } else {
+        format!("{file_name} marks its key @revoked")
+    };
+    bail!(
+        "unknown host key for {written}: {why}; pin it first: `ssh{port} {}@{}` once and check the fingerprint it shows, or `ssh-keyscan{port} {} >> {file_name}` after checking, or pass --host-key-fingerprint {}=SHA256:…",
+        spec.user,
+        spec.host,
+        spec.host,
+        spec.host
+    )
+}
+
+/// Stage "keys" for machines that exist already (`--provider ssh`): their own host keys
+/// are pinned (never generated), every machine is reached with the user's own login,
+/// then the cluster's login key is authorized on it. Nothing happens for other
+/// providers. A refusal leaves no trace of a new cluster.
+pub async fn adopt_existing(
+    p: &crate::create::CreatePlan,
+    login: &swarmup_bootstrap::keys::LoginKey,
+    host_keys: &mut BTreeMap<String, swarmup_providers::HostKey>,
+) -> Result<()> {
+    if p.choice.name != "ssh" {
+        return Ok(());
+    }
+    let result = pin_and_adopt(p, login, host_keys).await;
+    if result.is_err() && p.new_cluster() {
+        let _ = p.dir.remove();
+    }
+    result
+}
+
+async fn pin_and_adopt(
+    p: &crate::create::CreatePlan,
+    login: &swarmup_bootstrap::keys::LoginKey,
+    host_keys: &mut BTreeMap<String, swarmup_providers::HostKey>,
+) -> Result<()> {
+    use swarmup_bootstrap::keys::{write_known_hosts, KnownHost};
+    use swarmup_bootstrap::{SshConnector, SshOptions};
+    use swarmup_providers::ssh::{self, parse_hosts, plan_hosts};
+    let specs = parse_hosts(&p.choice.hosts, &p.name)?;
+    let hosts = plan_hosts(&specs, &p.name, p.managers as usize, ssh::resolve)?;
+    let pins = fingerprints(&p.choice.host_key_fingerprints, &specs)?;
+    let known_hosts = known_hosts_file(&p.choice);
+    // Machines pinned and adopted by an earlier run keep their pin.
+    let new: Vec<&ssh::SshHost> = hosts
+        .iter()
+        .filter(|h| !host_keys.contains_key(&h.machine))
+        .collect();
+    if new.is_empty() {
+        return Ok(());
+    }
+    let mut pinned = host_keys.clone();
+    for h in &new {
+        let key = pin_host_key(h, pins.get(&h.spec.written), known_hosts.as_deref()).await?;
+        pinned.insert(
+            h.machine.clone(),
+            swarmup_providers::HostKey {
+                // The machine's own key: swarmup never has its private half.
+                private_openssh: String::new(),
+                public_openssh: key,
+            },
+        );
+    }
+    let entries: Vec<KnownHost> = hosts
+        .iter()
+        .filter_map(|h| {
+            Some(KnownHost {
+                name: h.machine.clone(),
+                addr: h.addr,
+                port: h.spec.port,
+                public_key: pinned.get(&h.machine)?.public_openssh.clone(),
+            })
+        })
+        .collect();
+    write_known_hosts(&p.dir.known_hosts(), &entries).await?;
+    let mut options = SshOptions::new(
+        p.choice.ssh_key.clone().unwrap_or_default(),
+        p.dir.known_hosts(),
+    );
+    options.config_file = crate::env::path(crate::env::SWARMUP_SSH_CONFIG).filter(|c| c.is_file());
+    let machines: Vec<_> = new.iter().map(|h| h.to_machine()).collect();
+    swarmup_bootstrap::existing::adopt_machines(
+        &SshConnector::new(options),
+        &machines,
+        &login.public_openssh,
+        &swarmup_providers::NoProgress,
+    )
+    .await?;
+    *host_keys = pinned;
+    Ok(())
+}
+
+/// `destroy` of a cluster on machines swarmup does not own: over SSH, what swarmup
+/// installed goes (the node leaves first) and the machines stay; for other providers,
+/// the provider's own destroy.
+pub async fn destroy(
+    out: &crate::output::Output,
+    provider: &dyn Provider,
+    dir: &ClusterDir,
+    record: &ClusterRecord,
+) -> Result<swarmup_providers::DestroyReport> {
+    let name = &record.name;
+    if record.provider != "ssh" {
+        return Ok(provider.destroy(name).await?);
+    }
+    let mut report = provider.destroy(name).await?;
+    let machines = &record.last_seen;
+    if machines.is_empty() {
+        return Ok(report);
+    }
+    let mut pub_path = dir.login_key().into_os_string();
+    pub_path.push(".pub");
+    let login = std::fs::read_to_string(PathBuf::from(&pub_path)).with_context(|| {
+        format!(
+            "cannot read the cluster's login key {}: swarmup cannot log in to remove what it installed",
+            PathBuf::from(&pub_path).display()
+        )
+    })?;
+    let progress = out.progress();
+    let done = swarmup_bootstrap::existing::uninstall::uninstall_machines(
+        &swarmup_bootstrap::SshConnector::new(crate::commands::ssh_options(dir)),
+        machines,
+        login.trim(),
+        record.engine,
+        progress.as_ref(),
+    )
+    .await;
+    drop(progress);
+    let done = done.map_err(|e| {
+        anyhow::anyhow!("{e}; the cluster's record is kept: make the machines reachable and run `swarmup destroy {name}` again")
+    })?;
+    for u in &done {
+        for r in &u.removed {
+            report.removed.push(format!("{}: {r}", u.machine));
+        }
+    }
+    out.say(&format!(
+        "The machines stay ({}): swarmup removed only what it had installed.",
+        machines
+            .iter()
+            .map(|m| format!("{} {}", m.name, m.ssh.host))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    for u in done.iter().filter(|u| u.docker_by_swarmup) {
+        out.say(&format!(
+            "{}: Docker stays; swarmup installed it (docker.io): `apt-get purge docker.io` removes it once nothing else needs it.",
+            u.machine
+        ));
+    }
+    if done.iter().all(|u| !u.docker_by_swarmup) {
+        out.say("Docker was there before swarmup and stays.");
+    } else if done.iter().any(|u| !u.docker_by_swarmup) {
+        out.say("On the other machines Docker was there before swarmup and stays.");
+    }
+    Ok(report)
+}
+
 /// A record for a cluster a provider found without one, from its machines.
 async fn rebuild(provider: &dyn Provider, name: &str) -> Result<ClusterRecord> {
     let mut machines = provider.list(name).await?;
@@ -464,14 +861,14 @@ mod tests {
     #[test]
     fn every_provider_is_registered_once_and_unknown_names_list_them() {
         let names = known();
-        assert_eq!(names, ["lab", "digitalocean", "virtualbox"]);
+        assert_eq!(names, ["lab", "digitalocean", "virtualbox", "ssh"]);
         let mut unique = names.clone();
         unique.dedup();
         assert_eq!(unique, names);
         let err = check_name("nope").unwrap_err().to_string();
         assert_eq!(
             err,
-            "unknown provider \"nope\": use one of lab, digitalocean, virtualbox"
+            "unknown provider \"nope\": use one of lab, digitalocean, virtualbox, ssh"
         );
         assert!(build(&ProviderChoice {
             name: "vmware".into(),
@@ -511,6 +908,159 @@ mod tests {
         std::fs::write(&key, "hello\n").unwrap();
         assert!(key_fingerprint(&key).is_err());
         assert!(key_fingerprint(&dir.path().join("missing.pub")).is_err());
+    }
+
+    fn create_args(argv: &[&str]) -> CreateArgs {
+        use clap::Parser;
+        let cli = crate::Cli::parse_from(["swarmup", "create"].iter().chain(argv));
+        let crate::Command::Create(args) = cli.command else {
+            panic!("not create");
+        };
+        args
+    }
+
+    #[test]
+    fn bad_ssh_input_is_refused_in_one_line() {
+        const FP: &str = "SHA256:nThbg6kXUpJWGl7E1IGOCspRomTxdCARLviKw6E5SY8";
+        for (argv, want) in [
+            (vec!["--provider", "ssh"], "needs the machines: --host"),
+            (
+                vec![
+                    "--provider",
+                    "ssh",
+                    "--host",
+                    "10.0.0.5",
+                    "--region",
+                    "fra1",
+                ],
+                "--region is not for --provider ssh",
+            ),
+            (
+                vec!["--provider", "ssh", "--host", "10.0.0.5", "--size", "s"],
+                "--size is not for --provider ssh",
+            ),
+            (
+                vec![
+                    "--provider",
+                    "ssh",
+                    "--host",
+                    "10.0.0.5",
+                    "--host",
+                    "root@10.0.0.5",
+                ],
+                "is given twice",
+            ),
+            (
+                vec!["--provider", "ssh", "--host", "root@"],
+                "invalid --host \"root@\"",
+            ),
+            (
+                vec!["--provider", "ssh", "--host", "10.0.0.5", "--nodes", "2"],
+                "--nodes 2 does not match the 1 hosts",
+            ),
+            (
+                vec!["--provider", "lab", "--host", "10.0.0.5"],
+                "--host is for --provider ssh",
+            ),
+            (
+                vec![
+                    "--provider",
+                    "ssh",
+                    "--host",
+                    "10.0.0.5",
+                    "--host-key-fingerprint",
+                    "10.0.0.6=SHA256:x",
+                ],
+                "10.0.0.6 is none of the --host given",
+            ),
+            (
+                vec![
+                    "--provider",
+                    "ssh",
+                    "--host",
+                    "10.0.0.5",
+                    "--host-key-fingerprint",
+                    "10.0.0.5=MD5:aa",
+                ],
+                "not a SHA256 fingerprint",
+            ),
+            (
+                vec![
+                    "--provider",
+                    "ssh",
+                    "--host",
+                    "10.0.0.5",
+                    "--ssh-key",
+                    "/nonexistent/id.pub",
+                ],
+                "is a public key",
+            ),
+            (
+                vec![
+                    "--provider",
+                    "ssh",
+                    "--host",
+                    "10.0.0.5",
+                    "--known-hosts",
+                    "/nonexistent/kh",
+                ],
+                "--known-hosts /nonexistent/kh: no such file",
+            ),
+        ] {
+            let mut argv = argv.clone();
+            argv.extend(["--name", "ssh-unit-test"]);
+            let err = check_create_args(create_args(&argv))
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{argv:?}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        let ok = check_create_args(create_args(&[
+            "--provider",
+            "ssh",
+            "--host",
+            "10.0.0.5",
+            "--host",
+            "w=deploy@10.0.0.6:2222",
+            "--host-key-fingerprint",
+            &format!("w={FP}"),
+        ]))
+        .unwrap();
+        assert_eq!(ok.nodes, Some(2));
+    }
+
+    #[test]
+    fn ssh_machines_are_named_after_their_hosts_managers_first() {
+        let args = create_args(&[
+            "--provider",
+            "ssh",
+            "--host",
+            "root@10.0.0.5",
+            "--host",
+            "node2.example.org",
+            "--host",
+            "db=10.0.0.7:2222",
+        ]);
+        let choice = ProviderChoice::for_create(&args, None);
+        let planned = planned_machines(&choice, "prod", 1).unwrap();
+        let names: Vec<_> = planned.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["prod-10-0-0-5", "prod-node2", "prod-db"]);
+        assert_eq!(planned[0].role, swarmup_providers::Role::Manager);
+        assert_eq!(planned[1].role, swarmup_providers::Role::Worker);
+        assert!(planned_machines(&ProviderChoice::default(), "prod", 1).is_none());
+        // A resumed create finds the hosts in the record.
+        let record = ClusterRecord {
+            name: "prod".into(),
+            provider: "ssh".into(),
+            created_at: String::new(),
+            machines: vec![],
+            last_seen: vec![],
+            provider_options: choice.recorded(),
+            engine: Default::default(),
+        };
+        let again = ProviderChoice::for_create(&create_args(&["--provider", "ssh"]), Some(&record));
+        assert_eq!(again.hosts, choice.hosts);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub mod digitalocean;
+pub mod ssh;
 pub mod virtualbox;
 
 // The records bootstrap and the CLI share with providers live in their own small crate,

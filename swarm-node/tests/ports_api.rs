@@ -151,8 +151,13 @@ fn p10_published_ports_with_the_docker_cli() {
     assert!((30000..=32767).contains(&port), "{port}");
     n.docker_ok(&["service", "update", "-d", "--label-add", "a=b", "dyn"]);
     n.docker_ok(&["service", "update", "-d", "--publish-add", "9300:90", "dyn"]);
-    let after = ports_of(n, "dyn");
-    assert_eq!(after.len(), 2, "{after:?}");
+    // The leader's allocator writes the new port after the update commits: until then
+    // the endpoint still shows the one port.
+    let mut after = Vec::new();
+    wait_for("the added port allocated", Duration::from_secs(20), || {
+        after = ports_of(n, "dyn");
+        after.len() == 2
+    });
     assert!(
         after
             .iter()
