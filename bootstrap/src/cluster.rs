@@ -673,19 +673,44 @@ async fn converge(
         .and_then(|s| s.cluster_id().map(str::to_string))
         .or(plan.cluster_id.clone())
         .unwrap_or_default();
-    let mut reports = Vec::with_capacity(prepared.len());
-    for (i, (p, node)) in prepared.iter().zip(nodes).enumerate() {
-        let mut changes = p.changes.clone();
+    let changes = prepared.iter().map(|p| p.changes.clone()).collect();
+    Ok(report(
+        &machines,
+        changes,
+        nodes,
+        &plan,
+        &joined,
+        initialized,
+        cluster_id,
+        progress,
+    ))
+}
+
+/// What a bootstrap did, per node, whichever the engine: the steps each machine
+/// reported, plus creating the swarm on the leader and each join.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn report(
+    machines: &[Machine],
+    changes: Vec<Vec<String>>,
+    nodes: Vec<swarm_contract::NodeEntry>,
+    plan: &SwarmPlan,
+    joined: &HashSet<usize>,
+    initialized: bool,
+    cluster_id: String,
+    progress: &dyn Progress,
+) -> BootstrapReport {
+    let mut reports = Vec::with_capacity(machines.len());
+    for (i, ((machine, mut changes), node)) in machines.iter().zip(changes).zip(nodes).enumerate() {
         if plan.init && i == plan.leader && initialized {
             changes.push("created the swarm".to_string());
         }
         if joined.contains(&i) {
-            changes.push(format!("joined as {}", p.machine.role));
+            changes.push(format!("joined as {}", machine.role));
         }
-        progress.machine(&p.machine.name, "ready");
+        progress.machine(&machine.name, "ready");
         reports.push(NodeReport {
-            machine: p.machine.name.clone(),
-            planned_role: p.machine.role,
+            machine: machine.name.clone(),
+            planned_role: machine.role,
             node_id: node.id,
             swarm_role: node.role,
             status: node.state,
@@ -693,12 +718,12 @@ async fn converge(
             changes,
         });
     }
-    Ok(BootstrapReport {
+    BootstrapReport {
         cluster_id,
         leader: machines[plan.leader].name.clone(),
         initialized,
         nodes: reports,
-    })
+    }
 }
 
 /// Reads the client certificate for the docker CLI from a manager.

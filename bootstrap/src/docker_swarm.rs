@@ -20,9 +20,7 @@ use swarm_contract::{Availability, ManagerStatus, NodeEntry, NodeState};
 use swarmup_machine::{Machine, Progress, Role};
 use swarmup_templates::{CONTROL_PORT, DOCKER_GOSSIP_PORT};
 
-use crate::cluster::{
-    firewall_rules_with_gossip, BootstrapOptions, BootstrapReport, NodeReport, SwarmPlan,
-};
+use crate::cluster::{firewall_rules_with_gossip, BootstrapOptions, BootstrapReport, SwarmPlan};
 use crate::error::{BootstrapError, Step};
 use crate::shell::{quote, RemoteShell};
 use crate::ssh::Connector;
@@ -906,32 +904,16 @@ async fn converge(
         .map(str::to_string)
         .or(plan.cluster_id.clone())
         .unwrap_or_default();
-    let mut reports = Vec::with_capacity(prepared.len());
-    for (i, (p, node)) in prepared.iter().zip(nodes).enumerate() {
-        let mut changes = Vec::new();
-        if plan.init && i == plan.leader && initialized {
-            changes.push("created the swarm".to_string());
-        }
-        if joined.contains(&i) {
-            changes.push(format!("joined as {}", p.machine.role));
-        }
-        progress.machine(&p.machine.name, "ready");
-        reports.push(NodeReport {
-            machine: p.machine.name.clone(),
-            planned_role: p.machine.role,
-            node_id: node.id,
-            swarm_role: node.role,
-            status: node.state,
-            manager_status: node.manager_status,
-            changes,
-        });
-    }
-    Ok(BootstrapReport {
-        cluster_id,
-        leader: machines[plan.leader].name.clone(),
+    Ok(crate::cluster::report(
+        &machines,
+        vec![Vec::new(); prepared.len()],
+        nodes,
+        &plan,
+        &joined,
         initialized,
-        nodes: reports,
-    })
+        cluster_id,
+        progress,
+    ))
 }
 
 #[cfg(test)]

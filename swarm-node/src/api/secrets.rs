@@ -471,8 +471,6 @@ pub fn resolve_references(state: &ClusterState, spec: &mut ServiceSpec) -> ApiRe
     else {
         return Ok(());
     };
-    let invalid =
-        |m: String| ApiError::BadRequest(format!("rpc error: code = InvalidArgument desc = {m}"));
     let mut targets: BTreeMap<String, String> = BTreeMap::new();
     for r in container.secrets.iter_mut().flatten() {
         if r.secret_id.as_deref().unwrap_or_default().is_empty() {
@@ -482,29 +480,18 @@ pub fn resolve_references(state: &ClusterState, spec: &mut ServiceSpec) -> ApiRe
                 .and_then(|n| state.find_secret(n))
                 .and_then(|s| s.id.clone());
         }
-        let name = r
-            .secret_name
-            .clone()
-            .or(r.secret_id.clone())
-            .unwrap_or_default();
-        let Some(file) = r.file.as_ref() else {
-            return Err(invalid(format!(
-                "malformed secret reference {name}: give a file target"
-            )));
-        };
-        let target = file.name.clone().unwrap_or_default();
-        if target.is_empty() {
-            return Err(invalid(format!(
-                "malformed file reference for secret {name}: the target is empty"
-            )));
-        }
-        check_ids(file.uid.as_deref(), file.gid.as_deref(), &name)?;
-        let path = secret_path(&target);
-        if let Some(other) = targets.insert(path.clone(), name.clone()) {
-            return Err(invalid(format!(
-                "secret references '{other}' and '{name}' have a conflicting target: '{target}'"
-            )));
-        }
+        let name = r.secret_name.clone().or(r.secret_id.clone());
+        let file = r.file.as_ref().map(|f| FileRef {
+            name: f.name.as_deref(),
+            uid: f.uid.as_deref(),
+            gid: f.gid.as_deref(),
+        });
+        check_reference(
+            FileKind::Secret,
+            &name.unwrap_or_default(),
+            file,
+            &mut targets,
+        )?;
     }
     for r in container.configs.iter_mut().flatten() {
         if r.config_id.as_deref().unwrap_or_default().is_empty() {
@@ -524,29 +511,61 @@ pub fn resolve_references(state: &ClusterState, spec: &mut ServiceSpec) -> ApiRe
                 "config {name}: runtime targets (credential specs) are not supported by swarmup: give a file target"
             )));
         }
-        let Some(file) = r.file.as_ref() else {
-            return Err(invalid(format!(
-                "malformed config reference {name}: give a file target"
-            )));
-        };
-        let target = file.name.clone().unwrap_or_default();
-        if target.is_empty() {
-            return Err(invalid(format!(
-                "malformed file reference for config {name}: the target is empty"
-            )));
-        }
-        check_ids(file.uid.as_deref(), file.gid.as_deref(), &name)?;
-        let path = config_path(&target);
-        if let Some(other) = targets.insert(path, name.clone()) {
-            return Err(invalid(format!(
-                "config references '{other}' and '{name}' have a conflicting target: '{target}'"
-            )));
-        }
+        let file = r.file.as_ref().map(|f| FileRef {
+            name: f.name.as_deref(),
+            uid: f.uid.as_deref(),
+            gid: f.gid.as_deref(),
+        });
+        check_reference(FileKind::Config, &name, file, &mut targets)?;
     }
     match state.missing_files(spec) {
         Some(why) => Err(ApiError::BadRequest(why)),
         None => Ok(()),
     }
+}
+
+fn invalid(m: String) -> ApiError {
+    ApiError::BadRequest(format!("rpc error: code = InvalidArgument desc = {m}"))
+}
+
+/// The file part of a secret or config reference (two model types of one shape).
+struct FileRef<'a> {
+    name: Option<&'a str>,
+    uid: Option<&'a str>,
+    gid: Option<&'a str>,
+}
+
+/// One reference's file target: present, numeric owners, and a path in the container
+/// that no other reference of the service takes.
+fn check_reference(
+    kind: FileKind,
+    name: &str,
+    file: Option<FileRef<'_>>,
+    targets: &mut BTreeMap<String, String>,
+) -> ApiResult<()> {
+    let word = kind.word();
+    let Some(file) = file else {
+        return Err(invalid(format!(
+            "malformed {word} reference {name}: give a file target"
+        )));
+    };
+    let target = file.name.unwrap_or_default();
+    if target.is_empty() {
+        return Err(invalid(format!(
+            "malformed file reference for {word} {name}: the target is empty"
+        )));
+    }
+    check_ids(file.uid, file.gid, name)?;
+    let path = match kind {
+        FileKind::Secret => secret_path(target),
+        FileKind::Config => config_path(target),
+    };
+    if let Some(other) = targets.insert(path, name.to_string()) {
+        return Err(invalid(format!(
+            "{word} references '{other}' and '{name}' have a conflicting target: '{target}'"
+        )));
+    }
+    Ok(())
 }
 
 /// Owners are numeric, as the container's files are written on the host before its
@@ -624,6 +643,69 @@ mod tests {
             data, b"abc",
             "the stored data, for comparison with the update's"
         );
+    }
+
+    #[test]
+    fn references_need_a_free_target_and_existing_objects() {
+        use swarm_state::models::{
+            TaskSpec, TaskSpecContainerSpec, TaskSpecContainerSpecFile,
+            TaskSpecContainerSpecSecrets,
+        };
+        let mut state = ClusterState::default();
+        let create = Command::CreateSecret {
+            secret: Box::new(Secret {
+                id: Some("s1".into()),
+                spec: Some(SecretSpec {
+                    name: Some("pw".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            data: FileData("YWJj".into()),
+        };
+        state.apply(&create, 1);
+        let reference = |target: Option<&str>, uid: &str| TaskSpecContainerSpecSecrets {
+            file: target.map(|t| TaskSpecContainerSpecFile {
+                name: Some(t.into()),
+                uid: Some(uid.into()),
+                gid: Some("0".into()),
+                mode: Some(0o444),
+            }),
+            secret_id: None,
+            secret_name: Some("pw".into()),
+        };
+        let spec = |refs: Vec<TaskSpecContainerSpecSecrets>| ServiceSpec {
+            task_template: Some(TaskSpec {
+                container_spec: Some(TaskSpecContainerSpec {
+                    secrets: Some(refs),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut ok = spec(vec![reference(Some("pw"), "1000")]);
+        resolve_references(&state, &mut ok).unwrap();
+        let resolved = ok
+            .task_template
+            .unwrap()
+            .container_spec
+            .unwrap()
+            .secrets
+            .unwrap();
+        assert_eq!(
+            resolved[0].secret_id.as_deref(),
+            Some("s1"),
+            "the id from the name"
+        );
+        let err = |mut s: ServiceSpec| resolve_references(&state, &mut s).unwrap_err().to_string();
+        assert!(err(spec(vec![reference(None, "0")])).contains("give a file target"));
+        assert!(err(spec(vec![reference(Some("pw"), "bob")])).contains("must be a number"));
+        assert!(err(spec(vec![
+            reference(Some("pw"), "0"),
+            reference(Some("/run/secrets/pw"), "0")
+        ]))
+        .contains("have a conflicting target"));
     }
 
     #[test]
