@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 pub const CONTROL_PORT: u16 = 2377;
 /// The VXLAN data path between machines (swarm-node's `--data-path-port`, 4789).
 pub const DATA_PORT: u16 = 4789;
+/// Docker's own swarm mode (`swarmup create --engine docker`) gossips node membership
+/// and overlay endpoints on this port, TCP and UDP; swarm-node never opens it.
+pub const DOCKER_GOSSIP_PORT: u16 = 7946;
 
 /// The role a machine will take in the swarm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

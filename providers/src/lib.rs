@@ -18,7 +18,7 @@ pub mod virtualbox;
 // so that bootstrap links no cloud client; providers re-export them.
 pub use swarmup_machine::{
     ClusterPlan, HostKey, Machine, MachinePlan, NoProgress, PowerState, Progress, Role,
-    SshEndpoint, CONTROL_PORT, DATA_PORT,
+    SshEndpoint, CONTROL_PORT, DATA_PORT, DOCKER_GOSSIP_PORT,
 };
 
 /// What a destroy removed, for the report printed to the user.

@@ -21,10 +21,7 @@ pub const SWARM_NODE_STATE_DIR: &str = "/var/lib/swarm-node";
 /// Swarm control plane (Raft, dispatcher, CA) and the VXLAN data path (swarm-node's
 /// `--data-path-port`). There is no gossip port: swarm-node derives every forwarding
 /// entry from the replicated state, so Docker's 7946 stays shut.
-pub use swarmup_machine::{CONTROL_PORT, DATA_PORT};
-/// Docker's own swarm mode (`swarmup create --engine docker`) gossips node membership
-/// and overlay endpoints on this port, TCP and UDP; swarm-node never opens it.
-pub const DOCKER_GOSSIP_PORT: u16 = 7946;
+pub use swarmup_machine::{CONTROL_PORT, DATA_PORT, DOCKER_GOSSIP_PORT};
 /// The prefix of the bridges swarm-node makes for overlay networks (`swb<VNI>`).
 pub const OVERLAY_BRIDGES: &str = "swb*";
 

@@ -49,7 +49,7 @@ pub fn cluster_firewall(name: &str, cluster_tag: &str, ssh_from: &[String]) -> F
                 },
             },
             // Swarm: cluster management and the Docker API (peers and the admin), the VXLAN
-            // data path. No gossip port: swarm-node needs none.
+            // data path.
             InboundRule {
                 protocol: "tcp".into(),
                 ports: Some(crate::CONTROL_PORT.to_string()),
@@ -61,6 +61,12 @@ pub fn cluster_firewall(name: &str, cluster_tag: &str, ssh_from: &[String]) -> F
             peer_rule("udp", Some(&crate::DATA_PORT.to_string())),
             // Lets nodes ping each other when something is wrong.
             peer_rule("icmp", Some("0")),
+            // Docker's gossip, between the cluster's droplets only: used by `--engine
+            // docker` alone. The cloud firewall is made before the engine is known to it,
+            // and the nodes' own firewall opens this port only for that engine, so a
+            // swarm-node cluster still answers nothing there.
+            peer_rule("tcp", Some(&crate::DOCKER_GOSSIP_PORT.to_string())),
+            peer_rule("udp", Some(&crate::DOCKER_GOSSIP_PORT.to_string())),
         ],
         outbound_rules: vec![
             OutboundRule {
@@ -85,7 +91,7 @@ pub fn cluster_firewall(name: &str, cluster_tag: &str, ssh_from: &[String]) -> F
 }
 
 /// Whether an inbound rule is one that [`published_rules`] owns: tcp or udp from addresses
-/// only. swarmup's own rules name the cluster's tag (2377, 4789, icmp) or are SSH; a rule
+/// only. swarmup's own rules name the cluster's tag (2377, 4789, 7946, icmp) or are SSH; a rule
 /// naming droplets, load balancers or Kubernetes clusters was made by someone else and is
 /// kept too.
 pub fn is_published_port_rule(r: &InboundRule) -> bool {
@@ -302,7 +308,10 @@ mod tests {
             .iter()
             .map(|r| format!("{}/{}", r.ports.as_deref().unwrap_or("-"), r.protocol))
             .collect();
-        assert_eq!(ports, ["22/tcp", "2377/tcp", "4789/udp", "0/icmp"]);
+        assert_eq!(
+            ports,
+            ["22/tcp", "2377/tcp", "4789/udp", "0/icmp", "7946/tcp", "7946/udp"]
+        );
         assert_eq!(fw.tags, vec!["swarmup:c1"]);
         assert_eq!(fw.outbound_rules.len(), 3);
     }
@@ -395,9 +404,12 @@ mod tests {
         have.droplet_ids = vec![42];
         let (rules, _) = published_rules(&[port(9200, PortProtocol::Tcp)], &[]);
         let want = with_published_rules(&have, rules);
-        assert_eq!(want.inbound_rules[..4], base.inbound_rules[..]);
         assert_eq!(
-            shown(&want.inbound_rules[4..]),
+            want.inbound_rules[..base.inbound_rules.len()],
+            base.inbound_rules[..]
+        );
+        assert_eq!(
+            shown(&want.inbound_rules[base.inbound_rules.len()..]),
             ["9200/tcp from 0.0.0.0/0, ::/0"]
         );
         assert_eq!(want.outbound_rules, base.outbound_rules);
@@ -446,7 +458,7 @@ mod tests {
         );
         assert_eq!(want.inbound_rules[0].sources.addresses, ["198.51.100.7/32"]);
         assert_eq!(
-            shown(&want.inbound_rules[4..]),
+            shown(&want.inbound_rules[base.inbound_rules.len()..]),
             ["53/udp from 0.0.0.0/0, ::/0"]
         );
     }
