@@ -34,14 +34,20 @@ pub const MAX_CONFIG_BYTES: usize = 1000 * 1024;
 
 pub fn routes() -> Router<Ctx> {
     Router::new()
-        .route("/secrets", get(list_secrets))
-        .route("/secrets/create", post(create_secret))
-        .route("/secrets/{id}", get(inspect_secret).delete(remove_secret))
-        .route("/secrets/{id}/update", post(update_secret))
-        .route("/configs", get(list_configs))
-        .route("/configs/create", post(create_config))
-        .route("/configs/{id}", get(inspect_config).delete(remove_config))
-        .route("/configs/{id}/update", post(update_config))
+        .route("/secrets", get(list_of::<Secrets>))
+        .route("/secrets/create", post(create_of::<Secrets>))
+        .route(
+            "/secrets/{id}",
+            get(inspect_secret).delete(remove_of::<Secrets>),
+        )
+        .route("/secrets/{id}/update", post(update_of::<Secrets>))
+        .route("/configs", get(list_of::<Configs>))
+        .route("/configs/create", post(create_of::<Configs>))
+        .route(
+            "/configs/{id}",
+            get(inspect_config).delete(remove_of::<Configs>),
+        )
+        .route("/configs/{id}/update", post(update_of::<Configs>))
 }
 
 #[derive(Debug, Deserialize)]
@@ -362,32 +368,51 @@ async fn remove(manager: &Manager, kind: FileKind, key: &str) -> ApiResult<Statu
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_secrets(
+/// The kind a handler serves, as a type, so that one generic handler serves both
+/// `/secrets` and `/configs`.
+trait Kind {
+    const KIND: FileKind;
+}
+
+struct Secrets;
+struct Configs;
+
+impl Kind for Secrets {
+    const KIND: FileKind = FileKind::Secret;
+}
+
+impl Kind for Configs {
+    const KIND: FileKind = FileKind::Config;
+}
+
+async fn list_of<K: Kind>(
     AdminManager(manager): AdminManager,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<Value>>> {
-    list(&manager.read(), FileKind::Secret, q.filters.as_deref()).map(Json)
+    list(&manager.read(), K::KIND, q.filters.as_deref()).map(Json)
 }
 
-async fn list_configs(
-    AdminManager(manager): AdminManager,
-    Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Vec<Value>>> {
-    list(&manager.read(), FileKind::Config, q.filters.as_deref()).map(Json)
-}
-
-async fn create_secret(
+async fn create_of<K: Kind>(
     AdminManager(manager): AdminManager,
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
-    create(&manager, FileKind::Secret, &body).await
+    create(&manager, K::KIND, &body).await
 }
 
-async fn create_config(
+async fn update_of<K: Kind>(
     AdminManager(manager): AdminManager,
+    Path(key): Path<String>,
+    Query(q): Query<VersionQuery>,
     body: axum::body::Bytes,
-) -> ApiResult<Response> {
-    create(&manager, FileKind::Config, &body).await
+) -> ApiResult<StatusCode> {
+    update(&manager, K::KIND, &key, q.version.as_deref(), &body).await
+}
+
+async fn remove_of<K: Kind>(
+    AdminManager(manager): AdminManager,
+    Path(key): Path<String>,
+) -> ApiResult<StatusCode> {
+    remove(&manager, K::KIND, &key).await
 }
 
 async fn inspect_secret(
@@ -410,52 +435,6 @@ async fn inspect_config(
         .find_config(&key)
         .ok_or_else(|| not_found(FileKind::Config, &key))?;
     Ok(Json(config_view(&state, config)))
-}
-
-async fn update_secret(
-    AdminManager(manager): AdminManager,
-    Path(key): Path<String>,
-    Query(q): Query<VersionQuery>,
-    body: axum::body::Bytes,
-) -> ApiResult<StatusCode> {
-    update(
-        &manager,
-        FileKind::Secret,
-        &key,
-        q.version.as_deref(),
-        &body,
-    )
-    .await
-}
-
-async fn update_config(
-    AdminManager(manager): AdminManager,
-    Path(key): Path<String>,
-    Query(q): Query<VersionQuery>,
-    body: axum::body::Bytes,
-) -> ApiResult<StatusCode> {
-    update(
-        &manager,
-        FileKind::Config,
-        &key,
-        q.version.as_deref(),
-        &body,
-    )
-    .await
-}
-
-async fn remove_secret(
-    AdminManager(manager): AdminManager,
-    Path(key): Path<String>,
-) -> ApiResult<StatusCode> {
-    remove(&manager, FileKind::Secret, &key).await
-}
-
-async fn remove_config(
-    AdminManager(manager): AdminManager,
-    Path(key): Path<String>,
-) -> ApiResult<StatusCode> {
-    remove(&manager, FileKind::Config, &key).await
 }
 
 // === references in service specs ===
