@@ -646,38 +646,7 @@ async fn init(
 }
 
 async fn join_tokens(p: &Prepared, limit: Duration) -> Result<JoinTokens, BootstrapError> {
-    let waiting_for = format!("waiting for the join tokens on {}", p.machine.name);
-    retry(
-        &p.machine.name,
-        Step::Join,
-        &waiting_for,
-        limit,
-        |left| async move {
-            let mut tokens = Vec::with_capacity(2);
-            for role in [Role::Worker, Role::Manager] {
-                let out = run(
-                    &*p.shell,
-                    &p.machine,
-                    Step::Join,
-                    &join_token_command(role),
-                    left.min(QUICK),
-                )
-                .await?;
-                let token = out.stdout.trim();
-                if !out.success() || token.is_empty() || token.contains(char::is_whitespace) {
-                    return Ok(Attempt::Again(format!(
-                        "docker swarm join-token -q {role}: {}",
-                        out.failure_summary()
-                    )));
-                }
-                tokens.push(token.to_string());
-            }
-            let manager = tokens.pop().expect("two tokens");
-            let worker = tokens.pop().expect("two tokens");
-            Ok(Attempt::Done(JoinTokens { worker, manager }))
-        },
-    )
-    .await
+    crate::steps::join_tokens_with(&*p.shell, &p.machine, limit, join_token_command).await
 }
 
 async fn join(

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use swarm_contract::{Exit, NodeEntry, NodeList, Status};
-use swarmup_machine::{Machine, Progress};
+use swarmup_machine::{Machine, Progress, Role};
 use swarmup_templates::{Cidr, SWARM_NODE_BINARY};
 use tokio::time::Instant;
 
@@ -848,7 +848,22 @@ pub async fn join_tokens(
     machine: &Machine,
     limit: Duration,
 ) -> Result<JoinTokens, BootstrapError> {
+    join_tokens_with(shell, machine, limit, |role| {
+        swarm_node(&format!("join-token -q {role}"))
+    })
+    .await
+}
+
+/// Reads both join tokens with `command` (the script printing one role's token alone),
+/// waiting until the manager can hand them out: swarm-node's and Docker's alike.
+pub async fn join_tokens_with(
+    shell: &dyn RemoteShell,
+    machine: &Machine,
+    limit: Duration,
+    command: impl Fn(Role) -> String,
+) -> Result<JoinTokens, BootstrapError> {
     let waiting_for = format!("waiting for the join tokens on {}", machine.name);
+    let command = &command;
     retry(
         &machine.name,
         Step::Join,
@@ -856,19 +871,13 @@ pub async fn join_tokens(
         limit,
         |left| async move {
             let mut tokens = Vec::with_capacity(2);
-            for role in ["worker", "manager"] {
-                let out = run(
-                    shell,
-                    machine,
-                    Step::Join,
-                    &swarm_node(&format!("join-token -q {role}")),
-                    left.min(QUICK),
-                )
-                .await?;
+            for role in [Role::Worker, Role::Manager] {
+                let script = command(role);
+                let out = run(shell, machine, Step::Join, &script, left.min(QUICK)).await?;
                 let token = out.stdout.trim();
                 if !out.success() || token.is_empty() || token.contains(char::is_whitespace) {
                     return Ok(Attempt::Again(format!(
-                        "swarm-node join-token -q {role}: {}",
+                        "{role} join token: {}",
                         out.failure_summary()
                     )));
                 }
