@@ -294,6 +294,7 @@ pub async fn keys(p: &CreatePlan) -> Result<ClusterPlan> {
             })
             .collect(),
         login_public_key: login.public_openssh.clone(),
+        tags: Vec::new(),
     })
 }
 
@@ -734,6 +735,7 @@ async fn dry_run(
             })
             .collect(),
         login_public_key: login,
+        tags: Vec::new(),
     };
     let shown = provider.dry_run(&plan).await?;
     if out.json() {
@@ -961,6 +963,7 @@ mod tests {
                 })
                 .collect(),
             login_public_key: key.public_openssh.clone(),
+            tags: Vec::new(),
         }
     }
 

@@ -110,6 +110,7 @@ mod tests {
             cluster: "c".into(),
             machines: vec![],
             login_public_key: key.public_openssh.clone(),
+            tags: Vec::new(),
         };
         let machines: Vec<MachinePlan> = (1..=3)
             .map(|i| MachinePlan {

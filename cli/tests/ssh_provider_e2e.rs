@@ -95,6 +95,7 @@ fn existing_machines_become_a_swarm_and_are_left_as_they_were() {
             })
             .collect(),
         login_public_key: login.public_openssh.clone(),
+        tags: Vec::new(),
     };
     let root = tempfile::Builder::new()
         .prefix("swarmup-ssh-e2e-")

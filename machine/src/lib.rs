@@ -70,6 +70,55 @@ pub struct ClusterPlan {
     pub machines: Vec<MachinePlan>,
     /// The public half of the key swarmup logs in with (`ssh-ed25519 AAAA...`).
     pub login_public_key: String,
+    /// Extra tags the provider puts on everything it makes for this cluster, so that
+    /// they can be found without local state: a workshop's `swarmup-workshop:NAME` and
+    /// its expiry `swarmup-expires:UNIXSECONDS` ([`workshop`]). Empty for a plain create.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// The tags that mark a workshop's clusters, shared by the CLI and every provider.
+/// DigitalOcean allows letters, digits, `:`, `-` and `_` in tags, so both fit as they are.
+pub mod workshop {
+    /// Every resource of workshop NAME carries `swarmup-workshop:NAME`.
+    pub const WORKSHOP_TAG_PREFIX: &str = "swarmup-workshop:";
+    /// And its expiry, in seconds since the Unix epoch: `swarmup-expires:1796540400`.
+    pub const EXPIRES_TAG_PREFIX: &str = "swarmup-expires:";
+
+    pub fn workshop_tag(workshop: &str) -> String {
+        format!("{WORKSHOP_TAG_PREFIX}{workshop}")
+    }
+
+    pub fn expires_tag(unix_seconds: u64) -> String {
+        format!("{EXPIRES_TAG_PREFIX}{unix_seconds}")
+    }
+
+    /// The workshop a set of tags names, if any.
+    pub fn workshop_of(tags: &[String]) -> Option<&str> {
+        tags.iter()
+            .find_map(|t| t.strip_prefix(WORKSHOP_TAG_PREFIX))
+    }
+
+    /// The expiry a set of tags names, if any (the earliest, should there be several).
+    pub fn expires_of(tags: &[String]) -> Option<u64> {
+        tags.iter()
+            .filter_map(|t| t.strip_prefix(EXPIRES_TAG_PREFIX)?.parse().ok())
+            .min()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn tags_round_trip() {
+            let tags = vec![workshop_tag("k8s-dec"), expires_tag(1_796_540_400)];
+            assert_eq!(workshop_of(&tags), Some("k8s-dec"));
+            assert_eq!(expires_of(&tags), Some(1_796_540_400));
+            assert_eq!(workshop_of(&[]), None);
+            assert_eq!(expires_of(&["swarmup-expires:soon".into()]), None);
+        }
+    }
 }
 
 /// Whether a machine is powered.

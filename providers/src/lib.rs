@@ -6,6 +6,7 @@
 
 pub mod lab;
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -17,7 +18,7 @@ pub mod virtualbox;
 // The records bootstrap and the CLI share with providers live in their own small crate,
 // so that bootstrap links no cloud client; providers re-export them.
 pub use swarmup_machine::{
-    ClusterPlan, HostKey, Machine, MachinePlan, NoProgress, PowerState, Progress, Role,
+    workshop, ClusterPlan, HostKey, Machine, MachinePlan, NoProgress, PowerState, Progress, Role,
     SshEndpoint, CONTROL_PORT, DATA_PORT, DOCKER_GOSSIP_PORT,
 };
 
@@ -278,6 +279,48 @@ pub trait Provider: Send + Sync + fmt::Debug {
     async fn registry(&self, cluster: &str) -> Result<Option<String>, ProviderError> {
         let _ = cluster;
         Ok(None)
+    }
+
+    /// Creates several clusters together (a workshop's), one result per plan in the
+    /// same order: one cluster failing leaves the others' results intact. The default
+    /// creates them one after another; a provider whose calls can be shared across
+    /// clusters (DigitalOcean: ten droplets per call, one poll for all) overrides it.
+    async fn create_many(
+        &self,
+        plans: &[ClusterPlan],
+        progress: &dyn Progress,
+    ) -> Vec<Result<Vec<Machine>, ProviderError>> {
+        let mut results = Vec::with_capacity(plans.len());
+        for plan in plans {
+            results.push(self.create(plan, progress).await);
+        }
+        results
+    }
+
+    /// Every cluster of this provider with the tags it was created with
+    /// ([`ClusterPlan::tags`]), found without local state, so that a workshop can be
+    /// listed, reaped or destroyed from a machine that never created it. The default
+    /// knows the clusters but no tags.
+    async fn cluster_tags(&self) -> Result<BTreeMap<String, Vec<String>>, ProviderError> {
+        Ok(self
+            .clusters()
+            .await?
+            .into_iter()
+            .map(|c| (c, Vec::new()))
+            .collect())
+    }
+
+    /// Destroys every cluster carrying `tag`, and what the provider made for them
+    /// together (a workshop's shared firewall). The default destroys, one by one, the
+    /// clusters [`Provider::cluster_tags`] finds with the tag.
+    async fn destroy_tagged(&self, tag: &str) -> Result<DestroyReport, ProviderError> {
+        let mut report = DestroyReport::default();
+        for (cluster, tags) in self.cluster_tags().await? {
+            if tags.iter().any(|t| t == tag) {
+                report.removed.extend(self.destroy(&cluster).await?.removed);
+            }
+        }
+        Ok(report)
     }
 }
 

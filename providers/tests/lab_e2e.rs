@@ -186,6 +186,7 @@ async fn lab_end_to_end() {
         cluster: cluster.clone(),
         machines: machines.clone(),
         login_public_key: login_public,
+        tags: Vec::new(),
     };
     let config = LabConfig {
         root: root.path().to_path_buf(),

@@ -339,6 +339,7 @@ impl DropletBackend for LabBackend {
                 host_key,
             }],
             login_public_key: login,
+            tags: Vec::new(),
         };
         self.lab
             .create(&plan, &NoProgress)

@@ -107,6 +107,7 @@ async fn lab_preflight(backend: &fake_digitalocean::LabBackend) -> Result<(), St
             },
         }],
         login_public_key: "ssh-ed25519 AAAA preflight".into(),
+        tags: Vec::new(),
     };
     backend
         .lab()

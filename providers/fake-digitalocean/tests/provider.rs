@@ -80,6 +80,7 @@ fn plan(cluster: &str, nodes: usize, managers: usize) -> ClusterPlan {
             })
             .collect(),
         login_public_key: LOGIN_KEY.to_string(),
+        tags: Vec::new(),
     }
 }
 

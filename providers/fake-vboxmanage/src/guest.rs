@@ -153,6 +153,7 @@ pub async fn boot(config: &LabConfig, boot: &Boot) -> Result<Guest, String> {
                 host_key,
             }],
             login_public_key: login,
+            tags: Vec::new(),
         };
         lab.create(&plan, &NoProgress)
             .await

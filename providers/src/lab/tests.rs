@@ -20,6 +20,7 @@ fn plan(cluster: &str, n: usize) -> ClusterPlan {
             })
             .collect(),
         login_public_key: "ssh-ed25519 AAAAlogin swarmup".into(),
+        tags: Vec::new(),
     }
 }
 
