@@ -297,6 +297,37 @@ pub trait Provider: Send + Sync + fmt::Debug {
         results
     }
 
+    /// The checks before [`Provider::create_many`], for all the plans at once (a
+    /// workshop's quota is the sum of its clusters'). The default checks each plan.
+    async fn preflight_many(&self, plans: &[ClusterPlan]) -> Result<(), ProviderError> {
+        for plan in plans {
+            self.preflight(plan).await?;
+        }
+        Ok(())
+    }
+
+    /// The dry run of [`Provider::create_many`] for a workshop that lives `ttl`: the
+    /// machines of every plan, and for providers with prices the calls, the quota and
+    /// the cost. The default is each plan's own dry run, one after another.
+    async fn dry_run_many(
+        &self,
+        plans: &[ClusterPlan],
+        ttl: std::time::Duration,
+    ) -> Result<DryRun, ProviderError> {
+        let _ = ttl;
+        let mut all = DryRun::default();
+        for plan in plans {
+            let one = self.dry_run(plan).await?;
+            if all.title.is_empty() {
+                all.title = one.title;
+                all.columns = one.columns;
+            }
+            all.machines.extend(one.machines);
+            all.warnings.extend(one.warnings);
+        }
+        Ok(all)
+    }
+
     /// Every cluster of this provider with the tags it was created with
     /// ([`ClusterPlan::tags`]), found without local state, so that a workshop can be
     /// listed, reaped or destroyed from a machine that never created it. The default

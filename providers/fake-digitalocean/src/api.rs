@@ -17,7 +17,7 @@ use crate::backend::DropletSpec;
 use crate::catalog;
 use crate::faults::{Faults, Injected};
 use crate::state::{
-    action_json, droplet_json, firewall_json, key_json, now_rfc3339, unix_now, ApiCall, DropletRec,
+    action_json, droplet_json, firewall_json, key_json, now_rfc3339, ApiCall, DropletRec,
     FirewallRec, KeyRec, Shared, Status,
 };
 
@@ -118,7 +118,7 @@ async fn not_found() -> Response {
     missing()
 }
 
-fn rate_headers(headers: &mut HeaderMap, limit: u64, remaining: u64) {
+fn rate_headers(headers: &mut HeaderMap, limit: u64, remaining: u64, reset: u64) {
     let mut put = |name: &'static str, v: String| {
         if let Ok(v) = HeaderValue::from_str(&v) {
             headers.insert(name, v);
@@ -126,25 +126,38 @@ fn rate_headers(headers: &mut HeaderMap, limit: u64, remaining: u64) {
     };
     put("ratelimit-limit", limit.to_string());
     put("ratelimit-remaining", remaining.to_string());
-    put("ratelimit-reset", (unix_now() + 60).to_string());
+    put("ratelimit-reset", reset.to_string());
 }
 
-/// Logs every API request, injects faults, checks the token and adds the rate-limit headers.
+/// Logs every API request, applies the rate limits, injects faults, checks the token and
+/// adds the rate-limit headers.
 async fn gate(State(s): S, req: Request, next: Next) -> Response {
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
     let kill = req.extensions().get::<ConnKill>().cloned();
-    let (injected, limit, remaining, latency) = {
+    let (injected, limit, rate, latency, at_ms) = {
         let mut inner = s.lock();
-        let injected = inner.faults.take(&method, &path);
-        inner.ratelimit_remaining = inner.ratelimit_remaining.saturating_sub(1);
-        (
-            injected,
+        let now = std::time::Instant::now();
+        let at_ms = now.saturating_duration_since(inner.started).as_millis() as u64;
+        let (per_minute, per_hour) = (
+            inner.settings.rate_per_minute,
             inner.settings.ratelimit_limit,
-            inner.ratelimit_remaining,
-            inner.settings.api_latency,
-        )
+        );
+        let mut rate = inner.rate.admit(now, per_minute, per_hour);
+        // A request over the limit is refused before anything else looks at it.
+        let injected = if rate.refused.is_some() {
+            None
+        } else {
+            inner.faults.take(&method, &path)
+        };
+        if let Some(n) = inner.ratelimit_remaining.as_mut() {
+            if rate.refused.is_none() {
+                *n = n.saturating_sub(1);
+            }
+            rate.remaining = *n;
+        }
+        (injected, per_hour, rate, inner.settings.api_latency, at_ms)
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -156,8 +169,22 @@ async fn gate(State(s): S, req: Request, next: Next) -> Response {
             query: query.clone(),
             status,
             dropped,
+            at_ms,
         });
     };
+    if let Some(wait) = rate.refused {
+        let mut resp = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_requests",
+            "API Rate limit exceeded.",
+        );
+        if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+            resp.headers_mut().insert("retry-after", v);
+        }
+        rate_headers(resp.headers_mut(), limit, rate.remaining, rate.reset);
+        log(Some(429), false);
+        return resp;
+    }
     let mut drop_after = false;
     let early = match injected {
         Some(Injected::Drop {
@@ -199,7 +226,7 @@ async fn gate(State(s): S, req: Request, next: Next) -> Response {
         ),
         None => next.run(req).await,
     };
-    rate_headers(resp.headers_mut(), limit, remaining);
+    rate_headers(resp.headers_mut(), limit, rate.remaining, rate.reset);
     log(Some(resp.status().as_u16()), drop_after);
     if drop_after {
         return hang_up(kill).await;

@@ -4,7 +4,8 @@
 //!
 //! It answers in DigitalOcean's shapes: `{"id","message"}` error bodies, `links.pages` and
 //! `meta.total` on listings, `ratelimit-*` headers on every answer, 401 without the right
-//! bearer token. Droplets go from `new` to `active` after a boot delay and get a public
+//! bearer token, 429 beyond 250 requests in any minute or 5,000 in any hour (both
+//! configurable), with every request's arrival time logged for [`FakeDo::max_calls_in`]. Droplets go from `new` to `active` after a boot delay and get a public
 //! and a VPC address from a [`DropletBackend`].
 //!
 //! Faults are injected through [`FakeDo::set_faults`] or `POST /_fake/faults` with a JSON
@@ -63,8 +64,11 @@ pub struct FakeOptions {
     pub action_delay: Duration,
     /// Caps `per_page` below DigitalOcean's 200, to exercise pagination.
     pub max_per_page: u32,
-    /// `ratelimit-limit`; `ratelimit-remaining` starts here and counts down per request.
+    /// Requests in any hour (`ratelimit-limit`, DigitalOcean's 5,000); one more is
+    /// answered 429. `ratelimit-remaining` is what is left of it.
     pub ratelimit_limit: u64,
+    /// Requests in any minute (DigitalOcean's 250); one more is answered 429.
+    pub rate_per_minute: u64,
     /// How long every API request takes.
     pub api_latency: Duration,
     /// Faults armed from the first request on.
@@ -81,6 +85,7 @@ impl Default for FakeOptions {
             action_delay: Duration::from_millis(300),
             max_per_page: 200,
             ratelimit_limit: 5000,
+            rate_per_minute: 250,
             api_latency: Duration::ZERO,
             faults: Faults::default(),
             backend: Arc::new(MemoryBackend::default()),
@@ -144,6 +149,7 @@ impl FakeDo {
             action_delay: options.action_delay,
             max_per_page: options.max_per_page,
             ratelimit_limit: options.ratelimit_limit,
+            rate_per_minute: options.rate_per_minute,
             api_latency: options.api_latency,
         };
         let shared = Arc::new(Shared {
@@ -179,6 +185,23 @@ impl FakeDo {
     /// Every `/v2` request so far, in order.
     pub fn api_calls(&self) -> Vec<ApiCall> {
         self.shared.lock().calls.clone()
+    }
+
+    /// The most `/v2` requests that arrived in any `window` (answered 429 or not): what
+    /// DigitalOcean's per-minute limit counts, for `Duration::from_secs(60)`.
+    pub fn max_calls_in(&self, window: Duration) -> usize {
+        let at: Vec<u64> = self.shared.lock().calls.iter().map(|c| c.at_ms).collect();
+        max_in_window(&at, window)
+    }
+
+    /// Requests answered 429 because of the rate limit or a fault.
+    pub fn rate_limited_calls(&self) -> usize {
+        self.shared
+            .lock()
+            .calls
+            .iter()
+            .filter(|c| c.status == Some(429))
+            .count()
     }
 
     pub fn clear_api_calls(&self) {
@@ -246,6 +269,22 @@ impl FakeDo {
         let _ = self.task.await;
         self.shared.abort_tasks();
     }
+}
+
+/// The most of `at_ms` (arrival times, any order) within any span of `window`.
+pub fn max_in_window(at_ms: &[u64], window: Duration) -> usize {
+    let mut at = at_ms.to_vec();
+    at.sort_unstable();
+    let span = window.as_millis() as u64;
+    let mut best = 0;
+    let mut start = 0;
+    for end in 0..at.len() {
+        while at[end] - at[start] >= span {
+            start += 1;
+        }
+        best = best.max(end - start + 1);
+    }
+    best
 }
 
 async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {

@@ -25,15 +25,24 @@ struct Args {
     /// Address to listen on, e.g. 127.0.0.1:8089 (port 0 picks a free one).
     #[arg(long)]
     listen: SocketAddr,
-    /// How long a new droplet stays "new" before it turns "active".
-    #[arg(long, default_value_t = 2000)]
+    /// How long a new droplet stays "new" before it turns "active" (DigitalOcean: about
+    /// 45 s).
+    #[arg(long, env = "FAKE_DO_BOOT_DELAY_MS", default_value_t = 2000)]
     boot_delay_ms: u64,
     /// How long a power action takes.
     #[arg(long, default_value_t = 500)]
     action_delay_ms: u64,
-    /// How long every API request takes before it is answered.
-    #[arg(long, default_value_t = 0)]
+    /// How long every API request takes before it is answered (DigitalOcean: about 150 ms).
+    #[arg(long, env = "FAKE_DO_API_LATENCY_MS", default_value_t = 0)]
     api_latency_ms: u64,
+    /// Requests taken in any minute; more are answered 429, as DigitalOcean does (0: no
+    /// limit).
+    #[arg(long, env = "FAKE_DO_RATE_PER_MINUTE", default_value_t = 250)]
+    rate_per_minute: u64,
+    /// Requests taken in any hour (`ratelimit-limit`); more are answered 429.
+    #[arg(long, env = "FAKE_DO_RATE_PER_HOUR", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    rate_per_hour: u64,
     /// The bearer token to accept.
     #[arg(long, default_value = DEFAULT_TOKEN)]
     token: String,
@@ -192,6 +201,8 @@ async fn main() -> ExitCode {
         boot_delay: Duration::from_millis(args.boot_delay_ms),
         action_delay: Duration::from_millis(args.action_delay_ms),
         api_latency: Duration::from_millis(args.api_latency_ms),
+        rate_per_minute: args.rate_per_minute,
+        ratelimit_limit: args.rate_per_hour,
         backend,
         ..FakeOptions::default()
     };

@@ -1,8 +1,8 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -22,6 +22,9 @@ pub struct ApiCall {
     pub status: Option<u16>,
     /// The connection was closed instead of answering.
     pub dropped: bool,
+    /// When it arrived, in milliseconds since the fake started.
+    #[serde(default)]
+    pub at_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,12 +92,76 @@ pub(crate) struct Settings {
     pub action_delay: Duration,
     pub max_per_page: u32,
     pub ratelimit_limit: u64,
+    pub rate_per_minute: u64,
     pub api_latency: Duration,
+}
+
+/// DigitalOcean's rate limits as it applies them: a request counts in a sliding window
+/// of an hour (`ratelimit-limit`) and one of a minute; one over either is answered 429
+/// and is not counted. A limit of 0 is no limit.
+#[derive(Debug, Default)]
+pub(crate) struct RateWindows {
+    pub minute: VecDeque<Instant>,
+    pub hour: VecDeque<Instant>,
+}
+
+/// What the rate limit decided for one request.
+pub(crate) struct RateDecision {
+    /// `None`: let it through; `Some(secs)`: 429, a slot frees in `secs`.
+    pub refused: Option<u64>,
+    pub remaining: u64,
+    /// Unix time the oldest counted request leaves the hourly window.
+    pub reset: u64,
+}
+
+impl RateWindows {
+    pub(crate) fn admit(&mut self, now: Instant, per_minute: u64, per_hour: u64) -> RateDecision {
+        const MINUTE: Duration = Duration::from_secs(60);
+        const HOUR: Duration = Duration::from_secs(3600);
+        while self.minute.front().is_some_and(|t| *t + MINUTE <= now) {
+            self.minute.pop_front();
+        }
+        while self.hour.front().is_some_and(|t| *t + HOUR <= now) {
+            self.hour.pop_front();
+        }
+        let free_in = |window: &VecDeque<Instant>, span: Duration, limit: u64| {
+            // 0 turns the limit off.
+            if limit == 0 || (window.len() as u64) < limit {
+                return None;
+            }
+            let first = window.len() - limit as usize;
+            let at = window.get(first).map_or(now, |t| *t + span);
+            Some(at.saturating_duration_since(now).as_millis().div_ceil(1000) as u64)
+        };
+        let refused = match (
+            free_in(&self.minute, MINUTE, per_minute),
+            free_in(&self.hour, HOUR, per_hour),
+        ) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0).max(b.unwrap_or(0)).max(1)),
+        };
+        if refused.is_none() {
+            self.minute.push_back(now);
+            self.hour.push_back(now);
+        }
+        let oldest = self.hour.front().map_or(Duration::ZERO, |t| {
+            (*t + HOUR).saturating_duration_since(now)
+        });
+        RateDecision {
+            refused,
+            remaining: per_hour.saturating_sub(self.hour.len() as u64),
+            reset: unix_now() + oldest.as_secs(),
+        }
+    }
 }
 
 pub(crate) struct Inner {
     pub settings: Settings,
-    pub ratelimit_remaining: u64,
+    /// Set by the `ratelimit_remaining` fault: shown instead of the hourly window's count,
+    /// counting down by one per request.
+    pub ratelimit_remaining: Option<u64>,
+    pub rate: RateWindows,
+    pub started: Instant,
     pub next_droplet_id: u64,
     pub next_key_id: u64,
     pub next_action_id: u64,
@@ -109,10 +176,11 @@ pub(crate) struct Inner {
 
 impl Inner {
     pub(crate) fn new(settings: Settings, faults: Faults) -> Self {
-        let remaining = settings.ratelimit_limit;
         let mut inner = Self {
             settings,
-            ratelimit_remaining: remaining,
+            ratelimit_remaining: None,
+            rate: RateWindows::default(),
+            started: Instant::now(),
             next_droplet_id: 3_164_444,
             next_key_id: 512_189,
             next_action_id: 36_804_636,
@@ -140,7 +208,7 @@ impl Inner {
             self.settings.action_delay = Duration::from_millis(ms);
         }
         if let Some(n) = f.ratelimit_remaining {
-            self.ratelimit_remaining = n;
+            self.ratelimit_remaining = Some(n);
         }
         if let Some(ms) = f.api_latency_ms {
             self.settings.api_latency = Duration::from_millis(ms);
@@ -153,7 +221,11 @@ impl Inner {
             droplet_limit: Some(self.settings.droplet_limit),
             boot_delay_ms: Some(self.settings.boot_delay.as_millis() as u64),
             action_delay_ms: Some(self.settings.action_delay.as_millis() as u64),
-            ratelimit_remaining: Some(self.ratelimit_remaining),
+            ratelimit_remaining: Some(self.ratelimit_remaining.unwrap_or_else(|| {
+                self.settings
+                    .ratelimit_limit
+                    .saturating_sub(self.rate.hour.len() as u64)
+            })),
             api_latency_ms: Some(self.settings.api_latency.as_millis() as u64),
             ..self.faults.clone()
         }

@@ -43,6 +43,11 @@ pub struct RetryPolicy {
     pub low_remaining_pause: Duration,
     /// Timeout of one HTTP exchange.
     pub request_timeout: Duration,
+    /// Requests the client sends in any minute, counted by itself before DigitalOcean
+    /// answers 429 (DigitalOcean's limit is 250 per minute per token).
+    pub per_minute: u32,
+    /// Requests the client sends in any hour (DigitalOcean's limit is 5,000 per token).
+    pub per_hour: u32,
 }
 
 impl Default for RetryPolicy {
@@ -56,6 +61,8 @@ impl Default for RetryPolicy {
             low_remaining: 25,
             low_remaining_pause: Duration::from_secs(2),
             request_timeout: Duration::from_secs(60),
+            per_minute: 250,
+            per_hour: 5000,
         }
     }
 }
@@ -67,6 +74,60 @@ pub use crate::ApiCallCount;
 struct RateState {
     remaining: Option<u64>,
     reset: Option<u64>,
+}
+
+/// The client's own count of what it sent: a sliding window per limit, holding the send
+/// time of every request in it (sent or booked for later). DigitalOcean counts requests in
+/// a sliding window too, so staying within both windows here means no 429 from a client
+/// that is alone on its token; the `ratelimit-*` headers still cover other users of it.
+#[derive(Debug)]
+pub(crate) struct Windows {
+    windows: Vec<(Duration, usize, std::collections::VecDeque<Instant>)>,
+}
+
+/// DigitalOcean stamps arrivals, the client stamps departures: a request's latency may
+/// push it into a later window than the client thinks, so the client's window is longer.
+const WINDOW_MARGIN: Duration = Duration::from_secs(1);
+
+impl Windows {
+    pub(crate) fn new(per_minute: u32, per_hour: u32) -> Self {
+        let mut windows = Vec::new();
+        for (span, limit) in [
+            (Duration::from_secs(60), per_minute),
+            (Duration::from_secs(3600), per_hour),
+        ] {
+            if limit > 0 {
+                windows.push((
+                    span + WINDOW_MARGIN,
+                    limit as usize,
+                    std::collections::VecDeque::new(),
+                ));
+            }
+        }
+        Self { windows }
+    }
+
+    /// Books the earliest send time at or after `now` that keeps every window within its
+    /// limit, and returns it. Books are kept in order, so concurrent callers queue up.
+    pub(crate) fn book(&mut self, now: Instant) -> Instant {
+        let mut at = now;
+        for (span, limit, sent) in &mut self.windows {
+            while sent.front().is_some_and(|t| *t + *span <= now) {
+                sent.pop_front();
+            }
+            if let Some(last) = sent.back() {
+                at = at.max(*last);
+            }
+            if sent.len() >= *limit {
+                // The request that must leave the window before this one may be sent.
+                at = at.max(sent[sent.len() - *limit] + *span);
+            }
+        }
+        for (_, _, sent) in &mut self.windows {
+            sent.push_back(at);
+        }
+        at
+    }
 }
 
 struct Req {
@@ -121,6 +182,7 @@ pub struct DoClient {
     policy: RetryPolicy,
     clock: Arc<dyn Clock>,
     rate: Mutex<RateState>,
+    windows: Mutex<Windows>,
     calls: AtomicU64,
     polls: AtomicU64,
     retries: AtomicU64,
@@ -178,6 +240,7 @@ impl DoClient {
             url: api_url.to_string(),
             detail: chain(&e),
         })?;
+        let windows = Windows::new(policy.per_minute, policy.per_hour);
         Ok(Self {
             http,
             base: trimmed.to_string(),
@@ -188,6 +251,7 @@ impl DoClient {
             policy,
             clock,
             rate: Mutex::new(RateState::default()),
+            windows: Mutex::new(windows),
             calls: AtomicU64::new(0),
             polls: AtomicU64::new(0),
             retries: AtomicU64::new(0),
@@ -603,7 +667,8 @@ impl DoClient {
         }
     }
 
-    /// Slows down before a request when the hourly budget is nearly spent, and waits for
+    /// Waits for a free slot in the client's own per-minute and per-hour windows, then
+    /// slows down when DigitalOcean says the hourly budget is nearly spent, and waits for
     /// the window to move when it is spent.
     async fn pace(
         &self,
@@ -612,6 +677,12 @@ impl DoClient {
         deadline: Instant,
         last: &str,
     ) -> Result<(), DoError> {
+        let now = self.clock.now();
+        let at = lock(&self.windows).book(now);
+        if at > now {
+            tracing::debug!(path = %req.path, wait_ms = (at - now).as_millis() as u64, "keeping within DigitalOcean's rate limit");
+            self.wait(req, at - now, started, deadline, last).await?;
+        }
         let (remaining, reset) = {
             let rate = lock(&self.rate);
             (rate.remaining, rate.reset)
@@ -851,6 +922,26 @@ mod tests {
         assert!(err.contains("send the token in clear"), "{err}");
         assert!(client("ftp://x").is_err());
         assert!(client("not a url").is_err());
+    }
+
+    #[test]
+    fn the_windows_book_no_more_than_the_limit_in_any_minute() {
+        let mut w = Windows::new(3, 5);
+        let t0 = Instant::now();
+        let booked: Vec<Duration> = (0..6).map(|_| w.book(t0) - t0).collect();
+        let minute = Duration::from_secs(60) + WINDOW_MARGIN;
+        let hour = Duration::from_secs(3600) + WINDOW_MARGIN;
+        // Three at once, the fourth when the first leaves the minute, the sixth when the
+        // first leaves the hour.
+        assert_eq!(
+            &booked[..4],
+            &[Duration::ZERO, Duration::ZERO, Duration::ZERO, minute]
+        );
+        assert_eq!(booked[4], minute);
+        assert_eq!(booked[5], hour);
+        // Later, with the windows empty again, a request goes at once.
+        let later = t0 + Duration::from_secs(10_000);
+        assert_eq!(w.book(later), later);
     }
 
     #[test]

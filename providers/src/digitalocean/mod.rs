@@ -5,6 +5,10 @@
 //! named `swarmup-CLUSTER`. Any machine holding the token can therefore list, resume and
 //! destroy a cluster without local state.
 //!
+//! A workshop's clusters (plans carrying one `swarmup-workshop:NAME` tag) are made
+//! together by `create_many`: checks once, one firewall `swarmup-workshop-NAME` selected by
+//! the workshop tag, one listing by that tag every few seconds (`workshop.rs`).
+//!
 //! Requests go through [`DoClient`], which honours DigitalOcean's rate-limit headers, waits
 //! out 429s, backs off on 5xx and retries lost connections only for requests that are
 //! harmless to repeat. Every wait goes through a [`Clock`] and has a deadline.
@@ -15,6 +19,7 @@ mod error;
 mod firewall;
 mod provider;
 mod types;
+mod workshop;
 
 pub use client::{md5_fingerprint, ApiCallCount, DoClient, RetryPolicy, DEFAULT_API_URL};
 pub use clock::{Clock, ScaledClock, SystemClock};
@@ -31,3 +36,4 @@ pub use types::{
     Account, Action, ApiErrorBody, Droplet, DropletCreate, Firewall, FirewallCreate, InboundRule,
     NetworkV4, Networks, OutboundRule, Region, RegionRef, Size, SshKey, Targets, Vpc,
 };
+pub use workshop::{common_workshop, workshop_resource_name, WorkshopPlan};

@@ -37,6 +37,37 @@ pub fn role_tag(role: Role) -> String {
     format!("swarmup-role:{role}")
 }
 
+/// The tags of a droplet of `plan` with `role`: swarmup's own, then the plan's.
+pub(super) fn droplet_tags(plan: &ClusterPlan, role: Role) -> Vec<String> {
+    let mut tags = vec![
+        TAG_ALL.to_string(),
+        cluster_tag(&plan.cluster),
+        role_tag(role),
+    ];
+    for t in &plan.tags {
+        if !tags.contains(t) {
+            tags.push(t.clone());
+        }
+    }
+    tags
+}
+
+/// DigitalOcean takes letters, digits, `:`, `-` and `_` in a tag, at most 255.
+pub(super) fn check_tag(tag: &str) -> Result<(), ProviderError> {
+    let ok = !tag.is_empty()
+        && tag.len() <= 255
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "tag {tag:?} can not be used on DigitalOcean: use letters, digits, ':', '-' and '_' (at most 255)"
+        )))
+    }
+}
+
 /// `swarmup-CLUSTER`: the name of the cluster's firewall and of its generated SSH key.
 pub fn resource_name(cluster: &str) -> String {
     format!("swarmup-{cluster}")
@@ -103,6 +134,10 @@ pub struct DigitalOceanOptions {
     /// a 1 s poll stays far below DigitalOcean's rate limit and keeps the time swarmup
     /// adds after the slowest boot short.
     pub poll_interval: Duration,
+    /// Between the listings of a whole workshop's droplets (`create_many`): one call
+    /// covers up to 200 droplets, and a few seconds leave most of the per-minute budget
+    /// to the create calls.
+    pub workshop_poll_interval: Duration,
     /// How long a power action may take.
     pub action_timeout: Duration,
     pub retry: RetryPolicy,
@@ -125,6 +160,7 @@ impl DigitalOceanOptions {
             names_per_call: MAX_NAMES_PER_CALL,
             boot_timeout: Duration::from_secs(600),
             poll_interval: Duration::from_secs(1),
+            workshop_poll_interval: Duration::from_secs(3),
             action_timeout: Duration::from_secs(300),
             retry: RetryPolicy::default(),
         }
@@ -147,6 +183,7 @@ impl fmt::Debug for DigitalOceanOptions {
             .field("names_per_call", &self.names_per_call)
             .field("boot_timeout", &self.boot_timeout)
             .field("poll_interval", &self.poll_interval)
+            .field("workshop_poll_interval", &self.workshop_poll_interval)
             .field("action_timeout", &self.action_timeout)
             .field("retry", &self.retry)
             .finish()
@@ -228,12 +265,12 @@ const CHECK_REUSE: Duration = Duration::from_secs(600);
 
 /// Creates clusters as tagged droplets in one region, behind one cloud firewall.
 pub struct DigitalOceanProvider {
-    options: DigitalOceanOptions,
-    client: DoClient,
-    clock: Arc<dyn Clock>,
-    user_data: Arc<dyn UserData>,
+    pub(super) options: DigitalOceanOptions,
+    pub(super) client: DoClient,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) user_data: Arc<dyn UserData>,
     checked: Mutex<Option<Checked>>,
-    created: Mutex<BTreeMap<String, Vec<u64>>>,
+    pub(super) created: Mutex<BTreeMap<String, Vec<u64>>>,
 }
 
 impl fmt::Debug for DigitalOceanProvider {
@@ -245,7 +282,7 @@ impl fmt::Debug for DigitalOceanProvider {
     }
 }
 
-fn invalid(msg: impl Into<String>) -> ProviderError {
+pub(super) fn invalid(msg: impl Into<String>) -> ProviderError {
     ProviderError::InvalidRequest(msg.into())
 }
 
@@ -339,7 +376,7 @@ fn role_of(d: &Droplet) -> Role {
     }
 }
 
-fn is_ready(d: &Droplet) -> bool {
+pub(super) fn is_ready(d: &Droplet) -> bool {
     d.status != "new" && d.public_ipv4().is_some() && d.private_ipv4().is_some()
 }
 
@@ -434,13 +471,16 @@ impl DigitalOceanProvider {
             .unwrap_or_default()
     }
 
-    fn validate(&self, plan: &ClusterPlan) -> Result<(), ProviderError> {
+    pub(super) fn validate(&self, plan: &ClusterPlan) -> Result<(), ProviderError> {
         check_cluster_name(&plan.cluster)?;
         if plan.machines.is_empty() {
             return Err(invalid(format!(
                 "cluster {} has no machines: ask for at least one node",
                 plan.cluster
             )));
+        }
+        for t in &plan.tags {
+            check_tag(t)?;
         }
         let mut seen = BTreeSet::new();
         for m in &plan.machines {
@@ -472,7 +512,7 @@ impl DigitalOceanProvider {
         }
     }
 
-    fn warnings(&self) -> Vec<String> {
+    pub(super) fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
         if self.options.ssh_from.is_empty() {
             w.push(
@@ -487,7 +527,7 @@ impl DigitalOceanProvider {
 
     /// Finds the size and checks it is offered in the region; looks at the region list only
     /// when it is not, to say exactly what is wrong.
-    async fn check_size(&self) -> Result<Size, ProviderError> {
+    pub(super) async fn check_size(&self) -> Result<Size, ProviderError> {
         let (region, size) = (&self.options.region, &self.options.size);
         let sizes = self.client.sizes().await?;
         let available: Vec<String> = sizes
@@ -698,7 +738,7 @@ impl DigitalOceanProvider {
         }
     }
 
-    fn record_created(&self, cluster: &str, ids: impl IntoIterator<Item = u64>) {
+    pub(super) fn record_created(&self, cluster: &str, ids: impl IntoIterator<Item = u64>) {
         let mut created = lock(&self.created);
         let list = created.entry(cluster.to_string()).or_default();
         for id in ids {
@@ -710,7 +750,7 @@ impl DigitalOceanProvider {
 
     /// After a failed create call, learns which droplets DigitalOcean made anyway so that
     /// a rollback can remove them.
-    async fn record_after_failure(&self, cluster: &str, before: &BTreeSet<u64>) {
+    pub(super) async fn record_after_failure(&self, cluster: &str, before: &BTreeSet<u64>) {
         match self
             .client
             .droplets_by_tag(&cluster_tag(cluster), false)
@@ -728,7 +768,13 @@ impl DigitalOceanProvider {
 
     /// `existed`: the cluster had droplets before this failure, so the advice to resume or
     /// destroy applies even if this run made none.
-    fn resumable(&self, cluster: &str, what: &str, e: DoError, existed: bool) -> ProviderError {
+    pub(super) fn resumable(
+        &self,
+        cluster: &str,
+        what: &str,
+        e: DoError,
+        existed: bool,
+    ) -> ProviderError {
         let msg = e.to_string();
         if msg.contains("droplet limit") {
             return ProviderError::Prerequisite(format!(
@@ -774,7 +820,7 @@ impl DigitalOceanProvider {
         Ok(())
     }
 
-    fn warn(&self, cluster: &str, name: &str, progress: &dyn Progress) {
+    pub(super) fn warn(&self, cluster: &str, name: &str, progress: &dyn Progress) {
         for w in self.warnings() {
             tracing::warn!(cluster, "{w}");
             progress.machine(name, &w);
@@ -801,7 +847,7 @@ impl DigitalOceanProvider {
         }
     }
 
-    fn machines(&self, droplets: &[Droplet]) -> Vec<Machine> {
+    pub(super) fn machines(&self, droplets: &[Droplet]) -> Vec<Machine> {
         let mut sorted: Vec<&Droplet> = droplets.iter().collect();
         sorted.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
         sorted.into_iter().map(|d| self.machine(d)).collect()
@@ -1056,7 +1102,7 @@ impl Provider for DigitalOceanProvider {
                     size: self.options.size.clone(),
                     image: self.options.image.clone(),
                     ssh_keys: vec![key_id],
-                    tags: vec![TAG_ALL.to_string(), tag.clone(), role_tag(role)],
+                    tags: droplet_tags(plan, role),
                     user_data: (!user_data.is_empty()).then_some(user_data),
                     vpc_uuid: self.options.vpc_uuid.clone(),
                     monitoring: self.options.monitoring,
@@ -1275,6 +1321,54 @@ impl Provider for DigitalOceanProvider {
         Some(self.api_calls())
     }
 
+    /// A workshop's plans (all with the same `swarmup-workshop:NAME` tag) share one budget
+    /// of API calls; any other set is created cluster by cluster.
+    async fn create_many(
+        &self,
+        plans: &[ClusterPlan],
+        progress: &dyn Progress,
+    ) -> Vec<Result<Vec<Machine>, ProviderError>> {
+        match super::workshop::common_workshop(plans) {
+            Some(workshop) => self.create_workshop(&workshop, plans, progress).await,
+            None => {
+                let mut results = Vec::with_capacity(plans.len());
+                for plan in plans {
+                    results.push(self.create(plan, progress).await);
+                }
+                results
+            }
+        }
+    }
+
+    /// One quota check for the whole workshop (about five calls), not one per cluster.
+    async fn preflight_many(&self, plans: &[ClusterPlan]) -> Result<(), ProviderError> {
+        match super::workshop::common_workshop(plans) {
+            Some(_) => self.workshop_preflight(plans).await.map(|_| ()),
+            None => {
+                for plan in plans {
+                    self.preflight(plan).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn dry_run_many(
+        &self,
+        plans: &[ClusterPlan],
+        ttl: std::time::Duration,
+    ) -> Result<DryRun, ProviderError> {
+        self.workshop_dry_run(plans, ttl).await
+    }
+
+    async fn cluster_tags(&self) -> Result<BTreeMap<String, Vec<String>>, ProviderError> {
+        self.tags_of_clusters().await
+    }
+
+    async fn destroy_tagged(&self, tag: &str) -> Result<DestroyReport, ProviderError> {
+        self.destroy_by_tag(tag).await
+    }
+
     async fn sync_published_ports(
         &self,
         cluster: &str,
@@ -1288,6 +1382,23 @@ impl Provider for DigitalOceanProvider {
         let name = resource_name(cluster);
         let firewalls = self.client.firewalls().await?;
         let Some(have) = firewalls.iter().find(|f| f.name == name) else {
+            // A workshop's clusters share one firewall; one student's ports are not
+            // opened on every student's droplets.
+            let droplets = self
+                .client
+                .droplets_by_tag(&cluster_tag(cluster), false)
+                .await?;
+            if let Some(w) = droplets
+                .iter()
+                .find_map(|d| crate::workshop::workshop_of(&d.tags))
+            {
+                return Err(invalid(format!(
+                    "cluster {cluster} belongs to workshop {w}, whose droplets share firewall {}: \
+                     published ports are not opened per student cluster; reach them over ssh \
+                     (ssh -L) or add a rule to that firewall yourself",
+                    super::workshop::workshop_resource_name(w)
+                )));
+            }
             return Err(invalid(format!(
                 "cluster {cluster} has no firewall {name} on DigitalOcean: run \
                  `swarmup create --provider digitalocean --name {cluster}` again to restore it"
