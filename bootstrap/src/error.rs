@@ -19,6 +19,7 @@ pub enum Step {
     Ready,
     ClientCert,
     ImageLoad,
+    Student,
 }
 
 impl fmt::Display for Step {
@@ -37,6 +38,7 @@ impl fmt::Display for Step {
             Step::Ready => "readiness",
             Step::ClientCert => "client certificate",
             Step::ImageLoad => "image load",
+            Step::Student => "student access",
         })
     }
 }

@@ -9,6 +9,7 @@
 //! - [`steps`]: one function per stage (SSH, Docker, binary, firewall, service, init,
 //!   join, readiness), each bounded by a deadline.
 //! - [`bootstrap_cluster`]: all of it for a whole cluster, safe to run again.
+//! - [`student`]: a workshop student's login and docker CLI on every node.
 
 mod cluster;
 pub mod docker_swarm;
@@ -21,6 +22,7 @@ mod shell;
 mod ssh;
 pub mod ssh_config;
 pub mod steps;
+pub mod student;
 
 pub use cluster::{
     bootstrap_cluster, bootstrap_cluster_with, fetch_client_cert, fetch_client_cert_with,

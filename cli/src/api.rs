@@ -227,6 +227,28 @@ pub async fn node_counts(cluster: &str) -> Result<(usize, usize, usize)> {
     Ok((nodes.len(), managers, ready))
 }
 
+/// What the cluster itself says for `workshop status`: (nodes, ready, services).
+pub async fn cluster_summary(cluster: &str) -> Result<(usize, usize, usize)> {
+    let (nodes, ready_nodes, api) = {
+        let api = ClusterApi::open(Some(cluster)).await?;
+        let nodes: Vec<Node> = tokio::time::timeout(Duration::from_secs(5), api.get("/nodes"))
+            .await
+            .context("the cluster did not answer in time")??;
+        let ready = nodes
+            .iter()
+            .filter(|n| {
+                n.status.as_ref().and_then(|s| s.state)
+                    == Some(bollard_stubs::models::NodeState::READY)
+            })
+            .count();
+        (nodes.len(), ready, api)
+    };
+    let services: Vec<Service> = tokio::time::timeout(Duration::from_secs(5), api.get("/services"))
+        .await
+        .context("the cluster did not answer in time")??;
+    Ok((nodes, ready_nodes, services.len()))
+}
+
 pub async fn node(out: &Output, command: NodeCommand) -> Result<()> {
     match command {
         NodeCommand::Ls { sel } => {

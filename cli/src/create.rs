@@ -336,16 +336,8 @@ pub async fn machines(
     stages: &mut Stages,
 ) -> Result<Vec<Machine>> {
     let t = Instant::now();
-    if let Err(e) = provider.preflight(plan).await {
-        if p.new_cluster() {
-            p.dir.remove()?;
-        }
-        return Err(e.into());
-    }
+    let mut record = prepare_machines(p, provider, plan).await?;
     stages.time("preflight", t);
-
-    let mut record = record_of(p);
-    p.dir.save(&record)?;
 
     let t = Instant::now();
     let machines = match provider.create(plan, progress).await {
@@ -362,9 +354,37 @@ pub async fn machines(
         }
     };
     stages.time("machines", t);
-    record.last_seen = machines.clone();
-    p.dir.save(&record)?;
+    keep_machines(p, &mut record, &machines)?;
     Ok(machines)
+}
+
+/// The part of stage "machines" before the provider makes anything: its preflight (a
+/// refusal leaves no trace of a new cluster), then the record, so `destroy` can find
+/// whatever comes next. For commands that have the provider make several clusters at once.
+pub async fn prepare_machines(
+    p: &CreatePlan,
+    provider: &dyn Provider,
+    plan: &ClusterPlan,
+) -> Result<ClusterRecord> {
+    if let Err(e) = provider.preflight(plan).await {
+        if p.new_cluster() {
+            p.dir.remove()?;
+        }
+        return Err(e.into());
+    }
+    let record = record_of(p);
+    p.dir.save(&record)?;
+    Ok(record)
+}
+
+/// The part after: the record keeps the machines as the provider reported them.
+pub fn keep_machines(
+    p: &CreatePlan,
+    record: &mut ClusterRecord,
+    machines: &[Machine],
+) -> Result<()> {
+    record.last_seen = machines.to_vec();
+    p.dir.save(record)
 }
 
 /// Stage "ssh config": the cluster's `known_hosts` and the managed `~/.ssh/config` block.
@@ -638,7 +658,7 @@ pub fn report(out: &Output, p: &CreatePlan, c: &Created) {
     println!("  swarmup destroy {name}");
 }
 
-fn swarm_node_binary(flag: Option<&Path>) -> Result<PathBuf> {
+pub fn swarm_node_binary(flag: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = flag {
         if p.is_file() {
             return Ok(p.to_path_buf());
@@ -715,6 +735,24 @@ async fn dry_run(
     cluster: &str,
     planned: &[PlannedMachine],
 ) -> Result<()> {
+    let shown = dry_run_plan(provider, cluster, planned).await?;
+    if out.json() {
+        println!("{}", dry_run_json(&shown));
+    } else {
+        println!("{}", dry_run_text(cluster, &shown));
+        for w in &shown.warnings {
+            eprintln!("warning: {w}");
+        }
+    }
+    Ok(())
+}
+
+/// What the provider says of a plan for `cluster`, reading only (see [`dry_run`]).
+pub async fn dry_run_plan(
+    provider: &dyn Provider,
+    cluster: &str,
+    planned: &[PlannedMachine],
+) -> Result<DryRun> {
     let dir = ClusterDir::of(cluster)?;
     let throwaway = keys::generate_host_key(&format!("swarmup-{cluster}"))?;
     let mut pub_path = dir.login_key().into_os_string();
@@ -737,19 +775,10 @@ async fn dry_run(
         login_public_key: login,
         tags: Vec::new(),
     };
-    let shown = provider.dry_run(&plan).await?;
-    if out.json() {
-        println!("{}", dry_run_json(&shown));
-    } else {
-        println!("{}", dry_run_text(cluster, &shown));
-        for w in &shown.warnings {
-            eprintln!("warning: {w}");
-        }
-    }
-    Ok(())
+    Ok(provider.dry_run(&plan).await?)
 }
 
-fn dry_run_json(shown: &DryRun) -> serde_json::Value {
+pub fn dry_run_json(shown: &DryRun) -> serde_json::Value {
     let machines: Vec<_> = shown
         .machines
         .iter()
@@ -763,7 +792,7 @@ fn dry_run_json(shown: &DryRun) -> serde_json::Value {
     serde_json::json!({"dry_run": true, "plan": shown.plan, "machines": machines})
 }
 
-fn dry_run_text(cluster: &str, shown: &DryRun) -> String {
+pub fn dry_run_text(cluster: &str, shown: &DryRun) -> String {
     let mut headers = vec!["MACHINE", "ROLE"];
     headers.extend(shown.columns.iter().map(String::as_str));
     let mut rows: Vec<Vec<String>> = shown

@@ -15,6 +15,7 @@ mod output;
 mod providers;
 mod publish;
 mod records;
+mod workshop;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -80,6 +81,11 @@ enum Command {
     Image {
         #[command(subcommand)]
         command: ImageCommand,
+    },
+    /// Workshops: a swarm per student, handout cards, teardown by tag and expiry.
+    Workshop {
+        #[command(subcommand)]
+        command: workshop::WorkshopCommand,
     },
     /// Print a shell completion script: `swarmup completion bash > /etc/bash_completion.d/swarmup`.
     Completion {
@@ -345,6 +351,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image { command } => match command {
             ImageCommand::Load { name, input } => commands::image_load(&out, &name, input).await,
         },
+        Command::Workshop { command } => workshop::run(&out, command).await,
         Command::Completion { shell } => {
             use clap::CommandFactory;
             let mut command = Cli::command();

@@ -808,6 +808,32 @@ pub async fn adopt_unrecorded(known: &[ClusterRecord]) -> Vec<ClusterRecord> {
     adopted
 }
 
+/// The providers that can list clusters and their tags from this host alone: the lab
+/// (its state is on this host) and every lookout whose credentials are at hand; for
+/// workshops found by their tags (`workshop ls`, `destroy`, `reap`).
+pub fn tag_listers() -> Vec<(&'static str, Result<Arc<dyn Provider>>)> {
+    let mut out = Vec::new();
+    if cfg!(target_os = "linux") {
+        out.push((
+            "lab",
+            build(&ProviderChoice {
+                name: "lab".to_string(),
+                ..Default::default()
+            }),
+        ));
+    }
+    for entry in REGISTRY {
+        if let Some(lookout) = entry.lookout {
+            match lookout() {
+                Ok(Some(p)) => out.push((entry.name, Ok(p))),
+                Ok(None) => {}
+                Err(e) => out.push((entry.name, Err(e))),
+            }
+        }
+    }
+    out
+}
+
 /// For `destroy NAME` without a record: rebuilds it when a provider's lookout sees the
 /// cluster. Whether one did.
 pub async fn adopt(name: &str) -> Result<bool> {

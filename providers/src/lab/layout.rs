@@ -22,6 +22,9 @@ pub mod inside {
     pub const DOCKER_DATA: &str = "/var/lib/docker";
     pub const SSH_HOST_KEY: &str = "/var/lib/swarmup-lab/ssh_host_ed25519_key";
     pub const SSHD_CONFIG: &str = "/run/swarmup-lab/sshd_config";
+    /// sshd drop-ins of the node's own (in its private /var/lib), included at the end of
+    /// [`SSHD_CONFIG`]: bootstrap's workshop student `Match` block goes here.
+    pub const SSHD_DROPIN_DIR: &str = "/var/lib/swarmup-lab/sshd_config.d";
     /// The host's package database, bound read-only so `dpkg -s` answers truthfully.
     pub const DPKG_DIR: &str = "/var/lib/dpkg";
 }
@@ -179,6 +182,10 @@ pub struct ClusterRecord {
     /// Nothing leaves the cluster's subnet (see [`super::offline`]).
     #[serde(default)]
     pub offline: bool,
+    /// The tags the cluster was created with ([`crate::ClusterPlan::tags`]: a workshop's
+    /// name and expiry), so that they are found from this host alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 impl ClusterRecord {
@@ -314,6 +321,7 @@ mod tests {
             nodes: vec![],
             registry: false,
             offline: false,
+            tags: Vec::new(),
         };
         assert_eq!(rec.next_octet(), Some(11));
         for (i, octet) in [11u8, 13].into_iter().enumerate() {

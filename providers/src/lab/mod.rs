@@ -22,6 +22,7 @@
 //!                                  usr-local/, opt/)
 //! ```
 
+pub mod capacity;
 pub mod layout;
 pub mod naming;
 pub mod node;
@@ -845,6 +846,24 @@ impl LabProvider {
         removed
     }
 
+    /// The nodes of `plans` that do not run yet must fit in this host's memory
+    /// ([`capacity`]); a host that cannot say how much it has is not refused.
+    async fn check_capacity(&self, plans: &[ClusterPlan]) -> Result<(), ProviderError> {
+        let Some(available) = capacity::read_mem_available_kib().await else {
+            return Ok(());
+        };
+        let mut new_nodes = 0u64;
+        for plan in plans {
+            let layout = ClusterLayout::new(&self.config.root, &plan.cluster);
+            for m in &plan.machines {
+                if self.alive(&layout.node(&m.name)).await.is_none() {
+                    new_nodes += 1;
+                }
+            }
+        }
+        capacity::check_fit(new_nodes, available).map_err(ProviderError::Prerequisite)
+    }
+
     fn validate_plan(&self, plan: &ClusterPlan) -> Result<(), ProviderError> {
         naming::validate_cluster(&plan.cluster)?;
         let mut seen = BTreeSet::new();
@@ -999,7 +1018,7 @@ impl Provider for LabProvider {
                 self.config.init.program.display()
             )));
         }
-        Ok(())
+        self.check_capacity(std::slice::from_ref(plan)).await
     }
 
     async fn create(
@@ -1027,6 +1046,7 @@ impl Provider for LabProvider {
                     nodes: Vec::new(),
                     registry: false,
                     offline: false,
+                    tags: Vec::new(),
                 };
                 // Written before anything else exists, so the subnet stays reserved.
                 self.write_record(&cluster, &record).await?;
@@ -1046,6 +1066,9 @@ impl Provider for LabProvider {
         }
         record.registry |= self.config.registry;
         record.offline |= self.config.offline;
+        if !plan.tags.is_empty() {
+            record.tags = plan.tags.clone();
+        }
         let registry = record.registry.then(|| registry::address(record.gateway()));
         for m in &plan.machines {
             match record.nodes.iter_mut().find(|n| n.name == m.name) {
@@ -1312,6 +1335,62 @@ impl Provider for LabProvider {
             Err(e) => return Err(io_err(format!("cannot remove {}", layout.dir.display()))(e)),
         }
         Ok(report)
+    }
+
+    /// The plan, and how many lab nodes this host's memory holds.
+    async fn dry_run(&self, plan: &ClusterPlan) -> Result<crate::DryRun, ProviderError> {
+        let mut shown = crate::DryRun::plain(self.name(), plan);
+        if let Some(available) = capacity::read_mem_available_kib().await {
+            shown.details.push((
+                "memory".into(),
+                format!(
+                    "{} more lab nodes fit in {:.1} GiB available (about {} MiB each, {} MiB kept for the host)",
+                    capacity::nodes_that_fit(available),
+                    available as f64 / (1024.0 * 1024.0),
+                    capacity::NODE_MIB,
+                    capacity::HOST_RESERVE_MIB
+                ),
+            ));
+        }
+        Ok(shown)
+    }
+
+    /// Refuses every plan at once when their new nodes together do not fit in this
+    /// host's memory, so that a workshop never ends half made for want of memory.
+    async fn create_many(
+        &self,
+        plans: &[ClusterPlan],
+        progress: &dyn Progress,
+    ) -> Vec<Result<Vec<Machine>, ProviderError>> {
+        if let Err(e) = self.check_capacity(plans).await {
+            let message = e.to_string();
+            return plans
+                .iter()
+                .map(|_| Err(ProviderError::Prerequisite(message.clone())))
+                .collect();
+        }
+        let mut results = Vec::with_capacity(plans.len());
+        for plan in plans {
+            results.push(self.create(plan, progress).await);
+        }
+        results
+    }
+
+    /// The tags kept in each cluster's lab record.
+    async fn cluster_tags(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, Vec<String>>, ProviderError> {
+        let mut out = std::collections::BTreeMap::new();
+        for cluster in self.clusters().await? {
+            let layout = ClusterLayout::new(&self.config.root, &cluster);
+            let tags = match self.read_record(&layout).await {
+                Ok(Some(record)) => record.tags,
+                // A cluster whose record is missing or damaged is still a cluster.
+                _ => Vec::new(),
+            };
+            out.insert(cluster, tags);
+        }
+        Ok(out)
     }
 
     async fn registry(&self, cluster: &str) -> Result<Option<String>, ProviderError> {

@@ -169,8 +169,11 @@ pub(crate) fn sshd_config() -> String {
          UsePAM yes\n\
          PrintMotd no\n\
          AcceptEnv LANG LC_*\n\
-         Subsystem sftp internal-sftp\n",
-        key = inside::SSH_HOST_KEY
+         Subsystem sftp internal-sftp\n\
+         # Last, so that Match blocks there (a workshop student's login) end the file.\n\
+         Include {dropins}/*.conf\n",
+        key = inside::SSH_HOST_KEY,
+        dropins = inside::SSHD_DROPIN_DIR,
     )
 }
 
