@@ -372,6 +372,12 @@ pub async fn prepare_machines(
         }
         return Err(e.into());
     }
+    write_record(p)
+}
+
+/// The record, written before any machine exists, once the preflight has passed
+/// (a workshop's preflight covers all its clusters at once: `Provider::preflight_many`).
+pub fn write_record(p: &CreatePlan) -> Result<ClusterRecord> {
     let record = record_of(p);
     p.dir.save(&record)?;
     Ok(record)
@@ -739,7 +745,7 @@ async fn dry_run(
     if out.json() {
         println!("{}", dry_run_json(&shown));
     } else {
-        println!("{}", dry_run_text(cluster, &shown));
+        println!("{}", dry_run_text(&format!("cluster {cluster}"), &shown));
         for w in &shown.warnings {
             eprintln!("warning: {w}");
         }
@@ -753,6 +759,13 @@ pub async fn dry_run_plan(
     cluster: &str,
     planned: &[PlannedMachine],
 ) -> Result<DryRun> {
+    let plan = throwaway_plan(cluster, planned)?;
+    Ok(provider.dry_run(&plan).await?)
+}
+
+/// A plan for `cluster` to show, not to create: the cluster's login key when it has one,
+/// a throwaway key otherwise, and throwaway host keys.
+pub fn throwaway_plan(cluster: &str, planned: &[PlannedMachine]) -> Result<ClusterPlan> {
     let dir = ClusterDir::of(cluster)?;
     let throwaway = keys::generate_host_key(&format!("swarmup-{cluster}"))?;
     let mut pub_path = dir.login_key().into_os_string();
@@ -775,7 +788,7 @@ pub async fn dry_run_plan(
         login_public_key: login,
         tags: Vec::new(),
     };
-    Ok(provider.dry_run(&plan).await?)
+    Ok(plan)
 }
 
 pub fn dry_run_json(shown: &DryRun) -> serde_json::Value {
@@ -792,7 +805,7 @@ pub fn dry_run_json(shown: &DryRun) -> serde_json::Value {
     serde_json::json!({"dry_run": true, "plan": shown.plan, "machines": machines})
 }
 
-pub fn dry_run_text(cluster: &str, shown: &DryRun) -> String {
+pub fn dry_run_text(what: &str, shown: &DryRun) -> String {
     let mut headers = vec!["MACHINE", "ROLE"];
     headers.extend(shown.columns.iter().map(String::as_str));
     let mut rows: Vec<Vec<String>> = shown
@@ -812,7 +825,7 @@ pub fn dry_run_text(cluster: &str, shown: &DryRun) -> String {
         );
     }
     let mut text = format!(
-        "Plan for cluster {cluster} on {} (dry run: nothing created):\n\n{}\n",
+        "Plan for {what} on {} (dry run: nothing created):\n\n{}\n",
         shown.title,
         table(&headers, &rows)
     );
@@ -999,7 +1012,7 @@ mod tests {
     #[test]
     fn a_plain_dry_run_shows_names_and_roles() {
         let shown = DryRun::plain("lab", &plan(2));
-        let text = dry_run_text("c", &shown);
+        let text = dry_run_text("cluster c", &shown);
         assert!(
             text.starts_with("Plan for cluster c on lab (dry run: nothing created):\n\nMACHINE"),
             "{text}"
@@ -1022,7 +1035,7 @@ mod tests {
             .insert("price_monthly".into(), serde_json::json!(6.0));
         shown.total = Some(vec![String::new(), "$6.00".into()]);
         shown.details = vec![("image".into(), "debian-12-x64".into())];
-        let text = dry_run_text("c", &shown);
+        let text = dry_run_text("cluster c", &shown);
         assert!(text.contains("MACHINE   ROLE      PER MONTH"), "{text}");
         assert!(text.contains("TOTAL"), "{text}");
         assert!(

@@ -842,3 +842,128 @@ fn rollback_on_failure_removes_what_the_run_made() {
     });
     env.assert_nothing_left(name);
 }
+
+/// A workshop of 3 students x 2 nodes on DigitalOcean, every droplet a lab node: the dry
+/// run tells the calls, quota and cost and creates nothing; the create shares one budget
+/// (one workshop firewall, droplets by the workshop tag, polls by that tag); every
+/// student's swarm works; `workshop destroy` from a machine with only the token leaves
+/// nothing.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_workshop_on_digitalocean_shares_one_budget_and_is_destroyed_by_tag() {
+    if !e2e_enabled("a_workshop_on_digitalocean_shares_one_budget_and_is_destroyed_by_tag") {
+        return;
+    }
+    let _serial = serial();
+    let mut env = Env::new(true);
+    env.swarm_node = Some(ensure_swarm_node());
+    let name = "dows";
+    let clusters = ["dows-s01", "dows-s02", "dows-s03"];
+    let base = [
+        "workshop",
+        "create",
+        "--provider",
+        "digitalocean",
+        "--name",
+        name,
+        "--students",
+        "3",
+        "--nodes",
+        "2",
+        "--ttl",
+        "4h",
+    ];
+
+    let mut dry: Vec<&str> = base.to_vec();
+    dry.push("--dry-run");
+    let plan = env.run(&dry).expect_ok();
+    for what in [
+        "api calls",
+        "droplet quota",
+        "fits",
+        "dows-s03-node2",
+        "Cost:",
+    ] {
+        assert!(plan.contains(what), "dry run lacks {what:?}: {plan}");
+    }
+    assert!(
+        env.fake().droplets().is_empty(),
+        "a dry run created droplets"
+    );
+    assert_eq!(count(&env.calls(), "POST", "/v2/droplets"), 0);
+
+    let started = Instant::now();
+    let mut create: Vec<&str> = base.to_vec();
+    create.extend(["--output", "json"]);
+    let report: serde_json::Value =
+        serde_json::from_str(&env.run(&create).expect_ok()).expect("json report");
+    println!(
+        "figure: {name}: workshop create --provider digitalocean 3 x 2: {:.1?}",
+        started.elapsed()
+    );
+    assert_eq!(report["ready"], 3, "{report}");
+
+    // Every droplet carries the workshop and its expiry; one firewall serves them all.
+    let droplets = env.fake().droplets();
+    assert_eq!(droplets.len(), 6, "{droplets:?}");
+    for d in &droplets {
+        let tags = &d.tags;
+        assert!(
+            tags.contains(&format!("swarmup-workshop:{name}")),
+            "{tags:?}"
+        );
+        assert!(
+            tags.iter().any(|t| t.starts_with("swarmup-expires:")),
+            "{tags:?}"
+        );
+    }
+    assert_eq!(
+        env.fake().firewalls().len(),
+        1,
+        "{:?}",
+        env.fake().firewalls()
+    );
+    let calls = env.calls();
+    let per_cluster_polls = calls
+        .iter()
+        .filter(|c| c.method == "GET" && c.path == "/v2/droplets")
+        .filter(|c| {
+            c.query.as_deref().is_some_and(|q| {
+                q.contains("tag_name=swarmup%3Adows-s") || q.contains("tag_name=swarmup:dows-s")
+            })
+        })
+        .count();
+    println!(
+        "figure: {name}: api calls for the workshop: {} ({} polls by a cluster's tag)",
+        calls.len(),
+        per_cluster_polls
+    );
+
+    for cluster in clusters {
+        let ls = env.run(&["node", "ls", "--cluster", cluster]).expect_ok();
+        assert_eq!(ls.matches("Ready").count(), 2, "{cluster}: {ls}");
+    }
+    let status = env.run(&["workshop", "status", name]).expect_ok();
+    assert_eq!(status.matches("2/2").count(), 3, "{status}");
+    let exec = env
+        .run(&["workshop", "exec", name, "--", "true"])
+        .expect_ok();
+    assert!(exec.contains("6 of 6"), "{exec}");
+
+    // Another machine with only the token: the workshop is found and destroyed by tag.
+    env.other_home("home-elsewhere");
+    let ls = env.run(&["workshop", "ls"]).expect_ok();
+    assert!(ls.contains(name), "{ls}");
+    env.run(&[
+        "workshop",
+        "destroy",
+        name,
+        "--yes",
+        "--provider",
+        "digitalocean",
+    ])
+    .expect_ok();
+    for cluster in clusters {
+        env.assert_nothing_left(cluster);
+    }
+}

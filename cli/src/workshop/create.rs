@@ -158,7 +158,8 @@ fn cluster_args(r: &WorkshopRecord, cluster: &str, binary: Option<PathBuf>) -> C
 struct Job {
     plan: CreatePlan,
     cluster_plan: ClusterPlan,
-    record: crate::records::ClusterRecord,
+    /// Written once the whole workshop's preflight has passed.
+    record: Option<crate::records::ClusterRecord>,
 }
 
 /// Makes the clusters `todo` of the workshop: plans, keys and records for all, machines
@@ -196,23 +197,26 @@ async fn run_clusters(
         for cluster in todo {
             let args = cluster_args(record, cluster, Some(binary.clone()));
             let p = cluster_create::plan(cluster_create::validate(args)?);
-            let provider = match &provider {
-                Some(p) => p.clone(),
-                None => {
-                    let built = providers::build_for_create(&p.choice)?;
-                    provider = Some(built.clone());
-                    built
-                }
-            };
+            // One provider for the whole workshop: on DigitalOcean one client, one budget.
+            if provider.is_none() {
+                provider = Some(providers::build_for_create(&p.choice)?);
+            }
             let mut cluster_plan = cluster_create::keys(&p).await?;
             cluster_plan.tags = tags.clone();
-            let cluster_record =
-                cluster_create::prepare_machines(&p, provider.as_ref(), &cluster_plan).await?;
             jobs.push(Job {
                 plan: p,
                 cluster_plan,
-                record: cluster_record,
+                record: None,
             });
+        }
+        // One preflight for the whole workshop: its quota is the sum of its clusters',
+        // and on DigitalOcean each per-cluster check would spend calls of the budget.
+        if let Some(provider) = &provider {
+            let plans: Vec<ClusterPlan> = jobs.iter().map(|j| j.cluster_plan.clone()).collect();
+            provider.preflight_many(&plans).await?;
+        }
+        for job in &mut jobs {
+            job.record = Some(cluster_create::write_record(&job.plan)?);
         }
         anyhow::Ok(())
     }
@@ -237,8 +241,12 @@ async fn run_clusters(
     for (mut job, result) in jobs.into_iter().zip(results) {
         let cluster = job.plan.name.clone();
         let outcome = match result {
-            Ok(machines) => cluster_create::keep_machines(&job.plan, &mut job.record, &machines)
-                .map(|()| machines),
+            Ok(machines) => match job.record.as_mut() {
+                Some(r) => {
+                    cluster_create::keep_machines(&job.plan, r, &machines).map(|()| machines)
+                }
+                None => Err(anyhow::anyhow!("the cluster's record was not written")),
+            },
             Err(e) => Err(anyhow::anyhow!("creating machines failed: {e}")),
         };
         match outcome {
@@ -480,11 +488,21 @@ fn report(out: &Output, record: &WorkshopRecord, todo: &[String], seconds: f64) 
 /// one cluster, scaled by their number where it has prices.
 async fn dry_run(out: &Output, record: &WorkshopRecord) -> Result<()> {
     let provider = workshop_provider(record)?;
-    let first = &record.clusters[0].cluster;
-    let planned = cluster_create::plan_machines(first, record.nodes, record.managers);
-    let shown = cluster_create::dry_run_plan(provider.as_ref(), first, &planned).await?;
+    let tags = vec![workshop_tag(&record.name), expires_tag(record.expires)];
+    let mut plans = Vec::with_capacity(record.clusters.len());
+    for c in &record.clusters {
+        let planned = cluster_create::plan_machines(&c.cluster, record.nodes, record.managers);
+        let mut plan = cluster_create::throwaway_plan(&c.cluster, &planned)?;
+        plan.tags = tags.clone();
+        plans.push(plan);
+    }
+    // The provider's plan of the whole workshop: on DigitalOcean the API calls it will
+    // make, the droplet quota and the cost, which no single cluster's plan can tell.
+    let shown = provider
+        .dry_run_many(&plans, std::time::Duration::from_secs(record.ttl_seconds))
+        .await?;
     let count = record.clusters.len();
-    let hourly: Option<f64> = hourly_of(&shown).map(|h| h * count as f64);
+    let hourly: Option<f64> = hourly_of(&shown);
     let hours = record.ttl_seconds as f64 / 3600.0;
     if out.json() {
         let clusters: Vec<_> = record
@@ -566,8 +584,8 @@ async fn dry_run(out: &Output, record: &WorkshopRecord) -> Result<()> {
         );
     }
     println!(
-        "\nEach cluster, as the provider plans it:\n\n{}",
-        cluster_create::dry_run_text(first, &shown)
+        "\nAs the provider plans it:\n\n{}",
+        cluster_create::dry_run_text(&format!("workshop {}", record.name), &shown)
     );
     for w in &shown.warnings {
         eprintln!("warning: {w}");

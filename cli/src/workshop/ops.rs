@@ -419,7 +419,17 @@ async fn destroy_workshop(
     listers: &[(String, Arc<dyn Provider>)],
 ) -> Result<Vec<String>> {
     let mut removed = Vec::new();
+    // The clusters found by tag lose their SSH config blocks too, even when this machine
+    // has no record of them (the managed block may be shared with the machine that made them).
+    let mut tagged: BTreeSet<String> = BTreeSet::new();
     for (pname, provider) in listers {
+        if let Ok(map) = provider.cluster_tags().await {
+            tagged.extend(
+                map.into_iter()
+                    .filter(|(_, tags)| workshop_of(tags) == Some(name))
+                    .map(|(cluster, _)| cluster),
+            );
+        }
         let report = provider
             .destroy_tagged(&workshop_tag(name))
             .await
@@ -429,6 +439,7 @@ async fn destroy_workshop(
     let mut local: BTreeSet<String> = record
         .map(|r| r.clusters.iter().map(|c| c.cluster.clone()).collect())
         .unwrap_or_default();
+    local.extend(tagged);
     for r in crate::records::all()? {
         if is_workshop_cluster(name, &r.name) {
             local.insert(r.name);
