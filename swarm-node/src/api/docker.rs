@@ -13,7 +13,8 @@ use serde::Deserialize;
 use swarm_pki::Peer;
 use swarm_state::models::{
     self, JoinTokens, Node, NodeSpec, NodeSpecRoleEnum, NodeState, Reachability, Service,
-    ServiceServiceStatus, ServiceSpec, Swarm, SwarmInfo, SystemInfo, SystemVersion, TaskState,
+    ServiceServiceStatus, ServiceSpec, Swarm, SwarmInfo, SystemInfo, SystemVersion, Task,
+    TaskState,
 };
 use swarm_state::{
     desired_of, ids::raft_id, node_hostname, node_role, node_state, state_of, ClusterState, Command,
@@ -873,8 +874,12 @@ pub fn validate_service_spec(spec: &ServiceSpec) -> ApiResult<()> {
     Ok(())
 }
 
-fn service_status(state: &ClusterState, service: &Service) -> ServiceServiceStatus {
-    let id = service.id.clone().unwrap_or_default();
+/// `ServiceStatus` of `service`, whose tasks are `tasks`.
+fn service_status<'a>(
+    state: &ClusterState,
+    service: &Service,
+    tasks: impl Iterator<Item = &'a Task>,
+) -> ServiceServiceStatus {
     let mode = service
         .spec
         .as_ref()
@@ -883,7 +888,7 @@ fn service_status(state: &ClusterState, service: &Service) -> ServiceServiceStat
     let mut running = 0u64;
     let mut active = 0u64;
     let mut completed = 0u64;
-    for task in state.tasks_of_service(&id) {
+    for task in tasks {
         let node_up = task
             .node_id
             .as_ref()
@@ -942,6 +947,15 @@ async fn list_services(
     filters.accept(&["id", "label", "mode", "name"])?;
     let with_status = bool_param("status", q.status.as_deref())?;
     let state = manager.read();
+    // Each service's tasks, gathered in one look at every task rather than one per service.
+    let mut by_service: HashMap<&str, Vec<&Task>> = HashMap::new();
+    if with_status {
+        for task in state.tasks.values() {
+            if let Some(service) = task.service_id.as_deref() {
+                by_service.entry(service).or_default().push(task);
+            }
+        }
+    }
     let services = state
         .services
         .iter()
@@ -956,10 +970,11 @@ async fn list_services(
                 && filters.matches("mode", |v| (v == "global") == global)
                 && filters.labels_match("label", spec.and_then(|s| s.labels.as_ref()))
         })
-        .map(|(_, s)| {
+        .map(|(id, s)| {
             let mut view = service_view(&state, s.clone());
             if with_status {
-                view.service.service_status = Some(service_status(&state, &view.service));
+                let tasks = by_service.get(id.as_str()).into_iter().flatten().copied();
+                view.service.service_status = Some(service_status(&state, &view.service, tasks));
             }
             view
         })

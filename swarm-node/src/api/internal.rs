@@ -267,17 +267,22 @@ pub struct AssignmentsQuery {
     since: u64,
 }
 
-/// A node's tasks with their version, which grows with every change to them (so a
-/// lagging manager's answer is recognisably older).
-fn assignments_of(state: &ClusterState, node_id: &str) -> Assignments {
-    let tasks: Vec<_> = state.tasks_on_node(node_id).cloned().collect();
-    // Zero means "nothing yet" to the worker: a node without tasks is at version 1.
-    let index = state
+/// The version of a node's assignments. Zero means "nothing yet" to the worker: a node
+/// without tasks is at version 1.
+fn assignments_version(state: &ClusterState, node_id: &str) -> u64 {
+    state
         .assignment_versions
         .get(node_id)
         .copied()
         .unwrap_or(0)
-        .max(1);
+        .max(1)
+}
+
+/// A node's tasks with their version, which grows with every change to them (so a
+/// lagging manager's answer is recognisably older).
+fn assignments_of(state: &ClusterState, node_id: &str) -> Assignments {
+    let tasks: Vec<_> = state.tasks_on_node(node_id).cloned().collect();
+    let index = assignments_version(state, node_id);
     let host_ports = tasks
         .iter()
         .filter_map(|t| {
@@ -308,18 +313,23 @@ async fn assignments(
     let mut rx = manager.raft.subscribe();
     let deadline = tokio::time::Instant::now() + LONG_POLL;
     loop {
+        // Every commit wakes every node's long poll: the version alone says whether this
+        // node's tasks changed, and the tasks are gathered only then. No state is held
+        // while waiting, since a state still held makes the next commit copy it whole.
         let state = rx.borrow_and_update().clone();
-        let current = assignments_of(&state, &q.node);
-        if current.index > q.since {
-            return Ok(Json(current));
+        if assignments_version(&state, &q.node) > q.since {
+            return Ok(Json(assignments_of(&state, &q.node)));
         }
+        drop(state);
         tokio::select! {
             changed = rx.changed() => {
                 if changed.is_err() {
-                    return Ok(Json(current));
+                    return Ok(Json(assignments_of(&manager.read(), &q.node)));
                 }
             }
-            _ = tokio::time::sleep_until(deadline) => return Ok(Json(current)),
+            _ = tokio::time::sleep_until(deadline) => {
+                return Ok(Json(assignments_of(&manager.read(), &q.node)));
+            }
         }
     }
 }
@@ -363,9 +373,12 @@ async fn netmap(
     // What the caller has, once this manager has reached the caller's version.
     let mut baseline: Option<NetMap> = None;
     loop {
-        let state = rx.borrow_and_update().clone();
-        let current = netmap_for_node(&state, &q.node);
-        match netmap_step(q.since, state.last_index, baseline.as_ref(), &current) {
+        // Not held while waiting: a state still held makes the next commit copy it whole.
+        let (current, last_index) = {
+            let state = rx.borrow_and_update().clone();
+            (netmap_for_node(&state, &q.node), state.last_index)
+        };
+        match netmap_step(q.since, last_index, baseline.as_ref(), &current) {
             NetmapStep::Answer => return Ok(Json(current)),
             NetmapStep::Baseline => baseline = Some(current.clone()),
             NetmapStep::Wait => {}

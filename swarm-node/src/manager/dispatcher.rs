@@ -111,6 +111,11 @@ impl Dispatcher {
         yes
     }
 
+    /// How many nodes this manager has heard from since it became the leader.
+    pub fn seen_count(&self) -> usize {
+        self.last_seen.lock().expect("dispatcher lock").len()
+    }
+
     pub fn control_addr(&self, node_id: &str) -> Option<String> {
         self.addrs
             .lock()

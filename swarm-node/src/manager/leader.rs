@@ -64,33 +64,45 @@ pub async fn run(manager: Arc<Manager>, mut shutdown: watch::Receiver<bool>) {
 }
 
 /// One reconcile pass. Returns how long to sleep at most.
+///
+/// The state is read into a local and dropped before anything is proposed: a state still
+/// held when a commit applies makes Raft copy it whole (copy on write).
 async fn pass(manager: &Arc<Manager>, promotions: &Arc<Mutex<HashSet<u64>>>) -> Duration {
-    let state = manager.read();
     let mut wake = TICK;
 
-    for id in manager.dispatcher.expired(&state, Instant::now()) {
-        let addr = state.nodes[&id]
-            .status
-            .as_ref()
-            .and_then(|s| s.addr.clone());
-        let command = Command::SetNodeStatus {
-            id: id.clone(),
-            status: NodeStatus {
-                state: Some(NodeState::DOWN),
-                message: Some("heartbeat failure".into()),
-                addr,
-            },
-            description: None,
-            at: manager.now(),
-        };
+    let down: Vec<(String, Command)> = {
+        let state = manager.read();
+        manager
+            .dispatcher
+            .expired(&state, Instant::now())
+            .into_iter()
+            .map(|id| {
+                let addr = state.nodes[&id]
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.addr.clone());
+                let command = Command::SetNodeStatus {
+                    id: id.clone(),
+                    status: NodeStatus {
+                        state: Some(NodeState::DOWN),
+                        message: Some("heartbeat failure".into()),
+                        addr,
+                    },
+                    description: None,
+                    at: manager.now(),
+                };
+                (id, command)
+            })
+            .collect()
+    };
+    for (id, command) in down {
         tracing::warn!(node_id = %id, "node missed its heartbeats: marking it down");
         if let Err(e) = manager.propose(command).await {
             tracing::warn!(error = %e, "could not mark node down");
         }
     }
 
-    let state = manager.read();
-    let plan = orchestrator::reconcile(&state, manager.clock.now(), &mut Manager::new_id);
+    let plan = orchestrator::reconcile(&manager.read(), manager.clock.now(), &mut Manager::new_id);
     if let Some(after) = plan.wake_after {
         wake = wake.min(after + Duration::from_millis(1));
     }
@@ -101,7 +113,8 @@ async fn pass(manager: &Arc<Manager>, promotions: &Arc<Mutex<HashSet<u64>>>) -> 
     }
 
     // Addresses for what the orchestrator just created, before workers may start it.
-    if let Some(allocation) = allocator::allocate(&manager.read()) {
+    let allocation = allocator::allocate(&manager.read());
+    if let Some(allocation) = allocation {
         for allocation in split_allocation(allocation) {
             let command = Command::Allocate {
                 allocation: Box::new(allocation),

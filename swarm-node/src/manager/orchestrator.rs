@@ -22,7 +22,7 @@
 //!   `UpdateStatus` then says; `completed` once every slot runs the template for a
 //!   monitor window. The decisions are [`Command::SetUpdateStatus`], through Raft.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use swarm_state::models::{
@@ -168,9 +168,11 @@ struct Update {
 
 /// The service's update state, and the failure decision if new tasks failed: a pure
 /// function of the service, its tasks and the time.
+#[allow(clippy::too_many_arguments)]
 fn update_decision(
     state: &ClusterState,
     service_id: &str,
+    service_tasks: &[&Task],
     service: &Service,
     template: &TaskSpec,
     slots: usize,
@@ -198,8 +200,8 @@ fn update_decision(
     let started = status
         .and_then(|s| s.started_at.as_deref())
         .and_then(parse_rfc3339);
-    let in_flight = state
-        .tasks_of_service(service_id)
+    let in_flight = service_tasks
+        .iter()
         .filter(|t| {
             scheduler::is_active(t)
                 && t.spec.as_ref() == Some(template)
@@ -218,8 +220,9 @@ fn update_decision(
     }
     // New tasks that failed within their monitor window since the update started.
     let window = policy.monitor + START_ALLOWANCE;
-    let failed: Vec<&Task> = state
-        .tasks_of_service(service_id)
+    let failed: Vec<&Task> = service_tasks
+        .iter()
+        .copied()
         .filter(|t| t.spec.as_ref() == Some(template))
         .filter(|t| matches!(state_of(t), TaskState::FAILED | TaskState::REJECTED))
         .filter(|t| {
@@ -303,6 +306,7 @@ pub fn reconcile(
         at: rfc3339(now),
         new_id,
         load: Load::from_state(state).with_failures_at(state, now),
+        by_service: tasks_by_service(state),
         put: BTreeMap::new(),
         remove: Vec::new(),
         wake_after: None,
@@ -356,6 +360,9 @@ struct Pass<'a> {
     at: String,
     new_id: &'a mut dyn FnMut() -> String,
     load: Load,
+    /// Each service's tasks, in id order: grouped once per pass rather than found by a
+    /// scan of every task for each service.
+    by_service: HashMap<&'a str, Vec<&'a Task>>,
     /// Tasks to write, by id.
     put: BTreeMap<String, Task>,
     /// Tasks to delete.
@@ -364,6 +371,17 @@ struct Pass<'a> {
     wake_after: Option<Duration>,
     /// Update-status decisions, proposed before the tasks.
     status_out: Vec<Command>,
+}
+
+/// Every task grouped by its service, each group in id order.
+fn tasks_by_service(state: &ClusterState) -> HashMap<&str, Vec<&Task>> {
+    let mut by_service: HashMap<&str, Vec<&Task>> = HashMap::new();
+    for task in state.tasks.values() {
+        if let Some(service) = task.service_id.as_deref() {
+            by_service.entry(service).or_default().push(task);
+        }
+    }
+    by_service
 }
 
 /// The most tasks one `PutTasks` or `RemoveTasks` entry carries.
@@ -490,12 +508,17 @@ fn reconcile_service(pass: &mut Pass<'_>, service_id: &str, service: &Service) {
     let Pass {
         new_id,
         load,
+        by_service,
         put,
         remove,
         wake_after,
         status_out,
         ..
     } = pass;
+    let service_tasks: &[&Task] = by_service
+        .get(service_id)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     let new_id: &mut dyn FnMut() -> String = &mut **new_id;
     let spec = service.spec.clone().unwrap_or_default();
     // The template with the ingress network added when the service publishes ports.
@@ -524,14 +547,14 @@ fn reconcile_service(pass: &mut Pass<'_>, service_id: &str, service: &Service) {
         .filter(|m| *m > 0)
         .map(|m| m as usize)
         .unwrap_or(usize::MAX);
-    let mut job_running = state
-        .tasks_of_service(service_id)
+    let mut job_running = service_tasks
+        .iter()
         .filter(|t| scheduler::is_active(t) && !is_terminal(state_of(t)))
         .count();
 
     // Group the service's tasks: by slot (replicated) or by node (global).
     let mut groups: BTreeMap<String, Vec<&Task>> = BTreeMap::new();
-    for task in state.tasks_of_service(service_id) {
+    for &task in service_tasks {
         let key = if global {
             task.node_id.clone().unwrap_or_default()
         } else {
@@ -573,8 +596,16 @@ fn reconcile_service(pass: &mut Pass<'_>, service_id: &str, service: &Service) {
     // Rolling updates: tasks whose spec is not the service's current template are
     // replaced `parallelism` slots at a time (0 means all); a slot is in flight while its
     // new task has not run for `delay` yet. Failures decide pause or rollback.
-    let (mut update, decision) =
-        update_decision(state, service_id, service, &template, wanted.len(), now, at);
+    let (mut update, decision) = update_decision(
+        state,
+        service_id,
+        service_tasks,
+        service,
+        &template,
+        wanted.len(),
+        now,
+        at,
+    );
     if job {
         // A job runs the spec it was created with to the end.
         update.held = true;

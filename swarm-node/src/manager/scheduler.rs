@@ -9,7 +9,9 @@
 //! goes after all others, as in SwarmKit. Pure: the orchestrator calls it with the state,
 //! the time (through [`Load::with_failures_at`]) and the tasks it is about to create.
 
-use std::collections::{HashMap, HashSet};
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -26,7 +28,8 @@ use swarm_state::{
 #[derive(Debug, Default)]
 pub struct Load {
     per_node: HashMap<String, usize>,
-    per_service_node: HashMap<(String, String), usize>,
+    /// Active tasks per service, then per node: looked up by `&str` without building keys.
+    per_service_node: HashMap<String, HashMap<String, usize>>,
     /// The host-mode published ports (not 0) of each service.
     service_host_ports: HashMap<String, Vec<PortKey>>,
     /// The host-mode ports bound (or about to be) on each node.
@@ -37,6 +40,22 @@ pub struct Load {
     node_reserved: HashMap<String, Reservation>,
     /// How many of each service's tasks failed on each node lately (service, node).
     recent_failures: HashMap<(String, String), usize>,
+    /// Per service, its candidate nodes in placement order (see [`Queue`]); dropped
+    /// whenever a count goes down.
+    queues: RefCell<HashMap<String, Queue>>,
+}
+
+/// The nodes that pass a service's fixed filters (ready, active, constraints), as a heap
+/// ordered like [`place`]'s ranking: not faulty, fewest tasks of the service, fewest
+/// tasks, node id. Placing a task only ever raises counts, so an entry's key can only be
+/// too low: the smallest entry is re-ranked when popped and is the best node once its
+/// key is current. The filters that depend on load (resources, replicas per node, host
+/// ports) only ever turn a node away as counts rise, so a node they refuse is dropped.
+/// Picking a node is then a few heap operations instead of a look at every node.
+#[derive(Debug, Default)]
+struct Queue {
+    constraints: Vec<String>,
+    heap: BinaryHeap<Reverse<(bool, usize, usize, String)>>,
 }
 
 /// A node where this many of a service's tasks failed within [`FAILURE_WINDOW`] is
@@ -221,7 +240,9 @@ impl Load {
         *self.per_node.entry(node.to_string()).or_default() += 1;
         *self
             .per_service_node
-            .entry((service.to_string(), node.to_string()))
+            .entry(service.to_string())
+            .or_default()
+            .entry(node.to_string())
             .or_default() += 1;
         if let Some(ports) = self.service_host_ports.get(service) {
             self.node_host_ports
@@ -250,16 +271,68 @@ impl Load {
         }
         if let Some(n) = self
             .per_service_node
-            .get_mut(&(service.to_string(), node.to_string()))
+            .get_mut(service)
+            .and_then(|nodes| nodes.get_mut(node))
         {
             *n = n.saturating_sub(1);
         }
+        // Counts went down: the queues' keys may now be too high.
+        self.queues.get_mut().clear();
         self.release_host_ports(service, node);
         if let Some(r) = self.service_reservation.get(service).copied() {
             if let Some(entry) = self.node_reserved.get_mut(node) {
                 *entry = entry.minus(r);
             }
         }
+    }
+
+    /// The best node for a task of `service` by the load alone (no spread preferences),
+    /// through the service's [`Queue`]; `None` when no node fits.
+    fn best_by_load(
+        &self,
+        state: &ClusterState,
+        service: &str,
+        constraints: &[String],
+        fits: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let mut queues = self.queues.borrow_mut();
+        let stale = queues
+            .get(service)
+            .is_none_or(|q| q.constraints != constraints);
+        if stale {
+            let heap = state
+                .nodes
+                .iter()
+                .filter(|(id, node)| {
+                    is_eligible(node) && constraints.iter().all(|c| constraint_holds(c, id, node))
+                })
+                .map(|(id, _)| {
+                    let (mine, all) = self.of(service, id);
+                    Reverse((self.faulty(service, id), mine, all, id.clone()))
+                })
+                .collect();
+            queues.insert(
+                service.to_string(),
+                Queue {
+                    constraints: constraints.to_vec(),
+                    heap,
+                },
+            );
+        }
+        let queue = queues.get_mut(service)?;
+        while let Some(Reverse((faulty, mine, all, id))) = queue.heap.pop() {
+            let (now_mine, now_all) = self.of(service, &id);
+            if (now_mine, now_all) != (mine, all) {
+                queue.heap.push(Reverse((faulty, now_mine, now_all, id)));
+                continue;
+            }
+            if !fits(&id) {
+                continue;
+            }
+            queue.heap.push(Reverse((faulty, mine, all, id.clone())));
+            return Some(id);
+        }
+        None
     }
 
     fn release_host_ports(&mut self, service: &str, node: &str) {
@@ -276,7 +349,8 @@ impl Load {
     fn of(&self, service: &str, node: &str) -> (usize, usize) {
         (
             self.per_service_node
-                .get(&(service.to_string(), node.to_string()))
+                .get(service)
+                .and_then(|nodes| nodes.get(node))
                 .copied()
                 .unwrap_or(0),
             self.per_node.get(node).copied().unwrap_or(0),
@@ -317,6 +391,21 @@ pub fn place(
         .map(|m| m as usize);
     let spread = spread_descriptors(spec);
     let want = Reservation::of_spec(spec);
+    // The filters that depend on the load, in the order below.
+    let fits = |id: &str, node: &Node| {
+        (want.is_zero() || Reservation::fits(Reservation::of_node(node), load.reserved(id), want))
+            && max_replicas.is_none_or(|max| load.of(service_id, id).0 < max)
+            && load.host_ports_free(service_id, id)
+    };
+    if spread.is_empty() {
+        let best = load.best_by_load(state, service_id, &constraints, |id| {
+            state.nodes.get(id).is_some_and(|node| fits(id, node))
+        });
+        if let Some(id) = best {
+            return Ok(id);
+        }
+        // No node fits: the scan below says why.
+    }
     // Nodes ruled out by each filter, in SwarmKit's order, for the explanation.
     let (mut by_constraints, mut by_resources, mut by_max_replicas, mut by_host_ports) =
         (0, 0, 0, 0);
@@ -694,6 +783,31 @@ mod tests {
         }
         placed.sort();
         assert_eq!(placed, vec!["a", "a", "b", "b"]);
+    }
+
+    /// The queue that makes placements fast picks what a look at every node would: the
+    /// fewest tasks of the service, then the fewest overall, then the node id, also when
+    /// other services add tasks meanwhile and after a task is removed.
+    #[test]
+    fn placement_order_survives_adds_by_others_and_removals() {
+        let s = state(vec![
+            node("a", NodeSpecRoleEnum::WORKER, true),
+            node("b", NodeSpecRoleEnum::WORKER, true),
+            node("c", NodeSpecRoleEnum::WORKER, true),
+        ]);
+        let mut load = Load::from_state(&s);
+        let spec = TaskSpec::default();
+        assert_eq!(place(&s, &load, "web", &spec), Ok("a".into()));
+        load.add("web", "a");
+        // Another service fills b: web's next task goes to c, the least loaded.
+        load.add("api", "b");
+        assert_eq!(place(&s, &load, "web", &spec), Ok("c".into()));
+        load.add("web", "c");
+        assert_eq!(place(&s, &load, "web", &spec), Ok("b".into()));
+        load.add("web", "b");
+        // a's task is retired: a is first again.
+        load.remove("web", "a");
+        assert_eq!(place(&s, &load, "web", &spec), Ok("a".into()));
     }
 
     #[test]

@@ -268,16 +268,29 @@ impl Shared {
         Ok(resp.json().await?)
     }
 
-    /// The pause after the `failures`-th failure in a row: the next manager is tried at
-    /// once, a full round of failures backs off.
+    /// The pause after the `failures`-th failure in a row: the next manager is tried
+    /// soon, a full round of failures backs off. Jittered (see [`retry_jitter`]).
     fn retry_delay(&self, failures: u32) -> Duration {
-        let n = self.managers.len().max(1) as u32;
-        if failures.rem_euclid(n) != 0 {
-            return Duration::from_millis(50);
-        }
-        let rounds = (failures / n).min(6);
-        (Duration::from_millis(100) * 2u32.pow(rounds)).min(MAX_BACKOFF)
+        retry_jitter(retry_base(self.managers.len(), failures))
     }
+}
+
+/// The pause before retrying after the `failures`-th failure in a row with `managers`
+/// managers known, before jitter.
+fn retry_base(managers: usize, failures: u32) -> Duration {
+    let n = managers.max(1) as u32;
+    if failures.rem_euclid(n) != 0 {
+        return Duration::from_millis(50);
+    }
+    let rounds = (failures / n).min(6);
+    (Duration::from_millis(100) * 2u32.pow(rounds)).min(MAX_BACKOFF)
+}
+
+/// Half to all of `base`, at random: when a manager fails, every node loses it at the
+/// same moment, and retries without jitter would reach the next manager in waves of
+/// thousands (a thundering herd).
+fn retry_jitter(base: Duration) -> Duration {
+    base.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
 }
 
 fn jittered(period: Duration) -> Duration {
@@ -520,6 +533,19 @@ mod tests {
         for _ in 0..100 {
             let d = jittered(Duration::from_secs(5));
             assert!(d >= Duration::from_millis(4500) && d <= Duration::from_millis(5500));
+        }
+    }
+
+    #[test]
+    fn retries_back_off_with_jitter() {
+        assert_eq!(retry_base(3, 1), Duration::from_millis(50));
+        assert_eq!(retry_base(3, 3), Duration::from_millis(200));
+        assert_eq!(retry_base(3, 300), MAX_BACKOFF);
+        let delays: std::collections::BTreeSet<Duration> =
+            (0..50).map(|_| retry_jitter(MAX_BACKOFF)).collect();
+        assert!(delays.len() > 1, "retries are spread: {delays:?}");
+        for d in delays {
+            assert!(d >= MAX_BACKOFF / 2 && d <= MAX_BACKOFF, "{d:?}");
         }
     }
 

@@ -66,6 +66,8 @@ struct State {
     start_error: Option<String>,
     unavailable: bool,
     no_events: bool,
+    /// How long a start takes before the container runs (an image's entrypoint coming up).
+    start_delay: Duration,
 }
 
 /// The fake engine. Rules it enforces, so tests catch a misbehaving executor:
@@ -118,6 +120,12 @@ impl FakeRuntime {
     /// Makes every call fail as if the engine were down.
     pub fn set_unavailable(&self, unavailable: bool) {
         self.lock().unavailable = unavailable;
+    }
+
+    /// Makes every start take this long before the container runs, as a real engine's
+    /// starts do: the scale harness uses it so tasks reach Running after a delay.
+    pub fn set_start_delay(&self, delay: Duration) {
+        self.lock().start_delay = delay;
     }
 
     /// Refuses event subscriptions, as if events were lost: only resyncs see changes.
@@ -310,6 +318,10 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn start(&self, container_id: &str) -> Result<(), RuntimeError> {
+        let delay = self.lock().start_delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let mut st = self.lock();
         self.check(&st)?;
         st.calls.push(Call::Start(container_id.to_string()));

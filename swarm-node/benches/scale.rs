@@ -1,0 +1,500 @@
+//! swarm-node at scale: three real managers (Raft, mutual TLS on loopback) and N real
+//! worker agents on fake container engines, in this one process (see
+//! `tests/support/scale.rs`). Not a test: it prints one figure per line and asserts
+//! nothing. Needs neither root nor Docker.
+//!
+//!     cargo bench -p swarm-node --bench scale
+//!
+//! Settings (environment):
+//! - `SCALE_NODES` (`10,100,1000`): worker counts, one swarm each;
+//! - `SCALE_SHAPES` (`1x1000,100x1000,1x100000`): services × replicas, created in turn
+//!   on each swarm (each removed before the next);
+//! - `SCALE_MAX_TASKS` (`100000`): shapes with more tasks than this are skipped;
+//! - `SCALE_START_MS` (`100`): how long each fake container start takes;
+//! - `SCALE_HEARTBEAT_MS` (`5000`): the swarm's heartbeat period;
+//! - `SCALE_IDLE_SECS` (`10`): how long steady state is measured;
+//! - `SCALE_TIMEOUT_SECS` (`300`): the longest wait for one shape to run;
+//! - `SCALE_PARTS` (`sched,cluster`): `sched` is the scheduler micro-benchmark alone,
+//!   `cluster` the swarms.
+//!
+//! Figures (name=value per line, prefixed with the swarm's size):
+//! placement and Running times per shape, the leader's CPU time and the process's RSS,
+//! the leader's bytes written per task (its journal), API p50/p99 while the shape
+//! converges, a lost node's tasks running elsewhere, and leader failover with every
+//! node reconnecting. The leader's CPU time is that of its own runtime's threads, its
+//! writes the growth of its Raft directory; RSS is the whole process (three managers and every agent): one
+//! manager's share of it is estimated by the scheduler part, which applies a plan to a
+//! fresh state and reads the growth of RSS (`state_rss_mib`).
+
+#[path = "../tests/support/scale.rs"]
+mod scale;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use scale::*;
+use swarm_state::models::{
+    Node, NodeDescription, NodeSpec, NodeSpecAvailabilityEnum, NodeSpecRoleEnum, NodeState,
+    NodeStatus, Service, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, TaskSpec,
+    TaskSpecContainerSpec,
+};
+use swarm_state::ClusterState;
+
+fn env_list(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64())
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Shapes as (services, replicas each).
+fn shapes() -> Vec<(usize, u64)> {
+    env_list("SCALE_SHAPES", "1x1000,100x1000,1x100000")
+        .iter()
+        .filter_map(|s| {
+            let (a, b) = s.split_once('x')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .collect()
+}
+
+fn main() {
+    let parts = env_list("SCALE_PARTS", "sched,cluster");
+    println!(
+        "machine cores={} fd_limit={}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        raise_fd_limit()
+    );
+    let nodes: Vec<usize> = env_list("SCALE_NODES", "10,100,1000")
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    if parts.iter().any(|p| p == "sched") {
+        for &n in &nodes {
+            scheduler_alone(n);
+        }
+    }
+    if parts.iter().any(|p| p == "cluster") {
+        for &n in &nodes {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("scale-nodes")
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(cluster_figures(n));
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+/// A synthetic state: `nodes` Ready workers and `services` services of `replicas`.
+fn synthetic_state(nodes: usize, services: usize, replicas: u64) -> ClusterState {
+    let mut state = ClusterState::default();
+    for i in 0..nodes {
+        let id = format!("node{i:05}");
+        state.nodes.insert(
+            id.clone(),
+            Node {
+                id: Some(id),
+                spec: Some(NodeSpec {
+                    role: Some(NodeSpecRoleEnum::WORKER),
+                    availability: Some(NodeSpecAvailabilityEnum::ACTIVE),
+                    ..Default::default()
+                }),
+                status: Some(NodeStatus {
+                    state: Some(NodeState::READY),
+                    message: None,
+                    addr: Some("127.0.0.1".into()),
+                }),
+                description: Some(NodeDescription {
+                    hostname: Some(format!("node-{i:05}")),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+    }
+    for s in 0..services {
+        let id = format!("svc{s:04}");
+        state.services.insert(
+            id.clone(),
+            Service {
+                id: Some(id),
+                spec: Some(ServiceSpec {
+                    name: Some(format!("s{s}")),
+                    task_template: Some(TaskSpec {
+                        container_spec: Some(TaskSpecContainerSpec {
+                            image: Some(IMAGE.into()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    mode: Some(ServiceSpecMode {
+                        replicated: Some(ServiceSpecModeReplicated {
+                            replicas: Some(replicas as i64),
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+    }
+    state
+}
+
+/// The orchestrator's pure reconcile (slots, new tasks, the scheduler's placement) over
+/// a synthetic state: placements per second with task creation included, as SwarmKit's
+/// PR #193 figures are.
+fn scheduler_alone(nodes: usize) {
+    let max = env_u64("SCALE_MAX_TASKS", 100_000);
+    for (services, replicas) in [(1usize, 1_000u64), (1, 10_000), (1, 100_000), (100, 1_000)] {
+        let total = services as u64 * replicas;
+        if total > max {
+            continue;
+        }
+        let state = synthetic_state(nodes, services, replicas);
+        let mut n = 0u64;
+        let mut new_id = || {
+            n += 1;
+            format!("task{n:08}")
+        };
+        let start = Instant::now();
+        let plan = swarm_node::manager::orchestrator::reconcile(
+            &state,
+            time::OffsetDateTime::now_utc(),
+            &mut new_id,
+        );
+        let took = start.elapsed();
+        let placed: usize = plan
+            .commands
+            .iter()
+            .map(|c| match c {
+                swarm_state::Command::PutTasks { tasks } => {
+                    tasks.iter().filter(|t| t.node_id.is_some()).count()
+                }
+                _ => 0,
+            })
+            .sum();
+        // The state once the plan is applied, as each manager holds it: its growth in
+        // resident memory (freed memory is reused, so later shapes may show less).
+        let before = rss_bytes();
+        let mut applied = state.clone();
+        for (i, command) in plan.commands.iter().enumerate() {
+            applied.apply(command, i as u64 + 1);
+        }
+        let grown = rss_bytes().saturating_sub(before);
+        println!(
+            "sched nodes={nodes} shape={services}x{replicas} placed={placed} seconds={} placements_per_s={:.0} state_rss_mib={} state_bytes_per_task={:.0} state_json_bytes_per_task={:.0}",
+            secs(took),
+            placed as f64 / took.as_secs_f64(),
+            mib(grown),
+            grown as f64 / total as f64,
+            serde_json::to_vec(&applied).map(|v| v.len()).unwrap_or(0) as f64 / total as f64,
+        );
+    }
+}
+
+/// Samples of the API while a shape converges.
+#[derive(Default)]
+struct ApiSamples {
+    services: Vec<Duration>,
+    nodes: Vec<Duration>,
+    create: Vec<Duration>,
+    errors: usize,
+}
+
+async fn probe_api(cluster: &ScaleCluster, stop: &AtomicBool, samples: &Mutex<ApiSamples>) {
+    let mut i = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let s = cluster.timed_get("/services").await;
+        let n = cluster.timed_get("/nodes").await;
+        let start = Instant::now();
+        let c = cluster
+            .create_service(&format!("probe-{}-{i}", std::process::id()), 0)
+            .await
+            .map(|_| start.elapsed());
+        i += 1;
+        {
+            let mut guard = samples.lock().unwrap();
+            let g = &mut *guard;
+            let mut errors = 0;
+            for (r, list) in [(s, &mut g.services), (n, &mut g.nodes), (c, &mut g.create)] {
+                match r {
+                    Ok(d) => list.push(d),
+                    Err(_) => errors += 1,
+                }
+            }
+            g.errors += errors;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn cluster_figures(n: usize) {
+    let mut options = ScaleOptions::new(n);
+    options.start_delay = Duration::from_millis(env_u64("SCALE_START_MS", 100));
+    options.heartbeat_ms = env_u64("SCALE_HEARTBEAT_MS", 5_000);
+    let timeout = Duration::from_secs(env_u64("SCALE_TIMEOUT_SECS", 300));
+    let max_tasks = env_u64("SCALE_MAX_TASKS", 100_000);
+    let rss_empty = rss_bytes();
+    let start = Instant::now();
+    let mut cluster = ScaleCluster::start(options).await;
+    let p = format!("nodes={n}");
+    println!("{p} join_all_ready_s={}", secs(start.elapsed()));
+    println!(
+        "{p} rss_with_nodes_mib={} rss_per_node_kib={:.0}",
+        mib(rss_bytes()),
+        (rss_bytes().saturating_sub(rss_empty)) as f64 / 1024.0 / (n + 3) as f64
+    );
+
+    // Steady state: heartbeats only.
+    let idle = Duration::from_secs(env_u64("SCALE_IDLE_SECS", 10));
+    let leader = cluster.leader().unwrap().thread_prefix();
+    let cpu0 = thread_cpu(&leader);
+    let log0 = journal_bytes(&cluster);
+    tokio::time::sleep(idle).await;
+    let cpu1 = thread_cpu(&leader);
+    let log1 = journal_bytes(&cluster);
+    println!(
+        "{p} steady leader_cpu_pct={:.1} journal_growth_b={} rss_mib={}",
+        (cpu1 - cpu0).as_secs_f64() * 100.0 / idle.as_secs_f64(),
+        log1 as i64 - log0 as i64,
+        mib(rss_bytes())
+    );
+
+    let shapes = shapes();
+    let last = shapes.len().saturating_sub(1);
+    for (k, &(services, replicas)) in shapes.iter().enumerate() {
+        let total = services as u64 * replicas;
+        if total > max_tasks {
+            continue;
+        }
+        let shape = format!("{p} shape={services}x{replicas}");
+        let leader = cluster.leader().unwrap().thread_prefix();
+        let cpu0 = thread_cpu(&leader);
+        let log0 = journal_bytes(&cluster);
+        let rss0 = rss_bytes();
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(ApiSamples::default()));
+        let start = Instant::now();
+        let mut ids = HashSet::new();
+        let probe = {
+            let stop = stop.clone();
+            let samples = samples.clone();
+            let cluster = &cluster;
+            async move { probe_api(cluster, &stop, &samples).await }
+        };
+        let work = async {
+            for s in 0..services {
+                match cluster.create_service(&format!("s{k}-{s}"), replicas).await {
+                    Ok(id) => {
+                        ids.insert(id);
+                    }
+                    Err(e) => println!("{shape} create_error={e:?}"),
+                }
+            }
+            let created = start.elapsed();
+            let mut placed_at = None;
+            let mut peak_rss = 0;
+            let done = wait_until(timeout, Duration::from_millis(100), || {
+                let state = cluster.leader_state();
+                let pr = progress(&state, &ids);
+                peak_rss = peak_rss.max(rss_bytes());
+                if placed_at.is_none() && pr.placed as u64 == total {
+                    placed_at = Some(start.elapsed());
+                }
+                pr.running as u64 == total
+            })
+            .await;
+            stop.store(true, Ordering::Relaxed);
+            (created, placed_at, done.map(|_| start.elapsed()), peak_rss)
+        };
+        let ((created, placed, running, peak_rss), ()) = tokio::join!(work, probe);
+        let cpu1 = thread_cpu(&leader);
+        let log1 = journal_bytes(&cluster);
+        let wall = start.elapsed();
+        let pr = progress(&cluster.leader_state(), &ids);
+        println!(
+            "{shape} created_s={} placed_s={} running_s={} running={}/{total} placements_per_s={:.0}",
+            secs(created),
+            placed.map(secs).unwrap_or_else(|| "timeout".into()),
+            running.map(secs).unwrap_or_else(|| "timeout".into()),
+            pr.running,
+            placed.map(|d| total as f64 / d.as_secs_f64()).unwrap_or(0.0),
+        );
+        println!(
+            "{shape} leader_cpu_s={} leader_cpu_pct={:.0} journal_growth_b_per_task={:.0} rss_delta_mib={} rss_peak_mib={}",
+            secs(cpu1 - cpu0),
+            (cpu1 - cpu0).as_secs_f64() * 100.0 / wall.as_secs_f64(),
+            (log1 as f64 - log0 as f64) / total as f64,
+            mib(rss_bytes().saturating_sub(rss0)),
+            mib(peak_rss),
+        );
+        let s = std::mem::take(&mut *samples.lock().unwrap());
+        for (name, v) in [
+            ("service_ls", s.services),
+            ("node_ls", s.nodes),
+            ("service_create", s.create),
+        ] {
+            let count = v.len();
+            let (p50, p99) = percentiles(v);
+            println!(
+                "{shape} api={name} n={count} p50_ms={} p99_ms={}",
+                ms(p50),
+                ms(p99)
+            );
+        }
+        if s.errors > 0 {
+            println!("{shape} api_errors={}", s.errors);
+        }
+        let state = cluster.leader_state();
+        println!(
+            "{shape} tasks_in_state={} state_json_mib={} journal_mib={}",
+            state.tasks.len(),
+            mib(serde_json::to_vec(&*state)
+                .map(|v| v.len() as u64)
+                .unwrap_or(0)),
+            mib(journal_bytes(&cluster)),
+        );
+        drop(state);
+
+        if k == last {
+            lost_node(&cluster, &shape, &ids).await;
+            failover(&mut cluster, &shape, &ids).await;
+        } else {
+            let start = Instant::now();
+            for id in &ids {
+                let _ = cluster
+                    .admin
+                    .delete(format!(
+                        "https://{}/v1.41/services/{id}",
+                        cluster.api_addr()
+                    ))
+                    .send()
+                    .await;
+            }
+            let gone = wait_until(timeout, Duration::from_millis(200), || {
+                let state = cluster.leader_state();
+                !state
+                    .tasks
+                    .values()
+                    .any(|t| t.service_id.as_ref().is_some_and(|s| ids.contains(s)))
+            })
+            .await;
+            println!(
+                "{shape} removed_s={}",
+                gone.map(|_| secs(start.elapsed()))
+                    .unwrap_or_else(|| "timeout".into())
+            );
+        }
+    }
+    for m in &mut cluster.managers {
+        m.kill();
+    }
+}
+
+/// The size of the leader's Raft directory: its journal and snapshot. Snapshots
+/// compact the journal, so growth between two readings is a lower bound of what was
+/// written.
+fn journal_bytes(cluster: &ScaleCluster) -> u64 {
+    cluster
+        .leader()
+        .map(|m| dir_bytes(&m.dir.join("raft")))
+        .unwrap_or(0)
+}
+
+/// A node with tasks stops: the time until they run elsewhere.
+async fn lost_node(cluster: &ScaleCluster, shape: &str, ids: &HashSet<String>) {
+    let state = cluster.leader_state();
+    let Some(node) = cluster
+        .nodes
+        .iter()
+        .max_by_key(|n| running_on(&state, &n.node_id).len())
+    else {
+        return;
+    };
+    let tasks = running_on(&state, &node.node_id).len();
+    let total = progress(&state, ids).desired;
+    drop(state);
+    let start = Instant::now();
+    node.kill();
+    let id = node.node_id.clone();
+    let mut down_at = None;
+    let done = wait_until(Duration::from_secs(120), Duration::from_millis(50), || {
+        let state = cluster.leader_state();
+        if down_at.is_none()
+            && state
+                .nodes
+                .get(&id)
+                .is_some_and(|n| swarm_state::node_state(n) == NodeState::DOWN)
+        {
+            down_at = Some(start.elapsed());
+        }
+        running_on(&state, &id).is_empty() && progress(&state, ids).running == total
+    })
+    .await;
+    println!(
+        "{shape} lost_node_tasks={tasks} marked_down_s={} rescheduled_running_s={}",
+        down_at.map(secs).unwrap_or_else(|| "timeout".into()),
+        done.map(|_| secs(start.elapsed()))
+            .unwrap_or_else(|| "timeout".into())
+    );
+}
+
+/// The leader dies: the time to a new leader, and until every live node's heartbeats
+/// reach it.
+async fn failover(cluster: &mut ScaleCluster, shape: &str, ids: &HashSet<String>) {
+    let Some(i) = cluster.managers.iter().position(|m| m.is_leader()) else {
+        return;
+    };
+    let live = cluster.nodes.len() - 1 + 2;
+    cluster.managers[i].kill();
+    let elected = wait_until(Duration::from_secs(60), Duration::from_millis(10), || {
+        cluster.leader().is_some()
+    })
+    .await;
+    let all = wait_until(Duration::from_secs(120), Duration::from_millis(50), || {
+        cluster
+            .leader()
+            .is_some_and(|m| m.manager.dispatcher.seen_count() >= live)
+    })
+    .await;
+    let state = cluster.leader_state();
+    let pr = progress(&state, ids);
+    println!(
+        "{shape} failover_new_leader_s={} failover_all_nodes_heard_s={} running_after={}/{}",
+        elected.map(secs).unwrap_or_else(|| "timeout".into()),
+        all.map(|heard| secs(heard + elected.unwrap_or_default()))
+            .unwrap_or_else(|| "timeout".into()),
+        pr.running,
+        pr.desired
+    );
+}
