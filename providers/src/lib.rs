@@ -290,20 +290,13 @@ pub trait Provider: Send + Sync + fmt::Debug {
         plans: &[ClusterPlan],
         progress: &dyn Progress,
     ) -> Vec<Result<Vec<Machine>, ProviderError>> {
-        let mut results = Vec::with_capacity(plans.len());
-        for plan in plans {
-            results.push(self.create(plan, progress).await);
-        }
-        results
+        create_each(self, plans, progress).await
     }
 
     /// The checks before [`Provider::create_many`], for all the plans at once (a
     /// workshop's quota is the sum of its clusters'). The default checks each plan.
     async fn preflight_many(&self, plans: &[ClusterPlan]) -> Result<(), ProviderError> {
-        for plan in plans {
-            self.preflight(plan).await?;
-        }
-        Ok(())
+        preflight_each(self, plans).await
     }
 
     /// The dry run of [`Provider::create_many`] for a workshop that lives `ttl`: the
@@ -353,6 +346,30 @@ pub trait Provider: Send + Sync + fmt::Debug {
         }
         Ok(report)
     }
+}
+
+/// [`Provider::preflight_many`] done plainly: each plan's own `preflight`.
+pub async fn preflight_each<P: Provider + ?Sized>(
+    provider: &P,
+    plans: &[ClusterPlan],
+) -> Result<(), ProviderError> {
+    for plan in plans {
+        provider.preflight(plan).await?;
+    }
+    Ok(())
+}
+
+/// [`Provider::create_many`] done plainly: each plan's own `create`, one after another.
+pub async fn create_each<P: Provider + ?Sized>(
+    provider: &P,
+    plans: &[ClusterPlan],
+    progress: &dyn Progress,
+) -> Vec<Result<Vec<Machine>, ProviderError>> {
+    let mut results = Vec::with_capacity(plans.len());
+    for plan in plans {
+        results.push(provider.create(plan, progress).await);
+    }
+    results
 }
 
 #[cfg(test)]

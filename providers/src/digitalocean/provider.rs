@@ -798,25 +798,36 @@ impl DigitalOceanProvider {
 
     async fn ensure_firewall(&self, cluster: &str, progress: &dyn Progress) -> Result<(), DoError> {
         let name = resource_name(cluster);
-        let want = cluster_firewall(&name, &cluster_tag(cluster), &self.options.ssh_from);
+        self.put_firewall(&name, &cluster_tag(cluster), progress)
+            .await?;
+        self.warn(cluster, &name, progress);
+        Ok(())
+    }
+
+    /// Creates firewall `name` for the droplets tagged `tag`, or repairs swarmup's own
+    /// rules in it, keeping the services' published ports open.
+    pub(super) async fn put_firewall(
+        &self,
+        name: &str,
+        tag: &str,
+        progress: &dyn Progress,
+    ) -> Result<(), DoError> {
+        let want = cluster_firewall(name, tag, &self.options.ssh_from);
         let existing = self.client.firewalls().await?;
         match existing.iter().find(|f| f.name == name) {
             Some(f) => {
                 // Repairing swarmup's own rules must not close the services' ports.
                 let want = keeping_published_rules(want, f);
-                if firewall_matches(f, &want) {
-                    self.warn(cluster, &name, progress);
-                    return Ok(());
+                if !firewall_matches(f, &want) {
+                    self.client.update_firewall(&f.id, &want).await?;
+                    progress.machine(name, &format!("firewall {} updated", f.id));
                 }
-                self.client.update_firewall(&f.id, &want).await?;
-                progress.machine(&name, &format!("firewall {} updated", f.id));
             }
             None => {
                 let f = self.client.create_firewall(&want).await?;
-                progress.machine(&name, &format!("firewall {} created", f.id));
+                progress.machine(name, &format!("firewall {} created", f.id));
             }
         }
-        self.warn(cluster, &name, progress);
         Ok(())
     }
 
@@ -873,27 +884,7 @@ impl DigitalOceanProvider {
                     true,
                 )
             })?;
-            let mut waiting = Vec::new();
-            for m in &plan.machines {
-                match droplets.iter().find(|d| d.name == m.name) {
-                    Some(d) if is_ready(d) => {
-                        if reported.insert(m.name.clone()) {
-                            progress.machine(
-                                &m.name,
-                                &format!(
-                                    "droplet {} {}: ssh {}, advertise {}",
-                                    d.id,
-                                    d.status,
-                                    d.public_ipv4().map(|a| a.to_string()).unwrap_or_default(),
-                                    d.private_ipv4().map(|a| a.to_string()).unwrap_or_default()
-                                ),
-                            );
-                        }
-                    }
-                    Some(d) => waiting.push(format!("{} ({})", m.name, d.status)),
-                    None => waiting.push(format!("{} (not listed)", m.name)),
-                }
-            }
+            let waiting = still_booting(plan, &droplets, &mut reported, progress);
             if waiting.is_empty() {
                 return Ok(droplets);
             }
@@ -1035,6 +1026,38 @@ impl DigitalOceanProvider {
         lock(&self.created).remove(cluster);
         Ok(report)
     }
+}
+
+/// The planned machines of `plan` not yet up among `droplets` (`NAME (status)`), each
+/// machine that came up told once through `progress` (`reported` remembers which).
+pub(super) fn still_booting(
+    plan: &ClusterPlan,
+    droplets: &[Droplet],
+    reported: &mut BTreeSet<String>,
+    progress: &dyn Progress,
+) -> Vec<String> {
+    let mut waiting = Vec::new();
+    for m in &plan.machines {
+        match droplets.iter().find(|d| d.name == m.name) {
+            Some(d) if is_ready(d) => {
+                if reported.insert(m.name.clone()) {
+                    progress.machine(
+                        &m.name,
+                        &format!(
+                            "droplet {} {}: ssh {}, advertise {}",
+                            d.id,
+                            d.status,
+                            d.public_ipv4().map(|a| a.to_string()).unwrap_or_default(),
+                            d.private_ipv4().map(|a| a.to_string()).unwrap_or_default()
+                        ),
+                    );
+                }
+            }
+            Some(d) => waiting.push(format!("{} ({})", m.name, d.status)),
+            None => waiting.push(format!("{} (not listed)", m.name)),
+        }
+    }
+    waiting
 }
 
 #[async_trait::async_trait]
@@ -1330,13 +1353,7 @@ impl Provider for DigitalOceanProvider {
     ) -> Vec<Result<Vec<Machine>, ProviderError>> {
         match super::workshop::common_workshop(plans) {
             Some(workshop) => self.create_workshop(&workshop, plans, progress).await,
-            None => {
-                let mut results = Vec::with_capacity(plans.len());
-                for plan in plans {
-                    results.push(self.create(plan, progress).await);
-                }
-                results
-            }
+            None => crate::create_each(self, plans, progress).await,
         }
     }
 
@@ -1344,12 +1361,7 @@ impl Provider for DigitalOceanProvider {
     async fn preflight_many(&self, plans: &[ClusterPlan]) -> Result<(), ProviderError> {
         match super::workshop::common_workshop(plans) {
             Some(_) => self.workshop_preflight(plans).await.map(|_| ()),
-            None => {
-                for plan in plans {
-                    self.preflight(plan).await?;
-                }
-                Ok(())
-            }
+            None => crate::preflight_each(self, plans).await,
         }
     }
 

@@ -15,7 +15,6 @@ use serde::Serialize;
 use super::client::md5_fingerprint;
 use super::clock::lock;
 use super::error::DoError;
-use super::firewall::{cluster_firewall, firewall_matches, keeping_published_rules};
 use super::provider::{
     check_tag, cluster_tag, droplet_tags, invalid, is_ready, resource_name, DigitalOceanProvider,
     SshKeyChoice, MAX_USER_DATA, TAG_ALL,
@@ -710,21 +709,7 @@ impl DigitalOceanProvider {
         progress: &dyn Progress,
     ) -> Result<(), DoError> {
         let name = workshop_resource_name(workshop);
-        let want = cluster_firewall(&name, wtag, &self.options.ssh_from);
-        let existing = self.client.firewalls().await?;
-        match existing.iter().find(|f| f.name == name) {
-            Some(f) => {
-                let want = keeping_published_rules(want, f);
-                if !firewall_matches(f, &want) {
-                    self.client.update_firewall(&f.id, &want).await?;
-                    progress.machine(&name, &format!("firewall {} updated", f.id));
-                }
-            }
-            None => {
-                let f = self.client.create_firewall(&want).await?;
-                progress.machine(&name, &format!("firewall {} created", f.id));
-            }
-        }
+        self.put_firewall(&name, wtag, progress).await?;
         self.warn(workshop, &name, progress);
         Ok(())
     }
@@ -773,27 +758,7 @@ impl DigitalOceanProvider {
                     .filter(|d| d.has_tag(&tag))
                     .cloned()
                     .collect();
-                let mut waiting = Vec::new();
-                for m in &plan.machines {
-                    match mine.iter().find(|d| d.name == m.name) {
-                        Some(d) if is_ready(d) => {
-                            if reported.insert(m.name.clone()) {
-                                progress.machine(
-                                    &m.name,
-                                    &format!(
-                                        "droplet {} {}: ssh {}, advertise {}",
-                                        d.id,
-                                        d.status,
-                                        d.public_ipv4().map(|a| a.to_string()).unwrap_or_default(),
-                                        d.private_ipv4().map(|a| a.to_string()).unwrap_or_default()
-                                    ),
-                                );
-                            }
-                        }
-                        Some(d) => waiting.push(format!("{} ({})", m.name, d.status)),
-                        None => waiting.push(format!("{} (not listed)", m.name)),
-                    }
-                }
+                let waiting = super::provider::still_booting(plan, &mine, &mut reported, progress);
                 if waiting.is_empty() {
                     results[i] = Some(Ok(self.machines(&mine)));
                 } else if late {
