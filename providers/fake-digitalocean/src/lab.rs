@@ -240,6 +240,20 @@ impl LabBackend {
         tokio::fs::write(layout.hosts(), record.hosts_file())
             .await
             .map_err(|e| format!("cannot write {}: {e}", layout.hosts().display()))?;
+        // The veth first: deleting it is synchronous, while the kernel tears a deleted
+        // namespace down in the background and the veth's name would stay taken for a
+        // moment, which a droplet of the same name made next would trip over.
+        let out = system
+            .run("ip", &["link".into(), "del".into(), node.veth.clone()])
+            .await
+            .map_err(|e| format!("cannot run ip link del {}: {e}", node.veth))?;
+        if !out.success && !out.stderr.contains("Cannot find device") {
+            return Err(format!(
+                "ip link del {} failed: {}",
+                node.veth,
+                out.stderr.trim()
+            ));
+        }
         let out = system
             .run("ip", &["netns".into(), "del".into(), node.netns.clone()])
             .await

@@ -513,6 +513,17 @@ impl LabProvider {
         if !netns.iter().any(|n| n == ns) {
             self.must("ip", &["netns", "add", ns]).await?;
         }
+        if self.link_exists(&node.veth).await?
+            && !self
+                .cmd("ip", &["-n", ns, "link", "show", "dev", "eth0"])
+                .await?
+                .success
+        {
+            // A veth of this name whose peer is not in this namespace: the kernel tears a
+            // deleted namespace down in the background, so the veth of a node removed a
+            // moment ago can outlive it. Reusing it would leave the new node without eth0.
+            self.cmd("ip", &["link", "del", &node.veth]).await?;
+        }
         if !self.link_exists(&node.veth).await? {
             self.must(
                 "ip",
@@ -534,6 +545,21 @@ impl LabProvider {
             .await?;
         self.must("ip", &["-n", ns, "addr", "replace", &addr, "dev", "eth0"])
             .await?;
+        // A node made again (a droplet or student cluster of the same name) gets its old
+        // address with a new MAC. Announcing it when eth0 comes up updates the neighbours'
+        // caches at once; without it they keep sending to the old MAC for up to a minute.
+        self.must(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.conf.eth0.arp_notify=1",
+            ],
+        )
+        .await?;
         self.must("ip", &["-n", ns, "link", "set", "eth0", "up"])
             .await?;
         self.must(
@@ -1246,10 +1272,9 @@ impl Provider for LabProvider {
             }
         }
 
-        for ns in &netns {
-            self.must("ip", &["netns", "del", ns]).await?;
-            report.removed.push(format!("network namespace {ns}"));
-        }
+        // Veths before their namespaces: deleting a link is synchronous, while the kernel
+        // tears a deleted namespace (and the veths it holds) down in the background, which
+        // would leave the names taken for a create that follows at once.
         let links: Vec<serde_json::Value> =
             serde_json::from_str(&self.must("ip", &["-j", "link", "show"]).await?)
                 .unwrap_or_default();
@@ -1266,6 +1291,10 @@ impl Provider for LabProvider {
                     report.removed.push(format!("veth {link}"));
                 }
             }
+        }
+        for ns in &netns {
+            self.must("ip", &["netns", "del", ns]).await?;
+            report.removed.push(format!("network namespace {ns}"));
         }
         if self
             .system

@@ -554,6 +554,20 @@ pub(crate) mod fake {
                 ok("")
             }
             ["netns", "pids", _] => ok(""),
+            ["netns", "exec", ns, "sysctl", ..] => {
+                if st.netns.contains(*ns) {
+                    ok("")
+                } else {
+                    fail("Cannot open network namespace")
+                }
+            }
+            ["-n", ns, "link", "show", "dev", "eth0"] => {
+                if st.links.values().any(|peer| peer.as_deref() == Some(*ns)) {
+                    ok("")
+                } else {
+                    fail("Device \"eth0\" does not exist.")
+                }
+            }
             ["-n", ns, ..] => {
                 if st.netns.contains(*ns) {
                     ok("")
