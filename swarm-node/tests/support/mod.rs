@@ -123,7 +123,8 @@ impl TestNode {
         self.child = Some(child);
         wait_for(
             &format!("{} socket", self.name),
-            Duration::from_secs(20),
+            // A restart replays its Raft log before it serves: slow on a loaded machine.
+            Duration::from_secs(60),
             || self.socket().exists(),
         );
     }
