@@ -15,7 +15,8 @@
 //! - `SCALE_IDLE_SECS` (`10`): how long steady state is measured;
 //! - `SCALE_TIMEOUT_SECS` (`300`): the longest wait for one shape to run;
 //! - `SCALE_PARTS` (`sched,cluster`): `sched` is the scheduler micro-benchmark alone,
-//!   `cluster` the swarms.
+//!   `cluster` the swarms;
+//! - `SCALE_LOG` (unset): a tracing filter (`warn`) for what managers and agents log.
 //!
 //! Figures (name=value per line, prefixed with the swarm's size):
 //! placement and Running times per shape, the leader's CPU time and the process's RSS,
@@ -82,6 +83,13 @@ fn shapes() -> Vec<(usize, u64)> {
 }
 
 fn main() {
+    // `SCALE_LOG=warn` (a tracing filter) shows what the managers and agents log.
+    if let Ok(filter) = std::env::var("SCALE_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let parts = env_list("SCALE_PARTS", "sched,cluster");
     println!(
         "machine cores={} fd_limit={}",
@@ -324,9 +332,18 @@ async fn cluster_figures(n: usize) {
             let created = start.elapsed();
             let mut placed_at = None;
             let mut peak_rss = 0;
+            let mut down_max = 0;
             let done = wait_until(timeout, Duration::from_millis(100), || {
                 let state = cluster.leader_state();
                 let pr = progress(&state, &ids);
+                // Nodes taken for lost while they run: each moves its tasks.
+                down_max = down_max.max(
+                    state
+                        .nodes
+                        .values()
+                        .filter(|n| swarm_state::node_state(n) == NodeState::DOWN)
+                        .count(),
+                );
                 peak_rss = peak_rss.max(rss_bytes());
                 if placed_at.is_none() && pr.placed as u64 == total {
                     placed_at = Some(start.elapsed());
@@ -335,9 +352,15 @@ async fn cluster_figures(n: usize) {
             })
             .await;
             stop.store(true, Ordering::Relaxed);
-            (created, placed_at, done.map(|_| start.elapsed()), peak_rss)
+            (
+                created,
+                placed_at,
+                done.map(|_| start.elapsed()),
+                peak_rss,
+                down_max,
+            )
         };
-        let ((created, placed, running, peak_rss), ()) = tokio::join!(work, probe);
+        let ((created, placed, running, peak_rss, down_max), ()) = tokio::join!(work, probe);
         let cpu1 = thread_cpu(&leader);
         let log1 = journal_bytes(&cluster);
         let wall = start.elapsed();
@@ -377,7 +400,7 @@ async fn cluster_figures(n: usize) {
         }
         let state = cluster.leader_state();
         println!(
-            "{shape} tasks_in_state={} state_json_mib={} journal_mib={}",
+            "{shape} tasks_in_state={} nodes_down_max={down_max} state_json_mib={} journal_mib={}",
             state.tasks.len(),
             mib(serde_json::to_vec(&*state)
                 .map(|v| v.len() as u64)

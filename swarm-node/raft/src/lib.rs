@@ -127,11 +127,14 @@ pub struct RaftOptions {
     pub node_id: u64,
     /// Where the log, vote and snapshot live. Created if missing.
     pub dir: PathBuf,
-    /// Leader heartbeat period (default 200 ms).
+    /// Leader heartbeat period (default 500 ms). openraft also gives each AppendEntries
+    /// request this long to be answered (follower's fsync included), so a short period
+    /// makes a busy follower miss appends again and again.
     pub heartbeat_ms: u64,
     /// Followers start an election after a random silence from the leader in
-    /// `election_min_ms..election_max_ms` (default 800..1600 ms, for failover under 2 s;
-    /// add up to 1.5 heartbeats for the timer's granularity).
+    /// `election_min_ms..election_max_ms` (default 2000..4000 ms: failover in a few
+    /// seconds, against Docker's 10 or more, without elections when a loaded manager
+    /// answers late; add up to 1.5 heartbeats for the timer's granularity).
     pub election_min_ms: u64,
     pub election_max_ms: u64,
     /// Take a snapshot every this many applied entries (default 10000, Docker's
@@ -153,9 +156,9 @@ impl RaftOptions {
         RaftOptions {
             node_id,
             dir,
-            heartbeat_ms: 200,
-            election_min_ms: 800,
-            election_max_ms: 1600,
+            heartbeat_ms: 500,
+            election_min_ms: 2_000,
+            election_max_ms: 4_000,
             snapshot_logs: 10_000,
             snapshot_bytes: 64 * 1024 * 1024,
             scheme: "https".into(),

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
-    AnyError, ErrorSubject, ErrorVerb, LogState, OptionalSend, RaftLogId, RaftLogReader,
-    StorageIOError,
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, LogState, OptionalSend, RaftLogId,
+    RaftLogReader, StorageIOError,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -626,6 +626,51 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .map(|(_, e)| e.clone())
             .collect())
     }
+
+    /// What replication sends in one request: entries up to [`MAX_REPLICATION_ITEMS`]
+    /// objects (always at least one entry). openraft's own cap counts entries only (300),
+    /// and 300 entries of 1,000 tasks each are hundreds of megabytes: such a request
+    /// outlives its timeout, is sent again from the start, and a follower that fell
+    /// behind never catches up (while the leader clones and encodes it over and over).
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let mem = self.mem();
+        let mut items = 0;
+        let mut out = Vec::new();
+        for (_, e) in mem.log.range(start..end) {
+            let weight = entry_items(e);
+            if !out.is_empty() && items + weight > MAX_REPLICATION_ITEMS {
+                break;
+            }
+            items += weight;
+            out.push(e.clone());
+        }
+        Ok(out)
+    }
+}
+
+/// The most objects (tasks, status updates, addresses) one replication request carries:
+/// about a megabyte (one full task batch), which a follower receives, writes and answers
+/// well within the request's timeout (one Raft heartbeat period).
+pub(crate) const MAX_REPLICATION_ITEMS: usize = 1_000;
+
+/// How many objects an entry carries: its weight against [`MAX_REPLICATION_ITEMS`].
+pub(crate) fn entry_items(entry: &Entry) -> usize {
+    use swarm_state::Command;
+    let EntryPayload::Normal(command) = &entry.payload else {
+        return 1;
+    };
+    match command {
+        Command::PutTasks { tasks } => tasks.len(),
+        Command::ReportTaskStatus { updates, .. } => updates.len(),
+        Command::RemoveTasks { ids } => ids.len(),
+        Command::Allocate { allocation } => allocation.tasks.len() + allocation.failures.len(),
+        _ => 1,
+    }
+    .max(1)
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
@@ -795,6 +840,35 @@ mod tests {
             .iter()
             .map(|e| e.log_id.index)
             .collect()
+    }
+
+    #[tokio::test]
+    async fn replication_batches_are_bounded_by_what_they_carry() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = LogStore::open(dir.path(), key_in(dir.path()))
+            .await
+            .unwrap();
+        let tasks = |index: u64, n: usize| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(swarm_state::Command::PutTasks {
+                tasks: vec![Default::default(); n],
+            }),
+        };
+        // Three entries of 400 tasks, then small ones.
+        let mut all: Vec<Entry> = (1..=3).map(|i| tasks(i, 400)).collect();
+        all.extend((4..=10).map(entry));
+        s.blocking_append(all).await.unwrap();
+        let got = |v: Vec<Entry>| v.iter().map(|e| e.log_id.index).collect::<Vec<_>>();
+        assert_eq!(got(s.limited_get_log_entries(1, 11).await.unwrap()), [1, 2]);
+        assert_eq!(
+            got(s.limited_get_log_entries(3, 11).await.unwrap()),
+            [3, 4, 5, 6, 7, 8, 9, 10]
+        );
+        // One entry heavier than the cap still goes, alone.
+        s.blocking_append([tasks(11, 5_000), entry(12)])
+            .await
+            .unwrap();
+        assert_eq!(got(s.limited_get_log_entries(11, 13).await.unwrap()), [11]);
     }
 
     #[test]

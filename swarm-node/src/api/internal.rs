@@ -146,36 +146,40 @@ async fn heartbeat(
         // has not applied a fresh join yet does not refuse it.
         return relay_heartbeat(&manager, &beat).await.map(Json);
     }
-    let state = manager.read();
-    // The leader's word that the node was removed: it leaves when it hears this.
-    authority(&state, &beat.node_id, Need::Node).map_err(|r| match r {
-        Refusal::UnknownNode(_) => ApiError::Removed(r.to_string()),
-        other => other.into(),
-    })?;
     let now = tokio::time::Instant::now();
-    manager.dispatcher.seen(&beat.node_id, &beat.addr, now);
-    let node = state
-        .nodes
-        .get(&beat.node_id)
-        .ok_or_else(|| ApiError::from(Refusal::UnknownNode(beat.node_id.clone())))?;
-    let ip = beat
-        .addr
-        .parse::<std::net::SocketAddr>()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|_| beat.addr.clone());
-    // The hostname is the one the node joined with: it names the node, whatever its
-    // engine reports.
-    let mut description = beat.description.clone();
-    if let Some(joined_as) = node.description.as_ref().and_then(|d| d.hostname.clone()) {
-        description.hostname = Some(joined_as);
-    }
-    let ready = node_state(node) == NodeState::READY;
-    let changed = node.status.as_ref().and_then(|s| s.addr.as_deref()) != Some(ip.as_str())
-        || node.description.as_ref() != Some(&description);
-    if manager
-        .dispatcher
-        .may_propose_change(&beat.node_id, ready, changed, now)
-    {
+    // Read and dropped before proposing: a state held across a commit is copied by it.
+    let change = {
+        let state = manager.read();
+        // The leader's word that the node was removed: it leaves when it hears this.
+        authority(&state, &beat.node_id, Need::Node).map_err(|r| match r {
+            Refusal::UnknownNode(_) => ApiError::Removed(r.to_string()),
+            other => other.into(),
+        })?;
+        manager.dispatcher.seen(&beat.node_id, &beat.addr, now);
+        let node = state
+            .nodes
+            .get(&beat.node_id)
+            .ok_or_else(|| ApiError::from(Refusal::UnknownNode(beat.node_id.clone())))?;
+        let ip = beat
+            .addr
+            .parse::<std::net::SocketAddr>()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_else(|_| beat.addr.clone());
+        // The hostname is the one the node joined with: it names the node, whatever its
+        // engine reports.
+        let mut description = beat.description.clone();
+        if let Some(joined_as) = node.description.as_ref().and_then(|d| d.hostname.clone()) {
+            description.hostname = Some(joined_as);
+        }
+        let ready = node_state(node) == NodeState::READY;
+        let changed = node.status.as_ref().and_then(|s| s.addr.as_deref()) != Some(ip.as_str())
+            || node.description.as_ref() != Some(&description);
+        manager
+            .dispatcher
+            .may_propose_change(&beat.node_id, ready, changed, now)
+            .then_some((ip, description))
+    };
+    if let Some((ip, description)) = change {
         manager
             .propose(Command::SetNodeStatus {
                 id: beat.node_id.clone(),
@@ -224,6 +228,11 @@ async fn relay_heartbeat(
         return Err(ApiError::Unavailable(NO_LEADER.into()));
     };
     let url = format!("{}://{}{PREFIX}/heartbeat", manager.scheme, leader.addr);
+    let _slot = manager
+        .relays
+        .acquire()
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let response = manager
         .peers
         .post(url)
@@ -265,6 +274,9 @@ pub struct AssignmentsQuery {
     node: String,
     #[serde(default)]
     since: u64,
+    /// Answer with the changes since `since` only (see [`Assignments::task_ids`]).
+    #[serde(default)]
+    delta: bool,
 }
 
 /// The version of a node's assignments. Zero means "nothing yet" to the worker: a node
@@ -279,11 +291,12 @@ fn assignments_version(state: &ClusterState, node_id: &str) -> u64 {
 }
 
 /// A node's tasks with their version, which grows with every change to them (so a
-/// lagging manager's answer is recognisably older).
-fn assignments_of(state: &ClusterState, node_id: &str) -> Assignments {
-    let tasks: Vec<_> = state.tasks_on_node(node_id).cloned().collect();
+/// lagging manager's answer is recognisably older). With `changed_after`, only the tasks
+/// changed after that version travel whole, and every task's id is listed.
+fn assignments_of(state: &ClusterState, node_id: &str, changed_after: Option<u64>) -> Assignments {
+    let all: Vec<&swarm_state::models::Task> = state.tasks_on_node(node_id).collect();
     let index = assignments_version(state, node_id);
-    let host_ports = tasks
+    let host_ports = all
         .iter()
         .filter_map(|t| {
             let ports = state.host_ports_of(t);
@@ -291,10 +304,25 @@ fn assignments_of(state: &ClusterState, node_id: &str) -> Assignments {
         })
         .collect();
     // Only the secrets and configs of this node's own tasks, and only in its own answer.
-    let (secrets, configs) = state.files_for_node(&tasks);
+    let (secrets, configs) = state.files_for_node(all.iter().copied());
+    let (tasks, task_ids) = match changed_after {
+        Some(since) => (
+            all.iter()
+                .filter(|t| t.version.as_ref().and_then(|v| v.index).unwrap_or(0) > since)
+                .map(|t| (*t).clone())
+                .collect(),
+            Some(
+                all.iter()
+                    .map(|t| t.id.clone().unwrap_or_default())
+                    .collect(),
+            ),
+        ),
+        None => (all.into_iter().cloned().collect(), None),
+    };
     Assignments {
         index,
         tasks,
+        task_ids,
         host_ports,
         secrets,
         configs,
@@ -310,6 +338,7 @@ async fn assignments(
     let me = require_node(&peer)?;
     let manager = ctx.require_manager()?;
     check_speaker(&manager, me, &q.node, "read the assignments").await?;
+    let changed_after = (q.delta && q.since > 0).then_some(q.since);
     let mut rx = manager.raft.subscribe();
     let deadline = tokio::time::Instant::now() + LONG_POLL;
     loop {
@@ -318,17 +347,17 @@ async fn assignments(
         // while waiting, since a state still held makes the next commit copy it whole.
         let state = rx.borrow_and_update().clone();
         if assignments_version(&state, &q.node) > q.since {
-            return Ok(Json(assignments_of(&state, &q.node)));
+            return Ok(Json(assignments_of(&state, &q.node, changed_after)));
         }
         drop(state);
         tokio::select! {
             changed = rx.changed() => {
                 if changed.is_err() {
-                    return Ok(Json(assignments_of(&manager.read(), &q.node)));
+                    return Ok(Json(assignments_of(&manager.read(), &q.node, changed_after)));
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
-                return Ok(Json(assignments_of(&manager.read(), &q.node)));
+                return Ok(Json(assignments_of(&manager.read(), &q.node, changed_after)));
             }
         }
     }
@@ -685,6 +714,41 @@ mod tests {
             role,
             cluster_id: "c".into(),
         }
+    }
+
+    #[test]
+    fn a_delta_carries_the_changed_tasks_and_every_id() {
+        let mut state = swarm();
+        let put = |id: &str| Command::PutTasks {
+            tasks: vec![Task {
+                id: Some(id.into()),
+                node_id: Some("w1".into()),
+                ..Default::default()
+            }],
+        };
+        // t1 was written at index 3; t2 at 4, then t1 removed at 5.
+        assert_eq!(state.apply(&put("t2"), 4).error, None);
+        let whole = assignments_of(&state, "w1", None);
+        assert_eq!(
+            (whole.index, whole.tasks.len(), whole.task_ids),
+            (4, 2, None)
+        );
+        let delta = assignments_of(&state, "w1", Some(3));
+        let ids = |a: &Assignments| {
+            a.tasks
+                .iter()
+                .map(|t| t.id.clone().unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&delta), ["t2"]);
+        assert_eq!(delta.task_ids, Some(vec!["t1".into(), "t2".into()]));
+        let remove = Command::RemoveTasks {
+            ids: vec!["t1".into()],
+        };
+        assert_eq!(state.apply(&remove, 5).error, None);
+        let delta = assignments_of(&state, "w1", Some(4));
+        assert_eq!((delta.index, delta.tasks.len()), (5, 0));
+        assert_eq!(delta.task_ids, Some(vec!["t2".into()]));
     }
 
     #[test]

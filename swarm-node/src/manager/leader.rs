@@ -1,5 +1,5 @@
 //! What only the Raft leader does: orchestrate, allocate overlay addresses, watch node
-//! liveness, and keep the Raft membership equal to the set of nodes whose role is manager.
+//! liveness (in a loop of its own), and keep the Raft membership equal to the set of nodes whose role is manager.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -17,9 +17,12 @@ use super::{allocator, orchestrator, Manager};
 /// The longest a pass waits when nothing happens, so timers (liveness, restart delays)
 /// are looked at regularly.
 const TICK: Duration = Duration::from_millis(250);
+/// The least and the most a pass waits for more changes after one arrives (see `run`).
+const MIN_SETTLE: Duration = Duration::from_millis(5);
+const MAX_SETTLE: Duration = Duration::from_millis(500);
 /// The least silence from a leader before the others elect a new one (swarm-raft's
 /// default `election_min_ms`): how long before an election the old leader was lost.
-const ELECTION_SILENCE: Duration = Duration::from_millis(800);
+const ELECTION_SILENCE: Duration = Duration::from_millis(2_000);
 
 /// Runs until `shutdown` fires; acts only while this manager is the leader.
 pub async fn run(manager: Arc<Manager>, mut shutdown: watch::Receiver<bool>) {
@@ -47,13 +50,22 @@ pub async fn run(manager: Arc<Manager>, mut shutdown: watch::Receiver<bool>) {
             .dispatcher
             .became_leader(Instant::now(), lost.as_deref(), ELECTION_SILENCE);
         tracing::info!(node_id = %manager.node_id, "became the leader");
+        // Its own loop: marking a node Down must not wait behind the orchestrator's
+        // proposals, which at 100,000 tasks take many seconds.
+        let _liveness = AbortOnDrop(tokio::spawn(watch_liveness(manager.clone())));
         let mut state_rx = manager.raft.subscribe();
         while manager.raft.is_leader() && !*shutdown.borrow() {
+            let started = Instant::now();
             let wake = pass(&manager, &promotions).await;
+            // A pass looks at every task: at 100,000 tasks it takes a good part of a
+            // second, and commits arrive faster than that while a service converges. Waiting
+            // as long as the last pass took before the next keeps the leader's pass under
+            // half of its time, leaving the rest to heartbeats, the API and Raft.
+            let settle = started.elapsed().clamp(MIN_SETTLE, MAX_SETTLE);
             tokio::select! {
                 _ = state_rx.changed() => {
                     // Let a burst of changes land before the next pass.
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    tokio::time::sleep(settle).await;
                 }
                 _ = tokio::time::sleep(wake) => {}
                 _ = leader_rx.changed() => {}
@@ -63,44 +75,64 @@ pub async fn run(manager: Arc<Manager>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
+/// Aborts a task when dropped: the leader's helpers stop when leadership or the manager
+/// ends, whichever way the loop is left.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Marks Down the Ready nodes whose heartbeats stopped, every [`TICK`], while this
+/// manager leads.
+async fn watch_liveness(manager: Arc<Manager>) {
+    while manager.raft.is_leader() {
+        for (id, command) in nodes_down(&manager) {
+            tracing::warn!(node_id = %id, "node missed its heartbeats: marking it down");
+            if let Err(e) = manager.propose(command).await {
+                tracing::warn!(error = %e, "could not mark node down");
+            }
+        }
+        tokio::time::sleep(TICK).await;
+    }
+}
+
+/// The commands that mark Down the nodes whose heartbeats stopped.
+fn nodes_down(manager: &Manager) -> Vec<(String, Command)> {
+    let state = manager.read();
+    manager
+        .dispatcher
+        .expired(&state, Instant::now())
+        .into_iter()
+        .map(|id| {
+            let addr = state.nodes[&id]
+                .status
+                .as_ref()
+                .and_then(|s| s.addr.clone());
+            let command = Command::SetNodeStatus {
+                id: id.clone(),
+                status: NodeStatus {
+                    state: Some(NodeState::DOWN),
+                    message: Some("heartbeat failure".into()),
+                    addr,
+                },
+                description: None,
+                at: manager.now(),
+            };
+            (id, command)
+        })
+        .collect()
+}
+
 /// One reconcile pass. Returns how long to sleep at most.
 ///
 /// The state is read into a local and dropped before anything is proposed: a state still
-/// held when a commit applies makes Raft copy it whole (copy on write).
+/// held when a commit applies makes Raft copy it (cheap for the persistent task map, not
+/// for the small maps).
 async fn pass(manager: &Arc<Manager>, promotions: &Arc<Mutex<HashSet<u64>>>) -> Duration {
     let mut wake = TICK;
-
-    let down: Vec<(String, Command)> = {
-        let state = manager.read();
-        manager
-            .dispatcher
-            .expired(&state, Instant::now())
-            .into_iter()
-            .map(|id| {
-                let addr = state.nodes[&id]
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.addr.clone());
-                let command = Command::SetNodeStatus {
-                    id: id.clone(),
-                    status: NodeStatus {
-                        state: Some(NodeState::DOWN),
-                        message: Some("heartbeat failure".into()),
-                        addr,
-                    },
-                    description: None,
-                    at: manager.now(),
-                };
-                (id, command)
-            })
-            .collect()
-    };
-    for (id, command) in down {
-        tracing::warn!(node_id = %id, "node missed its heartbeats: marking it down");
-        if let Err(e) = manager.propose(command).await {
-            tracing::warn!(error = %e, "could not mark node down");
-        }
-    }
 
     let plan = orchestrator::reconcile(&manager.read(), manager.clock.now(), &mut Manager::new_id);
     if let Some(after) = plan.wake_after {

@@ -50,7 +50,17 @@ pub struct Manager {
     pub scheme: String,
     pub clock: SharedClock,
     pub dispatcher: dispatcher::Dispatcher,
+    /// Bounds the calls this manager makes to the leader on others' behalf (relayed
+    /// heartbeats, forwarded proposals). Each is a connection of this manager's
+    /// certificate, and the leader serves at most `max_per_manager` (512) of those: a
+    /// follower relaying for a thousand nodes at once would be refused by the leader, and
+    /// its nodes would miss their heartbeats.
+    pub relays: tokio::sync::Semaphore,
 }
+
+/// Calls to the leader on others' behalf at once (see [`Manager::relays`]): half the
+/// leader's budget for one manager, leaving the rest to Raft and its own calls.
+pub const MAX_RELAYS: usize = 256;
 
 impl Manager {
     pub fn new(
@@ -71,6 +81,7 @@ impl Manager {
             scheme,
             clock,
             dispatcher: dispatcher::Dispatcher::new(heartbeat_ms),
+            relays: tokio::sync::Semaphore::new(MAX_RELAYS),
         })
     }
 
@@ -139,6 +150,7 @@ impl Manager {
         command: &Command,
     ) -> Result<CommandResult, String> {
         let url = format!("{}://{}{PREFIX}/propose", self.scheme, leader.addr);
+        let _slot = self.relays.acquire().await.map_err(|e| e.to_string())?;
         let response = self
             .peers
             .post(url)

@@ -25,9 +25,11 @@ pub mod network;
 pub mod ports;
 pub mod proto;
 pub mod secrets;
+pub mod tasks;
 
 use network::{Allocation, Attachment, NetworkDefaults, NetworkRecord};
 use std::net::Ipv4Addr;
+pub use tasks::Tasks;
 
 /// Cluster-wide facts created by `init`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -61,13 +63,16 @@ pub struct ClusterInfo {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub cluster: Option<ClusterInfo>,
-    pub nodes: BTreeMap<String, Node>,
-    pub services: BTreeMap<String, Service>,
-    pub tasks: BTreeMap<String, Task>,
+    pub nodes: imbl::OrdMap<String, Node>,
+    pub services: imbl::OrdMap<String, Service>,
+    /// A persistent map indexed by node (see [`tasks`]): cloning the state, which Raft's
+    /// apply does whenever a reader still holds the previous version, shares every
+    /// unchanged task instead of copying them all.
+    pub tasks: Tasks,
     /// For each node, the log index of the last change to any task assigned to it: the
     /// version of its assignments, which only grows, so a worker can long-poll for it.
     #[serde(default)]
-    pub assignment_versions: BTreeMap<String, u64>,
+    pub assignment_versions: imbl::OrdMap<String, u64>,
     /// Overlay networks by id.
     #[serde(default)]
     pub networks: BTreeMap<String, NetworkRecord>,
@@ -84,7 +89,7 @@ pub struct ClusterState {
     pub service_vips: BTreeMap<String, BTreeMap<String, Ipv4Addr>>,
     /// Each task's addresses, one per network of its service.
     #[serde(default)]
-    pub task_networks: BTreeMap<String, Vec<Attachment>>,
+    pub task_networks: imbl::OrdMap<String, Vec<Attachment>>,
     /// Each node's own address on the networks it has tasks on: node → network → address.
     #[serde(default)]
     pub node_networks: BTreeMap<String, BTreeMap<String, Ipv4Addr>>,
@@ -296,7 +301,7 @@ pub fn update_status(
     }
 }
 
-fn version(index: u64) -> Option<ObjectVersion> {
+pub(crate) fn version(index: u64) -> Option<ObjectVersion> {
     Some(ObjectVersion { index: Some(index) })
 }
 
@@ -560,20 +565,22 @@ impl ClusterState {
             }
             Command::ReportTaskStatus { node_id, updates } => {
                 for update in updates {
-                    let Some(task) = self.tasks.get_mut(&update.task_id) else {
-                        continue;
-                    };
-                    if task.node_id.as_deref() != Some(node_id.as_str()) {
-                        continue;
+                    let changed = self.tasks.modify(&update.task_id, |task| {
+                        if task.node_id.as_deref() != Some(node_id.as_str()) {
+                            return false;
+                        }
+                        let new_state = update.status.state.unwrap_or(TaskState::NEW);
+                        if new_state < state_of(task) {
+                            return false;
+                        }
+                        task.status = Some(update.status.clone());
+                        task.updated_at = update.status.timestamp.clone();
+                        task.version = version(index);
+                        true
+                    });
+                    if changed == Some(true) {
+                        self.assignment_versions.insert(node_id.clone(), index);
                     }
-                    let new_state = update.status.state.unwrap_or(TaskState::NEW);
-                    if new_state < state_of(task) {
-                        continue;
-                    }
-                    task.status = Some(update.status.clone());
-                    task.updated_at = update.status.timestamp.clone();
-                    task.version = version(index);
-                    self.assignment_versions.insert(node_id.clone(), index);
                 }
                 Ok(())
             }
@@ -722,8 +729,17 @@ impl ClusterState {
             vips.remove(&id);
         }
         self.service_vips.retain(|_, v| !v.is_empty());
-        for attachments in self.task_networks.values_mut() {
-            attachments.retain(|a| a.network_id != id);
+        // A persistent map has no mutable iteration: change only the tasks attached.
+        let attached: Vec<String> = self
+            .task_networks
+            .iter()
+            .filter(|(_, attachments)| attachments.iter().any(|a| a.network_id == id))
+            .map(|(task_id, _)| task_id.clone())
+            .collect();
+        for task_id in attached {
+            if let Some(attachments) = self.task_networks.get_mut(&task_id) {
+                attachments.retain(|a| a.network_id != id);
+            }
         }
         for addrs in self.node_networks.values_mut() {
             addrs.remove(&id);
@@ -788,9 +804,7 @@ impl ClusterState {
 
     /// Tasks assigned to one node, in id order.
     pub fn tasks_on_node<'a>(&'a self, node_id: &'a str) -> impl Iterator<Item = &'a Task> {
-        self.tasks
-            .values()
-            .filter(move |t| t.node_id.as_deref() == Some(node_id))
+        self.tasks.on_node(node_id)
     }
 
     /// The managers, as (node id, manager address).

@@ -406,12 +406,18 @@ impl crate::ClusterState {
             }
         }
         for (task_id, why) in &a.failures {
-            let Some(task) = self.tasks.get_mut(task_id) else {
-                continue;
-            };
-            let status = task.status.get_or_insert_with(Default::default);
-            status.err = Some(why.clone());
-            status.message = Some("pending task scheduling".into());
+            // A changed task gets a new version, which is how a node's delta of its
+            // assignments finds it.
+            let node = self.tasks.modify(task_id, |task| {
+                let status = task.status.get_or_insert_with(Default::default);
+                status.err = Some(why.clone());
+                status.message = Some("pending task scheduling".into());
+                task.version = crate::version(index);
+                task.node_id.clone()
+            });
+            if let Some(Some(node)) = node {
+                self.assignment_versions.insert(node, index);
+            }
         }
         Ok(())
     }

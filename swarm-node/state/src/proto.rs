@@ -100,7 +100,16 @@ pub struct HeartbeatResponse {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Assignments {
     pub index: u64,
+    /// Every task of the node, or, when `task_ids` is set, only those changed since the
+    /// caller's version.
     pub tasks: Vec<Task>,
+    /// Set in an answer to a caller that asked for changes only (`delta=true` with a
+    /// version): the ids of every task assigned to the node, in order. `tasks` then holds
+    /// only the tasks whose `Version.Index` is above the caller's version; the caller keeps
+    /// its copies of the others and drops those not listed. A node of 100 tasks hears of
+    /// one task's change in one task's bytes, instead of 100 tasks' on every change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_ids: Option<Vec<String>>,
     /// Per task id: the ports its service publishes in host mode (`mode=host`), bound by
     /// the worker on this node's addresses as Docker's `PortBindings`. A published port
     /// of 0 lets the engine pick one.

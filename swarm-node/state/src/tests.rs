@@ -135,3 +135,58 @@ fn nodes_are_found_by_hostname_or_prefix() {
     );
     assert!(state.find_node("ab").is_none());
 }
+
+#[test]
+fn persistent_maps_serialise_as_maps_and_copies_stay_apart() {
+    let mut state = ClusterState::default();
+    state.apply(
+        &Command::AddNode {
+            node: Box::new(node("n1", "a")),
+        },
+        1,
+    );
+    let tasks: Vec<Task> = ["t2", "t1", "t3"]
+        .iter()
+        .map(|id| Task {
+            id: Some((*id).into()),
+            node_id: Some("n1".into()),
+            desired_state: Some(TaskState::RUNNING),
+            status: Some(status(TaskState::ASSIGNED, "assigned", id)),
+            ..Default::default()
+        })
+        .collect();
+    state.apply(
+        &Command::PutTasks {
+            tasks: tasks.clone(),
+        },
+        2,
+    );
+
+    // Same JSON as the ordered std map the snapshots were written with.
+    let json = serde_json::to_value(&state).unwrap();
+    let by_id: BTreeMap<String, Task> = state
+        .tasks
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert_eq!(json["tasks"], serde_json::to_value(&by_id).unwrap());
+    let text = serde_json::to_string(&state).unwrap();
+    assert!(text.contains(r#""tasks":{"t1":"#), "{text}");
+    let back: ClusterState = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, state);
+
+    // A copy changed by apply leaves the original as it was.
+    let before = state.clone();
+    let mut copy = state.clone();
+    let report = Command::ReportTaskStatus {
+        node_id: "n1".into(),
+        updates: vec![proto::TaskStatusUpdate {
+            task_id: "t1".into(),
+            status: status(TaskState::RUNNING, "", "t1"),
+        }],
+    };
+    copy.apply(&report, 3);
+    assert_eq!(state_of(&copy.tasks["t1"]), TaskState::RUNNING);
+    assert_eq!(state_of(&state.tasks["t1"]), TaskState::ASSIGNED);
+    assert_eq!(state, before);
+}

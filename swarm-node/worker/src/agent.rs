@@ -22,7 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rand::Rng;
 use serde::de::DeserializeOwned;
-use swarm_state::models::{NodeDescription, TaskStatus};
+use swarm_state::models::{NodeDescription, Task, TaskStatus};
 use swarm_state::netmap::NetMap;
 use swarm_state::proto::{
     Assignments, Heartbeat, HeartbeatResponse, TaskStatusReport, TaskStatusUpdate, PREFIX,
@@ -40,8 +40,11 @@ use crate::runtime::ContainerRuntime;
 pub const DEFAULT_HEARTBEAT_PERIOD: Duration = Duration::from_secs(5);
 /// How long a manager may hold an assignments request before it must answer.
 const LONG_POLL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Timeout of heartbeats and status reports (SwarmKit's dispatcher RPC timeout).
+/// Timeout of heartbeats (SwarmKit's dispatcher RPC timeout).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Timeout of status reports: a report is answered once committed, which takes longer
+/// than a heartbeat while the managers are busy (a leader's proposal may wait 15 s).
+const REPORT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Status changes arriving this close together go in one request.
 const REPORT_BATCH_WINDOW: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -352,7 +355,7 @@ async fn heartbeat_loop(shared: &Shared) {
                 tokio::time::sleep(jittered(period)).await;
             }
             Err(e) => {
-                tracing::warn!(manager = %manager, error = %e, "heartbeat failed");
+                tracing::warn!(manager = %manager, error = %e, cause = %root_cause(&e), "heartbeat failed");
                 shared.managers.failed(&manager);
                 failures += 1;
                 tokio::time::sleep(shared.retry_delay(failures).min(period)).await;
@@ -361,8 +364,31 @@ async fn heartbeat_loop(shared: &Shared) {
     }
 }
 
+/// The node's tasks as last heard, kept to apply answers that carry changes only.
+#[derive(Debug, Default)]
+struct KnownTasks(BTreeMap<String, Task>);
+
+impl KnownTasks {
+    /// Applies an answer and returns every task, in the manager's order; `None` when a
+    /// delta names a task this node never had (it then asks for the whole list again).
+    fn apply(&mut self, tasks: Vec<Task>, ids: Option<Vec<String>>) -> Option<Vec<Task>> {
+        let id_of = |t: &Task| t.id.clone().unwrap_or_default();
+        let Some(ids) = ids else {
+            self.0 = tasks.iter().map(|t| (id_of(t), t.clone())).collect();
+            return Some(tasks);
+        };
+        for t in tasks {
+            self.0.insert(id_of(&t), t);
+        }
+        let listed: std::collections::BTreeSet<&String> = ids.iter().collect();
+        self.0.retain(|id, _| listed.contains(id));
+        ids.iter().map(|id| self.0.get(id).cloned()).collect()
+    }
+}
+
 async fn assignments_loop(shared: &Shared, tx: watch::Sender<AssignedTasks>) {
     let mut since: Option<u64> = None;
+    let mut known = KnownTasks::default();
     let mut failures = 0u32;
     loop {
         let manager = shared.managers.current();
@@ -372,7 +398,11 @@ async fn assignments_loop(shared: &Shared, tx: watch::Sender<AssignedTasks>) {
                 .cfg
                 .client
                 .get(shared.url(&manager, "/assignments"))
-                .query(&[("node", shared.cfg.node_id.as_str()), ("since", &index)])
+                .query(&[
+                    ("node", shared.cfg.node_id.as_str()),
+                    ("since", &index),
+                    ("delta", "true"),
+                ])
                 .timeout(LONG_POLL_TIMEOUT)
                 .send()
                 .await?;
@@ -391,10 +421,15 @@ async fn assignments_loop(shared: &Shared, tx: watch::Sender<AssignedTasks>) {
                     }
                     Some(s) if a.index == s => {}
                     _ => {
+                        let Some(tasks) = known.apply(a.tasks, a.task_ids) else {
+                            tracing::warn!(manager = %manager, "assignments named a task this node never heard of: asking for all of them");
+                            since = None;
+                            continue;
+                        };
                         since = Some(a.index);
                         // Secrets and configs stay in memory: never written, never logged.
                         tx.send_replace(Some(Arc::new(Assigned {
-                            tasks: a.tasks,
+                            tasks,
                             host_ports: a.host_ports,
                             secrets: a.secrets,
                             configs: a.configs,
@@ -444,6 +479,16 @@ impl NetmapSource for ManagerNetmaps {
     }
 }
 
+/// The innermost error of a chain: reqwest's own message names only the URL, the cause
+/// (a timeout, a reset, a refused handshake) is at the bottom.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
 /// Adds an update, keeping only the latest status per task.
 fn coalesce(pending: &mut BTreeMap<String, TaskStatus>, update: TaskStatusUpdate) {
     pending.insert(update.task_id, update.status);
@@ -479,7 +524,7 @@ async fn report_loop(shared: &Shared, mut rx: mpsc::UnboundedReceiver<TaskStatus
                 .cfg
                 .client
                 .post(shared.url(&manager, "/task-status"))
-                .timeout(REQUEST_TIMEOUT)
+                .timeout(REPORT_TIMEOUT)
                 .json(&report)
                 .send()
                 .await?;
@@ -498,7 +543,12 @@ async fn report_loop(shared: &Shared, mut rx: mpsc::UnboundedReceiver<TaskStatus
             }
             Err(e) => {
                 tracing::warn!(manager = %manager, error = %e, updates = report.updates.len(), "reporting task status failed");
-                shared.managers.failed(&manager);
+                // A slow commit says the swarm is busy, not that this manager is gone:
+                // the heartbeats decide that. Moving every loop to another manager here
+                // would add relays and handshakes to the busy leader's load.
+                if !matches!(&e, CallError::Http(h) if h.is_timeout()) {
+                    shared.managers.failed(&manager);
+                }
                 failures += 1;
                 tokio::time::sleep(shared.retry_delay(failures)).await;
             }
@@ -509,6 +559,35 @@ async fn report_loop(shared: &Shared, mut rx: mpsc::UnboundedReceiver<TaskStatus
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn task(id: &str, version: u64) -> Task {
+        Task {
+            id: Some(id.into()),
+            version: Some(swarm_state::models::ObjectVersion {
+                index: Some(version),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn deltas_of_assignments_rebuild_the_whole_list() {
+        let mut known = KnownTasks::default();
+        let all = known.apply(vec![task("a", 1), task("b", 1)], None).unwrap();
+        assert_eq!(all, vec![task("a", 1), task("b", 1)]);
+        // b changed, c is new, a was removed.
+        let ids = Some(vec!["b".into(), "c".into()]);
+        let all = known.apply(vec![task("b", 5), task("c", 5)], ids).unwrap();
+        assert_eq!(all, vec![task("b", 5), task("c", 5)]);
+        // Nothing changed but the order is the manager's.
+        let all = known
+            .apply(vec![], Some(vec!["c".into(), "b".into()]))
+            .unwrap();
+        assert_eq!(all, vec![task("c", 5), task("b", 5)]);
+        assert!(!known.0.contains_key("a"));
+        // A delta that names a task never seen cannot be applied.
+        assert_eq!(known.apply(vec![], Some(vec!["zz".into()])), None);
+    }
 
     #[test]
     fn managers_fail_over_in_turn_and_follow_updates() {

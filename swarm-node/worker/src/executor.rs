@@ -298,21 +298,28 @@ impl LoopState {
     }
 
     /// The assigned tasks, each with the further on of the managers' status and ours.
-    fn tasks(&self) -> Vec<Task> {
+    /// Copied only where ours differs: planning runs after every change, and most tasks
+    /// already carry the status this node reported.
+    fn tasks(&self) -> Vec<std::borrow::Cow<'_, Task>> {
+        use std::borrow::Cow;
         let Some(desired) = &self.desired else {
             return Vec::new();
         };
         desired
             .values()
-            .map(|t| {
-                let mut t = t.clone();
-                if let Some(ours) = self.reported.get(t.id.as_deref().unwrap_or_default()) {
-                    if ours.state.unwrap_or(TaskState::NEW) >= state_of(&t) {
+            .map(
+                |t| match self.reported.get(t.id.as_deref().unwrap_or_default()) {
+                    Some(ours)
+                        if ours.state.unwrap_or(TaskState::NEW) >= state_of(t)
+                            && t.status.as_ref() != Some(ours) =>
+                    {
+                        let mut t = t.clone();
                         t.status = Some(ours.clone());
+                        Cow::Owned(t)
                     }
-                }
-                t
-            })
+                    _ => Cow::Borrowed(t),
+                },
+            )
             .collect()
     }
 
@@ -334,7 +341,8 @@ impl LoopState {
         // wake-up; the bound only guards against a planning loop.
         for _ in 0..16 {
             let mut reported_any = false;
-            for action in plan(&self.tasks(), &actual, &self.ready) {
+            let actions = plan(&self.tasks(), &actual, &self.ready);
+            for action in actions {
                 let task_id = action.task_id().to_string();
                 if self.inflight.contains(&task_id) {
                     continue;

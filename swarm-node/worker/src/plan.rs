@@ -112,13 +112,18 @@ impl Action {
 /// of this node. `desired` holds the tasks with the latest observed status known (the
 /// managers' or this worker's own, whichever is further on); `actual` the containers;
 /// `networks` the tasks whose networks are ready.
-pub fn plan(desired: &[Task], actual: &[TaskContainer], networks: &ReadyNetworks) -> Vec<Action> {
+pub fn plan<T: std::borrow::Borrow<Task>>(
+    desired: &[T],
+    actual: &[TaskContainer],
+    networks: &ReadyNetworks,
+) -> Vec<Action> {
     let mut by_task: HashMap<&str, Vec<&TaskContainer>> = HashMap::new();
     for c in actual {
         by_task.entry(c.task_id.as_str()).or_default().push(c);
     }
     let mut actions = Vec::new();
     for task in desired {
+        let task = task.borrow();
         let Some(id) = task.id.as_deref().filter(|id| !id.is_empty()) else {
             continue;
         };

@@ -281,7 +281,9 @@ fn mesh() -> ClusterState {
     let mut ingress = network("ing", "10.0.0.0/24", None);
     ingress.network.ingress = Some(true);
     let mut s = state_with(vec![ingress, network("a", "10.0.1.0/24", None)]);
-    for n in s.nodes.values_mut() {
+    let ids: Vec<String> = s.nodes.keys().cloned().collect();
+    for id in ids {
+        let n = s.nodes.get_mut(&id).unwrap();
         n.status.as_mut().unwrap().state = Some(NodeState::READY);
     }
     s

@@ -286,7 +286,7 @@ fn containers_of_unassigned_tasks_are_stopped_then_removed() {
         container("gone3", RunState::Created),
         container("gone4", RunState::Removing),
     ];
-    let actions = plan(&[], &actual, &none());
+    let actions = plan::<Task>(&[], &actual, &none());
     assert_eq!(
         actions,
         vec![

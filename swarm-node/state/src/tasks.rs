@@ -1,0 +1,209 @@
+//! The tasks of the state: a persistent map by task id, with an index of each node's
+//! tasks kept beside it.
+//!
+//! Persistent (imbl): Raft applies an entry to a state that readers (API requests, long
+//! polls, the leader's pass) may still hold, which makes it copy the state first. With a
+//! persistent map that copy shares every unchanged task, so it costs O(1), and changing a
+//! task costs O(log n), however many tasks there are.
+//!
+//! Indexed by node: a node's long poll gathers its tasks after every change to them, and
+//! with 1,000 nodes a scan of every task for each would cost 1,000 × all tasks per wave
+//! of changes. Only this type changes the map, so the index cannot drift: tasks move
+//! between nodes only through [`Tasks::insert`], [`Tasks::remove`] and [`Tasks::modify`].
+
+use std::fmt;
+use std::ops::Deref;
+
+use bollard_stubs::models::Task;
+use imbl::{OrdMap, OrdSet};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+#[derive(Clone, Default, PartialEq)]
+pub struct Tasks {
+    all: OrdMap<String, Task>,
+    /// Node id → ids of the tasks assigned to it. Derived from `all`, never serialised.
+    by_node: OrdMap<String, OrdSet<String>>,
+}
+
+impl Deref for Tasks {
+    type Target = OrdMap<String, Task>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.all
+    }
+}
+
+impl fmt::Debug for Tasks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.all.iter()).finish()
+    }
+}
+
+impl Tasks {
+    /// Adds or replaces a task; returns the one it replaced.
+    pub fn insert(&mut self, id: String, task: Task) -> Option<Task> {
+        self.index(&id, task.node_id.as_deref());
+        let old = self.all.insert(id.clone(), task);
+        if let Some(old_node) = old.as_ref().and_then(|t| t.node_id.as_deref()) {
+            if self.all.get(&id).and_then(|t| t.node_id.as_deref()) != Some(old_node) {
+                self.unindex(&id, old_node);
+            }
+        }
+        old
+    }
+
+    pub fn remove(&mut self, id: &str) -> Option<Task> {
+        let old = self.all.remove(id)?;
+        if let Some(node) = old.node_id.as_deref() {
+            self.unindex(id, node);
+        }
+        Some(old)
+    }
+
+    /// Changes one task in place; `None` when there is no such task. A change of its node
+    /// is followed by the index.
+    pub fn modify<R>(&mut self, id: &str, change: impl FnOnce(&mut Task) -> R) -> Option<R> {
+        let task = self.all.get_mut(id)?;
+        let before = task.node_id.clone();
+        let out = change(task);
+        let after = task.node_id.clone();
+        if before != after {
+            if let Some(node) = before.as_deref() {
+                self.unindex(id, node);
+            }
+            self.index(id, after.as_deref());
+        }
+        Some(out)
+    }
+
+    pub fn clear(&mut self) {
+        self.all.clear();
+        self.by_node.clear();
+    }
+
+    /// The tasks assigned to `node_id`, by task id.
+    pub fn on_node<'a>(&'a self, node_id: &str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.by_node
+            .get(node_id)
+            .into_iter()
+            .flat_map(|ids| ids.iter())
+            .filter_map(|id| self.all.get(id))
+    }
+
+    /// How many tasks are assigned to `node_id`.
+    pub fn count_on_node(&self, node_id: &str) -> usize {
+        self.by_node.get(node_id).map_or(0, OrdSet::len)
+    }
+
+    fn index(&mut self, id: &str, node: Option<&str>) {
+        if let Some(node) = node {
+            self.by_node
+                .entry(node.to_string())
+                .or_default()
+                .insert(id.to_string());
+        }
+    }
+
+    fn unindex(&mut self, id: &str, node: &str) {
+        if let Some(ids) = self.by_node.get_mut(node) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_node.remove(node);
+            }
+        }
+    }
+}
+
+impl FromIterator<(String, Task)> for Tasks {
+    fn from_iter<I: IntoIterator<Item = (String, Task)>>(iter: I) -> Self {
+        let mut tasks = Tasks::default();
+        for (id, task) in iter {
+            tasks.insert(id, task);
+        }
+        tasks
+    }
+}
+
+impl<'a> IntoIterator for &'a Tasks {
+    type Item = (&'a String, &'a Task);
+    type IntoIter = imbl::ordmap::Iter<'a, String, Task, imbl::shared_ptr::DefaultSharedPtr>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.all.iter()
+    }
+}
+
+/// Serialised as the map alone (the index is rebuilt when read), so the snapshot format
+/// is the same as a plain map's.
+impl Serialize for Tasks {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.all.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Tasks {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let all = OrdMap::<String, Task>::deserialize(deserializer)?;
+        Ok(all.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(id: &str, node: Option<&str>) -> Task {
+        Task {
+            id: Some(id.into()),
+            node_id: node.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    fn ids<'a>(tasks: &'a Tasks, node: &str) -> Vec<&'a str> {
+        tasks
+            .on_node(node)
+            .map(|t| t.id.as_deref().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_node_index_follows_every_change() {
+        let mut t = Tasks::default();
+        t.insert("a".into(), task("a", Some("n1")));
+        t.insert("b".into(), task("b", Some("n1")));
+        t.insert("c".into(), task("c", None));
+        assert_eq!(ids(&t, "n1"), ["a", "b"]);
+        // Moved by a replacement.
+        t.insert("b".into(), task("b", Some("n2")));
+        assert_eq!(ids(&t, "n1"), ["a"]);
+        assert_eq!(ids(&t, "n2"), ["b"]);
+        // Moved in place, then unassigned.
+        t.modify("c", |c| c.node_id = Some("n2".into()));
+        assert_eq!(ids(&t, "n2"), ["b", "c"]);
+        t.modify("b", |b| b.node_id = None);
+        assert_eq!(ids(&t, "n2"), ["c"]);
+        assert_eq!(t.modify("zz", |_| ()), None);
+        t.remove("a");
+        assert!(ids(&t, "n1").is_empty());
+        assert_eq!(t.count_on_node("n1"), 0);
+        assert!(!t.by_node.contains_key("n1"), "empty sets are dropped");
+        assert_eq!(t.count_on_node("n2"), 1);
+    }
+
+    #[test]
+    fn a_read_back_map_has_the_same_index() {
+        let t: Tasks = [
+            ("a".to_string(), task("a", Some("n1"))),
+            ("b".to_string(), task("b", Some("n2"))),
+            ("c".to_string(), task("c", None)),
+        ]
+        .into_iter()
+        .collect();
+        let text = serde_json::to_string(&t).unwrap();
+        assert!(text.starts_with("{\"a\":"), "a plain map: {text}");
+        let back: Tasks = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, t);
+        assert_eq!(ids(&back, "n2"), ["b"]);
+    }
+}
