@@ -666,6 +666,7 @@ pub(crate) fn entry_items(entry: &Entry) -> usize {
     match command {
         Command::PutTasks { tasks } => tasks.len(),
         Command::ReportTaskStatus { updates, .. } => updates.len(),
+        Command::ReportTaskStatuses { reports } => reports.iter().map(|r| r.updates.len()).sum(),
         Command::RemoveTasks { ids } => ids.len(),
         Command::Allocate { allocation } => allocation.tasks.len() + allocation.failures.len(),
         _ => 1,

@@ -463,18 +463,27 @@ async fn task_status(
     // The leader keeps only real changes (see `status_changes`); a follower forwards the
     // report and the leader filters it against its own state in `propose`, since a
     // follower's older state cannot tell a duplicate from news.
-    let updates = if manager.raft.is_leader() {
-        status_changes(&manager.read(), &report.node_id, report.updates)
-    } else {
-        report.updates
-    };
-    if updates.is_empty() {
+    if manager.raft.is_leader() {
+        let updates = status_changes(&manager.read(), &report.node_id, report.updates);
+        if !updates.is_empty() {
+            // Written with the other reports that arrive meanwhile (`manager/reports.rs`).
+            manager
+                .reports
+                .submit(TaskStatusReport {
+                    node_id: report.node_id,
+                    updates,
+                })
+                .await?;
+        }
+        return Ok(Json(serde_json::json!({})));
+    }
+    if report.updates.is_empty() {
         return Ok(Json(serde_json::json!({})));
     }
     manager
         .propose(Command::ReportTaskStatus {
             node_id: report.node_id,
-            updates,
+            updates: report.updates,
         })
         .await?;
     Ok(Json(serde_json::json!({})))
@@ -532,14 +541,20 @@ async fn propose(
         // Reports forwarded by followers are filtered here, against the leader's state.
         Command::ReportTaskStatus { node_id, updates } if manager.raft.is_leader() => {
             let updates = status_changes(&state, &node_id, updates);
-            if updates.is_empty() {
-                return Ok(Json(CommandResult {
-                    index: state.last_index,
-                    error: None,
-                })
-                .into_response());
+            drop(state);
+            if !updates.is_empty() {
+                // Written with the other reports that arrive meanwhile; the answer's
+                // index is at or after their entry, so the follower reads its write.
+                manager
+                    .reports
+                    .submit(TaskStatusReport { node_id, updates })
+                    .await?;
             }
-            Command::ReportTaskStatus { node_id, updates }
+            return Ok(Json(CommandResult {
+                index: manager.read().last_index,
+                error: None,
+            })
+            .into_response());
         }
         command => command,
     };

@@ -53,6 +53,8 @@ pub async fn run(manager: Arc<Manager>, mut shutdown: watch::Receiver<bool>) {
         // Its own loop: marking a node Down must not wait behind the orchestrator's
         // proposals, which at 100,000 tasks take many seconds.
         let _liveness = AbortOnDrop(tokio::spawn(watch_liveness(manager.clone())));
+        // Task status reports are written together, in entries of their own.
+        let _reports = AbortOnDrop(tokio::spawn(super::reports::run(manager.clone())));
         let mut state_rx = manager.raft.subscribe();
         while manager.raft.is_leader() && !*shutdown.borrow() {
             let started = Instant::now();

@@ -20,6 +20,7 @@ pub mod dispatcher;
 pub mod leader;
 pub mod networks;
 pub mod orchestrator;
+pub mod reports;
 pub mod scheduler;
 
 /// How long a write waits for a leader to appear before the caller is told there is none.
@@ -56,6 +57,8 @@ pub struct Manager {
     /// follower relaying for a thousand nodes at once would be refused by the leader, and
     /// its nodes would miss their heartbeats.
     pub relays: tokio::sync::Semaphore,
+    /// Task status reports waiting for the leader's next write (see [`reports`]).
+    pub reports: reports::ReportQueue,
 }
 
 /// Calls to the leader on others' behalf at once (see [`Manager::relays`]): half the
@@ -82,6 +85,7 @@ impl Manager {
             clock,
             dispatcher: dispatcher::Dispatcher::new(heartbeat_ms),
             relays: tokio::sync::Semaphore::new(MAX_RELAYS),
+            reports: reports::ReportQueue::default(),
         })
     }
 

@@ -199,6 +199,13 @@ pub enum Command {
         node_id: String,
         updates: Vec<proto::TaskStatusUpdate>,
     },
+    /// Several nodes' reports in one entry: the leader gathers the reports that arrive
+    /// together (SwarmKit's dispatcher batches status writes the same way), so 1,000
+    /// nodes moving their tasks make a few entries instead of one each. Each report is
+    /// applied as a `ReportTaskStatus` would be.
+    ReportTaskStatuses {
+        reports: Vec<proto::TaskStatusReport>,
+    },
     RemoveTasks {
         ids: Vec<String>,
     },
@@ -564,23 +571,12 @@ impl ClusterState {
                 Ok(())
             }
             Command::ReportTaskStatus { node_id, updates } => {
-                for update in updates {
-                    let changed = self.tasks.modify(&update.task_id, |task| {
-                        if task.node_id.as_deref() != Some(node_id.as_str()) {
-                            return false;
-                        }
-                        let new_state = update.status.state.unwrap_or(TaskState::NEW);
-                        if new_state < state_of(task) {
-                            return false;
-                        }
-                        task.status = Some(update.status.clone());
-                        task.updated_at = update.status.timestamp.clone();
-                        task.version = version(index);
-                        true
-                    });
-                    if changed == Some(true) {
-                        self.assignment_versions.insert(node_id.clone(), index);
-                    }
+                self.apply_report(node_id, updates, index);
+                Ok(())
+            }
+            Command::ReportTaskStatuses { reports } => {
+                for report in reports {
+                    self.apply_report(&report.node_id, &report.updates, index);
                 }
                 Ok(())
             }
@@ -803,6 +799,29 @@ impl ClusterState {
     }
 
     /// Tasks assigned to one node, in id order.
+    /// Applies one node's status report: each update moves a task of that node forward
+    /// in SwarmKit's order, or is ignored.
+    fn apply_report(&mut self, node_id: &str, updates: &[proto::TaskStatusUpdate], index: u64) {
+        for update in updates {
+            let changed = self.tasks.modify(&update.task_id, |task| {
+                if task.node_id.as_deref() != Some(node_id) {
+                    return false;
+                }
+                let new_state = update.status.state.unwrap_or(TaskState::NEW);
+                if new_state < state_of(task) {
+                    return false;
+                }
+                task.status = Some(update.status.clone());
+                task.updated_at = update.status.timestamp.clone();
+                task.version = version(index);
+                true
+            });
+            if changed == Some(true) {
+                self.assignment_versions.insert(node_id.to_string(), index);
+            }
+        }
+    }
+
     pub fn tasks_on_node<'a>(&'a self, node_id: &'a str) -> impl Iterator<Item = &'a Task> {
         self.tasks.on_node(node_id)
     }
