@@ -297,6 +297,11 @@ pub fn firewall_rules_with_gossip(
 ) -> Result<String, BootstrapError> {
     let ctx = NftablesContext {
         gossip_port,
+        // Docker's swarm mode has no use for swarm-node's tunnel.
+        tunnel_port: match gossip_port {
+            Some(_) => None,
+            None => Some(swarmup_templates::TUNNEL_PORT),
+        },
         ssh_port: facts.ssh_port.unwrap_or(machine.ssh.port),
         ssh_allowed: firewall.ssh_allowed.clone(),
         control_allowed: firewall.control_allowed.clone(),

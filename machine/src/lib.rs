@@ -18,6 +18,9 @@ pub const DATA_PORT: u16 = 4789;
 /// Docker's own swarm mode (`swarmup create --engine docker`) gossips node membership
 /// and overlay endpoints on this port, TCP and UDP; swarm-node never opens it.
 pub const DOCKER_GOSSIP_PORT: u16 = 7946;
+/// The WireGuard tunnel between swarm-node's nodes, which carries encrypted overlay
+/// networks (`docker network create --opt encrypted`), UDP.
+pub const TUNNEL_PORT: u16 = 51820;
 
 /// The role a machine will take in the swarm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

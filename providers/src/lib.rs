@@ -19,7 +19,7 @@ pub mod virtualbox;
 // so that bootstrap links no cloud client; providers re-export them.
 pub use swarmup_machine::{
     workshop, ClusterPlan, HostKey, Machine, MachinePlan, NoProgress, PowerState, Progress, Role,
-    SshEndpoint, CONTROL_PORT, DATA_PORT, DOCKER_GOSSIP_PORT,
+    SshEndpoint, CONTROL_PORT, DATA_PORT, DOCKER_GOSSIP_PORT, TUNNEL_PORT,
 };
 
 /// What a destroy removed, for the report printed to the user.

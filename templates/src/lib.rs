@@ -21,7 +21,7 @@ pub const SWARM_NODE_STATE_DIR: &str = "/var/lib/swarm-node";
 /// Swarm control plane (Raft, dispatcher, CA) and the VXLAN data path (swarm-node's
 /// `--data-path-port`). There is no gossip port: swarm-node derives every forwarding
 /// entry from the replicated state, so Docker's 7946 stays shut.
-pub use swarmup_machine::{CONTROL_PORT, DATA_PORT, DOCKER_GOSSIP_PORT};
+pub use swarmup_machine::{CONTROL_PORT, DATA_PORT, DOCKER_GOSSIP_PORT, TUNNEL_PORT};
 /// The prefix of the bridges swarm-node makes for overlay networks (`swb<VNI>`).
 pub const OVERLAY_BRIDGES: &str = "swb*";
 
@@ -643,6 +643,10 @@ pub struct NftablesContext {
     /// cluster runs Docker's own swarm mode; `None` for swarm-node, which has no gossip.
     #[serde(default)]
     pub gossip_port: Option<u16>,
+    /// swarm-node's WireGuard tunnel port (UDP), opened to the cluster's nodes only;
+    /// `None` for Docker's own swarm mode, which encrypts with IPsec instead.
+    #[serde(default)]
+    pub tunnel_port: Option<u16>,
     /// Interfaces whose traffic to the host is always accepted: containers talking to
     /// their own host must not be cut off (on overlay bridges, that includes the queries
     /// to the node's service DNS).
@@ -660,6 +664,7 @@ impl Default for NftablesContext {
             data_port: DATA_PORT,
             published_ports: Vec::new(),
             gossip_port: None,
+            tunnel_port: Some(TUNNEL_PORT),
             trusted_interfaces: vec![
                 "docker0".to_string(),
                 "docker_gwbridge".to_string(),
@@ -684,6 +689,7 @@ struct NftablesView {
     control_port: u16,
     data_port: u16,
     gossip_port: Option<u16>,
+    tunnel_port: Option<u16>,
     published_tcp: Vec<u16>,
     published_udp: Vec<u16>,
     trusted_interfaces: Vec<String>,
@@ -697,6 +703,7 @@ pub fn nftables(ctx: &NftablesContext) -> Result<String, TemplateError> {
         ("control port", ctx.control_port),
         ("data port", ctx.data_port),
         ("gossip port", ctx.gossip_port.unwrap_or(DOCKER_GOSSIP_PORT)),
+        ("tunnel port", ctx.tunnel_port.unwrap_or(TUNNEL_PORT)),
     ] {
         if port == 0 {
             return Err(invalid(NFTABLES, format!("{what} must be above 0")));
@@ -760,6 +767,7 @@ pub fn nftables(ctx: &NftablesContext) -> Result<String, TemplateError> {
         control_port: ctx.control_port,
         data_port: ctx.data_port,
         gossip_port: ctx.gossip_port,
+        tunnel_port: ctx.tunnel_port,
         published_tcp: ports(Protocol::Tcp),
         published_udp: ports(Protocol::Udp),
         trusted_interfaces: ctx.trusted_interfaces.clone(),

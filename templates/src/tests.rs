@@ -537,6 +537,13 @@ fn nftables_snapshot() {
         		ip saddr @cluster_v4 udp dport 4789 accept
         		ip6 saddr @cluster_v6 udp dport 4789 accept
 
+        		# swarm-node's WireGuard tunnel (encrypted overlay networks): cluster nodes only.
+        		# What comes out of it is the VXLAN of encrypted networks, from the peers' tunnel
+        		# addresses, which only the peers' keys can send.
+        		ip saddr @cluster_v4 udp dport 51820 accept
+        		ip6 saddr @cluster_v6 udp dport 51820 accept
+        		iifname "swg0" udp dport 4789 accept
+
         		# Published service ports, open to everyone.
         		tcp dport { 80, 443 } accept
         		udp dport { 53 } accept
@@ -595,6 +602,13 @@ fn nftables_snapshot_defaults_open_ssh_to_anyone() {
         		# VXLAN data path: it has no authentication of its own, so cluster nodes only.
         		ip saddr @cluster_v4 udp dport 4789 accept
         		ip6 saddr @cluster_v6 udp dport 4789 accept
+
+        		# swarm-node's WireGuard tunnel (encrypted overlay networks): cluster nodes only.
+        		# What comes out of it is the VXLAN of encrypted networks, from the peers' tunnel
+        		# addresses, which only the peers' keys can send.
+        		ip saddr @cluster_v4 udp dport 51820 accept
+        		ip6 saddr @cluster_v6 udp dport 51820 accept
+        		iifname "swg0" udp dport 4789 accept
         	}
         }
     "##]]

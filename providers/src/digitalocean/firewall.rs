@@ -59,6 +59,8 @@ pub fn cluster_firewall(name: &str, cluster_tag: &str, ssh_from: &[String]) -> F
                 },
             },
             peer_rule("udp", Some(&crate::DATA_PORT.to_string())),
+            // swarm-node's WireGuard tunnel, which carries encrypted overlay networks.
+            peer_rule("udp", Some(&crate::TUNNEL_PORT.to_string())),
             // Lets nodes ping each other when something is wrong.
             peer_rule("icmp", Some("0")),
             // Docker's gossip, between the cluster's droplets only: used by `--engine
@@ -310,7 +312,15 @@ mod tests {
             .collect();
         assert_eq!(
             ports,
-            ["22/tcp", "2377/tcp", "4789/udp", "0/icmp", "7946/tcp", "7946/udp"]
+            [
+                "22/tcp",
+                "2377/tcp",
+                "4789/udp",
+                "51820/udp",
+                "0/icmp",
+                "7946/tcp",
+                "7946/udp"
+            ]
         );
         assert_eq!(fw.tags, vec!["swarmup:c1"]);
         assert_eq!(fw.outbound_rules.len(), 3);
@@ -333,7 +343,7 @@ mod tests {
             "outbound_rules": serde_json::to_value(&want.outbound_rules).unwrap(),
         });
         let mut have: Firewall = serde_json::from_value(json).unwrap();
-        have.inbound_rules[3].ports = Some("0".into()); // icmp: DigitalOcean answers "0"
+        have.inbound_rules[4].ports = Some("0".into()); // icmp: DigitalOcean answers "0"
         have.inbound_rules.reverse();
         assert!(firewall_matches(&have, &want));
         let other = cluster_firewall("swarmup-c1", "swarmup:c1", &["10.0.0.0/8".into()]);
