@@ -148,7 +148,12 @@ pub fn hostname() -> String {
 
 /// Removes what makes a node part of a swarm (after `leave`).
 pub async fn forget_state(state_dir: &Path) {
-    for entry in ["raft", "certificates", "node.json"] {
+    for entry in [
+        "raft",
+        "certificates",
+        "node.json",
+        crate::daemon::TUNNEL_KEY_FILE,
+    ] {
         let path = state_dir.join(entry);
         let _ = tokio::fs::remove_dir_all(&path).await;
         let _ = tokio::fs::remove_file(&path).await;

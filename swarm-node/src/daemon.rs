@@ -57,7 +57,13 @@ pub enum DaemonError {
     },
     #[error("docker engine: {0}")]
     Docker(String),
+    #[error("{0}")]
+    Net(#[from] swarm_net::NetError),
 }
+
+/// The node's WireGuard private key in its state directory (0600), made at its first
+/// start; a node that leaves the swarm forgets it.
+pub const TUNNEL_KEY_FILE: &str = "tunnel.key";
 
 /// Where the node's service DNS server listens unless told otherwise. Containers never
 /// use it directly: DNS they send to a gateway is redirected here by the data plane.
@@ -328,6 +334,12 @@ pub async fn run_with_network(
             .await
             .map_err(|e| DaemonError::Docker(e.to_string()))?,
     );
+    // The node's WireGuard identity, made once and kept with its other keys: encrypted
+    // overlay networks reach this node through it.
+    let tunnel_key = Arc::new(
+        swarm_net::tunnel::TunnelKey::load_or_create(&config.state_dir.join(TUNNEL_KEY_FILE))
+            .await?,
+    );
     let agent = swarm_worker::Agent::new(swarm_worker::AgentConfig {
         node_id: node.node_id.clone(),
         addr: node.advertise_addr.clone(),
@@ -335,13 +347,14 @@ pub async fn run_with_network(
         client: client_identity.http_client()?,
         scheme: config.scheme.clone(),
         runtime: runtime.clone(),
+        tunnel_key: Some(tunnel_key.public_base64()),
     })
     .map_err(|e| DaemonError::Docker(e.to_string()))?;
 
     // Overlays: the data plane, the DNS server that follows the network map, and the
     // network agent that feeds both and tells the executor which tasks may start.
     let dataplane = Arc::new(swarm_net::Dataplane::new(Arc::new(
-        swarm_net::SystemKernel::new(),
+        swarm_net::SystemKernel::new().with_tunnel_key(tunnel_key),
     )));
     let dns_sockets = bind_dns(network.dns_port).await;
     let dns_port = match &dns_sockets {

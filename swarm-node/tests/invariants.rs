@@ -177,6 +177,8 @@ fn only_the_worker_links_bollard_and_the_cli_links_no_node_internals() {
     let deps = workspace_dependencies();
     assert_eq!(users_of(&deps, "bollard"), vec!["swarm-worker"]);
     assert_eq!(users_of(&deps, "openraft"), vec!["swarm-raft"]);
+    // The userspace WireGuard (its TUN device and threads) belongs to the data plane.
+    assert_eq!(users_of(&deps, "boringtun"), vec!["swarm-net"]);
     let cli = &deps["swarmup"];
     for forbidden in [
         "openraft",

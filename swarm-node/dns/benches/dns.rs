@@ -38,6 +38,7 @@ fn netmap() -> NetMap {
         backends,
     });
     NetMap {
+        tunnel: None,
         networks: vec![NetView {
             id: "net-1".to_string(),
             name: "front".to_string(),

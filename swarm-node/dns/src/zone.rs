@@ -301,6 +301,7 @@ mod tests {
             ],
         );
         Zone::from_netmap(&NetMap {
+            tunnel: None,
             networks: vec![front, back],
             local_tasks: vec![
                 task("t-front", &[("front", "10.0.1.5")]),

@@ -44,6 +44,7 @@ fn service(name: &str, mode: EndpointMode, vip: Option<&str>, backends: &[&str])
 
 fn netmap(services: Vec<ServiceView>) -> NetMap {
     NetMap {
+        tunnel: None,
         index: 1,
         node_id: "node-1".to_string(),
         networks: vec![NetView {

@@ -57,6 +57,7 @@ fn netmap(moved: bool) -> NetMap {
     }
     remote.sort();
     NetMap {
+        tunnel: None,
         index: 1,
         node_id: "bench".into(),
         local_vtep: Some(Ipv4Addr::new(192, 168, 250, 1)),

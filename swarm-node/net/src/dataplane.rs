@@ -152,6 +152,8 @@ impl Dataplane {
         last.clean = false;
 
         self.prepare_host(&mut report).await?;
+        // Before the overlays: an encrypted one's VXLAN starts from the tunnel's address.
+        let tunnel_error = self.sync_tunnel(desired, &mut report).await;
 
         let links = self.kernel.links().await?;
         let addrs = self.kernel.addresses().await?;
@@ -162,6 +164,10 @@ impl Dataplane {
             if !by_name.contains_key(o.bridge.as_str()) {
                 debug!(network = %o.network_id, bridge = %o.bridge, "bridge missing, network skipped");
                 report.missing_bridges.push(o.network_id.clone());
+                continue;
+            }
+            if let (true, Some(why)) = (o.encrypted, &tunnel_error) {
+                report.failed.push((o.network_id.clone(), why.clone()));
                 continue;
             }
             match self.sync_overlay(o, &by_name, &addrs, &mut report).await {
@@ -401,6 +407,35 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Makes the WireGuard interface match `desired.tunnel`, or removes it. Returns why it
+    /// could not be set up: the encrypted networks then wait, the others go on.
+    async fn sync_tunnel(&self, desired: &Desired, report: &mut SyncReport) -> Option<String> {
+        let result = match &desired.tunnel {
+            Some(spec) => self.kernel.tunnel_apply(spec).await.map(|changed| {
+                if changed {
+                    report.changes.push(format!(
+                        "tunnel {} {} mtu {} with {} peers",
+                        crate::tunnel::TUNNEL_DEV,
+                        spec.addr,
+                        spec.mtu,
+                        spec.peers.len()
+                    ));
+                }
+            }),
+            None => self.kernel.tunnel_remove().await.map(|removed| {
+                if removed {
+                    report
+                        .changes
+                        .push(format!("removed tunnel {}", crate::tunnel::TUNNEL_DEV));
+                }
+            }),
+        };
+        result.err().map(|e| {
+            warn!(error = %e, "tunnel not set up: encrypted networks wait");
+            e.to_string()
+        })
+    }
+
     async fn prepare_host(&self, report: &mut SyncReport) -> Result<(), NetError> {
         if self.kernel.read_sysctl(IP_FORWARD).await?.as_deref() != Some("1") {
             self.kernel.write_sysctl(IP_FORWARD, "1").await?;
@@ -576,6 +611,11 @@ impl Dataplane {
         self.sync_return_path(&Desired::default(), false, report)
             .await?;
         self.sync_docker_user(false, report).await?;
+        if k.tunnel_remove().await? {
+            report
+                .changes
+                .push(format!("removed tunnel {}", crate::tunnel::TUNNEL_DEV));
+        }
         for l in links {
             if is_our_vxlan(&l) {
                 k.del_link(&l.name).await?;

@@ -30,4 +30,23 @@ pub enum NetError {
     /// VIPs need bridged replies to go through conntrack (`bridge-nf-call-iptables`).
     #[error("br_netfilter is not available: /proc/sys/net/bridge/bridge-nf-call-iptables is missing even after modprobe br_netfilter")]
     BridgeNetfilterMissing,
+    /// The node's WireGuard key file cannot be read or written.
+    #[error("cannot use the tunnel key {path}: {source}")]
+    TunnelKey {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The WireGuard device could not be reached.
+    #[error("tunnel device swg0: {0}")]
+    Tunnel(#[source] std::io::Error),
+    /// The WireGuard device could not be made or refused its configuration.
+    #[error("tunnel device swg0: {0}")]
+    TunnelDevice(String),
+    /// A peer's public key in the network map is not a WireGuard key.
+    #[error("peer tunnel key {0:?} is not 32 bytes in base64")]
+    TunnelPeerKey(String),
+    /// An encrypted network is wanted but this node was given no tunnel key.
+    #[error("this node has no tunnel key: encrypted networks cannot be set up")]
+    NoTunnelKey,
 }

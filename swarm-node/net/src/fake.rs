@@ -33,6 +33,8 @@ pub struct FakeState {
     pub routes: BTreeMap<u32, TableRoute>,
     /// iptables' `DOCKER-USER` chain as `iptables -S` prints it; `None`: no Docker.
     pub docker_user: Option<Vec<String>>,
+    /// The WireGuard interface's configuration, while it exists.
+    pub tunnel: Option<crate::tunnel::TunnelSpec>,
 }
 
 /// An in-memory [`Kernel`] that records what was done, for tests.
@@ -214,6 +216,55 @@ fn no_device(command: String, dev: &str) -> NetError {
 
 #[async_trait]
 impl Kernel for FakeKernel {
+    async fn tunnel_apply(&self, spec: &crate::tunnel::TunnelSpec) -> Result<bool, NetError> {
+        let dev = crate::tunnel::TUNNEL_DEV;
+        let mut s = self.lock();
+        if s.tunnel.as_ref() == Some(spec) && s.links.contains_key(dev) {
+            return Ok(false);
+        }
+        s.tunnel = Some(spec.clone());
+        s.links.insert(
+            dev.into(),
+            LinkInfo {
+                name: dev.into(),
+                kind: Some("tun".into()),
+                mtu: spec.mtu,
+                master: None,
+                up: true,
+                mac: None,
+                vxlan: None,
+            },
+        );
+        s.addrs.retain(|(d, _)| d != dev);
+        s.addrs.insert((dev.into(), spec.addr));
+        drop(s);
+        self.change(format!(
+            "wireguard {dev} {} mtu {} port {} peers {}",
+            spec.addr,
+            spec.mtu,
+            spec.port,
+            spec.peers
+                .iter()
+                .map(|p| format!("{}@{}", p.addr, p.endpoint))
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+        Ok(true)
+    }
+
+    async fn tunnel_remove(&self) -> Result<bool, NetError> {
+        let dev = crate::tunnel::TUNNEL_DEV;
+        let mut s = self.lock();
+        if s.tunnel.take().is_none() {
+            return Ok(false);
+        }
+        s.links.remove(dev);
+        s.addrs.retain(|(d, _)| d != dev);
+        drop(s);
+        self.change(format!("removed wireguard {dev}"));
+        Ok(true)
+    }
+
     async fn links(&self) -> Result<Vec<LinkInfo>, NetError> {
         self.read();
         Ok(self.lock().links.values().cloned().collect())

@@ -198,6 +198,13 @@ pub trait Kernel: Send + Sync + fmt::Debug {
     /// Inserts a rule at the top of `DOCKER-USER`; `spec` is what follows the chain name.
     async fn docker_user_insert(&self, spec: &[&str]) -> Result<(), NetError>;
     async fn docker_user_delete(&self, spec: &[&str]) -> Result<(), NetError>;
+
+    /// Makes the WireGuard interface ([`crate::tunnel::TUNNEL_DEV`]) match `spec`: the
+    /// device, its key, port and peers, its address, MTU and link up. Returns whether
+    /// anything changed.
+    async fn tunnel_apply(&self, spec: &crate::tunnel::TunnelSpec) -> Result<bool, NetError>;
+    /// Removes the WireGuard interface if this process made one; returns whether it did.
+    async fn tunnel_remove(&self) -> Result<bool, NetError>;
 }
 
 #[cfg(test)]

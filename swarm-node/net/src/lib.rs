@@ -51,6 +51,7 @@ mod kernel;
 pub mod nft;
 mod plan;
 mod system;
+pub mod tunnel;
 
 pub use dataplane::{Dataplane, SyncReport};
 pub use error::NetError;

@@ -236,6 +236,19 @@ pub fn ruleset(desired: &Desired) -> String {
         "\t\tip daddr @vips_down ct state new meta l4proto tcp reject with tcp reset"
     );
     let _ = writeln!(s, "\t\tip daddr @vips_down ct state new reject");
+    // An encrypted network's frames come only out of the tunnel: the same VNI arriving in
+    // clear on the underlay is forged or misrouted, and must not reach its bridge
+    // (the class of CVE-2023-28840). The VNI is the 24 bits after the UDP header's 8 bytes
+    // and the VXLAN flags' 4.
+    for o in desired.overlays.iter().filter(|o| o.encrypted) {
+        let _ = writeln!(
+            s,
+            "\t\tudp dport {} @th,96,24 {} iifname != \"{}\" counter drop",
+            o.dstport,
+            o.vni,
+            crate::tunnel::TUNNEL_DEV
+        );
+    }
     if desired.mesh.is_some() {
         let _ = writeln!(
             s,

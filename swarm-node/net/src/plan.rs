@@ -8,6 +8,7 @@ use swarm_state::netmap::{NetMap, NetView};
 use swarm_state::network::{mac_of, Protocol};
 
 use crate::kernel::{Mac, RouteRule, TableRoute};
+use crate::tunnel::{TunnelPeerSpec, TunnelSpec};
 
 /// Bytes VXLAN adds to a frame (outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14).
 pub const VXLAN_OVERHEAD: u32 = 50;
@@ -101,6 +102,8 @@ pub struct Desired {
     /// The routing mesh: only when this node is on the ingress network with its own
     /// address there. A node that is not (yet) must not open the published ports.
     pub mesh: Option<MeshSpec>,
+    /// The WireGuard interface, while an encrypted network is on this node.
+    pub tunnel: Option<TunnelSpec>,
 }
 
 /// The routing mesh on this node: the published ports, and how replies of connections
@@ -175,8 +178,12 @@ pub struct OverlaySpec {
     pub mtu: u32,
     /// The VXLAN UDP port (`--data-path-port`).
     pub dstport: u16,
-    /// This node's tunnel endpoint; the kernel picks a source when unknown.
+    /// This node's tunnel endpoint; the kernel picks a source when unknown. For an
+    /// encrypted network, the node's WireGuard address.
     pub local_vtep: Option<Ipv4Addr>,
+    /// The network's VXLAN travels only inside the WireGuard tunnel: `nft` drops frames of
+    /// its VNI that arrive any other way.
+    pub encrypted: bool,
     /// The bridge's MAC, derived from the node's own address on the network: stable across
     /// bridge re-creations, and never the same on two nodes.
     pub bridge_mac: Option<Mac>,
@@ -359,10 +366,20 @@ pub fn plan(map: &NetMap, facts: &LocalFacts) -> Desired {
             });
         }
 
+        // An encrypted network's VXLAN runs between tunnel addresses. Without this node's
+        // tunnel (its key not recorded yet) the network waits: never in clear.
+        let local_vtep = if view.encrypted {
+            match &map.tunnel {
+                Some(t) => Some(t.local_addr),
+                None => continue,
+            }
+        } else {
+            map.local_vtep
+        };
         // One tunnel endpoint per address; an address of this node is never a peer.
         let mut peers: BTreeMap<Ipv4Addr, Peer> = BTreeMap::new();
         for remote in &view.remote {
-            if Some(remote.addr) == view.local_addr || Some(remote.vtep) == map.local_vtep {
+            if Some(remote.addr) == view.local_addr || Some(remote.vtep) == local_vtep {
                 continue;
             }
             peers.entry(remote.addr).or_insert(Peer {
@@ -379,7 +396,8 @@ pub fn plan(map: &NetMap, facts: &LocalFacts) -> Desired {
             vxlan: vxlan_name(view.vni),
             mtu,
             dstport: map.data_path_port,
-            local_vtep: map.local_vtep,
+            local_vtep,
+            encrypted: view.encrypted,
             bridge_mac: view.local_addr.map(|a| Mac(mac_of(a))),
             local_addr: view.local_addr,
             addrs,
@@ -390,12 +408,32 @@ pub fn plan(map: &NetMap, facts: &LocalFacts) -> Desired {
     if let Some(m) = &mut mesh_spec {
         m.reply_bridges = bridges.iter().map(|b| b.bridge.clone()).collect();
     }
+    let tunnel = map
+        .tunnel
+        .as_ref()
+        .filter(|_| overlays.iter().any(|o| o.encrypted))
+        .map(|t| TunnelSpec {
+            addr: Ipv4Net::new(t.local_addr, t.subnet.prefix_len())
+                .expect("a subnet's prefix is valid"),
+            mtu: facts.underlay_mtu.saturating_sub(WIREGUARD_OVERHEAD),
+            port: t.port,
+            peers: t
+                .peers
+                .iter()
+                .map(|p| TunnelPeerSpec {
+                    addr: p.addr,
+                    public_key: p.public_key.clone(),
+                    endpoint: std::net::SocketAddrV4::new(p.endpoint, t.port),
+                })
+                .collect(),
+        });
     Desired {
         bridges,
         overlays,
         vips: vips.into_values().collect(),
         dns_port: facts.dns_port,
         mesh: mesh_spec,
+        tunnel,
     }
 }
 
@@ -465,6 +503,7 @@ pub(crate) mod tests {
         back.internal = true;
         back.services = vec![service("db", Some("10.0.2.254"), &["10.0.2.10"])];
         NetMap {
+            tunnel: None,
             index: 7,
             node_id: "node1".into(),
             local_vtep: Some(ip("192.168.50.1")),
@@ -543,6 +582,69 @@ pub(crate) mod tests {
         assert_eq!(effective_mtu(&v, 1500), 1300);
         v.mtu = None;
         assert_eq!(effective_mtu(&v, 20), 0);
+    }
+
+    /// `sample_map` with its back network encrypted, and, unless `no_tunnel`, the tunnel.
+    fn encrypted_map(no_tunnel: bool) -> NetMap {
+        let mut map = sample_map();
+        let back = map.networks.iter_mut().find(|v| v.vni == 4098).unwrap();
+        back.encrypted = true;
+        back.mtu = None;
+        back.remote = vec![RemoteEndpoint {
+            addr: ip("10.0.2.20"),
+            vtep: ip("10.255.0.2"),
+        }];
+        if !no_tunnel {
+            map.tunnel = Some(swarm_state::netmap::TunnelMap {
+                local_addr: ip("10.255.0.1"),
+                subnet: "10.255.0.0/16".parse().unwrap(),
+                port: 51820,
+                peers: vec![swarm_state::netmap::TunnelPeer {
+                    addr: ip("10.255.0.2"),
+                    public_key: "k2".into(),
+                    endpoint: ip("192.168.50.2"),
+                }],
+            });
+        }
+        map
+    }
+
+    #[test]
+    fn an_encrypted_overlay_runs_between_tunnel_addresses() {
+        let d = plan(&encrypted_map(false), &facts());
+        let back = d.overlays.iter().find(|o| o.vni == 4098).unwrap();
+        assert!(back.encrypted);
+        assert_eq!(back.local_vtep, Some(ip("10.255.0.1")));
+        assert_eq!(back.peers[0].vtep, ip("10.255.0.2"));
+        assert_eq!(back.mtu, 1390, "VXLAN and WireGuard both fit in 1500");
+        let front = d.overlays.iter().find(|o| o.vni == 4097).unwrap();
+        assert!(!front.encrypted);
+        assert_eq!(
+            front.local_vtep,
+            Some(ip("192.168.50.1")),
+            "in clear as before"
+        );
+        let t = d.tunnel.expect("a tunnel");
+        assert_eq!(t.addr.to_string(), "10.255.0.1/16");
+        assert_eq!(t.mtu, 1440);
+        assert_eq!(t.peers[0].endpoint.to_string(), "192.168.50.2:51820");
+        let rules = crate::nft::ruleset(&plan(&encrypted_map(false), &facts()));
+        assert!(
+            rules.contains("udp dport 4789 @th,96,24 4098 iifname != \"swg0\" counter drop"),
+            "{rules}"
+        );
+        assert!(!rules.contains("@th,96,24 4097"), "only the encrypted VNI");
+
+        // Without this node's tunnel the encrypted network waits; the other goes on.
+        let d = plan(&encrypted_map(true), &facts());
+        assert!(d.tunnel.is_none());
+        assert_eq!(d.overlays.len(), 1);
+        assert_eq!(d.overlays[0].vni, 4097);
+        assert_eq!(d.bridges.len(), 2, "the bridge is still made");
+        // No encrypted network, no tunnel, even with a tunnel in the map.
+        let mut clear = encrypted_map(false);
+        clear.networks.iter_mut().for_each(|v| v.encrypted = false);
+        assert!(plan(&clear, &facts()).tunnel.is_none());
     }
 
     #[test]

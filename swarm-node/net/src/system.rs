@@ -13,18 +13,27 @@ use tokio::process::Command;
 use crate::kernel::{
     BridgePort, FdbEntry, Kernel, LinkInfo, Mac, NeighEntry, RouteRule, TableRoute, VxlanInfo,
 };
+use crate::tunnel::{uapi_set, TunnelKey, TunnelSpec, UserTunnel, TUNNEL_DEV};
 use crate::NetError;
+use std::sync::Arc;
 
 /// The host's kernel, or the one of a named network namespace (`/run/netns/NAME`).
 #[derive(Debug, Clone, Default)]
 pub struct SystemKernel {
     netns: Option<String>,
+    /// The node's WireGuard key, for encrypted networks ([`SystemKernel::with_tunnel_key`]).
+    tunnel_key: Option<Arc<TunnelKey>>,
+    /// The WireGuard device this process made; it goes when dropped.
+    tunnel: Arc<std::sync::Mutex<Option<UserTunnel>>>,
+    /// Set once the interface is known to be gone, so syncs of a node without encrypted
+    /// networks do not look for it every time.
+    tunnel_absent: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SystemKernel {
     /// The kernel of the namespace swarm-node runs in.
     pub fn new() -> Self {
-        SystemKernel { netns: None }
+        SystemKernel::default()
     }
 
     /// Runs every command inside the named network namespace (tests build several hosts
@@ -32,7 +41,37 @@ impl SystemKernel {
     pub fn in_netns(name: impl Into<String>) -> Self {
         SystemKernel {
             netns: Some(name.into()),
+            ..Default::default()
         }
+    }
+
+    async fn tunnel_link_exists(&self) -> Result<bool, NetError> {
+        let (status, _, _) = self
+            .output("ip", &["link", "show", "dev", TUNNEL_DEV], None)
+            .await?;
+        Ok(status == Some(0))
+    }
+
+    /// Stops this process's WireGuard device, if any; returns whether there was one.
+    async fn tunnel_drop(&self) -> Result<bool, NetError> {
+        let tunnel = self.tunnel.clone();
+        // Dropping the device stops its threads (they join nothing, but may block briefly).
+        tokio::task::spawn_blocking(move || {
+            tunnel
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .is_some()
+        })
+        .await
+        .map_err(|e| NetError::TunnelDevice(e.to_string()))
+    }
+
+    /// The key of this node's WireGuard interface: without one, encrypted networks
+    /// cannot be set up.
+    pub fn with_tunnel_key(mut self, key: Arc<TunnelKey>) -> Self {
+        self.tunnel_key = Some(key);
+        self
     }
 
     fn package_of(tool: &str) -> &'static str {
@@ -274,6 +313,98 @@ fn route_args(r: &TableRoute) -> [String; 7] {
 
 #[async_trait]
 impl Kernel for SystemKernel {
+    async fn tunnel_apply(&self, spec: &TunnelSpec) -> Result<bool, NetError> {
+        let key = self.tunnel_key.clone().ok_or(NetError::NoTunnelKey)?;
+        let request = uapi_set(&key, spec)?;
+        self.tunnel_absent
+            .store(false, std::sync::atomic::Ordering::Release);
+        let exists = self.tunnel_link_exists().await?;
+        let applied = {
+            let slot = self.tunnel.lock().unwrap_or_else(|p| p.into_inner());
+            slot.as_ref().map(|t| t.applied.clone())
+        };
+        if exists && applied.as_ref() == Some(&Some(spec.clone())) {
+            return Ok(false);
+        }
+        // boringtun reads the interface's MTU once, when it attaches: a new MTU needs a new
+        // device. The interface is made first, persistent and with its MTU, and the device
+        // attaches to it; this also lets `ip link del` remove it whatever holds it open.
+        let fresh = !exists
+            || applied.is_none()
+            || applied
+                .as_ref()
+                .and_then(|a| a.as_ref())
+                .is_some_and(|a| a.mtu != spec.mtu);
+        if fresh {
+            self.tunnel_drop().await?;
+            if self.tunnel_link_exists().await? {
+                self.run("ip", &["link", "del", "dev", TUNNEL_DEV], None)
+                    .await?;
+            }
+            let mtu = spec.mtu.to_string();
+            self.run(
+                "ip",
+                &[
+                    "tuntap",
+                    "add",
+                    "dev",
+                    TUNNEL_DEV,
+                    "mode",
+                    "tun",
+                    "multi_queue",
+                ],
+                None,
+            )
+            .await?;
+            self.run("ip", &["link", "set", "dev", TUNNEL_DEV, "mtu", &mtu], None)
+                .await?;
+        }
+        let tunnel = self.tunnel.clone();
+        let netns = self.netns.clone();
+        let spec_owned = spec.clone();
+        // boringtun's device is made and configured with blocking calls.
+        tokio::task::spawn_blocking(move || {
+            let mut slot = tunnel.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = Some(UserTunnel::create(netns.as_deref())?);
+            }
+            let t = slot.as_mut().expect("made above");
+            t.applied = None;
+            t.configure(&request)?;
+            t.applied = Some(spec_owned);
+            Ok::<_, NetError>(())
+        })
+        .await
+        .map_err(|e| NetError::TunnelDevice(e.to_string()))??;
+        let addr = spec.addr.to_string();
+        if !fresh {
+            self.run("ip", &["addr", "flush", "dev", TUNNEL_DEV], None)
+                .await?;
+        }
+        self.run("ip", &["addr", "replace", &addr, "dev", TUNNEL_DEV], None)
+            .await?;
+        self.run("ip", &["link", "set", "dev", TUNNEL_DEV, "up"], None)
+            .await?;
+        Ok(true)
+    }
+
+    async fn tunnel_remove(&self) -> Result<bool, NetError> {
+        use std::sync::atomic::Ordering;
+        if self.tunnel_absent.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        let held = self.tunnel_drop().await?;
+        // Persistent: it outlives the process that made it, so one left by an earlier
+        // run of swarm-node is removed too.
+        let exists = self.tunnel_link_exists().await?;
+        if exists {
+            self.run("ip", &["link", "del", "dev", TUNNEL_DEV], None)
+                .await?;
+        }
+        self.tunnel_absent.store(true, Ordering::Release);
+        Ok(held || exists)
+    }
+
     async fn links(&self) -> Result<Vec<LinkInfo>, NetError> {
         Ok(to_links(
             self.json("ip", &["-j", "-d", "link", "show"]).await?,

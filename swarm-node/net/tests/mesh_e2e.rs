@@ -89,6 +89,7 @@ fn netmap(vtep: &str, own: &str, other: (&str, &str), backends: &[&str]) -> NetM
     }
     remote.sort();
     NetMap {
+        tunnel: None,
         index: 1,
         node_id: vtep.into(),
         local_vtep: Some(ip(vtep)),

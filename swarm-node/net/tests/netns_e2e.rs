@@ -66,6 +66,7 @@ async fn make_container(host: &str, ns: &str, veth: &str, addr: &str) {
 
 fn netmap(vtep: &str, own: &str, remote: &[(&str, &str)]) -> NetMap {
     NetMap {
+        tunnel: None,
         index: 1,
         node_id: vtep.into(),
         local_vtep: Some(ip(vtep)),

@@ -60,6 +60,7 @@ fn map() -> NetMap {
     let mut back = view("back", 4098, 2);
     back.services = vec![service("db", "10.0.2.254", &["10.0.2.10"])];
     NetMap {
+        tunnel: None,
         index: 1,
         node_id: "n1".into(),
         local_vtep: Some(ip("192.168.50.1")),
@@ -569,4 +570,60 @@ async fn without_docker_iptables_is_left_alone_and_a_missing_bridge_waits() {
     assert_eq!(s.routes.len(), 2);
     assert_eq!(s.rules.len(), 6);
     assert_eq!(s.docker_user, None);
+}
+
+/// `map()` with the back network encrypted and this node's tunnel to one peer.
+fn encrypted_map() -> NetMap {
+    let mut m = map();
+    let back = m.networks.iter_mut().find(|v| v.id == "back").unwrap();
+    back.encrypted = true;
+    back.remote = vec![swarm_state::netmap::RemoteEndpoint {
+        addr: ip("10.0.2.20"),
+        vtep: ip("10.255.0.2"),
+    }];
+    m.tunnel = Some(swarm_state::netmap::TunnelMap {
+        local_addr: ip("10.255.0.1"),
+        subnet: "10.255.0.0/16".parse().unwrap(),
+        port: 51820,
+        peers: vec![swarm_state::netmap::TunnelPeer {
+            addr: ip("10.255.0.2"),
+            public_key: "k".into(),
+            endpoint: ip("192.168.50.2"),
+        }],
+    });
+    m
+}
+
+#[tokio::test]
+async fn the_tunnel_comes_with_an_encrypted_network_and_goes_with_it() {
+    let d = desired(&encrypted_map());
+    let k = host(&d);
+    let dp = Dataplane::new(k.clone());
+    let r = dp.sync(&d).await.unwrap();
+    assert_eq!(r.applied, ["front", "back"], "{r:?}");
+    let made = k.take_changes();
+    let tunnel = made.iter().position(|c| c.starts_with("wireguard swg0"));
+    let vxlan = made
+        .iter()
+        .position(|c| c.contains("swv4098 type vxlan") && c.contains("local 10.255.0.1"));
+    assert!(
+        matches!((tunnel, vxlan), (Some(t), Some(v)) if t < v),
+        "the tunnel first, then the VXLAN from its address: {made:#?}"
+    );
+    assert!(
+        made.iter()
+            .any(|c| c.contains("dev swv4098 dst 10.255.0.2")),
+        "{made:#?}"
+    );
+    assert!(!dp.sync(&d).await.unwrap().changed());
+
+    // The network no longer encrypted: the tunnel goes, its VXLAN is made again in clear.
+    let clear = desired(&map());
+    let r = dp.sync(&clear).await.unwrap();
+    assert!(
+        r.changes.contains(&"removed tunnel swg0".to_string()),
+        "{r:?}"
+    );
+    assert!(k.state().tunnel.is_none());
+    assert!(!k.state().links.contains_key("swg0"));
 }

@@ -179,6 +179,13 @@ async fn heartbeat(
             .may_propose_change(&beat.node_id, ready, changed, now)
             .then_some((ip, description))
     };
+    if let Some(command) = tunnel_change(&manager, &beat)? {
+        // Not fatal to the heartbeat: the next one tries again (two nodes may have been
+        // given the same free address at once; apply takes the first).
+        if let Err(e) = manager.propose(command).await {
+            tracing::warn!(node = %beat.node_id, error = %e, "cannot record the node's tunnel key");
+        }
+    }
     if let Some((ip, description)) = change {
         manager
             .propose(Command::SetNodeStatus {
@@ -379,6 +386,37 @@ fn same_netmap(a: &NetMap, b: &NetMap) -> bool {
         && a.local_tasks == b.local_tasks
         && a.ingress_ports == b.ingress_ports
         && a.ingress_nodes == b.ingress_nodes
+        && a.tunnel == b.tunnel
+}
+
+/// The command recording a node's WireGuard key, when its heartbeat brings a new one: the
+/// node keeps its tunnel address, or gets the lowest free one.
+fn tunnel_change(manager: &Manager, beat: &Heartbeat) -> ApiResult<Option<Command>> {
+    let Some(key) = beat.tunnel_key.as_deref() else {
+        return Ok(None);
+    };
+    if !swarm_state::network::valid_tunnel_key(key) {
+        return Err(ApiError::BadRequest(
+            "tunnel_key must be a WireGuard public key: 32 bytes in base64".into(),
+        ));
+    }
+    let state = manager.read();
+    if state
+        .node_tunnels
+        .get(&beat.node_id)
+        .is_some_and(|t| t.public_key == key)
+    {
+        return Ok(None);
+    }
+    let addr = swarm_state::network::tunnel_addr_for(&state, &beat.node_id)
+        .ok_or_else(|| ApiError::Unavailable("no tunnel address is left for this node".into()))?;
+    Ok(Some(Command::SetNodeTunnel {
+        id: beat.node_id.clone(),
+        tunnel: swarm_state::network::NodeTunnel {
+            public_key: key.to_string(),
+            addr,
+        },
+    }))
 }
 
 /// The node's network map, once it differs from the one the caller has (derived at log
@@ -672,6 +710,7 @@ mod tests {
 
     fn map(index: u64, tasks: usize) -> NetMap {
         NetMap {
+            tunnel: None,
             index,
             node_id: "n1".into(),
             local_tasks: (0..tasks)
@@ -867,6 +906,7 @@ mod tests {
             node_id: "w1".into(),
             addr: "127.0.0.1:2377".into(),
             description: Default::default(),
+            tunnel_key: None,
         };
         assert!(check_description(&beat).is_ok());
         beat.description.hostname = Some("h".repeat(MAX_DESCRIPTION_BYTES));

@@ -170,7 +170,9 @@ fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
 
 /// The first subnet of `size` bits in the pools that overlaps no existing network.
 pub fn free_subnet(state: &ClusterState, defaults: &NetworkDefaults) -> Option<Ipv4Net> {
-    let taken: Vec<Ipv4Net> = state.networks.values().map(|n| n.subnet).collect();
+    let mut taken: Vec<Ipv4Net> = state.networks.values().map(|n| n.subnet).collect();
+    // Never hand out the nodes' tunnel addresses (see `swarm_state::network`).
+    taken.push(swarm_state::network::tunnel_subnet());
     let size = defaults.subnet_size;
     let step = 1u64 << (32 - u32::from(size));
     for pool in &defaults.default_addr_pool {
@@ -321,6 +323,16 @@ fn choose_addresses(
                     other_subnet: other.subnet.to_string(),
                 });
             }
+            // The nodes' WireGuard addresses: a network there would capture the
+            // encrypted overlays' tunnel traffic.
+            let tunnel = swarm_state::network::tunnel_subnet();
+            if overlaps(&tunnel, &subnet) {
+                return Err(NetworkError::Overlap {
+                    subnet: subnet.to_string(),
+                    other: "(swarm-node's tunnel between nodes)".into(),
+                    other_subnet: tunnel.to_string(),
+                });
+            }
             subnet
         }
         None => {
@@ -424,13 +436,13 @@ pub fn plan_network(
                 .ok_or_else(|| NetworkError::InvalidMtu(text.clone()))?,
         ),
     };
-    // Refused rather than ignored: this data plane has no encryption path yet.
-    if user_options.contains_key(ENCRYPTED_OPTION) {
+    // Docker takes the option with any value, `--opt encrypted` giving an empty one.
+    let encrypted = user_options.contains_key(ENCRYPTED_OPTION);
+    if encrypted && request.ingress == Some(true) {
         return Err(NetworkError::Unsupported(
-            "--opt encrypted: encrypted overlay networks are not available yet; create the network without it".into(),
+            "the ingress network cannot be encrypted: the routing mesh carries published ports in clear, as Docker's".into(),
         ));
     }
-    let encrypted = false;
     let mut options = user_options;
     options.insert(VXLAN_ID_OPTION.into(), vni.to_string());
     let network = Network {
@@ -581,6 +593,44 @@ mod tests {
     }
 
     #[test]
+    fn encrypted_networks_are_made_and_keep_off_the_tunnel_subnet() {
+        let mut r = request("secure");
+        r.options = Some([(ENCRYPTED_OPTION.to_string(), String::new())].into());
+        let n = plan(&ClusterState::default(), &r).unwrap();
+        assert!(n.encrypted);
+        let v = serde_json::to_value(&n.network).unwrap();
+        assert_eq!(v["Options"]["encrypted"], "");
+
+        // The nodes' tunnel addresses are never a network's, given or chosen.
+        let e = plan(
+            &ClusterState::default(),
+            &with_subnet("clash", "10.255.3.0/24", None, None),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("10.255.0.0/16"), "{e}");
+        let defaults = NetworkDefaults {
+            default_addr_pool: vec!["10.254.0.0/15".parse().unwrap()],
+            subnet_size: 24,
+            ..Default::default()
+        };
+        let mut state = ClusterState::default();
+        assert_eq!(
+            free_subnet(&state, &defaults).unwrap().to_string(),
+            "10.254.0.0/24"
+        );
+        create(&mut state, &with_subnet("top", "10.254.0.0/16", None, None));
+        assert_eq!(
+            free_subnet(&state, &defaults),
+            None,
+            "10.255.0.0/16 is skipped"
+        );
+        let mut ingress = request("ingress2");
+        ingress.ingress = Some(true);
+        ingress.options = r.options.clone();
+        assert!(plan(&ClusterState::default(), &ingress).is_err());
+    }
+
+    #[test]
     fn the_docker_view_is_an_overlay_network() {
         let mut r = with_subnet(
             "web",
@@ -608,7 +658,10 @@ mod tests {
         assert_eq!(v["IPAM"]["Config"][0]["Gateway"], "10.20.0.254");
         assert_eq!(v["IPAM"]["Config"][0]["IPRange"], "10.20.5.0/24");
         assert_eq!(v["Options"][VXLAN_ID_OPTION], "4096");
-        assert!(v["Options"].get("encrypted").is_none());
+        assert!(
+            v["Options"].get("encrypted").is_none(),
+            "not encrypted unless asked"
+        );
         assert_eq!(v["Labels"]["a"], "b");
         assert_eq!(v["Created"], NOW);
         assert!(v.get("Peers").is_none());

@@ -110,6 +110,11 @@ pub struct ClusterState {
     /// hides it, so no printing of the state or of a command can show a secret.
     #[serde(default)]
     pub file_data: BTreeMap<String, proto::FileData>,
+    /// Each node's WireGuard interface (`swg0`): its public key and its address in
+    /// [`network::TUNNEL_SUBNET`]. Encrypted overlay networks run their VXLAN between
+    /// these addresses, through the tunnel (see `swarm-net`).
+    #[serde(default)]
+    pub node_tunnels: BTreeMap<String, network::NodeTunnel>,
     /// The log index of the last applied command.
     pub last_index: u64,
 }
@@ -148,6 +153,12 @@ pub enum Command {
     },
     RemoveNode {
         id: String,
+    },
+    /// A node's WireGuard public key, sent with its heartbeats, and the tunnel address
+    /// the leader chose for it (kept when only the key changes).
+    SetNodeTunnel {
+        id: String,
+        tunnel: network::NodeTunnel,
     },
     /// Records the extra certificate addresses of a manager that joined with them.
     SetNodeCertSans {
@@ -443,6 +454,15 @@ impl ClusterState {
                 self.assignment_versions.remove(id);
                 self.node_cert_sans.remove(id);
                 self.node_networks.remove(id);
+                self.node_tunnels.remove(id);
+                Ok(())
+            }
+            Command::SetNodeTunnel { id, tunnel } => {
+                if !self.nodes.contains_key(id) {
+                    return Err(not_found("node", id));
+                }
+                network::check_tunnel(self, id, tunnel).map_err(ApplyError::Invalid)?;
+                self.node_tunnels.insert(id.clone(), tunnel.clone());
                 Ok(())
             }
             Command::CreateService { service } => {

@@ -38,6 +38,36 @@ pub struct NetMap {
     /// a connection that another node received through the mesh goes back through it.
     #[serde(default)]
     pub ingress_nodes: Vec<RemoteEndpoint>,
+    /// This node's WireGuard interface and its peers, while one of its networks is
+    /// encrypted. Those networks' remote endpoints then carry the peers' tunnel
+    /// addresses as VTEPs, so their VXLAN only ever travels inside the tunnel.
+    #[serde(default)]
+    pub tunnel: Option<TunnelMap>,
+}
+
+/// This node's WireGuard interface (`swg0`) as its encrypted networks need it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelMap {
+    /// This node's address on `swg0`: the local VTEP of its encrypted networks.
+    pub local_addr: Ipv4Addr,
+    /// The tunnel subnet ([`crate::network::TUNNEL_SUBNET`]).
+    pub subnet: Ipv4Net,
+    /// The UDP port every node's tunnel listens on.
+    pub port: u16,
+    /// The nodes that share an encrypted network with this one, in address order.
+    pub peers: Vec<TunnelPeer>,
+}
+
+/// Another node at the far end of the tunnel.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TunnelPeer {
+    /// Its tunnel address: the only address its tunnel accepts from it, and the VTEP of
+    /// its endpoints on encrypted networks.
+    pub addr: Ipv4Addr,
+    /// Its WireGuard public key (base64).
+    pub public_key: String,
+    /// Its underlay address, where its tunnel listens.
+    pub endpoint: Ipv4Addr,
 }
 
 /// A port published in ingress mode: every node accepts it on all its addresses and
@@ -126,6 +156,49 @@ fn task_serves(state: &ClusterState, task: &crate::models::Task) -> bool {
             .is_some_and(|n| node_state(n) == NodeState::READY)
 }
 
+/// Where another node's endpoints on a network are reached: its underlay address, or for
+/// an encrypted network its tunnel address (a node without a tunnel yet is left out).
+fn endpoint_vtep(state: &ClusterState, node_id: &str, encrypted: bool) -> Option<Ipv4Addr> {
+    if encrypted {
+        node_vtep(state, node_id)?;
+        return state.node_tunnels.get(node_id).map(|t| t.addr);
+    }
+    node_vtep(state, node_id)
+}
+
+/// The tunnel of a node with encrypted networks: the nodes whose endpoints its views
+/// reach through the tunnel are its peers.
+fn tunnel_map(state: &ClusterState, node_id: &str, networks: &[NetView]) -> Option<TunnelMap> {
+    if !networks.iter().any(|n| n.encrypted) {
+        return None;
+    }
+    let own = state.node_tunnels.get(node_id)?;
+    let wanted: BTreeSet<Ipv4Addr> = networks
+        .iter()
+        .filter(|n| n.encrypted)
+        .flat_map(|n| n.remote.iter().map(|r| r.vtep))
+        .collect();
+    let mut peers: Vec<TunnelPeer> = state
+        .node_tunnels
+        .iter()
+        .filter(|(id, t)| id.as_str() != node_id && wanted.contains(&t.addr))
+        .filter_map(|(id, t)| {
+            Some(TunnelPeer {
+                addr: t.addr,
+                public_key: t.public_key.clone(),
+                endpoint: node_vtep(state, id)?,
+            })
+        })
+        .collect();
+    peers.sort();
+    Some(TunnelMap {
+        local_addr: own.addr,
+        subnet: crate::network::tunnel_subnet(),
+        port: crate::network::TUNNEL_PORT,
+        peers,
+    })
+}
+
 fn node_vtep(state: &ClusterState, node_id: &str) -> Option<Ipv4Addr> {
     state
         .nodes
@@ -195,7 +268,9 @@ pub fn netmap_for_node(state: &ClusterState, node_id: &str) -> NetMap {
         networks.push(net_view(state, node_id, net_id, net, own));
     }
 
+    let tunnel = tunnel_map(state, node_id, &networks);
     NetMap {
+        tunnel,
         index: state.last_index,
         node_id: node_id.to_string(),
         local_vtep: node_vtep(state, node_id),
@@ -278,7 +353,7 @@ fn net_view(
         if task_node == node_id || !task_is_live(task) {
             continue;
         }
-        let Some(vtep) = node_vtep(state, task_node) else {
+        let Some(vtep) = endpoint_vtep(state, task_node, net.encrypted) else {
             continue;
         };
         for a in attachments.iter().filter(|a| a.network_id == net_id) {
@@ -289,7 +364,10 @@ fn net_view(
         if other == node_id {
             continue;
         }
-        let (Some(addr), Some(vtep)) = (addrs.get(net_id), node_vtep(state, other)) else {
+        let (Some(addr), Some(vtep)) = (
+            addrs.get(net_id),
+            endpoint_vtep(state, other, net.encrypted),
+        ) else {
             continue;
         };
         remote.insert(RemoteEndpoint { addr: *addr, vtep });
@@ -500,5 +578,85 @@ mod tests {
             map.networks.is_empty(),
             "the kept node address alone does not bring it"
         );
+    }
+
+    fn key(byte: u8) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode([byte; 32])
+    }
+
+    /// n1 and n2 run tasks of an encrypted network; n3 runs one too but has no tunnel yet.
+    fn encrypted() -> ClusterState {
+        let mut s = ClusterState::default();
+        let mut net = crate::network::tests::record("sec", "10.0.5.0/24");
+        net.encrypted = true;
+        s.networks.insert("sec".into(), net);
+        for (i, n) in ["n1", "n2", "n3"].iter().enumerate() {
+            s.nodes
+                .insert(n.to_string(), ready(n, &format!("192.0.2.{}", i + 1)));
+            let id = format!("t{}", i + 1);
+            s.tasks.insert(id.clone(), task(&id, n, TaskState::RUNNING));
+            s.task_networks.insert(
+                id,
+                vec![Attachment {
+                    network_id: "sec".into(),
+                    addr: Ipv4Addr::new(10, 0, 5, 10 + i as u8),
+                }],
+            );
+        }
+        for (i, n) in ["n1", "n2"].iter().enumerate() {
+            s.node_tunnels.insert(
+                n.to_string(),
+                crate::network::NodeTunnel {
+                    public_key: key(i as u8 + 1),
+                    addr: Ipv4Addr::new(10, 255, 0, i as u8 + 1),
+                },
+            );
+        }
+        s
+    }
+
+    #[test]
+    fn an_encrypted_network_is_reached_through_the_peers_tunnels() {
+        let s = encrypted();
+        let map = netmap_for_node(&s, "n1");
+        let view = &map.networks[0];
+        assert!(view.encrypted);
+        // n2's task at n2's tunnel address; n3, without a tunnel, is left out: never in
+        // clear.
+        assert_eq!(
+            view.remote,
+            [RemoteEndpoint {
+                addr: Ipv4Addr::new(10, 0, 5, 11),
+                vtep: Ipv4Addr::new(10, 255, 0, 2)
+            }]
+        );
+        let tunnel = map.tunnel.expect("n1 has its tunnel");
+        assert_eq!(tunnel.local_addr, Ipv4Addr::new(10, 255, 0, 1));
+        assert_eq!(tunnel.port, crate::network::TUNNEL_PORT);
+        assert_eq!(
+            tunnel.peers,
+            [TunnelPeer {
+                addr: Ipv4Addr::new(10, 255, 0, 2),
+                public_key: key(2),
+                endpoint: Ipv4Addr::new(192, 0, 2, 2),
+            }]
+        );
+        // A node without its tunnel has no tunnel in its map: its data plane waits.
+        assert!(netmap_for_node(&s, "n3").tunnel.is_none());
+    }
+
+    #[test]
+    fn a_node_without_encrypted_networks_has_no_tunnel() {
+        let mut s = encrypted();
+        s.networks.get_mut("sec").unwrap().encrypted = false;
+        let map = netmap_for_node(&s, "n1");
+        assert!(map.tunnel.is_none());
+        assert_eq!(
+            map.networks[0].remote.len(),
+            2,
+            "clear VXLAN to both others"
+        );
+        assert_eq!(map.networks[0].remote[0].vtep, Ipv4Addr::new(192, 0, 2, 2));
     }
 }

@@ -41,6 +41,78 @@ pub const MTU_OPTION: &str = "com.docker.network.driver.mtu";
 /// `--opt encrypted`.
 pub const ENCRYPTED_OPTION: &str = "encrypted";
 
+/// The addresses of the nodes' WireGuard interfaces: encrypted overlays run their VXLAN
+/// between them. Outside Tailscale's 100.64/10 and at the top of Docker's default pool,
+/// which the subnet allocator skips it in; a network given this range is refused.
+pub const TUNNEL_SUBNET: &str = "10.255.0.0/16";
+/// The UDP port of the WireGuard tunnel between nodes (WireGuard's own default).
+pub const TUNNEL_PORT: u16 = 51820;
+
+/// [`TUNNEL_SUBNET`] as a network.
+pub fn tunnel_subnet() -> Ipv4Net {
+    TUNNEL_SUBNET.parse().expect("valid tunnel subnet")
+}
+
+/// A node's WireGuard interface as the swarm knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeTunnel {
+    /// The node's public key, base64 as WireGuard writes it.
+    pub public_key: String,
+    /// The node's address on its `swg0` interface, in [`TUNNEL_SUBNET`].
+    pub addr: Ipv4Addr,
+}
+
+/// Whether `key` is a WireGuard public key as WireGuard writes it: 32 bytes in base64.
+pub fn valid_tunnel_key(key: &str) -> bool {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .is_ok_and(|k| k.len() == 32)
+        && key.len() == 44
+}
+
+/// The tunnel address for `node_id`: the one it has, else the lowest one free.
+pub fn tunnel_addr_for(state: &crate::ClusterState, node_id: &str) -> Option<Ipv4Addr> {
+    if let Some(t) = state.node_tunnels.get(node_id) {
+        return Some(t.addr);
+    }
+    let taken: BTreeSet<Ipv4Addr> = state.node_tunnels.values().map(|t| t.addr).collect();
+    tunnel_subnet().hosts().find(|a| !taken.contains(a))
+}
+
+/// `apply`'s check of a node's tunnel: a valid key, an address in the subnet that no
+/// other node has.
+pub(crate) fn check_tunnel(
+    state: &crate::ClusterState,
+    node_id: &str,
+    tunnel: &NodeTunnel,
+) -> Result<(), String> {
+    if !valid_tunnel_key(&tunnel.public_key) {
+        return Err("a tunnel key must be 32 bytes in base64".into());
+    }
+    let subnet = tunnel_subnet();
+    if !subnet.contains(&tunnel.addr)
+        || tunnel.addr == subnet.network()
+        || tunnel.addr == subnet.broadcast()
+    {
+        return Err(format!(
+            "tunnel address {} is not a host of {subnet}",
+            tunnel.addr
+        ));
+    }
+    if let Some((other, _)) = state
+        .node_tunnels
+        .iter()
+        .find(|(id, t)| id.as_str() != node_id && t.addr == tunnel.addr)
+    {
+        return Err(format!(
+            "tunnel address {} is already node {other}'s",
+            tunnel.addr
+        ));
+    }
+    Ok(())
+}
+
 /// Cluster-wide network settings, chosen at `init` (`--default-addr-pool`,
 /// `--default-addr-pool-mask-length`, `--data-path-port`) and shown by `docker info`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

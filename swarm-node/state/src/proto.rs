@@ -79,6 +79,9 @@ pub struct Heartbeat {
     /// `IP:PORT` of the node's control port.
     pub addr: String,
     pub description: NodeDescription,
+    /// The node's WireGuard public key (base64), for encrypted overlay networks.
+    #[serde(default)]
+    pub tunnel_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -190,3 +190,69 @@ fn persistent_maps_serialise_as_maps_and_copies_stay_apart() {
     assert_eq!(state_of(&state.tasks["t1"]), TaskState::ASSIGNED);
     assert_eq!(state, before);
 }
+
+#[test]
+fn node_tunnels_are_checked_and_forgotten_with_their_node() {
+    use crate::network::NodeTunnel;
+    use base64::Engine;
+    let key = |b: u8| base64::engine::general_purpose::STANDARD.encode([b; 32]);
+    let mut s = ClusterState::default();
+    for id in ["n1", "n2"] {
+        s.nodes.insert(
+            id.into(),
+            models::Node {
+                id: Some(id.into()),
+                ..Default::default()
+            },
+        );
+    }
+    let set = |id: &str, k: String, addr: [u8; 4]| Command::SetNodeTunnel {
+        id: id.into(),
+        tunnel: NodeTunnel {
+            public_key: k,
+            addr: addr.into(),
+        },
+    };
+    assert_eq!(
+        crate::network::tunnel_addr_for(&s, "n1"),
+        Some([10, 255, 0, 1].into())
+    );
+    assert!(s
+        .apply(&set("n1", key(1), [10, 255, 0, 1]), 1)
+        .error
+        .is_none());
+    // The same address for another node, a key that is not one, an address outside the
+    // subnet and an unknown node are refused.
+    assert!(s
+        .apply(&set("n2", key(2), [10, 255, 0, 1]), 2)
+        .error
+        .is_some());
+    assert!(s
+        .apply(&set("n2", "short".into(), [10, 255, 0, 2]), 3)
+        .error
+        .is_some());
+    assert!(s
+        .apply(&set("n2", key(2), [10, 254, 0, 2]), 4)
+        .error
+        .is_some());
+    assert!(s
+        .apply(&set("n9", key(9), [10, 255, 0, 9]), 5)
+        .error
+        .is_some());
+    assert_eq!(
+        crate::network::tunnel_addr_for(&s, "n2"),
+        Some([10, 255, 0, 2].into())
+    );
+    // A new key keeps the node's address.
+    assert_eq!(
+        crate::network::tunnel_addr_for(&s, "n1"),
+        Some([10, 255, 0, 1].into())
+    );
+    assert!(s
+        .apply(&set("n1", key(3), [10, 255, 0, 1]), 6)
+        .error
+        .is_none());
+    assert_eq!(s.node_tunnels["n1"].public_key, key(3));
+    s.apply(&Command::RemoveNode { id: "n1".into() }, 7);
+    assert!(s.node_tunnels.is_empty());
+}

@@ -229,6 +229,7 @@ async fn start_manager(
             client: client_identity.http_client().unwrap(),
             scheme: "https".into(),
             runtime: fake,
+            tunnel_key: None,
         })
         .unwrap();
         let mut stopped = stop_rx.clone();
@@ -459,6 +460,7 @@ impl ScaleCluster {
                     client,
                     scheme: "https".into(),
                     runtime: fake.clone(),
+                    tunnel_key: None,
                 })
                 .unwrap()
                 .with_node_hostname(hostname);

@@ -62,6 +62,9 @@ pub struct AgentConfig {
     /// `https` in production, `http` in tests.
     pub scheme: String,
     pub runtime: Arc<dyn ContainerRuntime>,
+    /// This node's WireGuard public key (base64), sent in heartbeats so the swarm can
+    /// reach the node through encrypted overlay networks.
+    pub tunnel_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -322,6 +325,7 @@ async fn heartbeat_loop(shared: &Shared) {
             node_id: shared.cfg.node_id.clone(),
             addr: shared.cfg.addr.clone(),
             description: description.clone(),
+            tunnel_key: shared.cfg.tunnel_key.clone(),
         };
         let sent = async {
             let resp = shared
@@ -656,6 +660,7 @@ mod tests {
             client: reqwest::Client::new(),
             scheme: "https".into(),
             runtime: Arc::new(crate::fake::FakeRuntime::new()),
+            tunnel_key: None,
         };
         assert_eq!(Agent::new(cfg.clone()).unwrap_err(), AgentError::NoManagers);
         let cfg = AgentConfig {

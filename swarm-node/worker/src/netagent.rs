@@ -84,6 +84,7 @@ impl NetAgent {
         let node_id = node_id.into();
         NetAgent {
             maps: watch::channel(Arc::new(NetMap {
+                tunnel: None,
                 node_id: node_id.clone(),
                 ..Default::default()
             }))

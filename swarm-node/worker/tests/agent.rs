@@ -216,6 +216,7 @@ fn start_agent(managers: Vec<String>, rt: Arc<FakeRuntime>) -> RunningAgent {
         client: reqwest::Client::new(),
         scheme: "http".into(),
         runtime: rt,
+        tunnel_key: None,
     })
     .unwrap()
     .with_resync(Duration::from_millis(100));

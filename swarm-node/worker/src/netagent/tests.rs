@@ -77,6 +77,7 @@ fn view() -> NetView {
 
 fn map_with_task() -> NetMap {
     NetMap {
+        tunnel: None,
         index: 1,
         node_id: NODE.into(),
         local_vtep: Some("192.0.2.10".parse().unwrap()),
