@@ -377,7 +377,13 @@ impl Kernel for SystemKernel {
         .await
         .map_err(|e| NetError::TunnelDevice(e.to_string()))??;
         let addr = spec.addr.to_string();
-        if !fresh {
+        // A new peer only reconfigures the device; the address goes only when it changed,
+        // so traffic to the other peers never stops for it.
+        let moved = applied
+            .as_ref()
+            .and_then(|a| a.as_ref())
+            .is_some_and(|a| a.addr != spec.addr);
+        if !fresh && moved {
             self.run("ip", &["addr", "flush", "dev", TUNNEL_DEV], None)
                 .await?;
         }

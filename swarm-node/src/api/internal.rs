@@ -136,6 +136,7 @@ async fn heartbeat(
 ) -> ApiResult<Json<HeartbeatResponse>> {
     let me = require_node(&peer)?;
     check_description(&beat)?;
+    check_tunnel_key(&beat)?;
     let manager = ctx.require_manager()?;
     // Managers relay heartbeats to the leader on behalf of nodes.
     if me.node_id != beat.node_id {
@@ -389,17 +390,22 @@ fn same_netmap(a: &NetMap, b: &NetMap) -> bool {
         && a.tunnel == b.tunnel
 }
 
+/// A heartbeat's WireGuard key must be one: checked before the heartbeat counts.
+fn check_tunnel_key(beat: &Heartbeat) -> ApiResult<()> {
+    match beat.tunnel_key.as_deref() {
+        Some(key) if !swarm_state::network::valid_tunnel_key(key) => Err(ApiError::BadRequest(
+            "tunnel_key must be a WireGuard public key: 32 bytes in base64".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The command recording a node's WireGuard key, when its heartbeat brings a new one: the
 /// node keeps its tunnel address, or gets the lowest free one.
 fn tunnel_change(manager: &Manager, beat: &Heartbeat) -> ApiResult<Option<Command>> {
     let Some(key) = beat.tunnel_key.as_deref() else {
         return Ok(None);
     };
-    if !swarm_state::network::valid_tunnel_key(key) {
-        return Err(ApiError::BadRequest(
-            "tunnel_key must be a WireGuard public key: 32 bytes in base64".into(),
-        ));
-    }
     let state = manager.read();
     if state
         .node_tunnels

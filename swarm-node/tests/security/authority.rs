@@ -238,3 +238,54 @@ fn removed_node_certificate_is_refused_for_status_heartbeat_and_assignments() {
         );
     }
 }
+
+/// A node's WireGuard key, sent in its heartbeats, decides who may send it traffic of
+/// encrypted networks: a node sets only its own, and only a real key.
+#[test]
+fn a_node_sets_only_its_own_tunnel_key_and_only_a_real_one() {
+    if !e2e_enabled("a_node_sets_only_its_own_tunnel_key_and_only_a_real_one") {
+        return;
+    }
+    let _serial = serial();
+    let mut sb = Sandbox::new(&["m1", "w1"]);
+    sb.init("1s");
+    sb.join(1, "worker");
+    wait_for("w1 ready", Duration::from_secs(30), || {
+        ready_count(&sb.nodes[0]) == 2
+    });
+    let stolen = Stolen::copy_from(&sb, &sb.nodes[1]);
+    let (w1, m1) = (node_id(&sb.nodes[1]), node_id(&sb.nodes[0]));
+    let manager = sb.nodes[0].addr();
+    let beat = |id: &str, key: &str| {
+        format!(
+            r#"{{"node_id":"{id}","addr":"127.0.0.1:1","description":{{}},"tunnel_key":"{key}"}}"#
+        )
+    };
+    let (code, body) = stolen.call(
+        "POST",
+        &manager,
+        "/swarmup/v1/heartbeat",
+        Some(&beat(&w1, "not-a-key")),
+    );
+    assert_eq!(code, 400, "a key that is not 32 bytes of base64: {body}");
+    assert!(body.contains("tunnel_key"), "{body}");
+    // 32 bytes of base64, but for the manager's node: a worker speaks only for itself.
+    let key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+    assert_refused(
+        "a worker sending the manager's tunnel key",
+        stolen.call(
+            "POST",
+            &manager,
+            "/swarmup/v1/heartbeat",
+            Some(&beat(&m1, key)),
+        ),
+        "cannot send heartbeats",
+    );
+    let (code, body) = stolen.call(
+        "POST",
+        &manager,
+        "/swarmup/v1/heartbeat",
+        Some(&beat(&w1, key)),
+    );
+    assert_eq!(code, 200, "its own key: {body}");
+}
