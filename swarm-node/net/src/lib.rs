@@ -6,7 +6,8 @@
 //! table `ip swarmnet` (VIP load balancing, the routing mesh and the DNS redirect), the
 //! sysctls it needs, the routing mesh's return-path policy rules and routing tables, one
 //! rule in Docker's iptables chain `DOCKER-USER`, and conntrack entries of backends that
-//! left a VIP. Docker's bridge networks themselves are created by the worker through
+//! left a VIP, and the WireGuard interface `swg0` that carries encrypted networks
+//! ([`tunnel`]). Docker's bridge networks themselves are created by the worker through
 //! Docker's API, from [`Desired::bridges`].
 //!
 //! The routing mesh ([`MeshSpec`]), on a node with its own address on the ingress network:

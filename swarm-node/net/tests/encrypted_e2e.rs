@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,40 +19,12 @@ use swarm_net::{plan, Dataplane, LocalFacts, SystemKernel};
 use swarm_state::netmap::{NetMap, NetView, RemoteEndpoint, TunnelMap, TunnelPeer};
 
 const VNI: u32 = 4098;
+const BRIDGE: Bridge<'static> = Bridge {
+    vni: VNI,
+    gateway_cidr: "10.0.2.1/24",
+    mtu: "1390",
+};
 const MARKER: &str = "only-inside-the-tunnel-7f3a";
-
-async fn make_host(ns: &str, underlay_dev: &str, underlay: &str) {
-    sh(&["ip", "-n", ns, "link", "set", "lo", "up"]).await;
-    sh(&["ip", "-n", ns, "addr", "add", underlay, "dev", underlay_dev]).await;
-    sh(&["ip", "-n", ns, "link", "set", underlay_dev, "up"]).await;
-    let br = swarm_net::bridge_name(VNI);
-    sh(&["ip", "-n", ns, "link", "add", &br, "type", "bridge"]).await;
-    sh(&["ip", "-n", ns, "link", "set", &br, "mtu", "1390"]).await;
-    sh(&["ip", "-n", ns, "addr", "add", "10.0.2.1/24", "dev", &br]).await;
-    sh(&["ip", "-n", ns, "link", "set", &br, "up"]).await;
-}
-
-async fn make_container(host: &str, ns: &str, veth: &str, addr: &str) {
-    sh(&["ip", "netns", "add", ns]).await;
-    sh(&[
-        "ip", "-n", host, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
-    ])
-    .await;
-    let br = swarm_net::bridge_name(VNI);
-    sh(&[
-        "ip", "-n", host, "link", "set", veth, "mtu", "1390", "master", &br, "up",
-    ])
-    .await;
-    let mac = swarm_state::network::mac_text(ip(addr));
-    sh(&[
-        "ip", "-n", ns, "link", "set", "eth0", "address", &mac, "mtu", "1390", "up",
-    ])
-    .await;
-    sh(&["ip", "-n", ns, "link", "set", "lo", "up"]).await;
-    let cidr = format!("{addr}/24");
-    sh(&["ip", "-n", ns, "addr", "add", &cidr, "dev", "eth0"]).await;
-    sh(&["ip", "-n", ns, "route", "add", "default", "via", "10.0.2.1"]).await;
-}
 
 /// Host `own`'s map: one encrypted network whose other endpoints are reached at the
 /// peer's tunnel address, and the tunnel to that peer.
@@ -199,21 +170,13 @@ async fn an_encrypted_overlay_leaves_nothing_in_clear_on_the_underlay() {
         .await;
         sh(&["ip", "-n", &wire, "link", "set", end, "master", "br0", "up"]).await;
     }
-    make_host(&ha, &ua, "192.168.212.1/24").await;
-    make_host(&hb, &ub, "192.168.212.2/24").await;
-    make_container(&ha, &ca, &format!("sxey{pid}"), "10.0.2.10").await;
-    make_container(&hb, &cb, &format!("sxex{pid}"), "10.0.2.20").await;
+    make_host(&ha, &ua, "192.168.212.1/24", BRIDGE).await;
+    make_host(&hb, &ub, "192.168.212.2/24", BRIDGE).await;
+    make_container(&ha, &ca, &format!("sxey{pid}"), "10.0.2.10", BRIDGE).await;
+    make_container(&hb, &cb, &format!("sxex{pid}"), "10.0.2.20", BRIDGE).await;
 
     std::fs::write(www.path().join("page"), MARKER.repeat(4000)).unwrap();
-    let httpd = std::process::Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{cb}"))
-        .args(["busybox", "httpd", "-f", "-p", "80", "-h"])
-        .arg(www.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("busybox httpd");
-    lab.children.push(httpd);
+    lab.httpd(&cb, www.path());
 
     let (ka, kb) = (
         Arc::new(TunnelKey::generate()),

@@ -16,7 +16,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
@@ -42,14 +41,13 @@ fn url(addr: &str) -> String {
 /// A node: lo up, its underlay address, the ingress bridge Docker would make, and Docker
 /// 20.10's filter chains (`FORWARD` drops what no rule accepts).
 async fn make_node(ns: &str, underlay_dev: &str, underlay: &str) {
-    sh(&["ip", "-n", ns, "link", "set", "lo", "up"]).await;
-    sh(&["ip", "-n", ns, "addr", "add", underlay, "dev", underlay_dev]).await;
-    sh(&["ip", "-n", ns, "link", "set", underlay_dev, "up"]).await;
+    let bridge = Bridge {
+        vni: VNI,
+        gateway_cidr: "10.0.0.1/24",
+        mtu: "1450",
+    };
+    make_host(ns, underlay_dev, underlay, bridge).await;
     let br = swarm_net::bridge_name(VNI);
-    sh(&["ip", "-n", ns, "link", "add", &br, "type", "bridge"]).await;
-    sh(&["ip", "-n", ns, "link", "set", &br, "mtu", "1450"]).await;
-    sh(&["ip", "-n", ns, "addr", "add", "10.0.0.1/24", "dev", &br]).await;
-    sh(&["ip", "-n", ns, "link", "set", &br, "up"]).await;
     for rule in [
         vec!["-N", "DOCKER-USER"],
         vec!["-A", "DOCKER-USER", "-j", "RETURN"],
@@ -223,15 +221,7 @@ async fn the_mesh_serves_every_node_and_keeps_the_client_address() {
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let httpd = std::process::Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{task}"))
-        .args(["busybox", "httpd", "-f", "-p", "80", "-h"])
-        .arg(www.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("busybox httpd");
-    lab.children.push(httpd);
+    lab.httpd(&task, www.path());
 
     let facts = LocalFacts {
         underlay_mtu: 1500,

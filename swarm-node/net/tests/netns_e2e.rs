@@ -16,53 +16,14 @@ use common::*;
 
 use swarm_net::{plan, Dataplane, Desired, LocalFacts, SystemKernel};
 use swarm_state::netmap::{NetMap, NetView, RemoteEndpoint, ServiceView};
-use swarm_state::network::{mac_text, EndpointMode};
+use swarm_state::network::EndpointMode;
 
 const VNI: u32 = 4097;
-
-/// A host namespace with its underlay address and the bridge Docker would make.
-async fn make_host(ns: &str, underlay_dev: &str, underlay: &str) {
-    sh(&["ip", "-n", ns, "link", "set", "lo", "up"]).await;
-    sh(&["ip", "-n", ns, "addr", "add", underlay, "dev", underlay_dev]).await;
-    sh(&["ip", "-n", ns, "link", "set", underlay_dev, "up"]).await;
-    let br = swarm_net::bridge_name(VNI);
-    sh(&["ip", "-n", ns, "link", "add", &br, "type", "bridge"]).await;
-    sh(&["ip", "-n", ns, "link", "set", &br, "mtu", "1450"]).await;
-    sh(&["ip", "-n", ns, "addr", "add", "10.0.1.1/24", "dev", &br]).await;
-    sh(&["ip", "-n", ns, "link", "set", &br, "up"]).await;
-}
-
-/// A container namespace on a host's bridge, with its overlay address and derived MAC.
-async fn make_container(host: &str, ns: &str, veth: &str, addr: &str) {
-    sh(&["ip", "netns", "add", ns]).await;
-    sh(&[
-        "ip", "-n", host, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
-    ])
-    .await;
-    let br = swarm_net::bridge_name(VNI);
-    sh(&[
-        "ip", "-n", host, "link", "set", veth, "mtu", "1450", "master", &br, "up",
-    ])
-    .await;
-    let mac = mac_text(ip(addr));
-    sh(&[
-        "ip", "-n", ns, "link", "set", "eth0", "address", &mac, "mtu", "1450", "up",
-    ])
-    .await;
-    sh(&["ip", "-n", ns, "link", "set", "lo", "up"]).await;
-    sh(&[
-        "ip",
-        "-n",
-        ns,
-        "addr",
-        "add",
-        &format!("{addr}/24"),
-        "dev",
-        "eth0",
-    ])
-    .await;
-    sh(&["ip", "-n", ns, "route", "add", "default", "via", "10.0.1.1"]).await;
-}
+const BRIDGE: Bridge<'static> = Bridge {
+    vni: VNI,
+    gateway_cidr: "10.0.1.1/24",
+    mtu: "1450",
+};
 
 fn netmap(vtep: &str, own: &str, remote: &[(&str, &str)]) -> NetMap {
     NetMap {
@@ -125,10 +86,10 @@ async fn containers_reach_each_other_across_vxlan_and_through_a_vip() {
         "ip", "link", "add", &ua, "netns", &ha, "type", "veth", "peer", "name", &ub, "netns", &hb,
     ])
     .await;
-    make_host(&ha, &ua, "192.168.211.1/24").await;
-    make_host(&hb, &ub, "192.168.211.2/24").await;
-    make_container(&ha, &ca, &format!("sxva{pid}"), "10.0.1.10").await;
-    make_container(&hb, &cb, &format!("sxvb{pid}"), "10.0.1.20").await;
+    make_host(&ha, &ua, "192.168.211.1/24", BRIDGE).await;
+    make_host(&hb, &ub, "192.168.211.2/24", BRIDGE).await;
+    make_container(&ha, &ca, &format!("sxva{pid}"), "10.0.1.10", BRIDGE).await;
+    make_container(&hb, &cb, &format!("sxvb{pid}"), "10.0.1.20", BRIDGE).await;
 
     let facts = LocalFacts {
         underlay_mtu: 1500,
@@ -185,15 +146,7 @@ async fn containers_reach_each_other_across_vxlan_and_through_a_vip() {
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let httpd = std::process::Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{cb}"))
-        .args(["busybox", "httpd", "-f", "-p", "80", "-h"])
-        .arg(www.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("busybox httpd");
-    lab.children.push(httpd);
+    lab.httpd(&cb, www.path());
     let url = "http://10.0.1.254/cgi-bin/ip";
     let seen = until_ok(&ca, &["busybox", "wget", "-q", "-O", "-", url]).await;
     assert_eq!(

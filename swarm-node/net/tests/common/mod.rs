@@ -45,6 +45,22 @@ pub struct Lab {
     pub children: Vec<std::process::Child>,
 }
 
+impl Lab {
+    /// Starts busybox's HTTP server on port 80 in namespace `ns`, serving `root` (CGI
+    /// scripts under `cgi-bin/`); it is killed with the lab.
+    pub fn httpd(&mut self, ns: &str, root: &std::path::Path) {
+        let child = std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .args(["busybox", "httpd", "-f", "-p", "80", "-h"])
+            .arg(root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("busybox httpd");
+        self.children.push(child);
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         for c in &mut self.children {
@@ -139,4 +155,76 @@ pub fn client_addr(seen: &str) -> &str {
     s.strip_prefix("[::ffff:")
         .and_then(|s| s.strip_suffix(']'))
         .unwrap_or(s)
+}
+
+/// The overlay bridge Docker would make on a host: `swb<VNI>` with the gateway address
+/// (`gateway_cidr`, the subnet's prefix) and the overlay's MTU.
+#[derive(Clone, Copy)]
+pub struct Bridge<'a> {
+    pub vni: u32,
+    pub gateway_cidr: &'a str,
+    pub mtu: &'a str,
+}
+
+impl Bridge<'_> {
+    fn gateway(&self) -> &str {
+        self.gateway_cidr.split('/').next().unwrap_or_default()
+    }
+}
+
+/// A host namespace: lo up, its underlay address on `underlay_dev`, and `bridge`.
+pub async fn make_host(ns: &str, underlay_dev: &str, underlay: &str, bridge: Bridge<'_>) {
+    sh(&["ip", "-n", ns, "link", "set", "lo", "up"]).await;
+    sh(&["ip", "-n", ns, "addr", "add", underlay, "dev", underlay_dev]).await;
+    sh(&["ip", "-n", ns, "link", "set", underlay_dev, "up"]).await;
+    let br = swarm_net::bridge_name(bridge.vni);
+    sh(&["ip", "-n", ns, "link", "add", &br, "type", "bridge"]).await;
+    sh(&["ip", "-n", ns, "link", "set", &br, "mtu", bridge.mtu]).await;
+    sh(&[
+        "ip",
+        "-n",
+        ns,
+        "addr",
+        "add",
+        bridge.gateway_cidr,
+        "dev",
+        &br,
+    ])
+    .await;
+    sh(&["ip", "-n", ns, "link", "set", &br, "up"]).await;
+}
+
+/// A container namespace on a host's `bridge`, with its overlay address (in the bridge's
+/// subnet) and the MAC derived from it, routed through the gateway.
+pub async fn make_container(host: &str, ns: &str, veth: &str, addr: &str, bridge: Bridge<'_>) {
+    sh(&["ip", "netns", "add", ns]).await;
+    sh(&[
+        "ip", "-n", host, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
+    ])
+    .await;
+    let br = swarm_net::bridge_name(bridge.vni);
+    sh(&[
+        "ip", "-n", host, "link", "set", veth, "mtu", bridge.mtu, "master", &br, "up",
+    ])
+    .await;
+    let mac = swarm_state::network::mac_text(ip(addr));
+    sh(&[
+        "ip", "-n", ns, "link", "set", "eth0", "address", &mac, "mtu", bridge.mtu, "up",
+    ])
+    .await;
+    sh(&["ip", "-n", ns, "link", "set", "lo", "up"]).await;
+    let prefix = bridge.gateway_cidr.split('/').nth(1).unwrap_or("24");
+    let cidr = format!("{addr}/{prefix}");
+    sh(&["ip", "-n", ns, "addr", "add", &cidr, "dev", "eth0"]).await;
+    sh(&[
+        "ip",
+        "-n",
+        ns,
+        "route",
+        "add",
+        "default",
+        "via",
+        bridge.gateway(),
+    ])
+    .await;
 }
