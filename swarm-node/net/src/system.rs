@@ -55,7 +55,7 @@ impl SystemKernel {
     /// Stops this process's WireGuard device, if any; returns whether there was one.
     async fn tunnel_drop(&self) -> Result<bool, NetError> {
         let tunnel = self.tunnel.clone();
-        // Dropping the device stops its threads (they join nothing, but may block briefly).
+        // Dropping the device takes its lock, which its threads may hold for a moment.
         tokio::task::spawn_blocking(move || {
             tunnel
                 .lock()
@@ -894,6 +894,24 @@ fn parse_deleted(stderr: &str) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+
+    #[tokio::test]
+    async fn without_a_key_an_encrypted_network_is_refused_before_anything_is_made() {
+        let spec = crate::tunnel::TunnelSpec {
+            addr: "10.255.0.1/16".parse().unwrap(),
+            mtu: 1440,
+            port: 51820,
+            peers: vec![],
+        };
+        // No command runs: the key is checked first.
+        let k = SystemKernel::in_netns("no-such-namespace");
+        let e = k.tunnel_apply(&spec).await.unwrap_err();
+        assert!(matches!(e, NetError::NoTunnelKey));
+        assert_eq!(
+            e.to_string(),
+            "this node has no tunnel key: encrypted networks cannot be set up"
+        );
+    }
     use super::*;
 
     // Outputs of iproute2 6.1 (Debian 12), trimmed to a few fields.
