@@ -393,27 +393,54 @@ pub const MAX_BATCH_TASKS: usize = 1_000;
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
 /// Splits tasks into batches of at most [`MAX_BATCH_TASKS`] tasks and about
-/// [`MAX_BATCH_BYTES`] bytes, in order. A single task larger than the byte budget gets a
+/// [`MAX_BATCH_BYTES`] bytes as written (each distinct spec once per batch, see
+/// `swarm_state::task_batch`), in order. A single task larger than the byte budget gets a
 /// batch of its own.
 pub fn task_batches(tasks: Vec<Task>) -> Vec<Vec<Task>> {
     let mut batches = Vec::new();
-    let mut current = Vec::new();
+    let mut current: Vec<Task> = Vec::new();
+    // Positions in `current` of the tasks that brought a new spec into the batch.
+    let mut spec_holders: Vec<usize> = Vec::new();
     let mut bytes = 0usize;
     for task in tasks {
-        let size = serde_json::to_vec(&task).map(|b| b.len()).unwrap_or(0);
+        let mut size = len_without_spec(&task);
+        let new_spec = task.spec.as_ref().is_some_and(|spec| {
+            !spec_holders
+                .iter()
+                .rev()
+                .any(|&i| current[i].spec.as_ref() == Some(spec))
+        });
+        if new_spec {
+            size += serde_json::to_vec(&task.spec).map(|b| b.len()).unwrap_or(0);
+        }
         if !current.is_empty()
             && (current.len() >= MAX_BATCH_TASKS || bytes + size > MAX_BATCH_BYTES)
         {
             batches.push(std::mem::take(&mut current));
-            bytes = 0;
+            spec_holders.clear();
+            bytes = len_without_spec(&task);
+            if task.spec.is_some() {
+                bytes += serde_json::to_vec(&task.spec).map(|b| b.len()).unwrap_or(0);
+                spec_holders.push(0);
+            }
+        } else {
+            bytes += size;
+            if new_spec {
+                spec_holders.push(current.len());
+            }
         }
-        bytes += size;
         current.push(task);
     }
     if !current.is_empty() {
         batches.push(current);
     }
     batches
+}
+
+fn len_without_spec(task: &Task) -> usize {
+    serde_json::to_vec(&swarm_state::task_batch::without_spec(task))
+        .map(|b| b.len())
+        .unwrap_or(0)
 }
 
 /// Sets desired state REMOVE, and deletes the task once nothing runs it any more.

@@ -25,6 +25,7 @@ pub mod network;
 pub mod ports;
 pub mod proto;
 pub mod secrets;
+pub mod task_batch;
 pub mod tasks;
 
 use network::{Allocation, Attachment, NetworkDefaults, NetworkRecord};
@@ -202,6 +203,7 @@ pub enum Command {
     /// Creates tasks or replaces the manager-owned fields (node, desired state) of
     /// existing ones. Observed status reported by workers is kept when it is further on.
     PutTasks {
+        #[serde(with = "task_batch")]
         tasks: Vec<Task>,
     },
     /// Observed task states reported by a worker. A report only ever moves a task

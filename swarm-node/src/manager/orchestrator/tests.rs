@@ -350,6 +350,39 @@ fn task_writes_are_split_into_bounded_batches() {
     }
     let batches = task_batches(vec![task(0, 10), task(1, 2 * MAX_BATCH_BYTES), task(2, 10)]);
     assert_eq!(batches.len(), 3);
+    // A spec shared by the batch counts once: 1,000 tasks with the same 10 KB spec fit
+    // one entry, whose bytes as written are about one spec and 1,000 small tasks.
+    let spec = TaskSpec {
+        container_spec: Some(swarm_state::models::TaskSpecContainerSpec {
+            args: Some(vec!["x".repeat(10_000)]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let with_spec = |i: usize| Task {
+        spec: Some(spec.clone()),
+        ..task(i, 0)
+    };
+    let batches = task_batches((0..1_000).map(with_spec).collect());
+    assert_eq!(batches.len(), 1);
+    let written = serde_json::to_vec(&Command::PutTasks {
+        tasks: batches[0].clone(),
+    })
+    .unwrap()
+    .len();
+    assert!(written < 100_000, "{written}");
+    // Distinct large specs still split by bytes.
+    let distinct = |i: usize| Task {
+        spec: Some(TaskSpec {
+            container_spec: Some(swarm_state::models::TaskSpecContainerSpec {
+                args: Some(vec![format!("{i}{}", "x".repeat(100_000))]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..task(i, 0)
+    };
+    assert!(task_batches((0..25).map(distinct).collect()).len() >= 3);
 }
 
 #[test]
