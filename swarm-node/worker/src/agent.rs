@@ -370,13 +370,14 @@ async fn heartbeat_loop(shared: &Shared) {
 
 /// The node's tasks as last heard, kept to apply answers that carry changes only.
 #[derive(Debug, Default)]
-struct KnownTasks(BTreeMap<String, Task>);
+struct KnownTasks(BTreeMap<String, Arc<Task>>);
 
 impl KnownTasks {
     /// Applies an answer and returns every task, in the manager's order; `None` when a
     /// delta names a task this node never had (it then asks for the whole list again).
-    fn apply(&mut self, tasks: Vec<Task>, ids: Option<Vec<String>>) -> Option<Vec<Task>> {
+    fn apply(&mut self, tasks: Vec<Task>, ids: Option<Vec<String>>) -> Option<Vec<Arc<Task>>> {
         let id_of = |t: &Task| t.id.clone().unwrap_or_default();
+        let tasks: Vec<Arc<Task>> = tasks.into_iter().map(Arc::new).collect();
         let Some(ids) = ids else {
             self.0 = tasks.iter().map(|t| (id_of(t), t.clone())).collect();
             return Some(tasks);
@@ -577,17 +578,18 @@ mod tests {
     #[test]
     fn deltas_of_assignments_rebuild_the_whole_list() {
         let mut known = KnownTasks::default();
+        let arcs = |tasks: Vec<Task>| tasks.into_iter().map(Arc::new).collect::<Vec<_>>();
         let all = known.apply(vec![task("a", 1), task("b", 1)], None).unwrap();
-        assert_eq!(all, vec![task("a", 1), task("b", 1)]);
+        assert_eq!(all, arcs(vec![task("a", 1), task("b", 1)]));
         // b changed, c is new, a was removed.
         let ids = Some(vec!["b".into(), "c".into()]);
         let all = known.apply(vec![task("b", 5), task("c", 5)], ids).unwrap();
-        assert_eq!(all, vec![task("b", 5), task("c", 5)]);
+        assert_eq!(all, arcs(vec![task("b", 5), task("c", 5)]));
         // Nothing changed but the order is the manager's.
         let all = known
             .apply(vec![], Some(vec!["c".into(), "b".into()]))
             .unwrap();
-        assert_eq!(all, vec![task("c", 5), task("b", 5)]);
+        assert_eq!(all, arcs(vec![task("c", 5), task("b", 5)]));
         assert!(!known.0.contains_key("a"));
         // A delta that names a task never seen cannot be applied.
         assert_eq!(known.apply(vec![], Some(vec!["zz".into()])), None);

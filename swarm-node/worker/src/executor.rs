@@ -49,7 +49,9 @@ pub type AssignedTasks = Option<Arc<Assigned>>;
 /// What the managers assigned to this node.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Assigned {
-    pub tasks: Vec<Task>,
+    /// Shared with the agent's copy: a node's list is rebuilt on every change of any of
+    /// its tasks, and copying each task each time was most of an idle agent's work.
+    pub tasks: Vec<Arc<Task>>,
     /// Per task id: the host-mode ports its container publishes.
     pub host_ports: BTreeMap<String, Vec<EndpointPortConfig>>,
     /// The data of the secrets the tasks reference, by secret id. Held in memory only:
@@ -63,7 +65,7 @@ pub struct Assigned {
 impl From<Vec<Task>> for Assigned {
     fn from(tasks: Vec<Task>) -> Self {
         Assigned {
-            tasks,
+            tasks: tasks.into_iter().map(Arc::new).collect(),
             ..Default::default()
         }
     }
@@ -260,7 +262,7 @@ async fn next_event(
 struct LoopState {
     exec: Executor,
     /// Assigned tasks by id (only those of this node).
-    desired: Option<BTreeMap<String, Task>>,
+    desired: Option<BTreeMap<String, Arc<Task>>>,
     /// The host-mode ports of the assigned tasks, by task id.
     host_ports: BTreeMap<String, Vec<EndpointPortConfig>>,
     /// The latest assignments, for the data of their secrets and configs.
@@ -287,7 +289,7 @@ impl LoopState {
         self.host_ports = assigned.host_ports.clone();
         self.file_data = assigned.clone();
         self.sweep_due = true;
-        let desired: BTreeMap<String, Task> = assigned
+        let desired: BTreeMap<String, Arc<Task>> = assigned
             .tasks
             .iter()
             .filter(|t| t.node_id.as_deref() == Some(node))
@@ -313,11 +315,11 @@ impl LoopState {
                         if ours.state.unwrap_or(TaskState::NEW) >= state_of(t)
                             && t.status.as_ref() != Some(ours) =>
                     {
-                        let mut t = t.clone();
+                        let mut t = (**t).clone();
                         t.status = Some(ours.clone());
                         Cow::Owned(t)
                     }
-                    _ => Cow::Borrowed(t),
+                    _ => Cow::Borrowed(&**t),
                 },
             )
             .collect()
@@ -488,7 +490,7 @@ impl LoopState {
             .desired
             .as_ref()
             .and_then(|d| d.get(task_id))
-            .map(state_of);
+            .map(|t| state_of(t));
         let ours = self.reported.get(task_id).and_then(|s| s.state);
         managers.max(ours)
     }

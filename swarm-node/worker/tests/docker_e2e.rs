@@ -685,7 +685,7 @@ async fn secrets_and_configs_reach_the_container_from_a_tmpfs_only() {
         }]);
         let assigned = |tasks: Vec<Task>| {
             Some(Arc::new(Assigned {
-                tasks,
+                tasks: tasks.into_iter().map(Arc::new).collect(),
                 // "s3cr3t-value\n" and "port=8080\n", as the managers send them.
                 secrets: BTreeMap::from([(
                     "secretid1".to_string(),

@@ -547,7 +547,7 @@ fn with_files(id: &str, desired: TaskState) -> Task {
 
 fn assigned_with_data(tasks: Vec<Task>) -> Arc<Assigned> {
     Arc::new(Assigned {
-        tasks,
+        tasks: tasks.into_iter().map(Arc::new).collect(),
         secrets: BTreeMap::from([("sec1".to_string(), b64("hunter2"))]),
         configs: BTreeMap::from([("cfg1".to_string(), b64("port=80"))]),
         ..Default::default()
