@@ -15,8 +15,11 @@
 //! - `SCALE_IDLE_SECS` (`10`): how long steady state is measured;
 //! - `SCALE_TIMEOUT_SECS` (`300`): the longest wait for one shape to run;
 //! - `SCALE_PARTS` (`sched,cluster`): `sched` is the scheduler micro-benchmark alone,
-//!   `cluster` the swarms;
-//! - `SCALE_LOG` (unset): a tracing filter (`warn`) for what managers and agents log.
+//!   `cluster` the swarms, `manager` one manager on its own in this process (its memory
+//!   and commit path at the largest shape, nodes recorded without agents);
+//! - `SCALE_LOG` (unset): a tracing filter (`warn`) for what managers and agents log;
+//! - `SCALE_NODES_NICE` (`10`): the simulated nodes' CPU priority (nice, 0 to 19; 0
+//!   runs them at the managers' own).
 //!
 //! Figures (name=value per line, prefixed with the swarm's size):
 //! placement and Running times per shape, the leader's CPU time and the process's RSS,
@@ -107,17 +110,176 @@ fn main() {
             scheduler_alone(n);
         }
     }
-    if parts.iter().any(|p| p == "cluster") {
+    if parts.iter().any(|p| p == "manager") {
         for &n in &nodes {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
-                .thread_name("scale-nodes")
+                .thread_name("scale-bench")
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(cluster_figures(n));
+            rt.block_on(manager_alone(n));
             rt.shutdown_timeout(Duration::from_secs(5));
         }
+    }
+    if parts.iter().any(|p| p == "cluster") {
+        for &n in &nodes {
+            // The simulated nodes stand for other machines: at a lower priority they get
+            // the CPU the managers leave, instead of a third of it, which made the
+            // managers' figures those of the simulation's load.
+            let nice = env_u64("SCALE_NODES_NICE", 10).min(19) as i32;
+            println!("nodes={n} simulated_nodes_nice={nice}");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("scale-nodes")
+                .on_thread_start(move || lower_priority(nice))
+                .enable_all()
+                .build()
+                .unwrap();
+            let admin = admin_runtime();
+            rt.block_on(cluster_figures(n, admin.handle().clone()));
+            admin.shutdown_timeout(Duration::from_secs(5));
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+/// One manager (a one-voter Raft with its journal, snapshots and encryption at rest, the
+/// orchestrator, the API) in this process with `n` nodes recorded in its state and no
+/// agents: the process's memory is that manager's. The largest shape is created through
+/// the API, placed by the manager, then reported Running in entries of 1,000 updates,
+/// as the dispatcher batches the agents' reports. The heartbeat period is an hour so
+/// that nodes without agents stay Ready.
+async fn manager_alone(n: usize) {
+    let rss_empty = rss_bytes();
+    let mut options = ScaleOptions::new(0);
+    options.managers = 1;
+    options.heartbeat_ms = 3_600_000;
+    let cluster = ScaleCluster::start(options).await;
+    let leader = cluster.leader().expect("one manager leads");
+    let manager = leader.manager.clone();
+    let p = format!("manager nodes={n}");
+    let ids: Vec<String> = (0..n).map(|i| format!("simnode{i:05}")).collect();
+    let now = manager.now();
+    let mut state = synthetic_state(n, 0, 0);
+    for (i, id) in ids.iter().enumerate() {
+        let mut node = state.nodes.remove(&format!("node{i:05}")).unwrap();
+        node.id = Some(id.clone());
+        node.created_at = Some(now.clone());
+        let m = manager.clone();
+        // Recorded as a join would, a few at a time.
+        m.propose(swarm_state::Command::AddNode {
+            node: Box::new(node),
+        })
+        .await
+        .expect("node recorded");
+    }
+    let rss_nodes = rss_bytes();
+    println!(
+        "{p} rss_with_nodes_mib={} rss_per_node_kib={:.1}",
+        mib(rss_nodes),
+        rss_nodes.saturating_sub(rss_empty) as f64 / 1024.0 / n.max(1) as f64
+    );
+    let Some(&(services, replicas)) = shapes().last() else {
+        return;
+    };
+    let total = services as u64 * replicas;
+    let shape = format!("{p} shape={services}x{replicas}");
+    let addr = cluster.api_addr();
+    let cpu0 = thread_cpu(&leader.thread_prefix());
+    let start = Instant::now();
+    let mut service_ids = HashSet::new();
+    for s in 0..services {
+        match create_service_at(&cluster.admin, &addr, &format!("m-{s}"), replicas).await {
+            Ok(id) => {
+                service_ids.insert(id);
+            }
+            Err(e) => println!("{shape} create_error={e}"),
+        }
+    }
+    let timeout = Duration::from_secs(env_u64("SCALE_TIMEOUT_SECS", 300));
+    let mut peak = 0;
+    let placed = wait_until(timeout, Duration::from_millis(100), || {
+        peak = peak.max(rss_bytes());
+        progress(&manager.read(), &service_ids).placed as u64 == total
+    })
+    .await;
+    let placed_at = start.elapsed();
+    // Every task Running, reported in entries of 1,000 updates.
+    let state = manager.read();
+    let mut updates: Vec<(String, swarm_state::proto::TaskStatusUpdate)> = state
+        .tasks
+        .values()
+        .filter(|t| {
+            t.service_id
+                .as_ref()
+                .is_some_and(|s| service_ids.contains(s))
+        })
+        .filter_map(|t| {
+            Some((
+                t.node_id.clone()?,
+                swarm_state::proto::TaskStatusUpdate {
+                    task_id: t.id.clone()?,
+                    status: swarm_state::models::TaskStatus {
+                        timestamp: Some(now.clone()),
+                        state: Some(swarm_state::models::TaskState::RUNNING),
+                        message: Some("started".into()),
+                        ..Default::default()
+                    },
+                },
+            ))
+        })
+        .collect();
+    drop(state);
+    updates.sort_by(|a, b| a.0.cmp(&b.0));
+    for chunk in updates.chunks(1_000) {
+        let mut reports: Vec<swarm_state::proto::TaskStatusReport> = Vec::new();
+        for (node, update) in chunk {
+            match reports.last_mut() {
+                Some(r) if &r.node_id == node => r.updates.push(update.clone()),
+                _ => reports.push(swarm_state::proto::TaskStatusReport {
+                    node_id: node.clone(),
+                    updates: vec![update.clone()],
+                }),
+            }
+        }
+        manager
+            .propose(swarm_state::Command::ReportTaskStatuses { reports })
+            .await
+            .expect("reports recorded");
+        peak = peak.max(rss_bytes());
+    }
+    let running = progress(&manager.read(), &service_ids).running;
+    let cpu = thread_cpu(&leader.thread_prefix()) - cpu0;
+    println!(
+        "{shape} placed_s={} running_s={} running={running}/{total} manager_cpu_s={}",
+        placed
+            .map(|_| secs(placed_at))
+            .unwrap_or_else(|| "timeout".into()),
+        secs(start.elapsed()),
+        secs(cpu),
+    );
+    // Steady state: what stays once the work is done (snapshots written, buffers freed).
+    tokio::time::sleep(Duration::from_secs(env_u64("SCALE_IDLE_SECS", 10))).await;
+    let rss = rss_bytes();
+    println!(
+        "{shape} manager_rss_mib={} manager_rss_peak_mib={} rss_per_task_b={:.0} journal_mib={} journal_b_per_task={:.0}",
+        mib(rss),
+        mib(peak.max(rss)),
+        rss.saturating_sub(rss_nodes) as f64 / total as f64,
+        mib(dir_bytes(&leader.dir)),
+        dir_bytes(&leader.dir) as f64 / total as f64,
+    );
+}
+
+/// Sets the calling thread's nice value (Linux keeps one per thread).
+fn lower_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    let me = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(me), nice) {
+        eprintln!("cannot lower a simulated node thread's priority: {e}");
     }
 }
 
@@ -239,14 +401,21 @@ struct ApiSamples {
     errors: usize,
 }
 
-async fn probe_api(cluster: &ScaleCluster, stop: &AtomicBool, samples: &Mutex<ApiSamples>) {
+/// Samples the leader's API until `stop`: `service ls`, `node ls`, `service create`.
+async fn probe_api(
+    admin: reqwest::Client,
+    addr: String,
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<ApiSamples>>,
+) {
     let mut i = 0;
     while !stop.load(Ordering::Relaxed) {
-        let s = cluster.timed_get("/services").await;
-        let n = cluster.timed_get("/nodes").await;
+        // As `docker service ls` asks: with each service's running and desired tasks.
+        let s = timed_get_at(&admin, &addr, "/services?status=true").await;
+        let n = timed_get_at(&admin, &addr, "/nodes").await;
         let start = Instant::now();
-        let c = cluster
-            .create_service(&format!("probe-{}-{i}", std::process::id()), 0)
+        let name = format!("probe-{}-{i}", std::process::id());
+        let c = create_service_at(&admin, &addr, &name, 0)
             .await
             .map(|_| start.elapsed());
         i += 1;
@@ -266,7 +435,18 @@ async fn probe_api(cluster: &ScaleCluster, stop: &AtomicBool, samples: &Mutex<Ap
     }
 }
 
-async fn cluster_figures(n: usize) {
+/// The runtime of the harness's own API client (the user's `docker`): at full priority,
+/// apart from the simulated nodes, so its figures are not those of their scheduling.
+fn admin_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("scale-admin")
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn cluster_figures(n: usize, admin: tokio::runtime::Handle) {
     let mut options = ScaleOptions::new(n);
     options.start_delay = Duration::from_millis(env_u64("SCALE_START_MS", 100));
     options.heartbeat_ms = env_u64("SCALE_HEARTBEAT_MS", 5_000);
@@ -314,15 +494,23 @@ async fn cluster_figures(n: usize) {
         let samples = Arc::new(Mutex::new(ApiSamples::default()));
         let start = Instant::now();
         let mut ids = HashSet::new();
-        let probe = {
-            let stop = stop.clone();
-            let samples = samples.clone();
-            let cluster = &cluster;
-            async move { probe_api(cluster, &stop, &samples).await }
-        };
+        let addr = cluster.api_addr();
+        let probe = admin.spawn(probe_api(
+            cluster.admin.clone(),
+            addr.clone(),
+            stop.clone(),
+            samples.clone(),
+        ));
         let work = async {
             for s in 0..services {
-                match cluster.create_service(&format!("s{k}-{s}"), replicas).await {
+                let (client, at) = (cluster.admin.clone(), addr.clone());
+                let name = format!("s{k}-{s}");
+                let create = async move { create_service_at(&client, &at, &name, replicas).await };
+                match admin
+                    .spawn(create)
+                    .await
+                    .expect("service create on the admin runtime")
+                {
                     Ok(id) => {
                         ids.insert(id);
                     }
@@ -360,7 +548,8 @@ async fn cluster_figures(n: usize) {
                 down_max,
             )
         };
-        let ((created, placed, running, peak_rss, down_max), ()) = tokio::join!(work, probe);
+        let ((created, placed, running, peak_rss, down_max), probed) = tokio::join!(work, probe);
+        probed.expect("the API probe");
         let cpu1 = thread_cpu(&leader);
         let log1 = journal_bytes(&cluster);
         let wall = start.elapsed();

@@ -13,11 +13,10 @@ use serde::Deserialize;
 use swarm_pki::Peer;
 use swarm_state::models::{
     self, JoinTokens, Node, NodeSpec, NodeSpecRoleEnum, NodeState, Reachability, Service,
-    ServiceServiceStatus, ServiceSpec, Swarm, SwarmInfo, SystemInfo, SystemVersion, Task,
-    TaskState,
+    ServiceServiceStatus, ServiceSpec, Swarm, SwarmInfo, SystemInfo, SystemVersion, TaskState,
 };
 use swarm_state::{
-    desired_of, ids::raft_id, node_hostname, node_role, node_state, state_of, ClusterState, Command,
+    desired_of, ids::raft_id, node_hostname, node_role, node_state, ClusterState, Command,
 };
 
 use super::filters::Filters;
@@ -874,36 +873,28 @@ pub fn validate_service_spec(spec: &ServiceSpec) -> ApiResult<()> {
     Ok(())
 }
 
-/// `ServiceStatus` of `service`, whose tasks are `tasks`.
-fn service_status<'a>(
-    state: &ClusterState,
-    service: &Service,
-    tasks: impl Iterator<Item = &'a Task>,
-) -> ServiceServiceStatus {
+/// `ServiceStatus` of `service`, from the counts the state keeps of its tasks: no scan of
+/// every task, which `docker service ls` would otherwise pay per request.
+fn service_status(state: &ClusterState, service: &Service) -> ServiceServiceStatus {
     let mode = service
         .spec
         .as_ref()
         .and_then(|s| s.mode.clone())
         .unwrap_or_default();
-    let mut running = 0u64;
-    let mut active = 0u64;
-    let mut completed = 0u64;
-    for task in tasks {
-        let node_up = task
-            .node_id
-            .as_ref()
-            .and_then(|n| state.nodes.get(n))
-            .is_some_and(|n| node_state(n) != NodeState::DOWN);
-        if desired_of(task) <= TaskState::RUNNING {
-            active += 1;
-            if state_of(task) == TaskState::RUNNING && node_up {
-                running += 1;
-            }
-        }
-        if state_of(task) == TaskState::COMPLETE {
-            completed += 1;
-        }
-    }
+    let tally = state.tasks.tally(service.id.as_deref().unwrap_or_default());
+    // Running tasks on a node that is down are not running any more, as Docker counts.
+    let running: u64 = tally
+        .running_by_node
+        .iter()
+        .filter(|(node, _)| {
+            state
+                .nodes
+                .get(*node)
+                .is_some_and(|n| node_state(n) != NodeState::DOWN)
+        })
+        .map(|(_, n)| n)
+        .sum();
+    let (active, completed) = (tally.active, tally.completed);
     let desired = if mode.global.is_some() || mode.global_job.is_some() {
         active
     } else if let Some(job) = &mode.replicated_job {
@@ -947,15 +938,6 @@ async fn list_services(
     filters.accept(&["id", "label", "mode", "name"])?;
     let with_status = bool_param("status", q.status.as_deref())?;
     let state = manager.read();
-    // Each service's tasks, gathered in one look at every task rather than one per service.
-    let mut by_service: HashMap<&str, Vec<&Task>> = HashMap::new();
-    if with_status {
-        for task in state.tasks.values() {
-            if let Some(service) = task.service_id.as_deref() {
-                by_service.entry(service).or_default().push(task);
-            }
-        }
-    }
     let services = state
         .services
         .iter()
@@ -970,11 +952,10 @@ async fn list_services(
                 && filters.matches("mode", |v| (v == "global") == global)
                 && filters.labels_match("label", spec.and_then(|s| s.labels.as_ref()))
         })
-        .map(|(id, s)| {
+        .map(|(_, s)| {
             let mut view = service_view(&state, s.clone());
             if with_status {
-                let tasks = by_service.get(id.as_str()).into_iter().flatten().copied();
-                view.service.service_status = Some(service_status(&state, &view.service, tasks));
+                view.service.service_status = Some(service_status(&state, &view.service));
             }
             view
         })

@@ -34,8 +34,10 @@ pub const IMAGE: &str = "swarmup-scale/app:1";
 /// What a harness swarm looks like.
 #[derive(Debug, Clone)]
 pub struct ScaleOptions {
-    /// Worker nodes besides the three managers (which are drained).
+    /// Worker nodes besides the managers (which are drained).
     pub nodes: usize,
+    /// Managers: 3, or 1 to measure one manager's memory on its own.
+    pub managers: usize,
     /// How long each fake container start takes.
     pub start_delay: Duration,
     /// The swarm's heartbeat period.
@@ -51,6 +53,7 @@ impl ScaleOptions {
     pub fn new(nodes: usize) -> Self {
         ScaleOptions {
             nodes,
+            managers: 3,
             start_delay: Duration::from_millis(100),
             heartbeat_ms: 5_000,
             join_concurrency: 8,
@@ -329,7 +332,10 @@ impl ScaleCluster {
         .await
         .expect("m1 leads");
         let first = addr;
-        for name in ["m2", "m3"] {
+        for name in ["m2", "m3"]
+            .into_iter()
+            .take(options.managers.saturating_sub(1))
+        {
             let (listener, addr) = loopback_listener();
             let dir = root.path().join(name);
             swarm_node::setup::join(&swarm_node::setup::JoinOptions {
@@ -356,10 +362,10 @@ impl ScaleCluster {
             );
         }
         wait_until(Duration::from_secs(60), Duration::from_millis(50), || {
-            m1.raft.voters().len() == 3
+            m1.raft.voters().len() == options.managers.max(1)
         })
         .await
-        .expect("three voters");
+        .expect("every manager a voter");
         // m1 takes no tasks either: the figures are about the workers.
         let state = m1.read();
         let n1 = &state.nodes[&outcome.node_id];
@@ -475,7 +481,7 @@ impl ScaleCluster {
         for j in joins {
             self.nodes.push(j.await.unwrap());
         }
-        let want = self.nodes.len() + 3;
+        let want = self.nodes.len() + self.managers.len();
         let ok = wait_until(Duration::from_secs(120), Duration::from_millis(100), || {
             let state = self.leader_state();
             state
@@ -498,44 +504,62 @@ impl ScaleCluster {
 
     /// `docker service create`: `replicas` of the harness image; returns the service id.
     pub async fn create_service(&self, name: &str, replicas: u64) -> Result<String, String> {
-        let body = serde_json::json!({
-            "Name": name,
-            "TaskTemplate": {"ContainerSpec": {"Image": IMAGE}},
-            "Mode": {"Replicated": {"Replicas": replicas}},
-        });
-        let resp = self
-            .admin
-            .post(format!("https://{}/v1.41/services/create", self.api_addr()))
-            .json(&body)
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let v: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
-        if !status.is_success() {
-            return Err(format!("{status}: {v}"));
-        }
-        Ok(v["ID"].as_str().unwrap_or_default().to_string())
+        create_service_at(&self.admin, &self.api_addr(), name, replicas).await
     }
 
     /// `GET path` on the leader's Docker API; returns the time it took.
     pub async fn timed_get(&self, path: &str) -> Result<Duration, String> {
-        let start = Instant::now();
-        let resp = self
-            .admin
-            .get(format!("https://{}/v1.41{path}", self.api_addr()))
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let _ = resp.bytes().await.map_err(|e| e.to_string())?;
-        if !status.is_success() {
-            return Err(status.to_string());
-        }
-        Ok(start.elapsed())
+        timed_get_at(&self.admin, &self.api_addr(), path).await
     }
+}
+
+/// `docker service create` on the manager at `addr`: `replicas` of the harness image;
+/// returns the service id.
+pub async fn create_service_at(
+    admin: &reqwest::Client,
+    addr: &str,
+    name: &str,
+    replicas: u64,
+) -> Result<String, String> {
+    let body = serde_json::json!({
+        "Name": name,
+        "TaskTemplate": {"ContainerSpec": {"Image": IMAGE}},
+        "Mode": {"Replicated": {"Replicas": replicas}},
+    });
+    let resp = admin
+        .post(format!("https://{addr}/v1.41/services/create"))
+        .json(&body)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let v: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(format!("{status}: {v}"));
+    }
+    Ok(v["ID"].as_str().unwrap_or_default().to_string())
+}
+
+/// `GET path` on the Docker API of the manager at `addr`; returns the time it took.
+pub async fn timed_get_at(
+    admin: &reqwest::Client,
+    addr: &str,
+    path: &str,
+) -> Result<Duration, String> {
+    let start = Instant::now();
+    let resp = admin
+        .get(format!("https://{addr}/v1.41{path}"))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let _ = resp.bytes().await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(status.to_string());
+    }
+    Ok(start.elapsed())
 }
 
 /// Counts of a set of services' tasks in the leader's state.
