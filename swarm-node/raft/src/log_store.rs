@@ -852,7 +852,7 @@ mod tests {
         let tasks = |index: u64, n: usize| Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(swarm_state::Command::PutTasks {
-                tasks: vec![Default::default(); n],
+                tasks: std::sync::Arc::new(vec![Default::default(); n]),
             }),
         };
         // Three entries of 400 tasks, then small ones.

@@ -764,7 +764,12 @@ mod tests {
             status: Some(swarm_state::status(TaskState::RUNNING, "started", "t0")),
             ..Default::default()
         };
-        apply(&mut state, Command::PutTasks { tasks: vec![task] });
+        apply(
+            &mut state,
+            Command::PutTasks {
+                tasks: std::sync::Arc::new(vec![task]),
+            },
+        );
         state
     }
 
@@ -780,11 +785,11 @@ mod tests {
     fn a_delta_carries_the_changed_tasks_and_every_id() {
         let mut state = swarm();
         let put = |id: &str| Command::PutTasks {
-            tasks: vec![Task {
+            tasks: std::sync::Arc::new(vec![Task {
                 id: Some(id.into()),
                 node_id: Some("w1".into()),
                 ..Default::default()
-            }],
+            }]),
         };
         // t1 was written at index 3; t2 at 4, then t1 removed at 5.
         assert_eq!(state.apply(&put("t2"), 4).error, None);

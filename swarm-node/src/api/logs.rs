@@ -213,10 +213,12 @@ impl Subject {
                 let task = state
                     .tasks
                     .get(key)
+                    .map(|t| &**t)
                     .or_else(|| {
                         let matches: Vec<&Task> = state
                             .tasks
                             .values()
+                            .map(|t| &**t)
                             .filter(|t| {
                                 t.id.as_deref()
                                     .is_some_and(|id| id.starts_with(key.as_str()))
@@ -225,7 +227,7 @@ impl Subject {
                         (matches.len() == 1).then(|| matches[0])
                     })
                     .ok_or_else(|| ApiError::NotFound(format!("task {key} not found")))?;
-                Ok(vec![task.clone()])
+                Ok(vec![(*task).clone()])
             }
         }
     }

@@ -136,7 +136,20 @@ fn nodes_down(manager: &Manager) -> Vec<(String, Command)> {
 async fn pass(manager: &Arc<Manager>, promotions: &Arc<Mutex<HashSet<u64>>>) -> Duration {
     let mut wake = TICK;
 
-    let plan = orchestrator::reconcile(&manager.read(), manager.clock.now(), &mut Manager::new_id);
+    // Both pure passes look at every task: at 100,000 tasks they take a good part of a
+    // second, which on a runtime thread would hold up heartbeats and long polls.
+    let (state, now) = (manager.read(), manager.clock.now());
+    let plan = match tokio::task::spawn_blocking(move || {
+        orchestrator::reconcile(&state, now, &mut Manager::new_id)
+    })
+    .await
+    {
+        Ok(plan) => plan,
+        Err(e) => {
+            tracing::error!(error = %e, "the orchestrator's pass failed");
+            return wake;
+        }
+    };
     if let Some(after) = plan.wake_after {
         wake = wake.min(after + Duration::from_millis(1));
     }
@@ -147,7 +160,13 @@ async fn pass(manager: &Arc<Manager>, promotions: &Arc<Mutex<HashSet<u64>>>) -> 
     }
 
     // Addresses for what the orchestrator just created, before workers may start it.
-    let allocation = allocator::allocate(&manager.read());
+    let state = manager.read();
+    let allocation = tokio::task::spawn_blocking(move || allocator::allocate(&state))
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the allocator's pass failed");
+            None
+        });
     if let Some(allocation) = allocation {
         for allocation in split_allocation(allocation) {
             let command = Command::Allocate {

@@ -342,7 +342,9 @@ pub fn reconcile(
     plan.commands.extend(status_out);
 
     for tasks in task_batches(put.into_values().collect()) {
-        plan.commands.push(Command::PutTasks { tasks });
+        plan.commands.push(Command::PutTasks {
+            tasks: std::sync::Arc::new(tasks),
+        });
     }
     for ids in remove.chunks(MAX_BATCH_TASKS) {
         plan.commands

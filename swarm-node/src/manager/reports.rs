@@ -132,7 +132,17 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        assert_eq!(state.apply(&Command::PutTasks { tasks }, 1).error, None);
+        assert_eq!(
+            state
+                .apply(
+                    &Command::PutTasks {
+                        tasks: std::sync::Arc::new(tasks)
+                    },
+                    1
+                )
+                .error,
+            None
+        );
         state
     }
 

@@ -203,8 +203,10 @@ pub enum Command {
     /// Creates tasks or replaces the manager-owned fields (node, desired state) of
     /// existing ones. Observed status reported by workers is kept when it is further on.
     PutTasks {
+        /// Shared: Raft copies an entry for the journal, for applying it and for each
+        /// follower, and 1,000 tasks copied each time were megabytes.
         #[serde(with = "task_batch")]
-        tasks: Vec<Task>,
+        tasks: std::sync::Arc<Vec<Task>>,
     },
     /// Observed task states reported by a worker. A report only ever moves a task
     /// forward in the state machine, so late or duplicated reports are harmless.
@@ -572,7 +574,7 @@ impl ClusterState {
                 Ok(())
             }
             Command::PutTasks { tasks } => {
-                for task in tasks {
+                for task in tasks.iter() {
                     let id = task.id.clone().unwrap_or_default();
                     let mut task = task.clone();
                     if let Some(existing) = self.tasks.get(&id) {
@@ -605,7 +607,7 @@ impl ClusterState {
             Command::RemoveTasks { ids } => {
                 for id in ids {
                     self.release_task(id);
-                    if let Some(node) = self.tasks.remove(id).and_then(|t| t.node_id) {
+                    if let Some(node) = self.tasks.remove(id).and_then(|t| t.node_id.clone()) {
                         self.assignment_versions.insert(node, index);
                     }
                 }
@@ -817,6 +819,7 @@ impl ClusterState {
     pub fn tasks_of_service<'a>(&'a self, service_id: &'a str) -> impl Iterator<Item = &'a Task> {
         self.tasks
             .values()
+            .map(|t| &**t)
             .filter(move |t| t.service_id.as_deref() == Some(service_id))
     }
 

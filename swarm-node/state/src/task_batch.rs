@@ -11,6 +11,7 @@
 use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::Serializer;
 use serde::Serialize;
+use std::sync::Arc;
 
 use crate::models::{Task, TaskSpec};
 
@@ -164,14 +165,14 @@ impl<'de> Visitor<'de> for TasksVisitor {
     }
 }
 
-/// `#[serde(with)]` for a `Vec<Task>` field.
-pub fn serialize<S: Serializer>(tasks: &[Task], s: S) -> Result<S::Ok, S::Error> {
+/// `#[serde(with)]` for an `Arc<Vec<Task>>` field.
+pub fn serialize<S: Serializer>(tasks: &Arc<Vec<Task>>, s: S) -> Result<S::Ok, S::Error> {
     serialize_all(tasks.iter(), s)
 }
 
-/// `#[serde(with)]` for a `Vec<Task>` field.
-pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Task>, D::Error> {
-    deserialize_any(d)
+/// `#[serde(with)]` for an `Arc<Vec<Task>>` field.
+pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Vec<Task>>, D::Error> {
+    deserialize_any(d).map(Arc::new)
 }
 
 #[cfg(test)]
@@ -204,11 +205,11 @@ mod tests {
 
     fn round_trip(tasks: Vec<Task>) -> (Vec<Task>, usize) {
         let json = serde_json::to_vec(&Command::PutTasks {
-            tasks: tasks.clone(),
+            tasks: Arc::new(tasks),
         })
         .unwrap();
         match serde_json::from_slice(&json).unwrap() {
-            Command::PutTasks { tasks } => (tasks, json.len()),
+            Command::PutTasks { tasks } => (tasks.to_vec(), json.len()),
             other => panic!("{other:?}"),
         }
     }
@@ -231,7 +232,12 @@ mod tests {
         let tasks = vec![task("t1", Some("a")), task("t2", None)];
         let json = serde_json::json!({ "PutTasks": { "tasks": tasks } });
         let back: Command = serde_json::from_value(json).unwrap();
-        assert_eq!(back, Command::PutTasks { tasks });
+        assert_eq!(
+            back,
+            Command::PutTasks {
+                tasks: Arc::new(tasks)
+            }
+        );
     }
 
     #[test]

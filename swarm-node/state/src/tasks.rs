@@ -17,6 +17,7 @@
 
 use std::fmt;
 use std::ops::Deref;
+use std::sync::Arc;
 
 use bollard_stubs::models::{Task, TaskState};
 use imbl::{OrdMap, OrdSet};
@@ -24,7 +25,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 #[derive(Clone, Default, PartialEq)]
 pub struct Tasks {
-    all: OrdMap<String, Task>,
+    /// Each task behind its own pointer: the map's nodes hold 64 entries, which a change
+    /// copies while an older state shares them, and a task is almost 2 KB inline.
+    all: OrdMap<String, Arc<Task>>,
     /// Node id → ids of the tasks assigned to it. Derived from `all`, never serialised.
     by_node: OrdMap<String, OrdSet<String>>,
     /// Service id → counts of its tasks. Derived from `all`, never serialised.
@@ -59,7 +62,7 @@ fn share(task: &Task) -> Option<Share> {
 }
 
 impl Deref for Tasks {
-    type Target = OrdMap<String, Task>;
+    type Target = OrdMap<String, Arc<Task>>;
 
     fn deref(&self) -> &Self::Target {
         &self.all
@@ -74,10 +77,10 @@ impl fmt::Debug for Tasks {
 
 impl Tasks {
     /// Adds or replaces a task; returns the one it replaced.
-    pub fn insert(&mut self, id: String, task: Task) -> Option<Task> {
+    pub fn insert(&mut self, id: String, task: Task) -> Option<Arc<Task>> {
         self.index(&id, task.node_id.as_deref());
         tally(&mut self.by_service, share(&task), 1);
-        let old = self.all.insert(id.clone(), task);
+        let old = self.all.insert(id.clone(), Arc::new(task));
         if let Some(old) = &old {
             tally(&mut self.by_service, share(old), -1);
         }
@@ -89,7 +92,7 @@ impl Tasks {
         old
     }
 
-    pub fn remove(&mut self, id: &str) -> Option<Task> {
+    pub fn remove(&mut self, id: &str) -> Option<Arc<Task>> {
         let old = self.all.remove(id)?;
         if let Some(node) = old.node_id.as_deref() {
             self.unindex(id, node);
@@ -101,7 +104,8 @@ impl Tasks {
     /// Changes one task in place; `None` when there is no such task. A change of its node
     /// is followed by the index.
     pub fn modify<R>(&mut self, id: &str, change: impl FnOnce(&mut Task) -> R) -> Option<R> {
-        let task = self.all.get_mut(id)?;
+        // Copies the task alone if an older state still shares it.
+        let task = Arc::make_mut(self.all.get_mut(id)?);
         let before = task.node_id.clone();
         let share_before = share(task);
         let out = change(task);
@@ -137,7 +141,7 @@ impl Tasks {
             .get(node_id)
             .into_iter()
             .flat_map(|ids| ids.iter())
-            .filter_map(|id| self.all.get(id))
+            .filter_map(|id| self.all.get(id).map(|t| &**t))
     }
 
     /// How many tasks are assigned to `node_id`.
@@ -200,8 +204,8 @@ impl FromIterator<(String, Task)> for Tasks {
 }
 
 impl<'a> IntoIterator for &'a Tasks {
-    type Item = (&'a String, &'a Task);
-    type IntoIter = imbl::ordmap::Iter<'a, String, Task, imbl::shared_ptr::DefaultSharedPtr>;
+    type Item = (&'a String, &'a Arc<Task>);
+    type IntoIter = imbl::ordmap::Iter<'a, String, Arc<Task>, imbl::shared_ptr::DefaultSharedPtr>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.all.iter()
@@ -214,7 +218,7 @@ impl Serialize for Tasks {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         // Each distinct spec once (see `task_batch`): in a snapshot of 100,000 tasks
         // of one service the spec was most of the bytes.
-        crate::task_batch::serialize_all(self.all.values(), serializer)
+        crate::task_batch::serialize_all(self.all.values().map(|t| &**t), serializer)
     }
 }
 

@@ -80,7 +80,7 @@ fn task_reports_only_move_forward_and_only_from_the_assigned_node() {
     };
     state.apply(
         &Command::PutTasks {
-            tasks: vec![task.clone()],
+            tasks: std::sync::Arc::new(vec![task.clone()]),
         },
         2,
     );
@@ -102,7 +102,7 @@ fn task_reports_only_move_forward_and_only_from_the_assigned_node() {
     shutdown.desired_state = Some(TaskState::SHUTDOWN);
     state.apply(
         &Command::PutTasks {
-            tasks: vec![shutdown],
+            tasks: std::sync::Arc::new(vec![shutdown]),
         },
         6,
     );
@@ -157,7 +157,7 @@ fn persistent_maps_serialise_as_maps_and_copies_stay_apart() {
         .collect();
     state.apply(
         &Command::PutTasks {
-            tasks: tasks.clone(),
+            tasks: std::sync::Arc::new(tasks.clone()),
         },
         2,
     );
@@ -171,7 +171,7 @@ fn persistent_maps_serialise_as_maps_and_copies_stay_apart() {
     let by_id: BTreeMap<String, Task> = state
         .tasks
         .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .map(|(k, v)| (k.clone(), (**v).clone()))
         .collect();
     let mut old = serde_json::to_value(&state).unwrap();
     old["tasks"] = serde_json::to_value(&by_id).unwrap();

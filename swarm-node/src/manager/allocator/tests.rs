@@ -175,6 +175,7 @@ fn a_full_network_leaves_the_task_waiting_with_a_clear_error_once() {
     let waiting: Vec<&Task> = s
         .tasks
         .values()
+        .map(|t| &**t)
         .filter(|t| !s.task_networks.contains_key(t.id.as_deref().unwrap()))
         .collect();
     assert_eq!(

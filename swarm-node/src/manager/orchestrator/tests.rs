@@ -111,6 +111,7 @@ impl World {
         self.state
             .tasks
             .values()
+            .map(|t| &**t)
             .filter(|t| desired_of(t) <= TaskState::RUNNING)
             .collect()
     }
@@ -366,7 +367,7 @@ fn task_writes_are_split_into_bounded_batches() {
     let batches = task_batches((0..1_000).map(with_spec).collect());
     assert_eq!(batches.len(), 1);
     let written = serde_json::to_vec(&Command::PutTasks {
-        tasks: batches[0].clone(),
+        tasks: std::sync::Arc::new(batches[0].clone()),
     })
     .unwrap()
     .len();
@@ -676,7 +677,7 @@ fn a_drained_nodes_global_task_is_shut_down_and_stays_in_the_history() {
             .tasks
             .values()
             .filter(|t| t.node_id.as_deref() == Some("b"))
-            .cloned()
+            .map(|t| (**t).clone())
             .collect()
     };
     let id = on_b(&w)[0].id.clone().unwrap();
