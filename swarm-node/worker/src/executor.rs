@@ -289,39 +289,29 @@ impl LoopState {
         self.host_ports = assigned.host_ports.clone();
         self.file_data = assigned.clone();
         self.sweep_due = true;
-        let desired: BTreeMap<String, Arc<Task>> = assigned
+        let mut desired: BTreeMap<String, Arc<Task>> = assigned
             .tasks
             .iter()
             .filter(|t| t.node_id.as_deref() == Some(node))
             .filter_map(|t| Some((t.id.clone()?, t.clone())))
             .collect();
         self.reported.retain(|id, _| desired.contains_key(id));
+        for (id, ours) in &self.reported {
+            if let Some(task) = desired.get_mut(id) {
+                merge_status(task, ours);
+            }
+        }
         self.desired = Some(desired);
     }
 
-    /// The assigned tasks, each with the further on of the managers' status and ours.
-    /// Copied only where ours differs: planning runs after every change, and most tasks
-    /// already carry the status this node reported.
-    fn tasks(&self) -> Vec<std::borrow::Cow<'_, Task>> {
-        use std::borrow::Cow;
-        let Some(desired) = &self.desired else {
-            return Vec::new();
-        };
-        desired
-            .values()
-            .map(
-                |t| match self.reported.get(t.id.as_deref().unwrap_or_default()) {
-                    Some(ours)
-                        if ours.state.unwrap_or(TaskState::NEW) >= state_of(t)
-                            && t.status.as_ref() != Some(ours) =>
-                    {
-                        let mut t = (**t).clone();
-                        t.status = Some(ours.clone());
-                        Cow::Owned(t)
-                    }
-                    _ => Cow::Borrowed(&**t),
-                },
-            )
+    /// The assigned tasks, each with the further on of the managers' status and ours
+    /// (merged when the assignments arrive and when this node records a change, so
+    /// planning, which runs after every change, copies nothing).
+    fn tasks(&self) -> Vec<&Task> {
+        self.desired
+            .iter()
+            .flat_map(|d| d.values())
+            .map(|t| &**t)
             .collect()
     }
 
@@ -477,6 +467,9 @@ impl LoopState {
             err = status.err.as_deref().unwrap_or(""),
             "task state"
         );
+        if let Some(task) = self.desired.as_mut().and_then(|d| d.get_mut(task_id)) {
+            merge_status(task, &status);
+        }
         self.reported.insert(task_id.to_string(), status.clone());
         let _ = self.reports.send(TaskStatusUpdate {
             task_id: task_id.to_string(),
@@ -493,6 +486,15 @@ impl LoopState {
             .map(|t| state_of(t));
         let ours = self.reported.get(task_id).and_then(|s| s.state);
         managers.max(ours)
+    }
+}
+
+/// Gives `task` this node's status `ours` when it is at least as far on as the managers'
+/// (the managers' copy lags behind what this node reported). Copies the task only then.
+fn merge_status(task: &mut Arc<Task>, ours: &TaskStatus) {
+    if ours.state.unwrap_or(TaskState::NEW) >= state_of(task) && task.status.as_ref() != Some(ours)
+    {
+        Arc::make_mut(task).status = Some(ours.clone());
     }
 }
 
