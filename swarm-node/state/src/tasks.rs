@@ -39,6 +39,8 @@ pub struct Tasks {
 pub struct ServiceTally {
     /// Tasks whose desired state is at most Running: those meant to run.
     pub active: u64,
+    /// Of the active tasks, those placed on a node.
+    pub placed: u64,
     /// Tasks that completed (jobs count them).
     pub completed: u64,
     /// Of the active tasks, those Running, by node: a task on a node that is down is not
@@ -46,9 +48,9 @@ pub struct ServiceTally {
     pub running_by_node: OrdMap<String, u64>,
 }
 
-/// What one task adds to its service's tally: the service, whether it is active and
-/// completed, and the node it runs on if it is active and Running.
-type Share = (String, bool, bool, Option<String>);
+/// What one task adds to its service's tally: the service, whether it is active, placed
+/// and completed, and the node it runs on if it is active and Running.
+type Share = (String, bool, bool, bool, Option<String>);
 
 fn share(task: &Task) -> Option<Share> {
     let service = task.service_id.clone()?;
@@ -58,7 +60,14 @@ fn share(task: &Task) -> Option<Share> {
         .node_id
         .clone()
         .filter(|_| active && state == TaskState::RUNNING);
-    Some((service, active, state == TaskState::COMPLETE, running_on))
+    let placed = active && task.node_id.is_some();
+    Some((
+        service,
+        active,
+        placed,
+        state == TaskState::COMPLETE,
+        running_on,
+    ))
 }
 
 impl Deref for Tasks {
@@ -170,7 +179,7 @@ impl Tasks {
 
 /// Adds (`sign` 1) or takes back (-1) a task's share of its service's tally.
 fn tally(by_service: &mut OrdMap<String, ServiceTally>, share: Option<Share>, sign: i64) {
-    let Some((service, active, completed, running_on)) = share else {
+    let Some((service, active, placed, completed, running_on)) = share else {
         return;
     };
     let add = |n: &mut u64, yes: bool| {
@@ -180,6 +189,7 @@ fn tally(by_service: &mut OrdMap<String, ServiceTally>, share: Option<Share>, si
     };
     let t = by_service.entry(service.clone()).or_default();
     add(&mut t.active, active);
+    add(&mut t.placed, placed);
     add(&mut t.completed, completed);
     if let Some(node) = running_on {
         let n = t.running_by_node.entry(node.clone()).or_default();
@@ -329,7 +339,7 @@ mod tests {
         t.insert("d".into(), task("d", Some("n1"))); // no service
         assert_eq!(t.by_service, recount(&t));
         let s1 = t.tally("s1");
-        assert_eq!((s1.active, s1.completed), (2, 0));
+        assert_eq!((s1.active, s1.placed, s1.completed), (2, 2, 0));
         assert_eq!(s1.running_by_node.get("n1"), Some(&1));
         assert_eq!(t.tally("s2").completed, 1);
         assert_eq!(t.tally("s2").active, 0);

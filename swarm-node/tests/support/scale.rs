@@ -25,7 +25,7 @@ use swarm_node::manager::{leader, Manager, NodeClients};
 use swarm_pki::{ClientIdentityHandle, Identity, ServeOptions, TlsAcceptorHandle};
 use swarm_raft::ClusterRaft;
 use swarm_state::models::{Task, TaskState};
-use swarm_state::{desired_of, state_of, ClusterState, Command};
+use swarm_state::{desired_of, ClusterState, Command};
 use tokio::sync::watch;
 
 /// The image every service of the harness runs; each fake engine has it.
@@ -574,21 +574,14 @@ pub struct Progress {
 }
 
 pub fn progress(state: &ClusterState, services: &std::collections::HashSet<String>) -> Progress {
+    // From the counts the state keeps (what `service ls` shows): a scan of every task
+    // ten times a second took a tenth of the machine at 100,000 tasks.
     let mut p = Progress::default();
-    for t in state.tasks.values() {
-        if !t.service_id.as_ref().is_some_and(|s| services.contains(s)) {
-            continue;
-        }
-        if desired_of(t) != TaskState::RUNNING {
-            continue;
-        }
-        p.desired += 1;
-        if t.node_id.is_some() {
-            p.placed += 1;
-        }
-        if state_of(t) == TaskState::RUNNING {
-            p.running += 1;
-        }
+    for service in services {
+        let t = state.tasks.tally(service);
+        p.desired += t.active as usize;
+        p.placed += t.placed as usize;
+        p.running += t.running_by_node.values().sum::<u64>() as usize;
     }
     p
 }

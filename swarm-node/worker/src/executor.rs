@@ -208,18 +208,13 @@ impl Executor {
                 },
                 _ = tick.tick() => st.sweep_due = true,
                 _ = tokio::time::sleep(SETTLE_PERIOD), if settle_until.is_some_and(|t| tokio::time::Instant::now() < t) => {}
-                Some(done) = st.steps.join_next_with_id(), if !st.steps.is_empty() => match done {
-                    Ok((id, done)) => {
-                        st.step_tasks.remove(&id);
-                        st.finish(done);
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "executor step failed");
-                        if let Some(task_id) = st.step_tasks.remove(&e.id()) {
-                            st.inflight.remove(&task_id);
-                        }
-                    }
-                },
+                Some(done) = st.steps.join_next_with_id(), if !st.steps.is_empty() => st.step_done(done),
+            }
+            // Steps that ended meanwhile are taken now, so that one look at the engine
+            // follows them all: 100 tasks starting together would otherwise cost 100
+            // container listings.
+            while let Some(done) = st.steps.try_join_next_with_id() {
+                st.step_done(done);
             }
             st.reconcile().await;
         }
@@ -283,6 +278,21 @@ struct LoopState {
 }
 
 impl LoopState {
+    fn step_done(&mut self, done: Result<(tokio::task::Id, Done), tokio::task::JoinError>) {
+        match done {
+            Ok((id, done)) => {
+                self.step_tasks.remove(&id);
+                self.finish(done);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "executor step failed");
+                if let Some(task_id) = self.step_tasks.remove(&e.id()) {
+                    self.inflight.remove(&task_id);
+                }
+            }
+        }
+    }
+
     fn set_desired(&mut self, tasks: AssignedTasks) {
         let Some(assigned) = tasks else { return };
         let node = self.exec.node_id.as_str();
