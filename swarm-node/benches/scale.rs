@@ -250,7 +250,7 @@ async fn manager_alone(n: usize) {
         peak = peak.max(rss_bytes());
     }
     let running = progress(&manager.read(), &service_ids).running;
-    let cpu = thread_cpu(&leader.thread_prefix()) - cpu0;
+    let cpu = thread_cpu(&leader.thread_prefix()).saturating_sub(cpu0);
     println!(
         "{shape} placed_s={} running_s={} running={running}/{total} manager_cpu_s={}",
         placed
@@ -473,7 +473,7 @@ async fn cluster_figures(n: usize, admin: tokio::runtime::Handle) {
     let log1 = journal_bytes(&cluster);
     println!(
         "{p} steady leader_cpu_pct={:.1} journal_growth_b={} rss_mib={}",
-        (cpu1 - cpu0).as_secs_f64() * 100.0 / idle.as_secs_f64(),
+        cpu1.saturating_sub(cpu0).as_secs_f64() * 100.0 / idle.as_secs_f64(),
         log1 as i64 - log0 as i64,
         mib(rss_bytes())
     );
@@ -564,8 +564,8 @@ async fn cluster_figures(n: usize, admin: tokio::runtime::Handle) {
         );
         println!(
             "{shape} leader_cpu_s={} leader_cpu_pct={:.0} journal_growth_b_per_task={:.0} rss_delta_mib={} rss_peak_mib={}",
-            secs(cpu1 - cpu0),
-            (cpu1 - cpu0).as_secs_f64() * 100.0 / wall.as_secs_f64(),
+            secs(cpu1.saturating_sub(cpu0)),
+            cpu1.saturating_sub(cpu0).as_secs_f64() * 100.0 / wall.as_secs_f64(),
             (log1 as f64 - log0 as f64) / total as f64,
             mib(rss_bytes().saturating_sub(rss0)),
             mib(peak_rss),

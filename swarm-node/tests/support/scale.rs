@@ -63,11 +63,20 @@ impl ScaleOptions {
 }
 
 /// The production budgets, with room for `nodes` workers' connections when they all
-/// talk to one manager (each agent keeps up to three: heartbeat, long poll, reports).
+/// talk to one manager (each agent keeps up to four: heartbeat, two long polls,
+/// reports), and for one handshake per node at once (`SCALE_HANDSHAKES` overrides it):
+/// with the default 256, the burst of new connections when 1,000 nodes start reporting
+/// together evicted handshakes still under way on a busy manager, those nodes missed
+/// heartbeats and were taken for lost.
 pub fn harness_serve_options(nodes: usize) -> ServeOptions {
     let defaults = ServeOptions::default();
+    let handshakes = std::env::var("SCALE_HANDSHAKES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(defaults.max_handshakes.max(nodes));
     ServeOptions {
         max_connections: defaults.max_connections.max(4 * nodes + 64),
+        max_handshakes: handshakes,
         ..defaults
     }
 }
@@ -80,6 +89,7 @@ pub struct ScaleManager {
     pub node_id: String,
     pub manager: Arc<Manager>,
     runtime: Option<tokio::runtime::Runtime>,
+    runtime_id: usize,
     stop: watch::Sender<bool>,
 }
 
@@ -94,7 +104,7 @@ impl ScaleManager {
 
     /// The thread-name prefix of this manager's runtime.
     pub fn thread_prefix(&self) -> String {
-        format!("scale-{}", self.name)
+        thread_prefix(self.runtime_id, &self.name)
     }
 
     /// Kills the manager at once, as a crash would: its runtime goes with every task,
@@ -137,10 +147,18 @@ pub struct ScaleCluster {
     worker_token: String,
 }
 
-fn runtime(name: &str, threads: usize) -> tokio::runtime::Runtime {
+/// Managers' runtimes are numbered across the process: a later swarm's m1 must not count
+/// the CPU time of an earlier one's threads (the kernel keeps 15 bytes of a name).
+static RUNTIMES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn thread_prefix(runtime_id: usize, name: &str) -> String {
+    format!("s{runtime_id}-{name}")
+}
+
+fn runtime(runtime_id: usize, name: &str, threads: usize) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
-        .thread_name(format!("scale-{name}"))
+        .thread_name(thread_prefix(runtime_id, name))
         // Idle blocking threads would take their CPU time with them when they exit.
         .thread_keep_alive(Duration::from_secs(3600))
         .enable_all()
@@ -164,7 +182,8 @@ async fn start_manager(
     serve: ServeOptions,
     start_delay: Duration,
 ) -> ScaleManager {
-    let rt = runtime(name, 2);
+    let runtime_id = RUNTIMES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let rt = runtime(runtime_id, name, 2);
     let (stop, stop_rx) = watch::channel(false);
     let d = dir.clone();
     let (manager, node) = on(&rt, async move {
@@ -249,6 +268,7 @@ async fn start_manager(
         node_id: node.node_id.clone(),
         manager,
         runtime: Some(rt),
+        runtime_id,
         stop,
     }
 }
@@ -366,19 +386,38 @@ impl ScaleCluster {
         })
         .await
         .expect("every manager a voter");
-        // m1 takes no tasks either: the figures are about the workers.
-        let state = m1.read();
-        let n1 = &state.nodes[&outcome.node_id];
-        let mut spec = n1.spec.clone().unwrap_or_default();
-        spec.availability = Some(swarm_state::models::NodeSpecAvailabilityEnum::DRAIN);
-        m1.propose(Command::UpdateNodeSpec {
-            id: outcome.node_id.clone(),
-            version: swarm_state::version_of(&n1.version),
-            spec,
-            at: m1.now(),
-        })
-        .await
-        .unwrap();
+        // m1 takes no tasks either: the figures are about the workers. Its own agent's
+        // first heartbeats may change its node between the read and the commit, as they
+        // would for `docker node update`: read again and retry.
+        let mut tries = 0;
+        loop {
+            let (version, mut spec) = {
+                let state = m1.read();
+                let n1 = &state.nodes[&outcome.node_id];
+                (
+                    swarm_state::version_of(&n1.version),
+                    n1.spec.clone().unwrap_or_default(),
+                )
+            };
+            spec.availability = Some(swarm_state::models::NodeSpecAvailabilityEnum::DRAIN);
+            let drained = m1
+                .propose(Command::UpdateNodeSpec {
+                    id: outcome.node_id.clone(),
+                    version,
+                    spec,
+                    at: m1.now(),
+                })
+                .await;
+            match drained {
+                Ok(_) => break,
+                Err(e) if tries < 20 => {
+                    tries += 1;
+                    eprintln!("draining m1: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("draining m1: {e}"),
+            }
+        }
         let (ca, cert, key) = swarm_node::manager::ca::client_cert(&m1, "scale-admin").unwrap();
         let admin = swarm_pki::http_client(&Identity {
             cert_pem: cert,
