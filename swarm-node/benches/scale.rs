@@ -159,20 +159,16 @@ async fn manager_alone(n: usize) {
     let leader = cluster.leader().expect("one manager leads");
     let manager = leader.manager.clone();
     let p = format!("manager nodes={n}");
-    let ids: Vec<String> = (0..n).map(|i| format!("simnode{i:05}")).collect();
     let now = manager.now();
-    let mut state = synthetic_state(n, 0, 0);
-    for (i, id) in ids.iter().enumerate() {
-        let mut node = state.nodes.remove(&format!("node{i:05}")).unwrap();
-        node.id = Some(id.clone());
+    // Recorded one at a time, as joins are.
+    for mut node in synthetic_state(n, 0, 0).nodes.values().cloned() {
         node.created_at = Some(now.clone());
-        let m = manager.clone();
-        // Recorded as a join would, a few at a time.
-        m.propose(swarm_state::Command::AddNode {
-            node: Box::new(node),
-        })
-        .await
-        .expect("node recorded");
+        manager
+            .propose(swarm_state::Command::AddNode {
+                node: Box::new(node),
+            })
+            .await
+            .expect("node recorded");
     }
     let rss_nodes = rss_bytes();
     println!(

@@ -405,31 +405,28 @@ pub fn task_batches(tasks: Vec<Task>) -> Vec<Vec<Task>> {
     let mut spec_holders: Vec<usize> = Vec::new();
     let mut bytes = 0usize;
     for task in tasks {
-        let mut size = len_without_spec(&task);
-        let new_spec = task.spec.as_ref().is_some_and(|spec| {
-            !spec_holders
-                .iter()
-                .rev()
-                .any(|&i| current[i].spec.as_ref() == Some(spec))
-        });
-        if new_spec {
-            size += serde_json::to_vec(&task.spec).map(|b| b.len()).unwrap_or(0);
-        }
+        let base = len_without_spec(&task);
+        let spec_len = || serde_json::to_vec(&task.spec).map(|b| b.len()).unwrap_or(0);
+        let in_batch = |current: &[Task], holders: &[usize]| {
+            holders.iter().rev().any(|&i| current[i].spec == task.spec)
+        };
+        let mut new_spec = task.spec.is_some() && !in_batch(&current, &spec_holders);
+        let size = base + if new_spec { spec_len() } else { 0 };
         if !current.is_empty()
             && (current.len() >= MAX_BATCH_TASKS || bytes + size > MAX_BATCH_BYTES)
         {
             batches.push(std::mem::take(&mut current));
             spec_holders.clear();
-            bytes = len_without_spec(&task);
-            if task.spec.is_some() {
-                bytes += serde_json::to_vec(&task.spec).map(|b| b.len()).unwrap_or(0);
-                spec_holders.push(0);
+            bytes = 0;
+            // The first task of a batch brings its spec whatever the last batch had.
+            if task.spec.is_some() && !new_spec {
+                new_spec = true;
+                bytes += spec_len();
             }
-        } else {
-            bytes += size;
-            if new_spec {
-                spec_holders.push(current.len());
-            }
+        }
+        bytes += size;
+        if new_spec {
+            spec_holders.push(current.len());
         }
         current.push(task);
     }
