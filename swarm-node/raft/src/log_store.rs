@@ -158,6 +158,17 @@ impl LogStore {
         self.shared.written.clone()
     }
 
+    /// The index up to which to purge once a snapshot covers `snapshot`, so that what
+    /// stays behind it is at most `keep_entries` entries and [`KEEP_ITEMS`] objects;
+    /// `None` when it already is. openraft's own purge counts entries only, and a
+    /// thousand entries of a thousand tasks each kept a whole large service in memory
+    /// twice (once in the state, once here).
+    pub(crate) fn purge_point(&self, snapshot: u64, keep_entries: u64) -> Option<u64> {
+        let mem = self.mem();
+        let weights = mem.log.range(..=snapshot).map(|(i, e)| (*i, entry_items(e)));
+        purge_upto(weights, keep_entries, KEEP_ITEMS)
+    }
+
     fn mem(&self) -> MutexGuard<'_, Mem> {
         // A panic while holding the lock cannot leave `Mem` half-updated in a way that
         // matters more than the panic itself, so keep serving.
@@ -657,6 +668,30 @@ impl RaftLogReader<TypeConfig> for LogStore {
 /// well within the request's timeout (one Raft heartbeat period).
 pub(crate) const MAX_REPLICATION_ITEMS: usize = 1_000;
 
+/// The most objects (tasks, status updates) kept in the log behind a snapshot: ten full
+/// replication requests, for a follower a little behind; one further behind is sent the
+/// snapshot.
+pub(crate) const KEEP_ITEMS: usize = 10 * MAX_REPLICATION_ITEMS;
+
+/// Of the entries `(index, objects)` a snapshot covers, in index order: the last index
+/// to purge so that the rest holds at most `keep_entries` entries and `keep_items`
+/// objects (`None`: keep them all).
+fn purge_upto(
+    weights: impl DoubleEndedIterator<Item = (u64, usize)>,
+    keep_entries: u64,
+    keep_items: usize,
+) -> Option<u64> {
+    let (mut entries, mut items) = (0u64, 0usize);
+    for (index, weight) in weights.rev() {
+        entries += 1;
+        items += weight;
+        if entries > keep_entries || items > keep_items {
+            return Some(index);
+        }
+    }
+    None
+}
+
 /// How many objects an entry carries: its weight against [`MAX_REPLICATION_ITEMS`].
 pub(crate) fn entry_items(entry: &Entry) -> usize {
     use swarm_state::Command;
@@ -870,6 +905,19 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(got(s.limited_get_log_entries(11, 13).await.unwrap()), [11]);
+    }
+
+    #[test]
+    fn purges_keep_a_bounded_count_and_weight_behind_a_snapshot() {
+        let small = [(1, 1), (2, 1), (3, 1), (4, 1)];
+        assert_eq!(purge_upto(small.into_iter(), 10, 100), None, "all fit");
+        assert_eq!(purge_upto(small.into_iter(), 2, 100), Some(2), "by count");
+        assert_eq!(purge_upto(small.into_iter(), 0, 100), Some(4), "keep none");
+        // Three batches of a thousand tasks: two fit in 2,500 objects.
+        let batches = [(7, 1000), (8, 1000), (9, 1000)];
+        assert_eq!(purge_upto(batches.into_iter(), 1000, 2500), Some(7), "by weight");
+        assert_eq!(purge_upto(batches.into_iter(), 1000, 999), Some(9), "one too big");
+        assert_eq!(purge_upto(std::iter::empty(), 0, 0), None);
     }
 
     #[test]
