@@ -13,6 +13,12 @@ use swarm_node::config::{
 use swarm_node::local;
 use swarm_node::setup::{self, InitOptions, JoinOptions};
 
+/// jemalloc rather than glibc's malloc: with a thread per core and more on blocking
+/// pools, glibc kept up to a third of a large manager's RSS in free but unreturned
+/// arena memory (see docs/performance.md, fourth round).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "swarm-node",
