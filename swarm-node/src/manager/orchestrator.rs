@@ -200,14 +200,23 @@ fn update_decision(
     let started = status
         .and_then(|s| s.started_at.as_deref())
         .and_then(parse_rfc3339);
-    let in_flight = service_tasks
+    // Read only for a slot whose task is outdated: with none (nearly always), the count
+    // and its timestamp parsing are skipped.
+    let outdated = service_tasks
         .iter()
-        .filter(|t| {
-            scheduler::is_active(t)
-                && t.spec.as_ref() == Some(template)
-                && settling(t, now, policy.settle())
-        })
-        .count();
+        .any(|t| scheduler::is_active(t) && t.spec.as_ref() != Some(template));
+    let in_flight = if outdated {
+        service_tasks
+            .iter()
+            .filter(|t| {
+                scheduler::is_active(t)
+                    && t.spec.as_ref() == Some(template)
+                    && settling(t, now, policy.settle())
+            })
+            .count()
+    } else {
+        0
+    };
     let mut update = Update {
         policy,
         active,
@@ -300,28 +309,32 @@ pub fn reconcile(
     now: OffsetDateTime,
     new_id: &mut dyn FnMut() -> String,
 ) -> Plan {
+    let (by_service, orphans) = tasks_by_service(state);
     let mut pass = Pass {
         state,
         now,
         at: rfc3339(now),
         new_id,
         load: Load::from_state(state).with_failures_at(state, now),
-        by_service: tasks_by_service(state),
+        by_service,
+        orphans,
         put: BTreeMap::new(),
         remove: Vec::new(),
         wake_after: None,
         status_out: Vec::new(),
     };
 
-    // Tasks of services that no longer exist: stop, then delete once stopped.
-    for task in state.tasks.values() {
-        let service_gone = task
-            .service_id
-            .as_ref()
-            .is_none_or(|s| !state.services.contains_key(s));
-        if service_gone {
-            retire(state, task, &pass.at, &mut pass.put, &mut pass.remove);
+    // Tasks of services that no longer exist: stop, then delete once stopped. Looked up
+    // once per service, not once per task.
+    for (service, tasks) in &pass.by_service {
+        if !state.services.contains_key(*service) {
+            for task in tasks {
+                retire(state, task, &pass.at, &mut pass.put, &mut pass.remove);
+            }
         }
+    }
+    for task in pass.orphans.iter().copied() {
+        retire(state, task, &pass.at, &mut pass.put, &mut pass.remove);
     }
 
     for (service_id, service) in &state.services {
@@ -365,6 +378,8 @@ struct Pass<'a> {
     /// Each service's tasks, in id order: grouped once per pass rather than found by a
     /// scan of every task for each service.
     by_service: HashMap<&'a str, Vec<&'a Task>>,
+    /// Tasks of no service.
+    orphans: Vec<&'a Task>,
     /// Tasks to write, by id.
     put: BTreeMap<String, Task>,
     /// Tasks to delete.
@@ -375,15 +390,18 @@ struct Pass<'a> {
     status_out: Vec<Command>,
 }
 
-/// Every task grouped by its service, each group in id order.
-fn tasks_by_service(state: &ClusterState) -> HashMap<&str, Vec<&Task>> {
+/// Every task grouped by its service, each group in id order, and the tasks of no
+/// service.
+fn tasks_by_service(state: &ClusterState) -> (HashMap<&str, Vec<&Task>>, Vec<&Task>) {
     let mut by_service: HashMap<&str, Vec<&Task>> = HashMap::new();
+    let mut orphans = Vec::new();
     for task in state.tasks.values() {
-        if let Some(service) = task.service_id.as_deref() {
-            by_service.entry(service).or_default().push(task);
+        match task.service_id.as_deref() {
+            Some(service) => by_service.entry(service).or_default().push(task),
+            None => orphans.push(&**task),
         }
     }
-    by_service
+    (by_service, orphans)
 }
 
 /// The most tasks one `PutTasks` or `RemoveTasks` entry carries.
@@ -524,8 +542,17 @@ fn max_attempts(spec: &TaskSpec) -> u64 {
         .max(0) as u64
 }
 
-fn created(task: &Task) -> String {
-    task.created_at.clone().unwrap_or_default()
+fn created(task: &Task) -> &str {
+    task.created_at.as_deref().unwrap_or_default()
+}
+
+/// What a service's tasks are grouped by: a slot (replicated services and jobs) or a
+/// node (global ones). Not a string: a pass groups every task, and formatting and
+/// comparing 100,000 slot numbers as strings was most of a pass with nothing to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Group<'a> {
+    Slot(i64),
+    Node(&'a str),
 }
 
 fn reconcile_service(pass: &mut Pass<'_>, service_id: &str, service: &Service) {
@@ -579,28 +606,28 @@ fn reconcile_service(pass: &mut Pass<'_>, service_id: &str, service: &Service) {
         .count();
 
     // Group the service's tasks: by slot (replicated) or by node (global).
-    let mut groups: BTreeMap<String, Vec<&Task>> = BTreeMap::new();
+    let mut groups: BTreeMap<Group<'_>, Vec<&Task>> = BTreeMap::new();
     for &task in service_tasks {
         let key = if global {
-            task.node_id.clone().unwrap_or_default()
+            Group::Node(task.node_id.as_deref().unwrap_or_default())
         } else {
-            task.slot.unwrap_or(0).to_string()
+            Group::Slot(task.slot.unwrap_or(0))
         };
         groups.entry(key).or_default().push(task);
     }
     for tasks in groups.values_mut() {
-        tasks.sort_by_key(|t| created(t));
+        tasks.sort_by(|a, b| created(a).cmp(created(b)));
     }
 
     // Wanted groups. A paused node keeps the global task it runs (pause only stops new
     // tasks), but gets none.
-    let wanted: Vec<String> = if global {
+    let wanted: Vec<Group<'_>> = if global {
         state
             .nodes
             .iter()
             .filter(|(id, n)| {
                 let keeps_running = paused_but_ready(n)
-                    && groups.get(*id).is_some_and(|tasks| {
+                    && groups.get(&Group::Node(id)).is_some_and(|tasks| {
                         tasks.iter().any(|t| {
                             desired_of(t) <= TaskState::RUNNING && !is_terminal(state_of(t))
                         })
@@ -612,12 +639,23 @@ fn reconcile_service(pass: &mut Pass<'_>, service_id: &str, service: &Service) {
                         .and_then(|p| p.constraints.as_ref())
                         .is_none_or(|cs| cs.iter().all(|c| scheduler::constraint_holds(c, id, n)))
             })
-            .map(|(id, _)| id.clone())
+            .map(|(id, _)| Group::Node(id))
             .collect()
     } else {
-        (1..=replicas).map(|s| s.to_string()).collect()
+        (1..=replicas).map(|s| Group::Slot(s as i64)).collect()
     };
-    let wanted_set: HashSet<&String> = wanted.iter().collect();
+    // Slots are wanted by number; only a global service needs a set to look nodes up.
+    let wanted_nodes: HashSet<&str> = wanted
+        .iter()
+        .filter_map(|g| match g {
+            Group::Node(n) => Some(*n),
+            Group::Slot(_) => None,
+        })
+        .collect();
+    let is_wanted = |g: &Group<'_>| match g {
+        Group::Slot(s) => !global && *s >= 1 && (*s as u64) <= replicas,
+        Group::Node(n) => global && wanted_nodes.contains(n),
+    };
 
     // Rolling updates: tasks whose spec is not the service's current template are
     // replaced `parallelism` slots at a time (0 means all); a slot is in flight while its
@@ -645,17 +683,21 @@ fn reconcile_service(pass: &mut Pass<'_>, service_id: &str, service: &Service) {
     // constraints) are shut down instead and stay in `docker service ps` as Docker's do,
     // within the history limit.
     for (key, tasks) in &groups {
-        if wanted_set.contains(key) {
+        if is_wanted(key) {
             continue;
         }
-        if global && state.nodes.contains_key(key) {
+        let node_in_swarm = match key {
+            Group::Node(n) if global && state.nodes.contains_key(*n) => Some(*n),
+            _ => None,
+        };
+        if let Some(node) = node_in_swarm {
             for task in tasks {
                 if desired_of(task) <= TaskState::RUNNING {
                     let mut t = (*task).clone();
                     t.desired_state = Some(TaskState::SHUTDOWN);
                     t.updated_at = Some(at.to_string());
                     put.insert(t.id.clone().unwrap_or_default(), t);
-                    load.remove(service_id, key);
+                    load.remove(service_id, node);
                 }
             }
             if let Some(limit) = history {
@@ -674,7 +716,7 @@ fn reconcile_service(pass: &mut Pass<'_>, service_id: &str, service: &Service) {
     }
 
     for key in &wanted {
-        let tasks = groups.get(key).cloned().unwrap_or_default();
+        let tasks: &[&Task] = groups.get(key).map(Vec::as_slice).unwrap_or_default();
         if job && tasks.iter().any(|t| state_of(t) == TaskState::COMPLETE) {
             // This part of the job is done.
             continue;
@@ -684,8 +726,9 @@ fn reconcile_service(pass: &mut Pass<'_>, service_id: &str, service: &Service) {
         // The slot's active task that already runs the template (start-first keeps the
         // old one running next to it until it runs).
         let mut fresh: Option<&Task> = None;
-        for task in &tasks {
-            let id = task.id.clone().unwrap_or_default();
+        for task in tasks {
+            // Only a task written back needs its id copied.
+            let id = || task.id.clone().unwrap_or_default();
             if desired_of(task) > TaskState::RUNNING {
                 // Already retired. Its end decides the restart, if it is the newest.
                 ending = match state_of(task) {
@@ -700,7 +743,7 @@ fn reconcile_service(pass: &mut Pass<'_>, service_id: &str, service: &Service) {
             if is_terminal(observed) {
                 let mut t = (*task).clone();
                 t.desired_state = Some(TaskState::SHUTDOWN);
-                put.insert(id, t);
+                put.insert(id(), t);
                 if let Some(node) = &task.node_id {
                     load.remove(service_id, node);
                 }
@@ -708,7 +751,7 @@ fn reconcile_service(pass: &mut Pass<'_>, service_id: &str, service: &Service) {
             } else if task.node_id.is_some() && !node_can_run(state, task) {
                 let mut t = (*task).clone();
                 t.desired_state = Some(TaskState::SHUTDOWN);
-                put.insert(id, t);
+                put.insert(id(), t);
                 if let Some(node) = &task.node_id {
                     load.remove(service_id, node);
                 }
@@ -725,7 +768,7 @@ fn reconcile_service(pass: &mut Pass<'_>, service_id: &str, service: &Service) {
                             "scheduler assigned task to node",
                             at,
                         ));
-                        put.insert(id, t);
+                        put.insert(id(), t);
                     }
                     // The reason changes as nodes come and go (Docker shows the latest);
                     // written only when it changed, so a waiting task adds no entries.
@@ -734,7 +777,7 @@ fn reconcile_service(pass: &mut Pass<'_>, service_id: &str, service: &Service) {
                         let mut s = status(TaskState::PENDING, "pending task scheduling", at);
                         s.err = Some(why);
                         t.status = Some(s);
-                        put.insert(id, t);
+                        put.insert(id(), t);
                     }
                     Err(_) => {}
                 }
@@ -748,7 +791,8 @@ fn reconcile_service(pass: &mut Pass<'_>, service_id: &str, service: &Service) {
                 }
             }
         }
-        if let Some(f) = fresh {
+        // Only an update under way waits for its new tasks to settle.
+        if let (true, Some(f)) = (update.active, fresh) {
             settling_left |= settling(f, now, update.policy.monitor);
         }
         let mut start_first_new = false;
@@ -831,7 +875,7 @@ fn reconcile_service(pass: &mut Pass<'_>, service_id: &str, service: &Service) {
         }
         if replace {
             let mut task = new_task(
-                state, service_id, &name, &template, key, global, now, new_id, load,
+                state, service_id, &name, &template, *key, now, new_id, load,
             );
             if held_back {
                 task.desired_state = Some(TaskState::READY);
@@ -846,8 +890,8 @@ fn reconcile_service(pass: &mut Pass<'_>, service_id: &str, service: &Service) {
         let retired: Vec<&&Task> = tasks
             .iter()
             .filter(|t| {
-                let id = t.id.clone().unwrap_or_default();
-                let desired = put.get(&id).map(desired_of).unwrap_or(desired_of(t));
+                let id = t.id.as_deref().unwrap_or_default();
+                let desired = put.get(id).map(desired_of).unwrap_or(desired_of(t));
                 desired > TaskState::RUNNING
             })
             .collect();
@@ -910,17 +954,18 @@ fn new_task(
     service_id: &str,
     service_name: &str,
     template: &TaskSpec,
-    key: &str,
-    global: bool,
+    key: Group<'_>,
     now: OffsetDateTime,
     new_id: &mut dyn FnMut() -> String,
     load: &mut Load,
 ) -> Task {
     let at = rfc3339(now);
-    let placed = if global {
-        Ok(key.to_string())
-    } else {
-        scheduler::place(state, load, service_id, template)
+    let (placed, slot) = match key {
+        Group::Node(node) => (Ok(node.to_string()), None),
+        Group::Slot(slot) => (
+            scheduler::place(state, load, service_id, template),
+            Some(slot),
+        ),
     };
     let (node_id, task_status) = match placed {
         Ok(node) => {
@@ -946,7 +991,7 @@ fn new_task(
         labels: Some(labels),
         spec: Some(template.clone()),
         service_id: Some(service_id.to_string()),
-        slot: if global { None } else { key.parse().ok() },
+        slot,
         node_id,
         status: Some(task_status),
         desired_state: Some(TaskState::RUNNING),

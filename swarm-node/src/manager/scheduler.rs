@@ -119,6 +119,15 @@ impl Reservation {
     }
 }
 
+/// `map[key]`, inserted as the default if missing. `entry(key.to_string())` would copy
+/// the key each time: a pass counts every task this way, three keys each.
+fn entry_of<'m, V: Default>(map: &'m mut HashMap<String, V>, key: &str) -> &'m mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), V::default());
+    }
+    map.get_mut(key).expect("inserted above")
+}
+
 /// A service's host-mode ports with a number: two of them cannot share a node.
 fn host_port_keys(state: &ClusterState, service: &str) -> Vec<PortKey> {
     state
@@ -227,7 +236,7 @@ impl Load {
 
     fn reserve(&mut self, node: &str, r: Reservation) {
         if !r.is_zero() {
-            let entry = self.node_reserved.entry(node.to_string()).or_default();
+            let entry = entry_of(&mut self.node_reserved, node);
             *entry = entry.plus(r);
         }
     }
@@ -237,18 +246,10 @@ impl Load {
     }
 
     fn count(&mut self, service: &str, node: &str) {
-        *self.per_node.entry(node.to_string()).or_default() += 1;
-        *self
-            .per_service_node
-            .entry(service.to_string())
-            .or_default()
-            .entry(node.to_string())
-            .or_default() += 1;
+        *entry_of(&mut self.per_node, node) += 1;
+        *entry_of(entry_of(&mut self.per_service_node, service), node) += 1;
         if let Some(ports) = self.service_host_ports.get(service) {
-            self.node_host_ports
-                .entry(node.to_string())
-                .or_default()
-                .extend(ports.iter().copied());
+            entry_of(&mut self.node_host_ports, node).extend(ports.iter().copied());
         }
     }
 
