@@ -46,6 +46,10 @@ use swarm_state::models::{
 };
 use swarm_state::ClusterState;
 
+/// The allocator swarm-node's binary uses, so that memory figures are its own.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn env_list(name: &str, default: &str) -> Vec<String> {
     std::env::var(name)
         .unwrap_or_else(|_| default.into())
@@ -195,8 +199,10 @@ async fn manager_alone(n: usize) {
     }
     let timeout = Duration::from_secs(env_u64("SCALE_TIMEOUT_SECS", 300));
     let mut peak = 0;
+    let mut heap_peak = 0;
     let placed = wait_until(timeout, Duration::from_millis(100), || {
         peak = peak.max(rss_bytes());
+        heap_peak = heap_peak.max(heap_bytes());
         progress(&manager.read(), &service_ids).placed as u64 == total
     })
     .await;
@@ -244,6 +250,7 @@ async fn manager_alone(n: usize) {
             .await
             .expect("reports recorded");
         peak = peak.max(rss_bytes());
+        heap_peak = heap_peak.max(heap_bytes());
     }
     let running = progress(&manager.read(), &service_ids).running;
     let cpu = thread_cpu(&leader.thread_prefix()).saturating_sub(cpu0);
@@ -258,14 +265,25 @@ async fn manager_alone(n: usize) {
     // Steady state: what stays once the work is done (snapshots written, buffers freed).
     tokio::time::sleep(Duration::from_secs(env_u64("SCALE_IDLE_SECS", 10))).await;
     let rss = rss_bytes();
+    let heap = heap_bytes();
     println!(
-        "{shape} manager_rss_mib={} manager_rss_peak_mib={} rss_per_task_b={:.0} journal_mib={} journal_b_per_task={:.0}",
+        "{shape} manager_rss_mib={} manager_rss_peak_mib={} manager_heap_mib={} manager_heap_peak_mib={} rss_per_task_b={:.0} journal_mib={} journal_b_per_task={:.0}",
         mib(rss),
         mib(peak.max(rss)),
+        mib(heap),
+        mib(heap_peak.max(heap)),
         rss.saturating_sub(rss_nodes) as f64 / total as f64,
         mib(dir_bytes(&leader.dir)),
         dir_bytes(&leader.dir) as f64 / total as f64,
     );
+}
+
+/// The bytes the allocator holds for live allocations: the heap without what it keeps
+/// freed but not yet returned (RSS counts both).
+fn heap_bytes() -> u64 {
+    // Statistics are refreshed when the epoch advances.
+    let _ = tikv_jemalloc_ctl::epoch::advance();
+    tikv_jemalloc_ctl::stats::allocated::read().unwrap_or(0) as u64
 }
 
 /// Sets the calling thread's nice value (Linux keeps one per thread).
@@ -369,18 +387,41 @@ fn scheduler_alone(nodes: usize) {
                 _ => 0,
             })
             .sum();
-        // The state once the plan is applied, as each manager holds it: its growth in
-        // resident memory (freed memory is reused, so later shapes may show less).
-        let before = rss_bytes();
+        // The state once the plan is applied, as each manager holds it: the allocator's
+        // live bytes it adds (the plan itself is still held, and not counted).
+        let before = heap_bytes();
         let mut applied = state.clone();
         for (i, command) in plan.commands.iter().enumerate() {
             applied.apply(command, i as u64 + 1);
         }
-        let grown = rss_bytes().saturating_sub(before);
+        let grown = heap_bytes().saturating_sub(before);
+        // A pass with nothing to do, over the placed state: what the leader pays for
+        // each pass while the shape converges (every commit may start one).
+        let start = Instant::now();
+        let idle = swarm_node::manager::orchestrator::reconcile(
+            &applied,
+            time::OffsetDateTime::now_utc(),
+            &mut new_id,
+        );
+        let idle_pass = start.elapsed();
+        for _ in 1..env_u64("SCALE_IDLE_REPEAT", 1) {
+            swarm_node::manager::orchestrator::reconcile(
+                &applied,
+                time::OffsetDateTime::now_utc(),
+                &mut new_id,
+            );
+        }
+        let start = Instant::now();
+        let idle_allocation = swarm_node::manager::allocator::allocate(&applied);
+        let idle_allocate = start.elapsed();
         println!(
-            "sched nodes={nodes} shape={services}x{replicas} placed={placed} seconds={} placements_per_s={:.0} state_rss_mib={} state_bytes_per_task={:.0} state_json_bytes_per_task={:.0}",
+            "sched nodes={nodes} shape={services}x{replicas} placed={placed} seconds={} placements_per_s={:.0} idle_pass_s={} idle_pass_commands={} idle_allocate_s={} idle_allocations={} state_heap_mib={} state_bytes_per_task={:.0} state_json_bytes_per_task={:.0}",
             secs(took),
             placed as f64 / took.as_secs_f64(),
+            secs(idle_pass),
+            idle.commands.len(),
+            secs(idle_allocate),
+            idle_allocation.is_some(),
             mib(grown),
             grown as f64 / total as f64,
             serde_json::to_vec(&applied).map(|v| v.len()).unwrap_or(0) as f64 / total as f64,
