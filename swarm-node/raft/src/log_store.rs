@@ -165,7 +165,10 @@ impl LogStore {
     /// twice (once in the state, once here).
     pub(crate) fn purge_point(&self, snapshot: u64, keep_entries: u64) -> Option<u64> {
         let mem = self.mem();
-        let weights = mem.log.range(..=snapshot).map(|(i, e)| (*i, entry_items(e)));
+        let weights = mem
+            .log
+            .range(..=snapshot)
+            .map(|(i, e)| (*i, entry_items(e)));
         purge_upto(weights, keep_entries, KEEP_ITEMS)
     }
 
@@ -915,8 +918,16 @@ mod tests {
         assert_eq!(purge_upto(small.into_iter(), 0, 100), Some(4), "keep none");
         // Three batches of a thousand tasks: two fit in 2,500 objects.
         let batches = [(7, 1000), (8, 1000), (9, 1000)];
-        assert_eq!(purge_upto(batches.into_iter(), 1000, 2500), Some(7), "by weight");
-        assert_eq!(purge_upto(batches.into_iter(), 1000, 999), Some(9), "one too big");
+        assert_eq!(
+            purge_upto(batches.into_iter(), 1000, 2500),
+            Some(7),
+            "by weight"
+        );
+        assert_eq!(
+            purge_upto(batches.into_iter(), 1000, 999),
+            Some(9),
+            "one too big"
+        );
         assert_eq!(purge_upto(std::iter::empty(), 0, 0), None);
     }
 

@@ -118,6 +118,12 @@ pub struct ClusterState {
     pub node_tunnels: BTreeMap<String, network::NodeTunnel>,
     /// The log index of the last applied command.
     pub last_index: u64,
+    /// The log index of the last change the orchestrator may have to act on: every
+    /// command but task status reports that neither end a task nor concern a service
+    /// being updated or rolled back. While a large service converges, most entries are
+    /// such reports, and the leader skips its pass over every task for them.
+    #[serde(default)]
+    pub orchestration_index: u64,
 }
 
 /// One change to the state. Commands carry decisions, never requests that still need a
@@ -387,8 +393,52 @@ impl ClusterState {
     /// Applies one command at log `index`. Deterministic: see the crate docs.
     pub fn apply(&mut self, command: &Command, index: u64) -> CommandResult {
         self.last_index = index;
+        let reports = match command {
+            Command::ReportTaskStatus { node_id, updates } => {
+                Some(self.reports_matter(node_id, updates))
+            }
+            Command::ReportTaskStatuses { reports } => Some(
+                reports
+                    .iter()
+                    .any(|r| self.reports_matter(&r.node_id, &r.updates)),
+            ),
+            _ => None,
+        };
         let error = self.apply_inner(command, index).err();
+        if reports.unwrap_or(true) {
+            self.orchestration_index = index;
+        }
         CommandResult { index, error }
+    }
+
+    /// Whether status reports from `node_id` may call for the orchestrator: a task of
+    /// the node ends (restart, replacement, job progress), or belongs to a service being
+    /// updated (a start-first update shuts the old task down once the new one runs).
+    /// Read before the reports apply; an update that does not apply only costs a pass.
+    fn reports_matter(&self, node_id: &str, updates: &[proto::TaskStatusUpdate]) -> bool {
+        updates.iter().any(|u| {
+            let Some(task) = self.tasks.get(&u.task_id) else {
+                return false;
+            };
+            if task.node_id.as_deref() != Some(node_id) {
+                return false;
+            }
+            let ends = is_terminal(u.status.state.unwrap_or(TaskState::NEW));
+            let updating = task
+                .service_id
+                .as_ref()
+                .and_then(|s| self.services.get(s))
+                .and_then(|s| s.update_status.as_ref())
+                .and_then(|u| u.state)
+                .is_some_and(|state| {
+                    matches!(
+                        state,
+                        models::ServiceUpdateStatusStateEnum::UPDATING
+                            | models::ServiceUpdateStatusStateEnum::ROLLBACK_STARTED
+                    )
+                });
+            ends || updating
+        })
     }
 
     fn apply_inner(&mut self, command: &Command, index: u64) -> Result<(), ApplyError> {

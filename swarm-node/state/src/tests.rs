@@ -110,6 +110,67 @@ fn task_reports_only_move_forward_and_only_from_the_assigned_node() {
     assert_eq!(desired_of(&state.tasks["t1"]), TaskState::SHUTDOWN);
 }
 
+/// The leader skips its look at every task for reports that only say tasks progress:
+/// what moves the orchestrator's mark is every other command, a task ending, and any
+/// report for a service being updated.
+#[test]
+fn only_reports_the_orchestrator_acts_on_move_its_mark() {
+    let mut state = ClusterState::default();
+    let node_cmd = Command::AddNode {
+        node: Box::new(node("n1", "a")),
+    };
+    state.apply(&node_cmd, 1);
+    assert_eq!(state.orchestration_index, 1);
+    let create = Command::CreateService {
+        service: Box::new(service("s1", "web")),
+    };
+    state.apply(&create, 2);
+    let task = |id: &str| Task {
+        id: Some(id.into()),
+        service_id: Some("s1".into()),
+        node_id: Some("n1".into()),
+        desired_state: Some(TaskState::RUNNING),
+        status: Some(status(TaskState::ASSIGNED, "assigned", "t0")),
+        ..Default::default()
+    };
+    let put = Command::PutTasks {
+        tasks: std::sync::Arc::new(vec![task("t1"), task("t2")]),
+    };
+    state.apply(&put, 3);
+    assert_eq!(state.orchestration_index, 3);
+    let report = |id: &str, node: &str, s: TaskState| Command::ReportTaskStatuses {
+        reports: vec![proto::TaskStatusReport {
+            node_id: node.into(),
+            updates: vec![proto::TaskStatusUpdate {
+                task_id: id.into(),
+                status: status(s, "", "t1"),
+            }],
+        }],
+    };
+    state.apply(&report("t1", "n1", TaskState::RUNNING), 4);
+    assert_eq!(state.last_index, 4);
+    assert_eq!(state.orchestration_index, 3, "progress only");
+    // From a node the task is not on: nothing changes.
+    state.apply(&report("t2", "n9", TaskState::FAILED), 5);
+    assert_eq!(state.orchestration_index, 3);
+    state.apply(&report("t2", "n1", TaskState::FAILED), 6);
+    assert_eq!(state.orchestration_index, 6, "a task ended");
+    // While the service updates, any report may matter (start-first waits for Running).
+    let updating = Command::SetUpdateStatus {
+        id: "s1".into(),
+        status: update_status(
+            models::ServiceUpdateStatusStateEnum::UPDATING,
+            "update in progress",
+            "t2",
+        ),
+        roll_back: false,
+        at: "t2".into(),
+    };
+    state.apply(&updating, 7);
+    state.apply(&report("t1", "n1", TaskState::RUNNING), 8);
+    assert_eq!(state.orchestration_index, 8, "the service is updating");
+}
+
 #[test]
 fn nodes_are_found_by_hostname_or_prefix() {
     let mut state = ClusterState::default();
