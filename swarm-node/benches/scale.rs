@@ -262,12 +262,17 @@ async fn manager_alone(n: usize) {
         secs(start.elapsed()),
         secs(cpu),
     );
-    // Steady state: what stays once the work is done (snapshots written, buffers freed).
-    tokio::time::sleep(Duration::from_secs(env_u64("SCALE_IDLE_SECS", 10))).await;
+    // Steady state: what stays once the work is done (snapshots written, buffers freed),
+    // and what the leader spends with every task Running and nothing changing.
+    let idle = Duration::from_secs(env_u64("SCALE_IDLE_SECS", 10));
+    let cpu_before_idle = thread_cpu(&leader.thread_prefix());
+    tokio::time::sleep(idle).await;
+    let idle_cpu = thread_cpu(&leader.thread_prefix()).saturating_sub(cpu_before_idle);
     let rss = rss_bytes();
     let heap = heap_bytes();
     println!(
-        "{shape} manager_rss_mib={} manager_rss_peak_mib={} manager_heap_mib={} manager_heap_peak_mib={} rss_per_task_b={:.0} journal_mib={} journal_b_per_task={:.0}",
+        "{shape} idle_cpu_pct={:.1} manager_rss_mib={} manager_rss_peak_mib={} manager_heap_mib={} manager_heap_peak_mib={} rss_per_task_b={:.0} journal_mib={} journal_b_per_task={:.0}",
+        idle_cpu.as_secs_f64() * 100.0 / idle.as_secs_f64(),
         mib(rss),
         mib(peak.max(rss)),
         mib(heap),
