@@ -874,9 +874,7 @@ fn reconcile_service(pass: &mut Pass<'_>, service_id: &str, service: &Service) {
             job_running += 1;
         }
         if replace {
-            let mut task = new_task(
-                state, service_id, &name, &template, *key, now, new_id, load,
-            );
+            let mut task = new_task(state, service_id, &name, &template, *key, now, new_id, load);
             if held_back {
                 task.desired_state = Some(TaskState::READY);
             }
