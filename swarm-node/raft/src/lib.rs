@@ -141,10 +141,12 @@ pub struct RaftOptions {
     /// default); 0 disables snapshots.
     pub snapshot_logs: u64,
     /// Also take a snapshot once the journal has been given this many bytes of entries
-    /// since the last one (default 16 MiB): a few large entries cost as much memory and
-    /// replay time as many small ones. Entries in memory take about four times their
-    /// journal bytes (a task batch: ~2.3 KB per task against ~540 B), and the log is
-    /// purged only behind a snapshot. 0 counts entries only.
+    /// since the last one (default 16 MiB), or as many as the last snapshot took if
+    /// that is more: a few large entries cost as much memory and replay time as many
+    /// small ones. Entries in memory take about four times their journal bytes (a task
+    /// batch: ~2.3 KB per task against ~540 B), and the log is purged only behind a
+    /// snapshot; a snapshot costs its whole state, so it is never taken for less log
+    /// than it writes itself. 0 counts entries only.
     pub snapshot_bytes: u64,
     /// `https` in production (the caller's client does mutual TLS), `http` in tests.
     pub scheme: String,
@@ -299,18 +301,44 @@ fn snapshot_due(written: u64, at_last_snapshot: u64, limit: u64) -> bool {
     limit > 0 && written.saturating_sub(at_last_snapshot) >= limit
 }
 
+impl Limits {
+    /// The journal bytes after which a snapshot is due (0: never by size).
+    fn due_after(&self) -> u64 {
+        if self.snapshot_bytes == 0 {
+            return 0;
+        }
+        self.snapshot_bytes
+            .max(self.last_snapshot_bytes.load(Ordering::Relaxed))
+    }
+}
+
+/// Where to purge the log now (see [`LogStore::purge_point`]), if further than before.
+fn purge_point(m: &typ::Metrics, log: &LogStore, keep_entries: u64) -> Option<u64> {
+    let snapshot = m.snapshot?;
+    // On the leader: the first index some follower lacks (the leader lists itself too).
+    let needed_from = m.replication.as_ref().and_then(|r| {
+        r.values()
+            .map(|matched| matched.map_or(0, |l| l.index + 1))
+            .min()
+    });
+    log.purge_point(snapshot.index, keep_entries, needed_from)
+        .filter(|p| m.purged.is_none_or(|done| done.index < *p))
+}
+
 /// What [`snapshot_and_purge_by_size`] holds the log to.
 struct Limits {
-    /// Bytes of entries given to the journal between snapshots (0: no limit).
+    /// Bytes of entries given to the journal between snapshots (0: no limit), or the
+    /// last snapshot's size if more.
     snapshot_bytes: u64,
+    last_snapshot_bytes: Arc<AtomicU64>,
     /// Entries kept behind a snapshot (openraft's `max_in_snapshot_log_to_keep`).
     keep_entries: u64,
 }
 
 /// Triggers a snapshot whenever the journal has been given `limits.snapshot_bytes` bytes
-/// of entries since the last one (openraft's own policy counts entries only), and after
-/// each snapshot purges the log down to a bounded weight (see [`LogStore::purge_point`]).
-/// Ends when Raft shuts down.
+/// of entries since the last one (openraft's own policy counts entries only), and purges
+/// the log behind the snapshot down to a bounded weight, keeping more while a follower
+/// still needs it (see [`LogStore::purge_point`]). Ends when Raft shuts down.
 async fn snapshot_and_purge_by_size(
     raft: typ::Raft,
     log: LogStore,
@@ -328,23 +356,20 @@ async fn snapshot_and_purge_by_size(
                 // A snapshot was taken (by count, by size, or installed from the leader).
                 last_snapshot = m.snapshot;
                 baseline = now;
-                let purge = m
-                    .snapshot
-                    .and_then(|s| log.purge_point(s.index, limits.keep_entries))
-                    .filter(|p| m.purged.is_none_or(|done| done.index < *p));
-                (false, purge)
-            } else if snapshot_due(now, baseline, limits.snapshot_bytes) {
+                (false, purge_point(&m, &log, limits.keep_entries))
+            } else if snapshot_due(now, baseline, limits.due_after()) {
                 // Counted from now on, so a snapshot still being built is not asked for
                 // again with every entry.
                 baseline = now;
                 (true, None)
             } else {
-                (false, None)
+                // Followers caught up: what they no longer need may go.
+                (false, purge_point(&m, &log, limits.keep_entries))
             }
         };
         if due {
             tracing::info!(
-                bytes = limits.snapshot_bytes,
+                bytes = limits.due_after(),
                 "raft log grew past its size limit: taking a snapshot"
             );
             if raft.trigger().snapshot().await.is_err() {
@@ -433,6 +458,7 @@ impl ClusterRaft {
         let sm = StateMachineStore::open(&opts.dir, key.clone())
             .await
             .map_err(|e| storage_err(&e))?;
+        let snapshot_size = sm.snapshot_size();
 
         let (election_min, election_max) = opts.openraft_election();
         let config = Config {
@@ -497,6 +523,7 @@ impl ClusterRaft {
                 written,
                 Limits {
                     snapshot_bytes: opts.snapshot_bytes,
+                    last_snapshot_bytes: snapshot_size,
                     keep_entries: tuning.logs_to_keep,
                 },
             ));
@@ -780,6 +807,18 @@ impl ClusterRaft {
 #[cfg(test)]
 mod size_tests {
     use super::*;
+
+    #[test]
+    fn a_snapshot_is_never_taken_for_less_log_than_it_writes() {
+        let limits = |bytes, last| Limits {
+            snapshot_bytes: bytes,
+            last_snapshot_bytes: Arc::new(AtomicU64::new(last)),
+            keep_entries: 0,
+        };
+        assert_eq!(limits(16, 0).due_after(), 16);
+        assert_eq!(limits(16, 40).due_after(), 40, "a 40-byte state");
+        assert_eq!(limits(0, 40).due_after(), 0, "0 disables");
+    }
 
     #[test]
     fn snapshots_are_due_by_size() {

@@ -159,17 +159,26 @@ impl LogStore {
     }
 
     /// The index up to which to purge once a snapshot covers `snapshot`, so that what
-    /// stays behind it is at most `keep_entries` entries and [`KEEP_ITEMS`] objects;
-    /// `None` when it already is. openraft's own purge counts entries only, and a
-    /// thousand entries of a thousand tasks each kept a whole large service in memory
-    /// twice (once in the state, once here).
-    pub(crate) fn purge_point(&self, snapshot: u64, keep_entries: u64) -> Option<u64> {
+    /// stays behind it is at most `keep_entries` entries and [`KEEP_ITEMS`] objects, or
+    /// up to [`KEEP_ITEMS_LAGGING`] objects while a follower still needs them (it lacks
+    /// entries from `needed_from` on); `None` when nothing is to go. openraft's own purge
+    /// counts entries only, and a thousand entries of a thousand tasks each kept a whole
+    /// large service in memory twice (once in the state, once here).
+    pub(crate) fn purge_point(
+        &self,
+        snapshot: u64,
+        keep_entries: u64,
+        needed_from: Option<u64>,
+    ) -> Option<u64> {
         let mem = self.mem();
-        let weights = mem
-            .log
-            .range(..=snapshot)
-            .map(|(i, e)| (*i, entry_items(e)));
-        purge_upto(weights, keep_entries, KEEP_ITEMS)
+        let weights = || {
+            mem.log
+                .range(..=snapshot)
+                .map(|(i, e)| (*i, entry_items(e)))
+        };
+        let near = purge_upto(weights(), keep_entries, KEEP_ITEMS);
+        let far = purge_upto(weights(), keep_entries, KEEP_ITEMS_LAGGING);
+        keep_for_followers(near, far, needed_from)
     }
 
     fn mem(&self) -> MutexGuard<'_, Mem> {
@@ -676,6 +685,30 @@ pub(crate) const MAX_REPLICATION_ITEMS: usize = 1_000;
 /// snapshot.
 pub(crate) const KEEP_ITEMS: usize = 10 * MAX_REPLICATION_ITEMS;
 
+/// The most objects kept behind a snapshot while a follower still needs them: it catches
+/// up from the log, a few seconds of replication, rather than by a whole snapshot, which
+/// at 100,000 tasks is tens of megabytes to send and a second of parsing. A follower
+/// further behind is sent the snapshot.
+pub(crate) const KEEP_ITEMS_LAGGING: usize = 100 * MAX_REPLICATION_ITEMS;
+
+/// Chooses between purging up to `near` (the usual bound) and only up to `far` (the most
+/// kept for a lagging follower): the purge stops short of `needed_from`, the first index
+/// a follower lacks, but never keeps more than `far` leaves. `None`: nothing to purge.
+fn keep_for_followers(
+    near: Option<u64>,
+    far: Option<u64>,
+    needed_from: Option<u64>,
+) -> Option<u64> {
+    let for_followers = match (near, needed_from) {
+        (Some(p), Some(needed)) => needed.checked_sub(1).map(|last| p.min(last)),
+        (p, _) => p,
+    };
+    match (for_followers, far) {
+        (Some(p), Some(f)) => Some(p.max(f)),
+        (p, f) => p.or(f),
+    }
+}
+
 /// Of the entries `(index, objects)` a snapshot covers, in index order: the last index
 /// to purge so that the rest holds at most `keep_entries` entries and `keep_items`
 /// objects (`None`: keep them all).
@@ -929,6 +962,19 @@ mod tests {
             "one too big"
         );
         assert_eq!(purge_upto(std::iter::empty(), 0, 0), None);
+    }
+
+    #[test]
+    fn a_lagging_follower_keeps_the_log_within_a_bound() {
+        // Usually up to 90; a follower lacking 50 on keeps 50 on; never beyond 20.
+        assert_eq!(keep_for_followers(Some(90), Some(20), None), Some(90));
+        assert_eq!(keep_for_followers(Some(90), Some(20), Some(200)), Some(90));
+        assert_eq!(keep_for_followers(Some(90), Some(20), Some(50)), Some(49));
+        assert_eq!(keep_for_followers(Some(90), Some(20), Some(5)), Some(20));
+        assert_eq!(keep_for_followers(Some(90), Some(20), Some(0)), Some(20));
+        assert_eq!(keep_for_followers(Some(90), None, Some(50)), Some(49));
+        assert_eq!(keep_for_followers(Some(90), None, Some(0)), None);
+        assert_eq!(keep_for_followers(None, None, Some(50)), None);
     }
 
     #[test]

@@ -68,6 +68,8 @@ struct Shared {
     /// Held across the file write so that an older snapshot never replaces a newer one.
     snapshot: tokio::sync::Mutex<Option<StoredSnapshot>>,
     snapshot_seq: AtomicU64,
+    /// The size of the current snapshot (see [`StateMachineStore::snapshot_size`]).
+    snapshot_size: Arc<AtomicU64>,
     published: watch::Sender<Arc<ClusterState>>,
 }
 
@@ -142,6 +144,7 @@ impl StateMachineStore {
             ),
         };
         let (published, _) = watch::channel(applied.state.clone());
+        let size = snapshot.as_ref().map_or(0, |s| s.data.len() as u64);
         Ok(StateMachineStore {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
@@ -149,6 +152,7 @@ impl StateMachineStore {
                 applied: Mutex::new(applied),
                 snapshot: tokio::sync::Mutex::new(snapshot),
                 snapshot_seq: AtomicU64::new(0),
+                snapshot_size: Arc::new(AtomicU64::new(size)),
                 published,
             }),
         })
@@ -164,6 +168,12 @@ impl StateMachineStore {
     /// The latest applied state.
     pub(crate) fn state(&self) -> Arc<ClusterState> {
         self.shared.published.borrow().clone()
+    }
+
+    /// The bytes of the current snapshot (0 without one), kept up to date: what the next
+    /// snapshot will cost about, to space snapshots by.
+    pub(crate) fn snapshot_size(&self) -> Arc<AtomicU64> {
+        self.shared.snapshot_size.clone()
     }
 
     /// A receiver that is notified after every batch that changed the state.
@@ -189,6 +199,9 @@ impl StateMachineStore {
         .await
         .map_err(|e| snapshot_error(None, ErrorVerb::Write, io::Error::other(e)))?
         .map_err(|e| snapshot_error(None, ErrorVerb::Write, e))?;
+        self.shared
+            .snapshot_size
+            .store(data.len() as u64, Ordering::Relaxed);
         *current = Some(StoredSnapshot { meta, data });
         Ok(())
     }
