@@ -450,8 +450,10 @@ async fn probe_api(
     stop: Arc<AtomicBool>,
     samples: Arc<Mutex<ApiSamples>>,
 ) {
-    let mut i = 0;
+    // Probe services are named across shapes: the ones of an earlier shape stay.
+    static PROBES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     while !stop.load(Ordering::Relaxed) {
+        let i = PROBES.fetch_add(1, Ordering::Relaxed);
         // As `docker service ls` asks: with each service's running and desired tasks.
         let s = timed_get_at(&admin, &addr, "/services?status=true").await;
         let n = timed_get_at(&admin, &addr, "/nodes").await;
@@ -460,7 +462,6 @@ async fn probe_api(
         let c = create_service_at(&admin, &addr, &name, 0)
             .await
             .map(|_| start.elapsed());
-        i += 1;
         {
             let mut guard = samples.lock().unwrap();
             let g = &mut *guard;
@@ -468,7 +469,12 @@ async fn probe_api(
             for (r, list) in [(s, &mut g.services), (n, &mut g.nodes), (c, &mut g.create)] {
                 match r {
                     Ok(d) => list.push(d),
-                    Err(_) => errors += 1,
+                    Err(e) => {
+                        if g.errors + errors == 0 {
+                            eprintln!("first API error while probing: {e}");
+                        }
+                        errors += 1
+                    }
                 }
             }
             g.errors += errors;
