@@ -375,12 +375,15 @@ fn scheduler_alone(nodes: usize) {
             n += 1;
             format!("task{n:08}")
         };
+        let mut pass = |s: &ClusterState| {
+            swarm_node::manager::orchestrator::reconcile(
+                s,
+                time::OffsetDateTime::now_utc(),
+                &mut new_id,
+            )
+        };
         let start = Instant::now();
-        let plan = swarm_node::manager::orchestrator::reconcile(
-            &state,
-            time::OffsetDateTime::now_utc(),
-            &mut new_id,
-        );
+        let plan = pass(&state);
         let took = start.elapsed();
         let placed: usize = plan
             .commands
@@ -403,18 +406,11 @@ fn scheduler_alone(nodes: usize) {
         // A pass with nothing to do, over the placed state: what the leader pays for
         // each pass while the shape converges (every commit may start one).
         let start = Instant::now();
-        let idle = swarm_node::manager::orchestrator::reconcile(
-            &applied,
-            time::OffsetDateTime::now_utc(),
-            &mut new_id,
-        );
+        let idle = pass(&applied);
         let idle_pass = start.elapsed();
+        // More of them, for a profiler to see (`SCALE_IDLE_REPEAT`).
         for _ in 1..env_u64("SCALE_IDLE_REPEAT", 1) {
-            swarm_node::manager::orchestrator::reconcile(
-                &applied,
-                time::OffsetDateTime::now_utc(),
-                &mut new_id,
-            );
+            pass(&applied);
         }
         let start = Instant::now();
         let idle_allocation = swarm_node::manager::allocator::allocate(&applied);
