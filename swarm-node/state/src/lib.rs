@@ -70,8 +70,9 @@ pub struct ClusterState {
     /// apply does whenever a reader still holds the previous version, shares every
     /// unchanged task instead of copying them all.
     pub tasks: Tasks,
-    /// For each node, the log index of the last change to any task assigned to it: the
-    /// version of its assignments, which only grows, so a worker can long-poll for it.
+    /// For each node, the log index of the last change to its assignments (a task placed
+    /// on it, changed or removed by the managers, or ended; not the node's own reports
+    /// of progress): their version, which only grows, so a worker can long-poll for it.
     #[serde(default)]
     pub assignment_versions: imbl::OrdMap<String, u64>,
     /// Overlay networks by id.
@@ -876,13 +877,19 @@ impl ClusterState {
     /// Tasks assigned to one node, in id order.
     /// Applies one node's status report: each update moves a task of that node forward
     /// in SwarmKit's order, or is ignored.
+    ///
+    /// The node's assignments change only when one of its tasks ends: the node already
+    /// knows what it reported, and waking its long poll with its own news would send
+    /// every task back to it once per step on its way to Running (SwarmKit's dispatcher
+    /// does not send status-only changes either). An end changes which secrets and
+    /// configs the node is sent, so that one does.
     fn apply_report(&mut self, node_id: &str, updates: &[proto::TaskStatusUpdate], index: u64) {
         for update in updates {
+            let new_state = update.status.state.unwrap_or(TaskState::NEW);
             let changed = self.tasks.modify(&update.task_id, |task| {
                 if task.node_id.as_deref() != Some(node_id) {
                     return false;
                 }
-                let new_state = update.status.state.unwrap_or(TaskState::NEW);
                 if new_state < state_of(task) {
                     return false;
                 }
@@ -891,7 +898,7 @@ impl ClusterState {
                 task.version = version(index);
                 true
             });
-            if changed == Some(true) {
+            if changed == Some(true) && is_terminal(new_state) {
                 self.assignment_versions.insert(node_id.to_string(), index);
             }
         }

@@ -91,8 +91,11 @@ fn task_reports_only_move_forward_and_only_from_the_assigned_node() {
             status: status(s, "", "t1"),
         }],
     };
+    assert_eq!(state.assignment_versions.get("n1"), Some(&2));
     state.apply(&report("n1", TaskState::RUNNING), 3);
     assert_eq!(state_of(&state.tasks["t1"]), TaskState::RUNNING);
+    // The node's own progress is not news to it: its assignments keep their version.
+    assert_eq!(state.assignment_versions.get("n1"), Some(&2));
     state.apply(&report("n1", TaskState::STARTING), 4);
     assert_eq!(state_of(&state.tasks["t1"]), TaskState::RUNNING);
     state.apply(&report("n2", TaskState::FAILED), 5);
@@ -108,6 +111,10 @@ fn task_reports_only_move_forward_and_only_from_the_assigned_node() {
     );
     assert_eq!(state_of(&state.tasks["t1"]), TaskState::RUNNING);
     assert_eq!(desired_of(&state.tasks["t1"]), TaskState::SHUTDOWN);
+    assert_eq!(state.assignment_versions.get("n1"), Some(&6));
+    // A task's end changes what the node is sent (its secrets and configs go).
+    state.apply(&report("n1", TaskState::SHUTDOWN), 7);
+    assert_eq!(state.assignment_versions.get("n1"), Some(&7));
 }
 
 /// The leader skips its look at every task for reports that only say tasks progress:
