@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{BoxStream, StreamExt};
+use futures_util::FutureExt;
 use swarm_state::models::{ContainerStatus, EndpointPortConfig, Task, TaskState, TaskStatus};
 use swarm_state::proto::{FileData, TaskStatusUpdate};
 use swarm_state::state_of;
@@ -28,14 +29,18 @@ use tokio::task::JoinSet;
 
 use crate::clock::{Clock, SystemClock};
 use crate::plan::{plan, Action, ReadyNetworks, StatusChange};
-use crate::runtime::{ContainerRuntime, RuntimeError, RuntimeEvent, TaskContainer};
+use crate::runtime::{ContainerRuntime, EventAction, RuntimeError, RuntimeEvent, TaskContainer};
 use crate::taskfiles::{bind_mounts, task_files, NoTaskFiles, TaskFile, TaskFiles};
 
 /// How often the executor lists the containers even without events.
 pub const RESYNC_PERIOD: Duration = Duration::from_secs(2);
 
-/// After a container event, how often the containers are listed again for a while: the
-/// engine sends `die` before its container list shows the container stopped.
+/// After a container event that may show late in the container list (the engine sends
+/// `die` before its list shows the container stopped), how often the containers are
+/// listed again for a while. `start` and `destroy` come once the list shows them: one
+/// listing follows them, as it follows any wake-up. Settling after those too made a node
+/// starting 100 tasks list its containers ten times a second for as long as it started
+/// them.
 const SETTLE_PERIOD: Duration = Duration::from_millis(100);
 const SETTLE_FOR: Duration = Duration::from_secs(2);
 /// The least time between two subscriptions to the engine's events.
@@ -193,8 +198,14 @@ impl Executor {
                 },
                 ev = next_event(&mut events) => match ev {
                     Some(Ok(ev)) => {
-                        tracing::debug!(container = %ev.container_id, action = ?ev.action, "container event");
-                        settle_until = Some(tokio::time::Instant::now() + SETTLE_FOR);
+                        let mut settle = settles(&ev);
+                        // Events that came together get one listing.
+                        while let Some(Some(Ok(more))) = events.as_mut().and_then(|s| s.next().now_or_never()) {
+                            settle |= settles(&more);
+                        }
+                        if settle {
+                            settle_until = Some(tokio::time::Instant::now() + SETTLE_FOR);
+                        }
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "container event stream broke; resubscribing");
@@ -230,6 +241,14 @@ impl Executor {
             }
         }
     }
+}
+
+/// Whether an event calls for listing the containers again for a while (see
+/// [`SETTLE_PERIOD`]). Anything but a start or a removal may: a container dying, being
+/// killed, its health changing.
+fn settles(ev: &RuntimeEvent) -> bool {
+    tracing::debug!(container = %ev.container_id, action = ?ev.action, "container event");
+    !matches!(ev.action, EventAction::Start | EventAction::Destroy)
 }
 
 /// The next ready map, `None` once its sender is gone; pends for ever without one.
