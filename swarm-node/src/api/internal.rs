@@ -27,6 +27,22 @@ use crate::manager::{ca, Manager};
 /// How long a worker's assignments request is held when nothing changes.
 const LONG_POLL: Duration = Duration::from_secs(10);
 
+/// Changes to a node's assignments are answered once they have been quiet this long
+/// (SwarmKit's dispatcher batches them the same way, for 100 ms): placing a large
+/// service writes an entry every few dozen milliseconds, each with a task for almost
+/// every node, and answering each on its own made every node fetch, decode and act on
+/// its assignments once per entry.
+const BATCH_QUIET: Duration = Duration::from_millis(100);
+/// ... but never later than this after the first change seen, so that a node still
+/// hears of its tasks while a long placement goes on.
+const BATCH_MAX: Duration = Duration::from_secs(1);
+
+/// When a long poll that has seen its node's assignments change (first at `first`, last
+/// at `last`) answers.
+fn batch_ends(first: tokio::time::Instant, last: tokio::time::Instant) -> tokio::time::Instant {
+    (last + BATCH_QUIET).min(first + BATCH_MAX)
+}
+
 /// How long a follower waits to apply a node it does not know yet before refusing it.
 /// A node that just joined is committed on the leader before it is told it joined, but a
 /// follower may apply its `AddNode` a heartbeat later; the leader, whose state is the
@@ -349,12 +365,32 @@ async fn assignments(
     let changed_after = (q.delta && q.since > 0).then_some(q.since);
     let mut rx = manager.raft.subscribe();
     let deadline = tokio::time::Instant::now() + LONG_POLL;
+    // The version last seen, when a change was first and last seen.
+    let mut batch: Option<(u64, tokio::time::Instant, tokio::time::Instant)> = None;
     loop {
         // Every commit wakes every node's long poll: the version alone says whether this
         // node's tasks changed, and the tasks are gathered only then. No state is held
         // while waiting, since a state still held makes the next commit copy it whole.
         let state = rx.borrow_and_update().clone();
-        if assignments_version(&state, &q.node) > q.since {
+        let version = assignments_version(&state, &q.node);
+        let now = tokio::time::Instant::now();
+        if version > q.since {
+            // A node that has nothing yet (starting, or asking for everything again)
+            // is answered at once.
+            if q.since == 0 {
+                return Ok(Json(assignments_of(&state, &q.node, changed_after)));
+            }
+            batch = Some(match batch {
+                Some((seen, first, last)) if seen == version => (seen, first, last),
+                Some((_, first, _)) => (version, first, now),
+                None => (version, now, now),
+            });
+        }
+        let wake = batch
+            .map(|(_, first, last)| batch_ends(first, last))
+            .unwrap_or(deadline)
+            .min(deadline);
+        if now >= wake {
             return Ok(Json(assignments_of(&state, &q.node, changed_after)));
         }
         drop(state);
@@ -364,9 +400,7 @@ async fn assignments(
                     return Ok(Json(assignments_of(&manager.read(), &q.node, changed_after)));
                 }
             }
-            _ = tokio::time::sleep_until(deadline) => {
-                return Ok(Json(assignments_of(&manager.read(), &q.node, changed_after)));
-            }
+            _ = tokio::time::sleep_until(wake) => {}
         }
     }
 }
@@ -712,6 +746,21 @@ async fn raft(State(ctx): State<Ctx>, peer: Peer, request: Request<Body>) -> Api
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn assignment_changes_are_answered_once_quiet_or_after_the_longest_batch() {
+        let t0 = tokio::time::Instant::now();
+        let ms = |n: u64| std::time::Duration::from_millis(n);
+        // One change: answered once quiet.
+        assert_eq!(super::batch_ends(t0, t0), t0 + super::BATCH_QUIET);
+        // Changes keep coming: each one waits for quiet again...
+        assert_eq!(
+            super::batch_ends(t0, t0 + ms(70)),
+            t0 + ms(70) + super::BATCH_QUIET
+        );
+        // ... up to the longest batch.
+        assert_eq!(super::batch_ends(t0, t0 + ms(5_000)), t0 + super::BATCH_MAX);
+    }
+
     use super::*;
 
     fn map(index: u64, tasks: usize) -> NetMap {
