@@ -283,6 +283,55 @@ async fn manager_alone(n: usize) {
     );
 }
 
+/// How late a 100 ms timer fires, again and again until `stop`, on the runtime this runs
+/// on: when the simulated nodes' runtime lags, each node's heartbeat waits as long.
+async fn runtime_lag(stop: Arc<AtomicBool>) -> Vec<Duration> {
+    let period = Duration::from_millis(100);
+    let mut lags = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let before = Instant::now();
+        tokio::time::sleep(period).await;
+        lags.push(before.elapsed().saturating_sub(period));
+    }
+    lags
+}
+
+/// Where the process's CPU time went: the leader's runtime, the other managers', the
+/// simulated nodes' (their runtime at a lower priority), and everything.
+#[derive(Clone, Copy)]
+struct CpuSplit {
+    leader: Duration,
+    followers: Duration,
+    nodes: Duration,
+    process: Duration,
+}
+
+impl CpuSplit {
+    fn since(self, before: CpuSplit) -> CpuSplit {
+        CpuSplit {
+            leader: self.leader.saturating_sub(before.leader),
+            followers: self.followers.saturating_sub(before.followers),
+            nodes: self.nodes.saturating_sub(before.nodes),
+            process: self.process.saturating_sub(before.process),
+        }
+    }
+}
+
+fn cpu_split(cluster: &ScaleCluster, leader: &str) -> CpuSplit {
+    CpuSplit {
+        leader: thread_cpu(leader),
+        followers: cluster
+            .managers
+            .iter()
+            .map(|m| m.thread_prefix())
+            .filter(|p| p != leader)
+            .map(|p| thread_cpu(&p))
+            .sum(),
+        nodes: thread_cpu("scale-nodes"),
+        process: thread_cpu(""),
+    }
+}
+
 /// The bytes the allocator holds for live allocations: the heap without what it keeps
 /// freed but not yet returned (RSS counts both).
 fn heap_bytes() -> u64 {
@@ -532,6 +581,7 @@ async fn cluster_figures(n: usize, admin: tokio::runtime::Handle) {
         let shape = format!("{p} shape={services}x{replicas}");
         let leader = cluster.leader().unwrap().thread_prefix();
         let cpu0 = thread_cpu(&leader);
+        let split0 = cpu_split(&cluster, &leader);
         let log0 = journal_bytes(&cluster);
         let rss0 = rss_bytes();
         let stop = Arc::new(AtomicBool::new(false));
@@ -545,6 +595,8 @@ async fn cluster_figures(n: usize, admin: tokio::runtime::Handle) {
             stop.clone(),
             samples.clone(),
         ));
+        // On the simulated nodes' runtime, where every node's heartbeat waits its turn.
+        let lag = tokio::spawn(runtime_lag(stop.clone()));
         let work = async {
             for s in 0..services {
                 let (client, at) = (cluster.admin.clone(), addr.clone());
@@ -613,6 +665,23 @@ async fn cluster_figures(n: usize, admin: tokio::runtime::Handle) {
             (log1 as f64 - log0 as f64) / total as f64,
             mib(rss_bytes().saturating_sub(rss0)),
             mib(peak_rss),
+        );
+        let lags = lag.await.expect("the lag probe");
+        let lag_max = lags.iter().max().copied().unwrap_or_default();
+        let (lag50, lag99) = percentiles(lags);
+        println!(
+            "{shape} nodes_runtime_lag p50_ms={} p99_ms={} max_ms={}",
+            ms(lag50),
+            ms(lag99),
+            ms(lag_max)
+        );
+        let split = cpu_split(&cluster, &leader).since(split0);
+        println!(
+            "{shape} cpu_s leader={} followers={} nodes={} process={}",
+            secs(split.leader),
+            secs(split.followers),
+            secs(split.nodes),
+            secs(split.process),
         );
         let s = std::mem::take(&mut *samples.lock().unwrap());
         for (name, v) in [
