@@ -410,7 +410,7 @@ impl ContainerRuntime for DockerRuntime {
                 task_id,
                 state,
                 health: health_of(s.status.as_deref().unwrap_or_default()),
-                labels,
+                labels: std::sync::Arc::new(labels),
             });
         }
         for i in stopped {

@@ -1,8 +1,8 @@
 //! An in-memory container runtime for tests: containers are records, processes never
 //! exist, and tests decide when a container dies.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Mutex, MutexGuard};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -47,11 +47,13 @@ pub struct FakeContainer {
     pub spec: ContainerSpec,
     pub state: RunState,
     pub health: Health,
+    /// The spec's labels, shared with every listing.
+    labels: Arc<HashMap<String, String>>,
 }
 
 impl FakeContainer {
     pub fn label(&self, key: &str) -> Option<&str> {
-        self.spec.body.labels.as_ref()?.get(key).map(String::as_str)
+        self.labels.get(key).map(String::as_str)
     }
 }
 
@@ -264,7 +266,7 @@ impl ContainerRuntime for FakeRuntime {
                     task_id: c.label(labels::TASK_ID)?.to_string(),
                     state: c.state.clone(),
                     health: c.health,
-                    labels: c.spec.body.labels.clone().unwrap_or_default(),
+                    labels: c.labels.clone(),
                 })
             })
             .collect())
@@ -312,6 +314,7 @@ impl ContainerRuntime for FakeRuntime {
                 spec: spec.clone(),
                 state: RunState::Created,
                 health: Health::None,
+                labels: Arc::new(spec.body.labels.clone().unwrap_or_default()),
             },
         );
         Ok(id)

@@ -74,7 +74,9 @@ pub struct TaskContainer {
     pub task_id: String,
     pub state: RunState,
     pub health: Health,
-    pub labels: HashMap<String, String>,
+    /// Shared: a node lists its containers after every change, and copying each one's
+    /// labels every time cost more than the rest of the listing.
+    pub labels: std::sync::Arc<HashMap<String, String>>,
 }
 
 /// Everything needed to create one task container.

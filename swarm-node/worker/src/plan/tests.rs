@@ -44,7 +44,7 @@ fn container(task_id: &str, state: RunState) -> TaskContainer {
         task_id: task_id.into(),
         state,
         health: Health::None,
-        labels: HashMap::new(),
+        labels: Default::default(),
     }
 }
 
