@@ -746,22 +746,19 @@ async fn raft(State(ctx): State<Ctx>, peer: Peer, request: Request<Body>) -> Api
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn assignment_changes_are_answered_once_quiet_or_after_the_longest_batch() {
         let t0 = tokio::time::Instant::now();
-        let ms = |n: u64| std::time::Duration::from_millis(n);
+        let ms = |n: u64| Duration::from_millis(n);
         // One change: answered once quiet.
-        assert_eq!(super::batch_ends(t0, t0), t0 + super::BATCH_QUIET);
+        assert_eq!(batch_ends(t0, t0), t0 + BATCH_QUIET);
         // Changes keep coming: each one waits for quiet again...
-        assert_eq!(
-            super::batch_ends(t0, t0 + ms(70)),
-            t0 + ms(70) + super::BATCH_QUIET
-        );
+        assert_eq!(batch_ends(t0, t0 + ms(70)), t0 + ms(70) + BATCH_QUIET);
         // ... up to the longest batch.
-        assert_eq!(super::batch_ends(t0, t0 + ms(5_000)), t0 + super::BATCH_MAX);
+        assert_eq!(batch_ends(t0, t0 + ms(5_000)), t0 + BATCH_MAX);
     }
-
-    use super::*;
 
     fn map(index: u64, tasks: usize) -> NetMap {
         NetMap {

@@ -825,3 +825,18 @@ async fn a_task_whose_container_ends_loses_its_files_at_once() {
     assert_eq!(rt.containers_of("t1").len(), 1, "the container is kept");
     h.stop().await;
 }
+
+/// Only events the container list may show late make the executor list again for a
+/// while; a start or a removal is listed once, as any wake-up is.
+#[test]
+fn only_events_the_list_may_lag_behind_settle() {
+    let event = |action| RuntimeEvent {
+        container_id: "c1".into(),
+        task_id: Some("t1".into()),
+        action,
+    };
+    assert!(!settles(&event(EventAction::Start)));
+    assert!(!settles(&event(EventAction::Destroy)));
+    assert!(settles(&event(EventAction::Die)));
+    assert!(settles(&event(EventAction::Other)));
+}
