@@ -580,7 +580,6 @@ async fn cluster_figures(n: usize, admin: tokio::runtime::Handle) {
         }
         let shape = format!("{p} shape={services}x{replicas}");
         let leader = cluster.leader().unwrap().thread_prefix();
-        let cpu0 = thread_cpu(&leader);
         let split0 = cpu_split(&cluster, &leader);
         let log0 = journal_bytes(&cluster);
         let rss0 = rss_bytes();
@@ -646,7 +645,8 @@ async fn cluster_figures(n: usize, admin: tokio::runtime::Handle) {
         };
         let ((created, placed, running, peak_rss, down_max), probed) = tokio::join!(work, probe);
         probed.expect("the API probe");
-        let cpu1 = thread_cpu(&leader);
+        // One reading for every CPU figure of the shape, over the same wall time.
+        let split = cpu_split(&cluster, &leader).since(split0);
         let log1 = journal_bytes(&cluster);
         let wall = start.elapsed();
         let pr = progress(&cluster.leader_state(), &ids);
@@ -660,8 +660,8 @@ async fn cluster_figures(n: usize, admin: tokio::runtime::Handle) {
         );
         println!(
             "{shape} leader_cpu_s={} leader_cpu_pct={:.0} journal_growth_b_per_task={:.0} rss_delta_mib={} rss_peak_mib={}",
-            secs(cpu1.saturating_sub(cpu0)),
-            cpu1.saturating_sub(cpu0).as_secs_f64() * 100.0 / wall.as_secs_f64(),
+            secs(split.leader),
+            split.leader.as_secs_f64() * 100.0 / wall.as_secs_f64(),
             (log1 as f64 - log0 as f64) / total as f64,
             mib(rss_bytes().saturating_sub(rss0)),
             mib(peak_rss),
@@ -675,7 +675,6 @@ async fn cluster_figures(n: usize, admin: tokio::runtime::Handle) {
             ms(lag99),
             ms(lag_max)
         );
-        let split = cpu_split(&cluster, &leader).since(split0);
         println!(
             "{shape} cpu_s leader={} followers={} nodes={} process={}",
             secs(split.leader),

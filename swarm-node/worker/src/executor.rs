@@ -198,10 +198,16 @@ impl Executor {
                 },
                 ev = next_event(&mut events) => match ev {
                     Some(Ok(ev)) => {
-                        let mut settle = settles(&ev);
+                        let mut settle = false;
+                        let mut next = Some(ev);
                         // Events that came together get one listing.
-                        while let Some(Some(Ok(more))) = events.as_mut().and_then(|s| s.next().now_or_never()) {
-                            settle |= settles(&more);
+                        while let Some(ev) = next {
+                            tracing::debug!(container = %ev.container_id, action = ?ev.action, "container event");
+                            settle |= settles(&ev);
+                            next = match events.as_mut().and_then(|s| s.next().now_or_never()) {
+                                Some(Some(Ok(more))) => Some(more),
+                                _ => None,
+                            };
                         }
                         if settle {
                             settle_until = Some(tokio::time::Instant::now() + SETTLE_FOR);
@@ -247,7 +253,6 @@ impl Executor {
 /// [`SETTLE_PERIOD`]). Anything but a start or a removal may: a container dying, being
 /// killed, its health changing.
 fn settles(ev: &RuntimeEvent) -> bool {
-    tracing::debug!(container = %ev.container_id, action = ?ev.action, "container event");
     !matches!(ev.action, EventAction::Start | EventAction::Destroy)
 }
 
